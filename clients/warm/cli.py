@@ -1,0 +1,249 @@
+"""`warm`: the command line of warmd. Every read command takes --json; failures exit 1 with the code."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from warm.client import Client
+from warmd.errors import Code, WarmdError
+from warmd.units import format_size, parse_duration
+from warmd.v1 import warmd_pb2 as pb
+
+# Not a terminal: no truncation at 80 columns (scripts should use --json, but grep must still work).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+err_console = Console(stderr=True, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with Client(args.socket, tcp=args.tcp) as client:
+            return args.run(client, args) or 0
+    except WarmdError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": {"code": err.code.value, "message": err.message}}))
+        else:
+            err_console.print(f"[red]error[/red] [{err.code.value}] {err.message}", markup=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", help="the daemon's Unix socket (default: $WARMD_SOCKET or the runtime dir)")
+    common.add_argument("--tcp", help="connect over TCP HOST:PORT instead (token from the daemon's token file)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    parser = argparse.ArgumentParser(prog="warm", description="Talk to the warmd model daemon.",
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ls", parents=[common, as_json], help="list models and rejected spec files")
+    p.add_argument("--task", default="")
+    p.add_argument("--tag", default="")
+    p.add_argument("--state", default="", choices=["", "available", "loading", "ready", "unloading", "failed"])
+    p.set_defaults(run=cmd_ls)
+    p = sub.add_parser("show", parents=[common, as_json], help="everything about one model")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_show)
+    p = sub.add_parser("load", parents=[common, as_json], help="load a model and wait until it is ready")
+    p.add_argument("name")
+    p.add_argument("--keep-alive", help="how long it stays when idle: 30s, 5m, 1h, -1 (forever)")
+    p.set_defaults(run=cmd_load)
+    p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_unload)
+    p = sub.add_parser("ps", parents=[common, as_json], help="resident models")
+    p.set_defaults(run=cmd_ps)
+    p = sub.add_parser("infer", parents=[common, as_json], help="run a model")
+    p.add_argument("name")
+    p.add_argument("--text", action="append", default=[], help="a text input (repeatable)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a tensor: NAME=[[1,2],[3,4]] (JSON) or NAME=@file.npy (repeatable)")
+    p.add_argument("--dtype", default="float32", help="numpy dtype for JSON inputs (default float32)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="a provider parameter")
+    p.set_defaults(run=cmd_infer)
+    p = sub.add_parser("watch", parents=[common, as_json], help="follow events until interrupted")
+    p.add_argument("--kind", action="append", default=[], help="event kind prefix, e.g. catalog. (repeatable)")
+    p.add_argument("--model", default="")
+    p.set_defaults(run=cmd_watch)
+    p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
+    p.set_defaults(run=cmd_status)
+    return parser
+
+
+# ---- commands --------------------------------------------------------------------------------
+def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    listing = client.list(task=args.task, tag=args.tag, state=args.state)
+    if args.json:
+        return _print_json(listing)
+    table = Table("NAME", "STATE", "TASK", "PROVIDER", "DEVICE", "SIZE", "SOURCE", box=None)
+    for m in listing.models:
+        table.add_row(m.name, _state(m), m.task, m.provider, m.residency.device or m.device,
+                      _size(m), m.source)
+    out.print(table)
+    if listing.rejected:
+        out.print("\n[bold red]Rejected spec files[/bold red] (fix them; the daemon picks up the change):")
+        bad = Table("FILE", "LINE", "FIELD", "CODE", "ERROR", box=None)
+        for r in listing.rejected:
+            bad.add_row(r.file, str(r.line or ""), r.field, r.code, r.message)
+        out.print(bad)
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    model = client.get(args.name)
+    if args.json:
+        return _print_json(model)
+    for key, value in MessageToDict(model, preserving_proto_field_name=True).items():
+        out.print(f"[bold]{key:>13}[/bold]  {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def cmd_load(client: Client, args: argparse.Namespace) -> int:
+    keep_alive = parse_duration(args.keep_alive) if args.keep_alive else None
+
+    def show(event: pb.Event) -> None:
+        if args.json:
+            _print_json(event)
+        elif event.kind == "job.progress":
+            err_console.print(f"{event.progress.phase}: {event.message}")
+
+    model = client.load(args.name, keep_alive=keep_alive, on_event=show)
+    if args.json:
+        return _print_json(model)
+    out.print(f"{model.name} ready on {model.residency.device} ({_size(model)})")
+    return 0
+
+
+def cmd_unload(client: Client, args: argparse.Namespace) -> int:
+    model = client.unload(args.name)
+    if args.json:
+        return _print_json(model)
+    out.print(f"{model.name}: {pb.ModelState.Name(model.state).lower()}")
+    return 0
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    resident = client.status().resident
+    if args.json:
+        return _print_json_list(resident)
+    table = Table("NAME", "DEVICE", "SIZE", "ESTIMATED", "IN FLIGHT", "LAST USED", "EXPIRES", box=None)
+    now = time.time()
+    for m in resident:
+        r = m.residency
+        table.add_row(m.name, r.device, format_size(r.measured_bytes), format_size(r.estimated_bytes),
+                      str(r.in_flight), f"{now - r.last_used:.0f}s ago",
+                      "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
+    out.print(table)
+    return 0
+
+
+def cmd_infer(client: Client, args: argparse.Namespace) -> int:
+    inputs = dict(_tensor_arg(item, args.dtype) for item in args.input)
+    params = dict(_param_arg(item) for item in args.param)
+    result = client.infer(args.name, inputs, text=args.text, parameters=params)
+    if args.json:
+        print(json.dumps({
+            "model": args.name,
+            "outputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape), "data": v.tolist()}
+                        for k, v in result.outputs.items()},
+            "json": result.json,
+            "signature": MessageToDict(result.signature, preserving_proto_field_name=True)}))
+        return 0
+    import numpy as np
+
+    for name, value in result.outputs.items():
+        out.print(f"[bold]{name}[/bold] {value.dtype} {list(value.shape)}")
+        print(np.array2string(value, threshold=sys.maxsize, precision=6, max_line_width=120))
+    if result.json is not None:
+        print(json.dumps(result.json, indent=2))
+    return 0
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    for event in client.watch(kinds=args.kind, model=args.model):
+        if args.json:
+            _print_json(event)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+            extra = " ".join(x for x in (event.reason and f"({event.reason})", event.error_code and
+                                         f"[{event.error_code}]", event.message) if x)
+            out.print(f"{stamp} {event.kind:<17} {event.model or event.file} {extra}")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    status = client.status()
+    if args.json:
+        return _print_json(status)
+    rows = [("version", status.version), ("pid", status.pid),
+            ("uptime", f"{time.time() - status.started_at:.0f}s"), ("socket", status.socket),
+            ("tcp", status.tcp or "off"), ("specs", status.specs_dir),
+            ("config", status.config_file or "(none)"), ("log file", status.log_file),
+            ("models", f"{status.models} ({status.rejected} rejected spec files)"),
+            ("resident", ", ".join(m.name for m in status.resident) or "none"),
+            ("torch", "imported" if status.torch_imported else "not imported yet")]
+    for key, value in rows:
+        out.print(f"[bold]{key:>9}[/bold]  {value}")
+    return 0
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _state(m: pb.Model) -> str:
+    state = pb.ModelState.Name(m.state).lower()
+    return f"{state} [{m.error_code}]" if m.error_code else state
+
+
+def _size(m: pb.Model) -> str:
+    r = m.residency
+    return format_size(r.measured_bytes or r.estimated_bytes) if (r.measured_bytes or r.estimated_bytes) else ""
+
+
+def _print_json(message: Any) -> int:
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True)))
+    return 0
+
+
+def _print_json_list(messages: Any) -> int:
+    print(json.dumps([MessageToDict(m, preserving_proto_field_name=True) for m in messages]))
+    return 0
+
+
+def _tensor_arg(item: str, dtype: str) -> tuple[str, Any]:
+    import numpy as np
+
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"--input {item!r} must be NAME=JSON or NAME=@file.npy")
+    try:
+        if value.startswith("@"):
+            return name, np.load(Path(value[1:]), allow_pickle=False)
+        return name, np.asarray(json.loads(value), dtype=dtype)
+    except (OSError, ValueError, TypeError) as exc:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"--input {name}: {exc}") from None
+
+
+def _param_arg(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"--param {item!r} must be KEY=JSON")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

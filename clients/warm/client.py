@@ -1,0 +1,166 @@
+"""`warm.Client`: typed access to a running warmd over its Unix socket (or TCP with a token)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import grpc
+
+from warmd import paths
+from warmd.errors import Code, WarmdError, from_rpc_error
+from warmd.v1 import warmd_pb2 as pb
+from warmd.v1 import warmd_pb2_grpc
+
+_STATES = {"available": pb.AVAILABLE, "loading": pb.LOADING, "ready": pb.READY,
+           "unloading": pb.UNLOADING, "failed": pb.FAILED}
+
+
+@dataclass
+class InferResult:
+    """Outputs by name (numpy arrays), a JSON value for non-tensor results, and provenance."""
+
+    outputs: dict[str, Any]
+    json: Any
+    signature: pb.ModelSignature
+
+
+class Client:
+    """A connection to warmd.
+
+    Args:
+        socket: the daemon's Unix socket (default: $WARMD_SOCKET, else the per-user runtime dir).
+        tcp: "HOST:PORT" to connect over TCP instead (default: $WARMD_TCP); needs a token.
+        token: the bearer token for TCP (default: $WARMD_TOKEN, else the daemon's token file).
+        timeout: seconds for each unary call (None = no deadline; loads can take a while).
+    Raises:
+        WarmdError: from every method, with the daemon's stable code (`unavailable` when the daemon
+            is not running).
+    """
+
+    def __init__(self, socket: str | Path | None = None, *, tcp: str | None = None,
+                 token: str | None = None, timeout: float | None = None) -> None:
+        tcp = tcp or os.environ.get("WARMD_TCP") or None
+        self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        options = [("grpc.max_receive_message_length", 256 * 2**20),
+                   ("grpc.max_send_message_length", 256 * 2**20)]
+        if tcp and socket is None:
+            self.target = tcp
+            token = token or os.environ.get("WARMD_TOKEN") or _read_token(paths.default_token_file())
+            self._metadata = (("authorization", f"Bearer {token}"),)
+        else:
+            path = Path(socket or os.environ.get("WARMD_SOCKET") or paths.default_socket())
+            self.target = f"unix:{path}"
+        self._channel = grpc.insecure_channel(self.target, options=options)
+        self._stub = warmd_pb2_grpc.WarmdStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ---- models --------------------------------------------------------------------------------
+    def list(self, *, task: str = "", tag: str = "", state: str = "") -> pb.ListModelsResponse:
+        """Models in the catalog (`.models`) and rejected spec files (`.rejected`).
+
+        Args:
+            state: available | loading | ready | unloading | failed, or "" for any.
+        """
+        if state and state not in _STATES:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(_STATES)}")
+        return self._call(self._stub.ListModels,
+                          pb.ListModelsRequest(task=task, tag=tag, state=_STATES.get(state, 0)))
+
+    def get(self, name: str) -> pb.Model:
+        return self._call(self._stub.GetModel, pb.GetModelRequest(name=name))
+
+    def load(self, name: str, *, keep_alive: float | None = None,
+             on_event: Callable[[pb.Event], None] | None = None) -> pb.Model:
+        """Load a model and wait until it is ready.
+
+        Args:
+            keep_alive: seconds it stays resident when idle (-1 forever), overriding the spec.
+            on_event: called with each event of the load job (progress, loaded).
+        Returns:
+            The model, now READY.
+        """
+        request = pb.LoadModelRequest(name=name)
+        if keep_alive is not None:
+            request.keep_alive_s = keep_alive
+        for event in self._stream(self._stub.LoadModel, request):
+            if on_event is not None:
+                on_event(event)
+        return self.get(name)
+
+    def unload(self, name: str) -> pb.Model:
+        """Unload a model once its in-flight requests finish."""
+        return self._call(self._stub.UnloadModel, pb.UnloadModelRequest(name=name))
+
+    def status(self) -> pb.StatusResponse:
+        return self._call(self._stub.Status, pb.StatusRequest())
+
+    def infer(self, name: str, inputs: Mapping[str, Any] | None = None, *, text: Sequence[str] = (),
+              parameters: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
+              keep_alive: float | None = None) -> InferResult:
+        """Run a model, loading it first if needed.
+
+        Args:
+            inputs: named numpy arrays.
+            text: strings, for text models.
+            parameters: provider parameters (JSON-able).
+            outputs: output names to return (default: all).
+        Returns:
+            The outputs as numpy arrays, plus the model's signature.
+        """
+        from warmd import tensors
+
+        request = pb.InferRequest(model=name, text=list(text), outputs=list(outputs),
+                                  parameters_json=json.dumps(dict(parameters)) if parameters else "",
+                                  inputs=[tensors.to_proto(k, v) for k, v in (inputs or {}).items()])
+        if keep_alive is not None:
+            request.keep_alive_s = keep_alive
+        response = self._call(self._stub.Infer, request)
+        return InferResult(outputs={t.name: tensors.from_proto(t) for t in response.outputs},
+                           json=json.loads(response.json) if response.json else None,
+                           signature=response.signature)
+
+    def watch(self, *, kinds: Sequence[str] = (), model: str = "") -> Iterator[pb.Event]:
+        """Every event as it happens (catalog changes, loads, unloads, progress), until closed."""
+        yield from self._stream(self._stub.Watch, pb.WatchRequest(kinds=list(kinds), model=model))
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def _stream(self, method: Any, request: Any) -> Iterator[Any]:
+        call = method(request, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            call.cancel()
+
+    def _error(self, err: grpc.RpcError) -> WarmdError:
+        error = from_rpc_error(err)
+        if error.code is Code.UNAVAILABLE and err.code() == grpc.StatusCode.UNAVAILABLE:
+            error.message = f"warmd is not reachable at {self.target} ({err.details()}); start it with `warmd serve`"
+        return error
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise WarmdError(Code.UNAUTHENTICATED, f"no token: TCP needs the daemon's token ({path} is not "
+                         "readable); pass token= or set WARMD_TOKEN") from None

@@ -1,0 +1,5 @@
+import sys
+
+from warmd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC servicers: translation between the wire and the daemon's parts, nothing more."""

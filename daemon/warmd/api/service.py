@@ -1,0 +1,185 @@
+"""warmd.v1.Warmd: the daemon's own API, translating requests to catalog/scheduler calls."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Iterator
+
+import grpc
+
+from warmd import __version__, tensors
+from warmd.api.errors import mapped, mapped_stream
+from warmd.catalog import Catalog
+from warmd.config import Settings
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.providers import InferRequest
+from warmd.scheduler import ModelView, Resident, Scheduler
+from warmd.spec import ModelSpec, SpecFileError, TensorDecl
+from warmd.v1 import warmd_pb2 as pb
+from warmd.v1 import warmd_pb2_grpc
+
+_STATES = {"available": pb.AVAILABLE, "loading": pb.LOADING, "ready": pb.READY,
+           "unloading": pb.UNLOADING, "failed": pb.FAILED}
+POLL_S = 0.1
+
+
+class WarmdService(warmd_pb2_grpc.WarmdServicer):
+    def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, bus: EventBus) -> None:
+        self.settings, self.catalog, self.scheduler, self.bus = settings, catalog, scheduler, bus
+        self.started_at = time.time()
+
+    @mapped
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        models = [self._model(s) for s in self.catalog.specs()
+                  if (not request.task or s.task == request.task) and (not request.tag or request.tag in s.tags)]
+        if request.state:
+            models = [m for m in models if m.state == request.state]
+        rejected = [spec_error(e) for e in self.catalog.rejected()]
+        if self.catalog.folder_error:
+            rejected.append(pb.SpecError(file=str(self.catalog.root), code=Code.SPEC_INVALID.value,
+                                         message=self.catalog.folder_error))
+        return pb.ListModelsResponse(models=models, rejected=rejected)
+
+    @mapped
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
+        return self._model(self._spec(request.name))
+
+    @mapped_stream
+    def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        self._spec(request.name)
+        keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
+        sub = self.bus.subscribe(model=request.name)
+        try:
+            job, future = self.scheduler.start_load(request.name, keep_alive=keep_alive)
+            sent_loaded = False
+            while context.is_active():
+                done = future.done()
+                while (event := sub.get(timeout=0 if done else POLL_S)) is not None:
+                    if event.job_id == job.id:
+                        sent_loaded |= event.kind == "model.loaded"
+                        yield event
+                if done:
+                    break
+            future.result()       # raises the load's WarmdError, if any
+            if not sent_loaded:   # it was resident already
+                yield pb.Event(time=time.time(), kind="model.loaded", model=request.name, job_id=job.id,
+                               message="already resident")
+        finally:
+            sub.close()
+
+    @mapped
+    def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.Model:
+        self.scheduler.unload(request.name, wait_s=self.settings.drain_timeout)
+        spec = self.catalog.get(request.name)
+        return self._model(spec) if spec else pb.Model(name=request.name, state=pb.AVAILABLE)
+
+    @mapped
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        s = self.settings
+        return pb.StatusResponse(
+            version=__version__, pid=os.getpid(), started_at=self.started_at, socket=str(s.socket),
+            tcp=s.tcp, specs_dir=str(s.specs_dir), config_file=str(s.config_file or ""),
+            log_file=str(s.log_file), torch_imported="torch" in sys.modules,
+            resident=[self._model(r.spec) for r in self.scheduler.resident()],
+            models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()))
+
+    @mapped
+    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        inputs = {}
+        for t in request.inputs:
+            if t.name in inputs:
+                raise WarmdError(Code.INVALID_ARGUMENT, f"input {t.name!r} is given twice")
+            inputs[t.name] = tensors.from_proto(t)
+        params = parse_parameters(request.parameters_json)
+        keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
+        with self.scheduler.acquire(request.model, keep_alive=keep_alive) as resident:
+            result = resident.provider.infer(InferRequest(tensors=inputs, text=list(request.text),
+                                                          parameters=params))
+        wanted = list(request.outputs) or list(result.tensors)
+        unknown = [n for n in wanted if n not in result.tensors]
+        if unknown:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; "
+                             f"{request.model!r} gives {', '.join(result.tensors)}")
+        return pb.InferResponse(
+            model=request.model, outputs=[tensors.to_proto(n, result.tensors[n]) for n in wanted],
+            json=json.dumps(result.json) if result.json is not None else "",
+            signature=signature(resident))
+
+    @mapped_stream
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        sub = self.bus.subscribe(kinds=request.kinds, model=request.model)
+        context.add_callback(sub.close)
+        try:
+            while context.is_active() and not sub.closed:
+                event = sub.get(timeout=0.5)
+                if event is not None:
+                    yield event
+            if sub.overflowed:
+                raise WarmdError(Code.UNAVAILABLE, "this watch stream fell behind and was closed; reconnect")
+        finally:
+            sub.close()
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _spec(self, name: str) -> ModelSpec:
+        spec = self.catalog.get(name)
+        if spec is None:
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
+        return spec
+
+    def _model(self, spec: ModelSpec) -> pb.Model:
+        view = self.scheduler.view(spec.name)
+        file_error = next((e for e in self.catalog.rejected() if e.file == spec.file), None)
+        return model_proto(spec, view, file_error, self.scheduler.default_keep_alive)
+
+
+def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | None,
+                default_keep_alive: float) -> pb.Model:
+    model = pb.Model(
+        name=spec.name, version=spec.version, description=spec.description, tags=list(spec.tags),
+        task=spec.task, provider=spec.provider, source=spec.source.describe(), device=spec.device,
+        precision=spec.precision, pin=spec.pin,
+        keep_alive_s=default_keep_alive if spec.keep_alive is None else spec.keep_alive,
+        preload=spec.preload, file=str(spec.file), signature=spec.signature, state=_STATES[view.state],
+        inputs=[tensor_spec(d) for d in spec.inputs], outputs=[tensor_spec(d) for d in spec.outputs])
+    r = view.resident
+    if r is not None:
+        model.residency.CopyFrom(pb.Residency(
+            device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
+            loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight))
+    if file_error is not None:
+        model.error_code = file_error.code.value
+        model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"
+    elif view.error is not None:
+        model.error_code, model.error = view.error.code.value, view.error.message
+    return model
+
+
+def spec_error(err: SpecFileError) -> pb.SpecError:
+    return pb.SpecError(file=str(err.file), code=err.code.value, field=err.field, line=err.line,
+                        message=err.message)
+
+
+def tensor_spec(d: TensorDecl) -> pb.TensorSpec:
+    return pb.TensorSpec(name=d.name, dtype=d.dtype, shape=list(d.shape))
+
+
+def signature(r: Resident) -> pb.ModelSignature:
+    src = r.spec.source
+    return pb.ModelSignature(name=r.spec.name, version=r.spec.version, signature=r.spec.signature,
+                             source=src.describe(), revision=src.revision if src.kind == "hf" else "",
+                             precision=r.spec.precision, device=r.device)
+
+
+def parse_parameters(text: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"parameters_json is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise WarmdError(Code.INVALID_ARGUMENT, "parameters_json must be a JSON object")
+    return value

@@ -1,0 +1,62 @@
+"""`warmd`: run the daemon (`warmd serve`) or check spec files (`warmd validate`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from warmd.errors import WarmdError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="warmd", description="Keep models warm and serve them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--specs", type=Path, help="the specs folder (default: config dir/specs)")
+    serve.add_argument("--socket", type=Path, help="the Unix socket (default: $XDG_RUNTIME_DIR/warmd/warmd.sock)")
+    serve.add_argument("--tcp", help="also listen on HOST:PORT (loopback; clients need the token file)")
+    serve.add_argument("--config", type=Path, help="a YAML config file (default: config dir/config.yaml)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    validate = sub.add_parser("validate", help="check spec files without a daemon")
+    validate.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        return _serve(args) if args.command == "serve" else _validate(args.paths)
+    except WarmdError as err:
+        print(f"warmd: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from warmd.config import load_settings
+    from warmd.server import Daemon, setup_logging
+
+    os.umask(0o077)   # everything the daemon creates is the user's alone
+    settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp,
+                             log_level=args.log_level)
+    setup_logging(settings)
+    return Daemon(settings).run()
+
+
+def _validate(paths: list[Path]) -> int:
+    from warmd.catalog import is_spec_file
+    from warmd.config import load_settings
+    from warmd.providers import PROVIDERS
+    from warmd.spec import SpecFileError, parse_spec_file
+
+    settings = load_settings()
+    files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if is_spec_file(f)]
+    failed = 0
+    for f in files:
+        try:
+            spec = parse_spec_file(f, f.parent, settings.path_roots, PROVIDERS)
+            print(f"ok    {f}: {spec.name} ({spec.provider}, {spec.source.describe()})")
+        except SpecFileError as err:
+            failed += 1
+            print(f"error {err} [{err.code.value}]")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Daemon settings: one object, from defaults < config file < WARMD_* environment < command line."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warmd import paths
+from warmd.errors import Code, WarmdError
+from warmd.units import parse_duration
+
+
+@dataclass
+class Settings:
+    """Everything the daemon can be told. Each field is also a config-file key and a WARMD_<KEY> variable."""
+
+    specs_dir: Path = field(default_factory=paths.default_specs_dir)
+    socket: Path = field(default_factory=paths.default_socket)
+    # "HOST:PORT"; empty = no TCP listener. Loopback only unless tcp_allow_remote.
+    tcp: str = ""
+    tcp_allow_remote: bool = False
+    token_file: Path = field(default_factory=paths.default_token_file)
+    log_dir: Path = field(default_factory=paths.default_log_dir)
+    log_level: str = "info"
+    # Downloaded url sources and daemon state (hub files go to the standard Hugging Face cache).
+    data_dir: Path = field(default_factory=paths.default_data_dir)
+    config_file: Path | None = None
+    # Absolute `path:` sources must lie under one of these (relative ones under their spec's folder).
+    path_roots: list[Path] = field(default_factory=lambda: [Path.home()])
+    # Seconds an idle model stays resident by default (-1 forever, 0 unload when idle).
+    keep_alive: float = 300.0
+    # Seconds SIGTERM waits for in-flight requests before unloading anyway.
+    drain_timeout: float = 10.0
+    # Seconds the catalog waits for a burst of file events to settle.
+    reload_debounce: float = 0.25
+    max_message_bytes: int = 64 * 1024 * 1024
+    rpc_threads: int = 32
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "warmd.log"
+
+
+_PATHS = {"specs_dir", "socket", "token_file", "log_dir", "config_file", "data_dir"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a config-file or environment value into the field's type, or raise spec-like errors."""
+    if name in _PATHS:
+        return Path(os.path.expanduser(str(value))).absolute()
+    if name == "path_roots":
+        items = value.split(os.pathsep) if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError("expected a list of folders")
+        return [Path(os.path.expanduser(str(p))).absolute() for p in items if str(p)]
+    if name == "tcp_allow_remote":
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if name in ("keep_alive", "drain_timeout", "reload_debounce"):
+        return parse_duration(value)
+    if name in ("max_message_bytes", "rpc_threads"):
+        return int(value)
+    return str(value)
+
+
+def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build the settings.
+
+    Args:
+        config_file: a YAML file of settings; default: the user config dir's config.yaml if present.
+        env: the environment to read WARMD_* from (default: os.environ).
+        overrides: command-line values; None means "not given".
+    Returns:
+        The settings.
+    Raises:
+        WarmdError: `invalid_argument` for an unreadable config file, an unknown key or a bad value.
+    """
+    env = os.environ if env is None else env
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    chosen = config_file or (Path(env["WARMD_CONFIG"]) if env.get("WARMD_CONFIG") else None)
+    if chosen is None and paths.default_config_file().is_file():
+        chosen = paths.default_config_file()
+    if chosen is not None:
+        values.update(_read_config_file(chosen, names))
+        values["config_file"] = chosen
+
+    for name in names:
+        key = f"WARMD_{name.upper()}"
+        if env.get(key):
+            values[name] = env[key]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    unknown = set(values) - names
+    if unknown:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"unknown setting(s): {', '.join(sorted(unknown))}")
+    try:
+        coerced = {k: _coerce(k, v) for k, v in values.items()}
+    except (TypeError, ValueError) as exc:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"bad setting: {exc}") from None
+    return Settings(**coerced)
+
+
+def _read_config_file(path: Path, names: set[str]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise WarmdError(Code.INVALID_ARGUMENT, f"config file {path} must be a mapping of settings")
+    unknown = set(data) - names
+    if unknown:
+        raise WarmdError(Code.INVALID_ARGUMENT,
+                         f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(names))}")
+    return data

@@ -1,0 +1,101 @@
+"""Every error code warmd can return, defined once, each with its gRPC status.
+
+The code travels in the trailing metadata key `warmd-error-code`; the message is for a person
+and says what to do. Clients turn the pair back into a `WarmdError` (see `from_rpc_error`).
+"""
+from __future__ import annotations
+
+import enum
+
+import grpc
+
+METADATA_KEY = "warmd-error-code"
+
+
+class Code(str, enum.Enum):
+    """A stable error code. The value is what clients see and scripts match on."""
+
+    MODEL_NOT_FOUND = "model_not_found"
+    SPEC_INVALID = "spec_invalid"
+    WEIGHTS_MISSING = "weights_missing"
+    WEIGHTS_DIGEST_MISMATCH = "weights_digest_mismatch"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
+    INSUFFICIENT_DISK = "insufficient_disk"
+    UNSUPPORTED_PROVIDER = "unsupported_provider"
+    DEVICE_UNAVAILABLE = "device_unavailable"
+    PROVIDER_FAILED = "provider_failed"
+    NETWORK_FORBIDDEN = "network_forbidden"
+    INVALID_ARGUMENT = "invalid_argument"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    INTERNAL = "internal"
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return _STATUS[self]
+
+
+_STATUS: dict[Code, grpc.StatusCode] = {
+    Code.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.SPEC_INVALID: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.WEIGHTS_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.WEIGHTS_DIGEST_MISMATCH: grpc.StatusCode.DATA_LOSS,
+    Code.INSUFFICIENT_MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.INSUFFICIENT_DISK: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.UNSUPPORTED_PROVIDER: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.DEVICE_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.PROVIDER_FAILED: grpc.StatusCode.INTERNAL,
+    Code.NETWORK_FORBIDDEN: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.CANCELLED: grpc.StatusCode.CANCELLED,
+    Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# A status from the transport itself (daemon down, deadline) carries no warmd code.
+_FROM_STATUS: dict[grpc.StatusCode, Code] = {
+    grpc.StatusCode.UNAVAILABLE: Code.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED: Code.CANCELLED,
+    grpc.StatusCode.UNAUTHENTICATED: Code.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: Code.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT: Code.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND: Code.MODEL_NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Code.BUSY,
+}
+
+
+class WarmdError(Exception):
+    """An error with a stable code and a message a person can act on.
+
+    Args:
+        code: the stable code.
+        message: what went wrong and what to do about it.
+    """
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+def from_rpc_error(err: grpc.RpcError) -> WarmdError:
+    """Turn a failed call back into a WarmdError, reading the code from trailing metadata."""
+    trailing = dict(err.trailing_metadata() or ())
+    value = trailing.get(METADATA_KEY)
+    try:
+        code = Code(value) if value else _FROM_STATUS.get(err.code(), Code.INTERNAL)
+    except ValueError:  # a newer daemon's code this client does not know
+        code = Code.INTERNAL
+    return WarmdError(code, err.details() or err.code().name.lower())

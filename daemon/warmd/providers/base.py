@@ -1,0 +1,148 @@
+"""The provider contract: how a runtime (torch, sentence-transformers, ...) plugs into warmd.
+
+A provider is one module with one `Provider` subclass. The scheduler decides what is resident where;
+a provider only does what it is told:
+
+    validate_options(options)      -> problems with the spec's `options` (class method; no torch)
+    supports(spec, device)         -> whether it can run this spec on this device (class method)
+    estimate(spec, files)          -> bytes it expects to occupy, from file headers (class method)
+    Provider(spec, files, device)  -> an unloaded instance for one model
+        .load()                    -> measured bytes after the load
+        .infer(request)            -> outputs
+        .unload()                  -> frees everything it holds
+
+`files` is the local folder (or single file) the store resolved for the spec. Heavy imports (torch)
+happen inside `load`, never at module import, so the daemon answers list/status without them.
+"""
+from __future__ import annotations
+
+import abc
+import gc
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping
+
+import jsonschema
+import numpy as np
+
+from warmd.errors import Code, WarmdError
+from warmd.spec import ModelSpec
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass
+class InferRequest:
+    """What a provider gets: named arrays, texts, and free-form parameters."""
+
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferResult:
+    """What a provider returns: named arrays and, for non-tensor results, a JSON-able value."""
+
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    json: Any = None
+
+
+class Provider(abc.ABC):
+    """One loaded (or loadable) model on one device."""
+
+    name: ClassVar[str]
+    # JSON Schema of this provider's `options` mapping.
+    options_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+
+    def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
+        self.spec, self.files, self.device = spec, files, device
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+        """Yield (message, path within options) for every problem; nothing when valid."""
+        for err in jsonschema.Draft202012Validator(cls.options_schema).iter_errors(options):
+            yield err.message, list(err.absolute_path)
+
+    @classmethod
+    def supports(cls, spec: ModelSpec, device: str) -> bool:
+        """Whether this provider can run `spec` on `device` ("cpu", "cuda:0")."""
+        return device == "cpu" or device.startswith("cuda")
+
+    @classmethod
+    def estimate(cls, spec: ModelSpec, files: Path) -> int:
+        """Bytes the model will occupy once loaded; default: its safetensors weights at the spec's precision."""
+        return safetensors_bytes(sorted(_safetensors_files(files)), spec.precision)
+
+    @abc.abstractmethod
+    def load(self) -> int:
+        """Load onto self.device. Returns the measured bytes it occupies."""
+
+    @abc.abstractmethod
+    def infer(self, request: InferRequest) -> InferResult:
+        """Run one request. Raise WarmdError(INVALID_ARGUMENT) for inputs the model cannot take."""
+
+    @abc.abstractmethod
+    def unload(self) -> None:
+        """Drop every reference to the model and give device memory back."""
+
+
+def safetensors_bytes(paths: list[Path], precision: str) -> int:
+    """Exact weight bytes from safetensors headers, floats counted at `precision`."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in paths:
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                count = int(np.prod(sl.get_shape(), dtype=np.int64))
+                dtype = sl.get_dtype()
+                size = BYTES_PER_ELEMENT[precision] if dtype in _FLOAT_DTYPES else _itemsize(dtype)
+                total += count * size
+    return total
+
+
+def _itemsize(dtype: str) -> int:
+    digits = "".join(c for c in dtype if c.isdigit())
+    return max(1, int(digits) // 8) if digits else 1
+
+
+def _safetensors_files(files: Path) -> Iterator[Path]:
+    if files.is_file():
+        yield files
+    else:
+        yield from files.rglob("*.safetensors")
+
+
+def torch_dtype(precision: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def release_torch_memory(device: str) -> None:
+    """After dropping references: collect, and hand cached CUDA blocks back to the driver."""
+    gc.collect()
+    if device.startswith("cuda") and "torch" in sys.modules:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def module_bytes(module: Any) -> int:
+    """Bytes held by a torch module's parameters and buffers (each storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def bad_input(message: str) -> WarmdError:
+    return WarmdError(Code.INVALID_ARGUMENT, message)

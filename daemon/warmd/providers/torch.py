@@ -1,0 +1,170 @@
+"""`torch`: an nn.Module built by a Python factory, weights from safetensors.
+
+options:
+  factory: "package.module:callable" or "file.py:callable" (a file next to the spec)
+  args: keyword arguments for the factory
+  weights: the safetensors file inside the source folder (default: the source itself if it is a
+           file, else model.safetensors)
+  strict: require every parameter to be in the weights (default true)
+
+Inputs are passed to forward() positionally, in the order the spec's `inputs` declares (or the order
+the request gives). A tensor result is named by the spec's first output (default "output"); a tuple
+or dict result maps onto the declared outputs.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from warmd.errors import Code, WarmdError
+from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes,
+                                  release_torch_memory, safetensors_bytes, torch_dtype)
+from warmd.spec import ModelSpec
+
+
+class TorchProvider(Provider):
+    name = "torch"
+    options_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["factory"],
+        "properties": {
+            "factory": {"type": "string", "pattern": r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$"},
+            "args": {"type": "object"},
+            "weights": {"type": "string", "minLength": 1},
+            "strict": {"type": "boolean"},
+        },
+    }
+
+    def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
+        super().__init__(spec, files, device)
+        self.module: Any = None
+
+    @classmethod
+    def estimate(cls, spec: ModelSpec, files: Path) -> int:
+        return safetensors_bytes([weights_file(spec, files)], spec.precision)
+
+    def load(self) -> int:
+        import torch
+        from safetensors.torch import load_file
+
+        factory = resolve_factory(self.spec)
+        try:
+            module = factory(**self.spec.options.get("args", {}))
+        except Exception as exc:
+            raise WarmdError(Code.PROVIDER_FAILED,
+                             f"factory {self.spec.options['factory']} failed: {exc!r}") from exc
+        if not isinstance(module, torch.nn.Module):
+            raise WarmdError(Code.PROVIDER_FAILED, f"factory {self.spec.options['factory']} returned "
+                             f"{type(module).__name__}, not a torch.nn.Module")
+        state = load_file(str(weights_file(self.spec, self.files)))
+        try:
+            module.load_state_dict(state, strict=self.spec.options.get("strict", True))
+        except RuntimeError as exc:
+            raise WarmdError(Code.PROVIDER_FAILED, f"weights do not fit the module: {exc}") from None
+        self.module = module.to(device=self.device, dtype=torch_dtype(self.spec.precision)).eval()
+        return module_bytes(self.module)
+
+    def infer(self, request: InferRequest) -> InferResult:
+        import torch
+
+        args = [self._to_tensor(name, arr) for name, arr in self._ordered_inputs(request)]
+        with torch.inference_mode():
+            result = self.module(*args)
+        return InferResult(tensors=self._name_outputs(result))
+
+    def unload(self) -> None:
+        self.module = None
+        release_torch_memory(self.device)
+
+    def _ordered_inputs(self, request: InferRequest) -> list[tuple[str, np.ndarray]]:
+        if not request.tensors:
+            raise bad_input(f"model {self.spec.name!r} takes tensor inputs; none were given")
+        if not self.spec.inputs:
+            return list(request.tensors.items())
+        missing = [d.name for d in self.spec.inputs if d.name not in request.tensors]
+        if missing:
+            raise bad_input(f"missing input(s) {', '.join(missing)}; model {self.spec.name!r} takes "
+                            f"{', '.join(d.name for d in self.spec.inputs)}")
+        return [(d.name, request.tensors[d.name]) for d in self.spec.inputs]
+
+    def _to_tensor(self, name: str, arr: np.ndarray):  # type: ignore[no-untyped-def]
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(arr))
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch_dtype(self.spec.precision))
+        return tensor.to(self.device)
+
+    def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
+        names = [d.name for d in self.spec.outputs] or ["output"]
+        if isinstance(result, dict):
+            items = list(result.items())
+        elif isinstance(result, (tuple, list)):
+            names += [f"output_{i}" for i in range(len(names), len(result))]
+            items = list(zip(names, result))
+        else:
+            items = [(names[0], result)]
+        return {name: _to_numpy(value) for name, value in items}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    import torch
+
+    value = value.detach()
+    if value.dtype in (torch.bfloat16, torch.float16):
+        value = value.float()   # numpy has no bfloat16; callers get exact float32 values
+    return value.cpu().numpy()
+
+
+def weights_file(spec: ModelSpec, files: Path) -> Path:
+    """The safetensors file to load, checked to exist inside the resolved source."""
+    if files.is_file():
+        return files
+    name = spec.options.get("weights", "model.safetensors")
+    path = (files / name).resolve()
+    if not path.is_relative_to(files.resolve()):
+        raise WarmdError(Code.SPEC_INVALID, f"options.weights {name!r} points outside the model's files")
+    if not path.is_file():
+        raise WarmdError(Code.WEIGHTS_MISSING, f"weights file {path} does not exist; "
+                         "set options.weights to the safetensors file in the source folder")
+    return path
+
+
+def resolve_factory(spec: ModelSpec) -> Callable[..., Any]:
+    """Import the `module:callable` (or `file.py:callable` next to the spec) named by options.factory."""
+    target, _, attr = spec.options["factory"].rpartition(":")
+    try:
+        if target.endswith(".py"):
+            module = _import_file(spec, target)
+        else:
+            module = importlib.import_module(target)
+    except WarmdError:
+        raise
+    except Exception as exc:
+        raise WarmdError(Code.PROVIDER_FAILED, f"cannot import factory module {target!r}: {exc!r}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise WarmdError(Code.PROVIDER_FAILED, f"{target!r} has no callable named {attr!r}")
+    return factory
+
+
+def _import_file(spec: ModelSpec, relative: str):  # type: ignore[no-untyped-def]
+    folder = spec.file.parent.resolve()
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder):
+        raise WarmdError(Code.SPEC_INVALID, f"factory file {relative!r} must be inside {folder}")
+    if not path.is_file():
+        raise WarmdError(Code.PROVIDER_FAILED, f"factory file {path} does not exist")
+    # A unique module name per file and content version, so an edited factory file is re-imported.
+    mod_name = f"warmd_factory_{abs(hash((str(path), path.stat().st_mtime_ns)))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    sys.modules[mod_name] = module
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module

@@ -1,0 +1,357 @@
+"""Residency: the one place that decides which models are loaded, when they load, and when they go.
+
+Rules held here:
+- one load per model at a time (single-flight): concurrent requests wait on the same load;
+- a model with requests in flight is never unloaded under them: it is *retired* (no new requests) and
+  unloaded when its last request returns;
+- an edited spec reloads in the background; the old version serves until the new one is ready, and a
+  failed reload leaves the old version serving;
+- a removed spec's model is retired;
+- an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once).
+Requests for resident models take the lock only to count themselves in and out; loads and unloads run
+outside the lock, so a load never blocks requests for other models.
+
+Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
+spec_changed, spec_removed, keep_alive, shutdown), and job.progress for each load phase.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from warmd import devices
+from warmd.catalog import Catalog
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.jobs import Job
+from warmd.providers import Provider
+from warmd.spec import ModelSpec
+from warmd.store import Store
+from warmd.units import format_size
+
+log = logging.getLogger(__name__)
+REAP_INTERVAL_S = 0.25
+
+
+@dataclass(eq=False)
+class Resident:
+    """A loaded model. Mutable fields change only under the scheduler's lock."""
+
+    spec: ModelSpec
+    provider: Provider
+    device: str
+    estimated_bytes: int
+    measured_bytes: int
+    keep_alive: float
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    in_flight: int = 0
+    retiring: bool = False
+    retire_reason: str = ""
+    unloaded: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def expires_at(self) -> float:
+        if self.spec.pin or self.keep_alive < 0:
+            return 0.0
+        return self.last_used + self.keep_alive
+
+
+@dataclass(eq=False)
+class _Slot:
+    current: Resident | None = None
+    loading: Future | None = None
+    loading_signature: str = ""
+    job: Job | None = None
+    error: WarmdError | None = None
+    waiters: int = 0        # requests waiting for a load; keep-alive leaves the model to them
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the API shows about one model."""
+
+    state: str                       # available | loading | ready | unloading | failed
+    resident: Resident | None
+    error: WarmdError | None
+
+
+class Scheduler:
+    def __init__(self, catalog: Catalog, store: Store, providers: Mapping[str, type[Provider]],
+                 bus: EventBus, default_keep_alive: float) -> None:
+        self.catalog, self.store, self.providers, self.bus = catalog, store, providers, bus
+        self.default_keep_alive = default_keep_alive
+        self._slots: dict[str, _Slot] = {}
+        self._retiring: list[Resident] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="keep-alive", daemon=True)
+        catalog.add_listener(self.on_catalog_change)
+
+    def start(self) -> None:
+        self._reaper.start()
+        for spec in self.catalog.specs():
+            if spec.preload:
+                self.start_load(spec.name, reason="preload")
+
+    # ---- requests ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def acquire(self, name: str, keep_alive: float | None = None) -> Iterator[Resident]:
+        """Hold a resident model for one request, loading it first if needed."""
+        resident = self._enter(name, keep_alive)
+        try:
+            yield resident
+        finally:
+            self._leave(resident)
+
+    def _enter(self, name: str, keep_alive: float | None) -> Resident:
+        while True:
+            with self._lock:
+                self._spec(name)
+                slot = self._slots.setdefault(name, _Slot())
+                current = slot.current
+                if current is not None and not current.retiring:
+                    current.in_flight += 1
+                    current.last_used = time.time()
+                    if keep_alive is not None:
+                        current.keep_alive = keep_alive
+                    return current
+                slot.waiters += 1
+            try:
+                _, future = self.start_load(name, keep_alive=keep_alive)
+                future.result()
+            finally:
+                with self._lock:
+                    slot.waiters -= 1
+
+    def _leave(self, resident: Resident) -> None:
+        with self._lock:
+            resident.in_flight -= 1
+            resident.last_used = time.time()
+            drained = resident.retiring and resident.in_flight == 0
+        if drained:
+            self._unload_in_background(resident)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def start_load(self, name: str, keep_alive: float | None = None,
+                   reason: str = "request") -> tuple[Job, Future]:
+        """Start (or join) the load of `name`. Returns the load job and a future of the Resident.
+
+        Raises:
+            WarmdError: `model_not_found` when no spec defines `name`.
+        """
+        with self._lock:
+            spec = self._spec(name)
+            slot = self._slots.setdefault(name, _Slot())
+            current = slot.current
+            if current is not None and not current.retiring and current.spec.signature == spec.signature:
+                if keep_alive is not None:
+                    current.keep_alive = keep_alive
+                done: Future = Future()
+                done.set_result(current)
+                return Job("load", name, self.bus), done
+            if slot.loading is not None and slot.loading_signature == spec.signature:
+                return slot.job, slot.loading  # type: ignore[return-value]
+            job, future = Job("load", name, self.bus), Future()
+            slot.loading, slot.loading_signature, slot.job = future, spec.signature, job
+        threading.Thread(target=self._load, args=(spec, job, future, keep_alive, reason),
+                         name=f"load-{name}", daemon=True).start()
+        return job, future
+
+    def _load(self, spec: ModelSpec, job: Job, future: Future, keep_alive: float | None,
+              reason: str) -> None:
+        self.bus.publish("model.loading", model=spec.name, job_id=job.id, reason=reason)
+        try:
+            resident = self._build(spec, job, keep_alive)
+        except Exception as exc:
+            err = exc if isinstance(exc, WarmdError) else WarmdError(
+                Code.PROVIDER_FAILED, f"{spec.provider} could not load {spec.name!r}: {exc!r}")
+            if not isinstance(exc, WarmdError):
+                log.exception("load of %s failed", spec.name)
+            self._load_failed(spec, job, future, err)
+            return
+        self._install(spec, job, future, resident)
+
+    def _build(self, spec: ModelSpec, job: Job, keep_alive: float | None) -> Resident:
+        job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
+        files = self.store.resolve(spec)
+        job.check()
+        device = devices.resolve(spec.device)
+        cls = self.providers[spec.provider]
+        if not cls.supports(spec, device):
+            raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device}")
+        estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
+        job.progress("load", 1, 3, message=f"loading onto {device} (~{format_size(estimated)})")
+        provider = cls(spec, files, device)
+        measured = provider.load()
+        job.check()
+        job.progress("ready", 3, 3)
+        return Resident(spec=spec, provider=provider, device=device, estimated_bytes=estimated,
+                        measured_bytes=measured,
+                        keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive)
+
+    def _install(self, spec: ModelSpec, job: Job, future: Future, resident: Resident) -> None:
+        with self._lock:
+            slot = self._slots.setdefault(spec.name, _Slot())
+            wanted = self.catalog.get(spec.name)
+            stale = wanted is None or wanted.signature != spec.signature
+            if slot.loading is future:
+                slot.loading, slot.job = None, None
+            old = None
+            if not stale:
+                old, slot.current, slot.error = slot.current, resident, None
+                if old is not None:
+                    self._retire_locked(old, "spec_changed")
+        if stale:
+            # The spec changed or went away while we loaded: this version must not serve.
+            resident.provider.unload()
+            self.bus.publish("model.unloaded", model=spec.name, reason="spec_changed",
+                             message="discarded a load that finished after its spec changed")
+            future.set_exception(WarmdError(Code.MODEL_NOT_FOUND if wanted is None else Code.CANCELLED,
+                                            f"the spec of {spec.name!r} changed while it loaded; retry"))
+            return
+        self.bus.publish("model.loaded", model=spec.name, job_id=job.id, message=(
+            f"{resident.device}, {format_size(resident.measured_bytes)} "
+            f"(estimated {format_size(resident.estimated_bytes)})"))
+        future.set_result(resident)
+        if old is not None:
+            self._drain(old)
+
+    def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
+        with self._lock:
+            slot = self._slots.setdefault(spec.name, _Slot())
+            if slot.loading is future:
+                slot.loading, slot.job, slot.error = None, None, err
+        log.error("load of %s failed: %s", spec.name, err)
+        self.bus.publish("model.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
+                         message=err.message)
+        future.set_exception(err)
+
+    # ---- unloading -----------------------------------------------------------------------------
+    def unload(self, name: str, reason: str = "request", wait_s: float = 0.0) -> None:
+        """Retire `name`'s resident version; it unloads once its in-flight requests finish.
+
+        Args:
+            wait_s: how long to wait for the unload to complete.
+        Raises:
+            WarmdError: `model_not_found` for a name that is neither in the catalog nor resident.
+        """
+        with self._lock:
+            slot = self._slots.get(name)
+            resident = slot.current if slot else None
+            if resident is None and self.catalog.get(name) is None:
+                raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
+            if resident is not None:
+                self._retire_locked(resident, reason)
+        if resident is not None:
+            self._drain(resident)
+            resident.unloaded.wait(wait_s)
+
+    def _retire_locked(self, resident: Resident, reason: str) -> None:
+        if not resident.retiring:
+            resident.retiring, resident.retire_reason = True, reason
+        slot = self._slots.get(resident.spec.name)
+        if slot is not None and slot.current is resident:
+            slot.current = None
+        if resident not in self._retiring:
+            self._retiring.append(resident)
+
+    def _drain(self, resident: Resident) -> None:
+        """Unload a retired model now if idle; otherwise the last request to leave does it (_leave)."""
+        with self._lock:
+            in_flight = resident.in_flight
+        self.bus.publish("model.unloading", model=resident.spec.name, reason=resident.retire_reason,
+                         message=f"{in_flight} request(s) in flight")
+        if in_flight == 0:
+            self._unload_in_background(resident)
+
+    def _unload_in_background(self, resident: Resident) -> None:
+        threading.Thread(target=self._unload_now, args=(resident,),
+                         name=f"unload-{resident.spec.name}", daemon=True).start()
+
+    def _unload_now(self, resident: Resident) -> None:
+        with self._lock:
+            if resident.unloaded.is_set() or resident not in self._retiring:
+                return
+            self._retiring.remove(resident)
+        try:
+            resident.provider.unload()
+        except Exception:
+            log.exception("unload of %s raised; its memory may not be returned", resident.spec.name)
+        resident.unloaded.set()
+        self.bus.publish("model.unloaded", model=resident.spec.name, reason=resident.retire_reason)
+
+    # ---- catalog changes -----------------------------------------------------------------------
+    def on_catalog_change(self, old: ModelSpec | None, new: ModelSpec | None) -> None:
+        name = (new or old).name  # type: ignore[union-attr]
+        with self._lock:
+            slot = self._slots.get(name)
+            resident = slot.current if slot else None
+            if new is None and resident is not None:
+                self._retire_locked(resident, "spec_removed")
+            elif new is not None and resident is not None and resident.spec.signature == new.signature:
+                resident.spec = new   # metadata (pin, keep_alive, tags) applies at once
+        if new is None and resident is not None:
+            self._drain(resident)
+        elif new is not None and resident is not None and resident.spec.signature != new.signature:
+            self.start_load(name, reason="spec_changed")
+        elif new is not None and old is None and new.preload:
+            self.start_load(name, reason="preload")
+
+    # ---- keep-alive ----------------------------------------------------------------------------
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(REAP_INTERVAL_S):
+            now = time.time()
+            with self._lock:
+                expired = [s.current for s in self._slots.values()
+                           if s.current is not None and s.current.in_flight == 0 and s.waiters == 0
+                           and s.current.expires_at and s.current.expires_at <= now]
+                for resident in expired:
+                    self._retire_locked(resident, "keep_alive")
+            for resident in expired:
+                self._drain(resident)
+
+    # ---- views and shutdown --------------------------------------------------------------------
+    def view(self, name: str) -> ModelView:
+        with self._lock:
+            slot = self._slots.get(name) or _Slot()
+            retiring = next((r for r in self._retiring if r.spec.name == name), None)
+            if slot.current is not None:
+                return ModelView("ready", slot.current, slot.error)
+            if slot.loading is not None:
+                return ModelView("loading", None, slot.error)
+            if retiring is not None:
+                return ModelView("unloading", retiring, None)
+            return ModelView("failed" if slot.error else "available", None, slot.error)
+
+    def resident(self) -> list[Resident]:
+        with self._lock:
+            return [s.current for s in self._slots.values() if s.current is not None]
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Unload everything (in-flight requests were drained by the server first)."""
+        self._stop.set()
+        with self._lock:
+            everything = [s.current for s in self._slots.values() if s.current is not None]
+            for resident in everything:
+                self._retire_locked(resident, "shutdown")
+            retiring = list(self._retiring)
+        for resident in retiring:
+            self._unload_now(resident)
+        deadline = time.monotonic() + timeout_s
+        for resident in retiring:
+            resident.unloaded.wait(max(0.0, deadline - time.monotonic()))
+
+    def _spec(self, name: str) -> ModelSpec:
+        spec = self.catalog.get(name)
+        if spec is None:
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
+        return spec
+
+    def _keep_alive(self, spec: ModelSpec) -> float:
+        return self.default_keep_alive if spec.keep_alive is None else spec.keep_alive

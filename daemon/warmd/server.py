@@ -1,0 +1,199 @@
+"""Wiring and lifecycle: lock, listen, announce readiness, serve until a signal, drain, clean up."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import filelock
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from warmd import __version__
+from warmd.api.auth import TokenAuth, ensure_token
+from warmd.api.service import WarmdService
+from warmd.catalog import Catalog
+from warmd.config import Settings
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.providers import PROVIDERS
+from warmd.scheduler import Scheduler
+from warmd.store import Store
+from warmd.v1 import warmd_pb2, warmd_pb2_grpc
+
+log = logging.getLogger("warmd")
+
+
+class Daemon:
+    """One running warmd. `run()` blocks until SIGTERM/SIGINT and returns the exit status."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
+                               PROVIDERS, self.bus, settings.reload_debounce)
+        self.scheduler = Scheduler(self.catalog, Store(settings.data_dir), PROVIDERS, self.bus,
+                                   settings.keep_alive)
+        self.health = health.HealthServicer()
+        self.servers: list[grpc.Server] = []
+        self._stop = threading.Event()
+        self._lock: filelock.BaseFileLock | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def run(self) -> int:
+        self._take_lock()
+        try:
+            self.catalog.start()
+            self._listen()
+            self._notify_ready()
+            self.scheduler.start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
+            while not self._stop.wait(1.0):
+                pass
+            self._shutdown()
+            return 0
+        finally:
+            self._cleanup()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _take_lock(self) -> None:
+        """Refuse to start while another daemon holds this socket: grpc would silently steal it."""
+        sock = self.settings.socket
+        sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(sock.parent, 0o700)
+        self._lock = filelock.FileLock(str(sock) + ".lock")
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            pid = _read(self._pid_file())
+            raise WarmdError(Code.UNAVAILABLE, f"another warmd (pid {pid or 'unknown'}) is serving {sock}; "
+                             f"stop it first (kill {pid or '<pid>'}) or pass --socket") from None
+        self._pid_file().write_text(f"{os.getpid()}\n")
+        if sock.exists() or sock.is_symlink():
+            sock.unlink()   # a stale socket from a daemon that died; we hold the lock, so it is ours
+
+    def _listen(self) -> None:
+        s = self.settings
+        unix = self._server(interceptors=())
+        unix.add_insecure_port(f"unix:{s.socket}")
+        unix.start()
+        os.chmod(s.socket, 0o600)
+        self.servers.append(unix)
+        log.info("warmd %s listening on %s (pid %d)", __version__, s.socket, os.getpid())
+        if s.tcp:
+            host = _check_tcp(s.tcp, s.tcp_allow_remote)
+            token = ensure_token(s.token_file)
+            tcp = self._server(interceptors=(TokenAuth(token),))
+            port = tcp.add_insecure_port(s.tcp)
+            tcp.start()
+            self.servers.append(tcp)
+            log.info("also listening on %s:%d (bearer token in %s)", host, port, s.token_file)
+
+    def _server(self, interceptors: tuple[grpc.ServerInterceptor, ...]) -> grpc.Server:
+        limit = self.settings.max_message_bytes
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.settings.rpc_threads, thread_name_prefix="rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)])
+        warmd_pb2_grpc.add_WarmdServicer_to_server(
+            WarmdService(self.settings, self.catalog, self.scheduler, self.bus), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        return server
+
+    def _notify_ready(self) -> None:
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("warmd.v1.Warmd", health_pb2.HealthCheckResponse.SERVING)
+        sd_notify(b"READY=1")
+        log.info("ready: %d model(s), %d rejected spec file(s) in %s", len(self.catalog.specs()),
+                 len(self.catalog.rejected()), self.settings.specs_dir)
+
+    def _shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), unload everything."""
+        log.info("stopping: draining requests for up to %.0fs", self.settings.drain_timeout)
+        sd_notify(b"STOPPING=1")
+        self.health.enter_graceful_shutdown()
+        self.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
+        for event in [srv.stop(grace=self.settings.drain_timeout) for srv in self.servers]:
+            event.wait()
+        self.catalog.stop()
+        self.scheduler.shutdown(timeout_s=self.settings.drain_timeout)
+        log.info("stopped")
+
+    def _cleanup(self) -> None:
+        for srv in self.servers:
+            srv.stop(grace=None)
+        if self._lock is not None and self._lock.is_locked:
+            for path in (self.settings.socket, self._pid_file()):
+                path.unlink(missing_ok=True)
+            self._lock.release()
+
+    def _pid_file(self) -> Path:
+        return self.settings.socket.with_name(self.settings.socket.name + ".pid")
+
+
+def _check_tcp(address: str, allow_remote: bool) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise WarmdError(Code.INVALID_ARGUMENT, f"--tcp {address!r} must be HOST:PORT, e.g. 127.0.0.1:7071")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"--tcp {address!r} is not a loopback address; set "
+                         "tcp_allow_remote: true in the config to listen beyond this machine")
+    return host
+
+
+def sd_notify(message: bytes) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message, address)
+        except OSError as exc:
+            log.warning("sd_notify to %s failed: %s", target, exc)
+
+
+def setup_logging(settings: Settings) -> None:
+    """Log to stderr (the service manager's journal) and to a rotated file that `warm status` names."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("warmd")
+    root.setLevel(settings.log_level.upper())
+    root.handlers.clear()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    try:
+        settings.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rotating = logging.handlers.RotatingFileHandler(settings.log_file, maxBytes=10 * 2**20, backupCount=3)
+        rotating.setFormatter(fmt)
+        root.addHandler(rotating)
+    except OSError as exc:
+        root.warning("cannot write the log file %s (%s); logging to stderr only", settings.log_file, exc)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

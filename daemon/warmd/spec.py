@@ -1,0 +1,285 @@
+"""ModelSpec: the schema of one spec file, its validation and its canonical signature.
+
+A spec file is the single source of truth for a model. Parsing is strict: anything unexpected is an
+error that names the file, the field and the line, so a person can fix it in one look.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from warmd.errors import Code
+from warmd.units import parse_duration, parse_size
+
+MAX_SPEC_BYTES = 256 * 1024
+MAX_ALIASES = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model's files come from."""
+
+    kind: str                                   # hf | url | path | package
+    ref: str                                    # repo id, URL, path, or package name
+    revision: str = "main"
+    allow_patterns: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+    sha256: str | None = None
+    mirrors: tuple[str, ...] = ()
+    subdir: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "hf":
+            return f"hf:{self.ref}@{self.revision}"
+        if self.kind == "package":
+            return f"package:{self.ref}/{self.subdir}" if self.subdir else f"package:{self.ref}"
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One validated spec file."""
+
+    name: str
+    file: Path
+    source: Source
+    provider: str
+    version: str = "1"
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    task: str = "custom"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "fp32"
+    memory: int | None = None                   # bytes; overrides the estimate
+    pin: bool = False
+    keep_alive: float | None = None             # seconds; None = the daemon's default
+    preload: bool = False
+    inputs: tuple[TensorDecl, ...] = ()
+    outputs: tuple[TensorDecl, ...] = ()
+
+    @property
+    def signature(self) -> str:
+        """sha256 over what decides the loaded weights and code; an edit that changes it means a reload."""
+        loaded = {
+            "source": self.source.__dict__, "provider": self.provider, "options": self.options,
+            "device": self.device, "precision": self.precision, "version": self.version,
+        }
+        canonical = json.dumps(loaded, sort_keys=True, separators=(",", ":"), default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class SpecFileError(Exception):
+    """A spec file that cannot be accepted.
+
+    Args:
+        file: the spec file.
+        message: what is wrong and how to fix it.
+        field: dotted path of the offending field ("" for the file as a whole).
+        line: 1-based line in the file, 0 when unknown.
+        code: `spec_invalid`, or `unsupported_provider` for a provider that is not installed.
+    """
+
+    def __init__(self, file: Path, message: str, field: str = "", line: int = 0,
+                 code: Code = Code.SPEC_INVALID) -> None:
+        self.file, self.message, self.field, self.line, self.code = file, message, field, line, code
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else str(self.file)
+        return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file (daemon/warmd/spec.schema.json)."""
+    return json.loads(resources.files("warmd").joinpath("spec.schema.json").read_text())
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs: a few aliases are fine, thousands are an attack."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} YAML aliases; refusing to expand")
+        return super().compose_node(parent, index)
+
+
+def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
+                    providers: Mapping[str, Any]) -> ModelSpec:
+    """Read and validate one spec file.
+
+    Args:
+        path: the YAML file.
+        root: the specs folder; relative `path:` sources must stay inside the file's folder under it.
+        path_roots: folders an absolute `path:` source may point into.
+        providers: known provider classes by name; each validates its own `options`.
+    Returns:
+        The spec.
+    Raises:
+        SpecFileError: anything wrong with the file, with field and line where known.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecFileError(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecFileError(path, f"file is {len(raw)} bytes; a spec may be at most {MAX_SPEC_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    node, data = _load_yaml(path, text)
+    if not isinstance(data, dict):
+        raise SpecFileError(path, "a spec must be a YAML mapping (key: value lines), "
+                            f"not {type(data).__name__}", line=1)
+
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise _schema_error(path, node, errors[0])
+
+    name = data.get("name", path.stem)
+    if "name" not in data and not jsonschema.Draft202012Validator(
+            schema()["properties"]["name"]).is_valid(name):
+        raise SpecFileError(path, f"the file name {path.stem!r} is not a valid model name; rename the file "
+                            "or set `name:` (lowercase letters, digits, . _ -; at most 64)", field="name")
+
+    provider_cls = providers.get(data["provider"])
+    if provider_cls is None:
+        raise SpecFileError(path, f"unknown provider {data['provider']!r}; installed: "
+                            f"{', '.join(sorted(providers))}", field="provider",
+                            line=_line_of(node, ["provider"]), code=Code.UNSUPPORTED_PROVIDER)
+    options = data.get("options", {})
+    for message, opt_path in provider_cls.validate_options(options):
+        dotted = ["options", *opt_path]
+        raise SpecFileError(path, message, field=".".join(map(str, dotted)), line=_line_of(node, dotted))
+
+    keep_alive = parse_duration(data["keep_alive"]) if "keep_alive" in data else None
+    if keep_alive is not None and keep_alive < 0 and keep_alive != -1:
+        raise SpecFileError(path, "keep_alive must be -1 (forever), 0, or a positive duration",
+                            field="keep_alive", line=_line_of(node, ["keep_alive"]))
+
+    return ModelSpec(
+        name=name, file=path, provider=data["provider"],
+        source=_source(path, node, data["source"], root, path_roots),
+        version=str(data.get("version", "1")), description=data.get("description", ""),
+        tags=tuple(data.get("tags", ())), task=data.get("task", "custom"), options=options,
+        device=data.get("device", "auto"), precision=data.get("precision", "fp32"),
+        memory=parse_size(data["memory"]) if "memory" in data else None,
+        pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
+        inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
+    )
+
+
+def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse once into a node tree (kept for line numbers), then construct plain data from it."""
+    try:
+        loader = _BoundedLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecFileError(path, f"YAML error: {problem}", line=mark.line + 1 if mark else 0) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise SpecFileError(path, f"YAML error: {str(exc) or 'nesting too deep'}") from None
+    return node, data
+
+
+def _schema_error(path: Path, node: yaml.Node | None, err: jsonschema.ValidationError) -> SpecFileError:
+    where = list(err.absolute_path)
+    message = err.message
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        where.append(extra[0])
+        allowed = ", ".join(sorted(err.schema.get("properties", {})))
+        message = f"unknown key {extra[0]!r}; allowed here: {allowed}"
+    elif err.validator == "propertyNames":
+        message = f"{err.instance!r} does not go with this kind of source"
+        where.append(err.instance)
+    elif err.validator == "oneOf" and where == ["source"]:
+        message = "give exactly one of hf, url, path, package"
+    elif err.validator == "pattern":
+        message = f"{err.instance!r} is not in the expected form ({err.schema['pattern']})"
+    elif err.validator == "enum":
+        message = f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    dotted = ".".join(map(str, where))
+    return SpecFileError(path, message, field=dotted, line=_line_of(node, where))
+
+
+def _line_of(node: yaml.Node | None, where: list[Any]) -> int:
+    """1-based line of the value at `where` in the node tree (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else 0
+    for key in where:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if getattr(k, "value", None) == key]
+            if not match:
+                break
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
+            path_roots: list[Path]) -> Source:
+    if "hf" in src:
+        return Source("hf", src["hf"], revision=src.get("revision", "main"),
+                      allow_patterns=tuple(src.get("allow_patterns", ())),
+                      ignore_patterns=tuple(src.get("ignore_patterns", ())))
+    if "url" in src:
+        return Source("url", src["url"], sha256=src["sha256"], mirrors=tuple(src.get("mirrors", ())))
+    if "package" in src:
+        subdir = src.get("subdir", "")
+        if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
+            raise SpecFileError(path, "subdir must be a relative folder inside the package",
+                                field="source.subdir", line=_line_of(node, ["source", "subdir"]))
+        return Source("package", src["package"], subdir=subdir)
+    return Source("path", str(_checked_path(path, node, src["path"], root, path_roots)),
+                  sha256=src.get("sha256"))
+
+
+def _checked_path(path: Path, node: yaml.Node | None, value: str, root: Path,
+                  path_roots: list[Path]) -> Path:
+    """Resolve a `path:` source (following symlinks) and refuse one that escapes its allowed roots."""
+    given = Path(value).expanduser()
+    if given.is_absolute():
+        target, allowed = given.resolve(), [r.expanduser().resolve() for r in path_roots]
+        hint = f"absolute paths must lie under a configured path root ({', '.join(map(str, allowed))})"
+    else:
+        target, allowed = (path.parent / given).resolve(), [root.resolve()]
+        hint = f"relative paths must stay inside the specs folder {allowed[0]}"
+    if not any(target == r or target.is_relative_to(r) for r in allowed):
+        raise SpecFileError(path, f"{value!r} resolves to {target}, outside the allowed roots: {hint}",
+                            field="source.path", line=_line_of(node, ["source", "path"]))
+    return target
+
+
+def _tensors(items: Any) -> tuple[TensorDecl, ...]:
+    return tuple(TensorDecl(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
