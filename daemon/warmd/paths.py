@@ -1,8 +1,7 @@
 """Where things live by default. Shared by the daemon and its clients, so both agree without talking."""
 from __future__ import annotations
 
-import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -13,13 +12,12 @@ APP = "warmd"
 def runtime_dir() -> Path:
     """The per-user runtime folder holding the socket (`$XDG_RUNTIME_DIR/warmd` on Linux).
 
-    When the platform's runtime folder does not exist (no login session, a container), a per-user
-    folder in the temp dir is used, as tmux and ssh-agent do.
+    Without XDG_RUNTIME_DIR (no login session, a container) platformdirs falls back to a per-user
+    folder in /tmp, as tmux and ssh-agent do; that is expected, so its warning is not repeated.
     """
-    base = Path(platformdirs.user_runtime_dir(APP, appauthor=False))
-    if base.parent.is_dir():
-        return base
-    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(APP, appauthor=False))
 
 
 def default_socket() -> Path:

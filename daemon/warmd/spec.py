@@ -212,14 +212,14 @@ def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
 def _schema_error(path: Path, node: yaml.Node | None, err: jsonschema.ValidationError) -> SpecFileError:
     where = list(err.absolute_path)
     message = err.message
-    if err.validator == "additionalProperties":
+    if "propertyNames" in err.schema_path:
+        message = f"{err.instance!r} does not go with this kind of source"
+        where.append(err.instance)
+    elif err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         where.append(extra[0])
         allowed = ", ".join(sorted(err.schema.get("properties", {})))
         message = f"unknown key {extra[0]!r}; allowed here: {allowed}"
-    elif err.validator == "propertyNames":
-        message = f"{err.instance!r} does not go with this kind of source"
-        where.append(err.instance)
     elif err.validator == "oneOf" and where == ["source"]:
         message = "give exactly one of hf, url, path, package"
     elif err.validator == "pattern":

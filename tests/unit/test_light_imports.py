@@ -1,0 +1,25 @@
+"""Apps that only call the daemon must not pay for torch (a 5 s import) or the daemon's internals."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_client_import_does_not_import_torch_or_daemon_parts() -> None:
+    loaded = _modules_after("import warm, warm.cli")
+    assert "warm.client" in loaded
+    heavy = {"torch", "transformers", "sentence_transformers", "warmd.scheduler", "warmd.providers",
+             "huggingface_hub"}
+    assert not heavy & loaded
+
+
+def test_daemon_server_import_does_not_import_torch() -> None:
+    loaded = _modules_after("import warmd.server")
+    assert "warmd.scheduler" in loaded
+    assert not {"torch", "transformers", "sentence_transformers", "huggingface_hub"} & loaded

@@ -1,0 +1,179 @@
+"""The residency rules, exercised on the real Catalog and Scheduler with a recording provider."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from warmd.catalog import Catalog
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.providers.base import InferRequest, InferResult, Provider
+from warmd.scheduler import Scheduler
+from warmd.store import Store
+
+
+class Recording(Provider):
+    """Loads take options.load_s; `value` identifies the loaded version; options.fail makes load fail."""
+
+    name = "recording"
+    options_schema = {"type": "object"}
+    log: list[tuple[str, str, object]] = []
+
+    @classmethod
+    def estimate(cls, spec, files):  # type: ignore[no-untyped-def]
+        return 1000
+
+    def load(self) -> int:
+        time.sleep(self.spec.options.get("load_s", 0))
+        if self.spec.options.get("fail"):
+            raise WarmdError(Code.PROVIDER_FAILED, "told to fail")
+        Recording.log.append(("load", self.spec.name, self.spec.options.get("value")))
+        return 1234
+
+    def infer(self, request: InferRequest) -> InferResult:
+        time.sleep(request.parameters.get("hold_s", 0))
+        return InferResult(json=self.spec.options.get("value"))
+
+    def unload(self) -> None:
+        Recording.log.append(("unload", self.spec.name, self.spec.options.get("value")))
+
+
+@pytest.fixture
+def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    Recording.log = []
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "w").write_bytes(b"")
+    bus = EventBus()
+    catalog = Catalog(specs, [specs], {"recording": Recording}, bus)
+    catalog.rescan()
+    scheduler = Scheduler(catalog, Store(tmp_path / "data"), {"recording": Recording}, bus, 300.0)
+    scheduler.start()
+
+    def write(name: str, **options: object) -> None:
+        extra = "".join(f"\n{k}: {v}" for k, v in options.pop("_top", {}).items())  # type: ignore[union-attr]
+        opts = ", ".join(f"{k}: {v}" for k, v in options.items())
+        (specs / f"{name}.yaml").write_text(
+            f"provider: recording\ndevice: cpu\nsource: {{path: w}}\noptions: {{{opts}}}{extra}\n")
+        catalog.rescan()
+
+    yield catalog, scheduler, write, specs, bus
+    scheduler.shutdown(5)
+
+
+def _use(scheduler: Scheduler, name: str, hold_s: float = 0.0) -> object:
+    with scheduler.acquire(name) as resident:
+        return resident.provider.infer(InferRequest(parameters={"hold_s": hold_s})).json
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_concurrent_requests_share_one_load(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", value=1, load_s=0.3)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(_use(scheduler, "m"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [1] * 8
+    assert [e for e in Recording.log if e[0] == "load"] == [("load", "m", 1)]
+
+
+def test_unload_waits_for_in_flight_request(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", value=1)
+    _use(scheduler, "m")
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (_use(scheduler, "m", hold_s=0.5), finished.set()))
+    worker.start()
+    _wait(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
+    scheduler.unload("m")
+    assert ("unload", "m", 1) not in Recording.log      # not under the running request
+    worker.join()
+    assert finished.is_set()
+    _wait(lambda: ("unload", "m", 1) in Recording.log)
+    assert scheduler.view("m").state == "available"
+
+
+def test_keep_alive_expiry_and_pin(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("short", value=1, _top={"keep_alive": "300ms"})
+    write("pinned", value=2, _top={"keep_alive": "300ms", "pin": "true"})
+    _use(scheduler, "short")
+    _use(scheduler, "pinned")
+    _wait(lambda: ("unload", "short", 1) in Recording.log, timeout=3)
+    time.sleep(0.5)
+    assert ("unload", "pinned", 2) not in Recording.log
+    assert scheduler.view("pinned").state == "ready"
+
+
+def test_keep_alive_zero_unloads_when_idle(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", value=1, _top={"keep_alive": 0})
+    assert _use(scheduler, "m") == 1
+    _wait(lambda: ("unload", "m", 1) in Recording.log, timeout=3)
+
+
+def test_edit_reloads_while_old_version_serves(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", value=1)
+    assert _use(scheduler, "m") == 1
+    write("m", value=2, load_s=0.6)              # reload starts in the background
+    time.sleep(0.2)
+    assert scheduler.view("m").state == "ready"
+    assert _use(scheduler, "m") == 1              # old version still answers during the reload
+    _wait(lambda: _use(scheduler, "m") == 2)
+    _wait(lambda: ("unload", "m", 1) in Recording.log)
+
+
+def test_failed_reload_leaves_old_version_serving(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, _, bus = world
+    sub = bus.subscribe(kinds=["model.failed"])
+    write("m", value=1)
+    assert _use(scheduler, "m") == 1
+    write("m", value=2, fail="true")
+    event = sub.get(timeout=5)
+    assert event is not None and event.error_code == "provider_failed"
+    assert _use(scheduler, "m") == 1
+    assert ("unload", "m", 1) not in Recording.log
+
+
+def test_removed_spec_unloads_after_in_flight(world) -> None:  # type: ignore[no-untyped-def]
+    catalog, scheduler, write, specs, _ = world
+    write("m", value=1)
+    _use(scheduler, "m")
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(_use(scheduler, "m", hold_s=0.5)))
+    worker.start()
+    _wait(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
+    (specs / "m.yaml").unlink()
+    catalog.rescan()
+    with pytest.raises(WarmdError) as info:
+        _use(scheduler, "m")
+    assert info.value.code is Code.MODEL_NOT_FOUND
+    assert ("unload", "m", 1) not in Recording.log
+    worker.join()
+    assert result == [1]
+    _wait(lambda: ("unload", "m", 1) in Recording.log)
+
+
+def test_load_failure_is_reported_with_its_code(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", fail="true")
+    with pytest.raises(WarmdError) as info:
+        _use(scheduler, "m")
+    assert info.value.code is Code.PROVIDER_FAILED
+    view = scheduler.view("m")
+    assert view.state == "failed" and view.error.code is Code.PROVIDER_FAILED
