@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from warm.client import Client
 from warmd.errors import Code, WarmdError
@@ -25,22 +26,25 @@ err_console = Console(stderr=True, highlight=False)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with Client(args.socket, tcp=args.tcp) as client:
+        with Client(getattr(args, "socket", None), tcp=getattr(args, "tcp", None)) as client:
             return args.run(client, args) or 0
     except WarmdError as err:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"code": err.code.value, "message": err.message}}))
         else:
-            err_console.print(f"[red]error[/red] [{err.code.value}] {err.message}", markup=True)
+            err_console.print(Text.assemble(("error", "red"), f" [{err.code.value}] {err.message}"))
         return 1
     except KeyboardInterrupt:
         return 130
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Accepted before or after the subcommand; SUPPRESS keeps a subcommand from resetting the value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", help="the daemon's Unix socket (default: $WARMD_SOCKET or the runtime dir)")
-    common.add_argument("--tcp", help="connect over TCP HOST:PORT instead (token from the daemon's token file)")
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="the daemon's Unix socket (default: $WARMD_SOCKET or the runtime dir)")
+    common.add_argument("--tcp", default=argparse.SUPPRESS,
+                        help="connect over TCP HOST:PORT instead (token from the daemon's token file)")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

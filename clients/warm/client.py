@@ -49,7 +49,8 @@ class Client:
                    ("grpc.max_send_message_length", 256 * 2**20)]
         if tcp and socket is None:
             self.target = tcp
-            token = token or os.environ.get("WARMD_TOKEN") or _read_token(paths.default_token_file())
+            if token is None:
+                token = os.environ.get("WARMD_TOKEN") or _read_token(paths.default_token_file())
             self._metadata = (("authorization", f"Bearer {token}"),)
         else:
             path = Path(socket or os.environ.get("WARMD_SOCKET") or paths.default_socket())

@@ -27,7 +27,7 @@ import jsonschema
 import numpy as np
 
 from warmd.errors import Code, WarmdError
-from warmd.spec import ModelSpec
+from warmd.spec import ModelSpec, TensorDecl
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
@@ -142,6 +142,14 @@ def module_bytes(module: Any) -> int:
             seen.add(ptr)
             total += t.untyped_storage().nbytes()
     return total
+
+
+def check_shape(decl: TensorDecl, array: np.ndarray) -> None:
+    """Refuse an input whose rank or fixed dimensions differ from the spec's declaration (-1 = any)."""
+    shape = array.shape
+    if len(shape) != len(decl.shape) or any(d not in (-1, s) for d, s in zip(decl.shape, shape)):
+        raise bad_input(f"input {decl.name!r} has shape {list(shape)}; the spec declares {list(decl.shape)} "
+                        "(-1 = any size)")
 
 
 def bad_input(message: str) -> WarmdError:
