@@ -9,7 +9,7 @@ from typing import Iterator
 
 import grpc
 
-from warmd import __version__, tensors
+from warmd import __version__
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.config import Settings
@@ -88,6 +88,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        from warmd import tensors   # numpy: imported on the first request, not at start-up
+
         inputs = {}
         for t in request.inputs:
             if t.name in inputs:

@@ -17,17 +17,20 @@ happen inside `load`, never at module import, so the daemon answers list/status 
 from __future__ import annotations
 
 import abc
+import functools
 import gc
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 import jsonschema
-import numpy as np
 
 from warmd.errors import Code, WarmdError
 from warmd.spec import ModelSpec, TensorDecl
+
+if TYPE_CHECKING:   # numpy is imported on first use, keeping the daemon's start-up short
+    import numpy as np
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
@@ -63,7 +66,7 @@ class Provider(abc.ABC):
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
         """Yield (message, path within options) for every problem; nothing when valid."""
-        for err in jsonschema.Draft202012Validator(cls.options_schema).iter_errors(options):
+        for err in _validator(cls).iter_errors(options):
             yield err.message, list(err.absolute_path)
 
     @classmethod
@@ -89,9 +92,16 @@ class Provider(abc.ABC):
         """Drop every reference to the model and give device memory back."""
 
 
+@functools.lru_cache(maxsize=None)
+def _validator(cls: type[Provider]) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(cls.options_schema)
+
+
 def safetensors_bytes(paths: list[Path], precision: str) -> int:
     """Exact weight bytes from safetensors headers, floats counted at `precision`."""
     from safetensors import safe_open
+
+    import numpy as np
 
     total = 0
     for path in paths:

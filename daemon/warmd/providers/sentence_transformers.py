@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes,
                                   release_torch_memory, torch_dtype)
 
@@ -41,6 +39,8 @@ class SentenceTransformersProvider(Provider):
         return module_bytes(self.model)
 
     def infer(self, request: InferRequest) -> InferResult:
+        import numpy as np
+
         if not request.text:
             raise bad_input(f"model {self.spec.name!r} embeds text: pass one or more texts")
         vectors = self.model.encode(

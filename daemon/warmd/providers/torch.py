@@ -17,14 +17,15 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from warmd.errors import Code, WarmdError
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
                                   release_torch_memory, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TorchProvider(Provider):
@@ -96,6 +97,7 @@ class TorchProvider(Provider):
         return [(d.name, request.tensors[d.name]) for d in self.spec.inputs]
 
     def _to_tensor(self, name: str, arr: np.ndarray):  # type: ignore[no-untyped-def]
+        import numpy as np
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(arr))

@@ -1,0 +1,95 @@
+"""Infer latency over the Unix socket: warmd serving a tiny torch MLP vs a bare grpcio echo server.
+
+    .venv/bin/python bench/infer_latency.py [--calls 1000] [--rounds 5]
+
+The same kind of socket, the same payload ([1,64] float32), sequential calls, measured in one run with
+the two servers alternating round by round. Reports p50/p99 and the ratio warmd / echo (goal <= 1.25x).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from common import percentile, process, wait_for, workdir, write_report
+from echo_server import METHOD
+
+from models import write_mlp
+
+ECHO = Path(__file__).resolve().parent / "echo_server.py"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000, help="calls per server, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    from warm import Client
+    from warmd import tensors
+    from warmd.v1 import warmd_pb2 as pb
+    from warmd.v1 import warmd_pb2_grpc
+
+    x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
+    request = pb.InferRequest(model="mlp", inputs=[tensors.to_proto("x", x)])
+    payload = request.SerializeToString()
+    per_round = args.calls // args.rounds
+    samples: dict[str, list[float]] = {"echo": [], "warmd (stub)": [], "warmd (warm.Client)": []}
+
+    with workdir() as root:
+        specs = root / "specs"
+        specs.mkdir()
+        write_mlp(specs)
+        wsock, esock = root / "w.sock", root / "e.sock"
+        with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(wsock)],
+                     root, "warmd.log"), \
+             process([sys.executable, str(ECHO), str(esock)], root, "echo.log"):
+            echo_ch = grpc.insecure_channel(f"unix:{esock}")
+            echo = echo_ch.unary_unary(METHOD)
+            wait_for(lambda: echo(b"x", timeout=1) == b"x")
+            client = Client(wsock, timeout=60)
+            wait_for(lambda: client.status())
+            client.load("mlp")
+            stub = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{wsock}"))
+            reference = client.infer("mlp", {"x": x}).outputs["y"]
+            assert reference.shape == (1, 10)
+
+            calls = {
+                "echo": lambda: echo(payload),
+                "warmd (stub)": lambda: stub.Infer(request),
+                "warmd (warm.Client)": lambda: client.infer("mlp", {"x": x}),
+            }
+            for fn in calls.values():          # warm up every path
+                for _ in range(200):
+                    fn()
+            for _ in range(args.rounds):       # alternate, so drift hits every server alike
+                for name, fn in calls.items():
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        fn()
+                        samples[name].append((time.perf_counter() - t0) * 1000)
+            client.close()
+
+    floor = percentile(samples["echo"], 50)
+    lines = [f"# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
+             f"",
+             f"`.venv/bin/python bench/infer_latency.py --calls {args.calls} --rounds {args.rounds}` "
+             f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
+             "",
+             "| server | p50 ms | p99 ms | p50 / echo p50 |",
+             "|---|---|---|---|"]
+    for name, values in samples.items():
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {p50 / floor:.2f}x |")
+    print("\n".join(lines))
+    print(f"\nwritten to {write_report('infer_latency', lines)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
