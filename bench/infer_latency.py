@@ -1,9 +1,9 @@
 """Infer latency over the Unix socket: warmd serving a tiny torch MLP vs a bare grpcio echo server.
 
-    .venv/bin/python bench/infer_latency.py [--calls 1000] [--rounds 5]
+    .venv/bin/python bench/infer_latency.py [--calls 2000]
 
 The same kind of socket, the same payload ([1,64] float32), sequential calls, measured in one run with
-the two servers alternating round by round. Reports p50/p99 and the ratio warmd / echo (goal <= 1.25x).
+the servers interleaved call by call. Reports p50/p99 and the ratio warmd / echo (goal <= 1.25x).
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ ECHO = Path(__file__).resolve().parent / "echo_server.py"
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=1000, help="calls per server, over all rounds")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per server")
     args = parser.parse_args()
 
     from warm import Client
@@ -38,7 +37,6 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
     request = pb.InferRequest(model="mlp", inputs=[tensors.to_proto("x", x)])
     payload = request.SerializeToString()
-    per_round = args.calls // args.rounds
     samples: dict[str, list[float]] = {"echo": [], "warmd (stub)": [], "warmd (warm.Client)": []}
 
     with workdir() as root:
@@ -67,18 +65,19 @@ def main() -> int:
             for fn in calls.values():          # warm up every path
                 for _ in range(200):
                     fn()
-            for _ in range(args.rounds):       # alternate, so drift hits every server alike
-                for name, fn in calls.items():
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        fn()
-                        samples[name].append((time.perf_counter() - t0) * 1000)
+            # Interleave call by call (rotating the order), so this VM's noise hits every server alike.
+            names = list(calls)
+            for i in range(args.calls):
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    t0 = time.perf_counter()
+                    calls[name]()
+                    samples[name].append((time.perf_counter() - t0) * 1000)
             client.close()
 
     floor = percentile(samples["echo"], 50)
     lines = [f"# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
              f"",
-             f"`.venv/bin/python bench/infer_latency.py --calls {args.calls} --rounds {args.rounds}` "
+             f"`.venv/bin/python bench/infer_latency.py --calls {args.calls}` "
              f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
              "",
              "| server | p50 ms | p99 ms | p50 / echo p50 |",

@@ -5,6 +5,7 @@ error that names the file, the field and the line, so a person can fix it in one
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -75,7 +76,7 @@ class ModelSpec:
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
 
-    @property
+    @functools.cached_property
     def signature(self) -> str:
         """sha256 over what decides the loaded weights and code; an edit that changes it means a reload."""
         loaded = {

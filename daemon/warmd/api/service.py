@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from typing import Iterator
 
 import grpc
@@ -30,6 +31,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, bus: EventBus) -> None:
         self.settings, self.catalog, self.scheduler, self.bus = settings, catalog, scheduler, bus
         self.started_at = time.time()
+        # Provenance per resident version, built once: responses are on the hot path.
+        self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
 
     @mapped
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
@@ -108,7 +111,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return pb.InferResponse(
             model=request.model, outputs=[tensors.to_proto(n, result.tensors[n]) for n in wanted],
             json=json.dumps(result.json) if result.json is not None else "",
-            signature=signature(resident))
+            signature=self._signature(resident))
 
     @mapped_stream
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
@@ -125,6 +128,12 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             sub.close()
 
     # ---- helpers -------------------------------------------------------------------------------
+    def _signature(self, resident: Resident) -> pb.ModelSignature:
+        found = self._provenance.get(resident)
+        if found is None:
+            found = self._provenance[resident] = signature(resident)
+        return found
+
     def _spec(self, name: str) -> ModelSpec:
         spec = self.catalog.get(name)
         if spec is None:

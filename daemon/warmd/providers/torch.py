@@ -68,7 +68,8 @@ class TorchProvider(Provider):
             module.load_state_dict(state, strict=self.spec.options.get("strict", True))
         except RuntimeError as exc:
             raise WarmdError(Code.PROVIDER_FAILED, f"weights do not fit the module: {exc}") from None
-        self.module = module.to(device=self.device, dtype=torch_dtype(self.spec.precision)).eval()
+        self._dtype = torch_dtype(self.spec.precision)
+        self.module = module.to(device=self.device, dtype=self._dtype).eval()
         return module_bytes(self.module)
 
     def infer(self, request: InferRequest) -> InferResult:
@@ -100,10 +101,11 @@ class TorchProvider(Provider):
         import numpy as np
         import torch
 
-        tensor = torch.from_numpy(np.ascontiguousarray(arr))
-        if tensor.is_floating_point():
-            tensor = tensor.to(torch_dtype(self.spec.precision))
-        return tensor.to(self.device)
+        # Requests arrive as read-only views of the message; torch wants writable memory, so copy once.
+        tensor = torch.from_numpy(np.array(arr, copy=True))
+        if tensor.is_floating_point() and tensor.dtype != self._dtype:
+            tensor = tensor.to(self._dtype)
+        return tensor if self.device == "cpu" else tensor.to(self.device, non_blocking=True)
 
     def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
         names = [d.name for d in self.spec.outputs] or ["output"]
@@ -120,10 +122,9 @@ class TorchProvider(Provider):
 def _to_numpy(value: Any) -> np.ndarray:
     import torch
 
-    value = value.detach()
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()   # numpy has no bfloat16; callers get exact float32 values
-    return value.cpu().numpy()
+    return value.detach().cpu().numpy()
 
 
 def weights_file(spec: ModelSpec, files: Path) -> Path:
