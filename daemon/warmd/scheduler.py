@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 0.25
 
 
+class _StaleLoad(WarmdError):
+    """A load finished after its spec changed or went away; waiters look the model up again."""
+
+
 @dataclass(eq=False)
 class Resident:
     """A loaded model. Mutable fields change only under the scheduler's lock."""
@@ -125,6 +129,8 @@ class Scheduler:
             try:
                 _, future = self.start_load(name, keep_alive=keep_alive)
                 future.result()
+            except _StaleLoad:
+                continue   # the spec changed under the load: look again (a new load or not found)
             finally:
                 with self._lock:
                     slot.waiters -= 1
@@ -212,7 +218,7 @@ class Scheduler:
             resident.provider.unload()
             self.bus.publish("model.unloaded", model=spec.name, reason="spec_changed",
                              message="discarded a load that finished after its spec changed")
-            future.set_exception(WarmdError(Code.MODEL_NOT_FOUND if wanted is None else Code.CANCELLED,
+            future.set_exception(_StaleLoad(Code.CANCELLED,
                                             f"the spec of {spec.name!r} changed while it loaded; retry"))
             return
         self.bus.publish("model.loaded", model=spec.name, job_id=job.id, message=(

@@ -177,3 +177,16 @@ def test_load_failure_is_reported_with_its_code(world) -> None:  # type: ignore[
     assert info.value.code is Code.PROVIDER_FAILED
     view = scheduler.view("m")
     assert view.state == "failed" and view.error.code is Code.PROVIDER_FAILED
+
+
+def test_request_waiting_on_a_load_follows_a_spec_edit(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = world
+    write("m", value=1, load_s=0.6)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(_use(scheduler, "m")))
+    worker.start()
+    time.sleep(0.2)                  # the first load is under way
+    write("m", value=2)              # edited before it finished: that load must not serve
+    worker.join(timeout=10)
+    assert result == [2]
+    assert ("unload", "m", 1) in Recording.log
