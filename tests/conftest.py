@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 class DaemonProcess:
     """A `warmd serve` subprocess, its folders, and helpers to talk to it."""
 
-    def __init__(self, root: Path, specs: Path, extra_args: list[str], config: dict | None) -> None:
+    def __init__(self, root: Path, specs: Path, extra_args: list[str], config: dict | None,
+                 env: dict[str, str] | None = None) -> None:
         self.root, self.specs = root, specs
         self.socket = root / "run" / "warmd.sock"
-        self.env = isolated_env(root)
+        self.env = {**isolated_env(root), **(env or {})}
+        self.env = {k: v for k, v in self.env.items() if v is not None}
         args = [sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(self.socket),
                 *extra_args]
         if config is not None:
@@ -107,16 +109,17 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def start_daemon(short_tmp: Path) -> Iterator:
-    """start_daemon(specs=None, args=(), config=None, ready=True) -> DaemonProcess; all stopped after."""
+    """start_daemon(specs=None, args=(), config=None, ready=True, root=None, env=None) -> DaemonProcess,
+    all stopped after the test. `env` adds variables; a value of None removes one."""
     started: list[DaemonProcess] = []
 
     def start(specs: Path | None = None, args: tuple[str, ...] = (), config: dict | None = None,
-              ready: bool = True, root: Path | None = None) -> DaemonProcess:
+              ready: bool = True, root: Path | None = None, env: dict | None = None) -> DaemonProcess:
         root = root or short_tmp
         if specs is None:
             specs = root / "specs"
             specs.mkdir(exist_ok=True)
-        daemon = DaemonProcess(root, specs, list(args), config)
+        daemon = DaemonProcess(root, specs, list(args), config, env)
         started.append(daemon)
         if ready:
             daemon.wait_ready()
@@ -125,3 +128,12 @@ def start_daemon(short_tmp: Path) -> Iterator:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def hub() -> Iterator:
+    """A hub-compatible server on 127.0.0.1 (tests/hubserver.py), stopped after the test."""
+    from hubserver import Hub
+
+    with Hub() as server:
+        yield server

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--keep-alive", help="how long it stays when idle: 30s, 5m, 1h, -1 (forever)")
     p.set_defaults(run=cmd_load)
+    p = sub.add_parser("pull", parents=[common, as_json], help="download a model's files with live progress")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_pull)
+    p = sub.add_parser("cancel", parents=[common], help="cancel a running job (partial downloads are kept)")
+    p.add_argument("job_id")
+    p.set_defaults(run=cmd_cancel)
     p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
     p.add_argument("name")
     p.set_defaults(run=cmd_unload)
@@ -91,10 +97,11 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     listing = client.list(task=args.task, tag=args.tag, state=args.state)
     if args.json:
         return _print_json(listing)
-    table = Table("NAME", "STATE", "TASK", "PROVIDER", "DEVICE", "SIZE", "SOURCE", box=None)
+    table = Table("NAME", "STATE", "FILES", "ON DISK", "TASK", "PROVIDER", "DEVICE", "SIZE", "SOURCE", box=None)
     for m in listing.models:
-        table.add_row(m.name, _state(m), m.task, m.provider, m.residency.device or m.device,
-                      _size(m), m.source)
+        source = m.source + (f" ({m.files.revision[:12]})" if m.files.revision else "")
+        table.add_row(m.name, _state(m), m.files.state, format_size(m.files.bytes_on_disk), m.task,
+                      m.provider, m.residency.device or m.device, _size(m), source)
     out.print(table)
     if listing.rejected:
         out.print("\n[bold red]Rejected spec files[/bold red] (fix them; the daemon picks up the change):")
@@ -120,13 +127,46 @@ def cmd_load(client: Client, args: argparse.Namespace) -> int:
     def show(event: pb.Event) -> None:
         if args.json:
             _print_json(event)
-        elif event.kind == "job.progress":
+        elif event.kind == "job.progress" and event.progress.unit != "bytes":
             err_console.print(f"{event.progress.phase}: {event.message}")
+        elif event.kind == "download.started":
+            err_console.print(f"downloading first: {event.message} (job {event.job_id})")
 
     model = client.load(args.name, keep_alive=keep_alive, on_event=show)
     if args.json:
         return _print_json(model)
     out.print(f"{model.name} ready on {model.residency.device} ({_size(model)})")
+    return 0
+
+
+def cmd_pull(client: Client, args: argparse.Namespace) -> int:
+    if args.json:
+        model = client.pull(args.name, on_event=lambda e: (_print_json(e), sys.stdout.flush()))
+        return _print_json(model)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(args.name, total=None)
+
+        def show(event: pb.Event) -> None:
+            if event.kind == "download.started":
+                err_console.print(f"pulling {event.model} (job {event.job_id}): {event.message}")
+            elif event.kind == "job.progress" and event.progress.unit == "bytes":
+                bar.update(task, completed=event.progress.done, total=event.progress.total or None,
+                           description=f"{args.name} {event.message}".strip())
+
+        model = client.pull(args.name, on_event=show)
+    out.print(f"{model.name}: {model.files.state}, {format_size(model.files.bytes_on_disk)}"
+              + (f", revision {model.files.revision}" if model.files.revision else ""))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    client.cancel(args.job_id)
+    out.print(f"cancelled {args.job_id}")
     return 0
 
 
@@ -195,6 +235,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     rows = [("version", status.version), ("pid", status.pid),
             ("uptime", f"{time.time() - status.started_at:.0f}s"), ("socket", status.socket),
             ("tcp", status.tcp or "off"), ("specs", status.specs_dir),
+            ("downloads", "offline" if status.offline else status.downloads), ("hf cache", status.hf_cache),
             ("config", status.config_file or "(none)"), ("log file", status.log_file),
             ("models", f"{status.models} ({status.rejected} rejected spec files)"),
             ("resident", ", ".join(m.name for m in status.resident) or "none"),

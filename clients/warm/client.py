@@ -100,6 +100,23 @@ class Client:
                 on_event(event)
         return self.get(name)
 
+    def pull(self, name: str, *, on_event: Callable[[pb.Event], None] | None = None) -> pb.Model:
+        """Download a model's files (joining a transfer already under way) and wait until they are verified.
+
+        Args:
+            on_event: called with each event (download.started, job.progress with bytes, download.finished).
+        Returns:
+            The model, with `files.state` "verified" (or "complete").
+        """
+        for event in self._stream(self._stub.PullModel, pb.PullModelRequest(name=name)):
+            if on_event is not None:
+                on_event(event)
+        return self.get(name)
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a running job; a download keeps its partial files for the next attempt."""
+        self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+
     def unload(self, name: str) -> pb.Model:
         """Unload a model once its in-flight requests finish."""
         return self._call(self._stub.UnloadModel, pb.UnloadModelRequest(name=name))

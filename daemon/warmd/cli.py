@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tcp", help="also listen on HOST:PORT (loopback; clients need the token file)")
     serve.add_argument("--config", type=Path, help="a YAML config file (default: config dir/config.yaml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--offline", action="store_true", default=None,
+                       help="never use the network: a needed download fails with network_forbidden")
     validate = sub.add_parser("validate", help="check spec files without a daemon")
     validate.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -34,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     os.umask(0o077)   # everything the daemon creates is the user's alone
     settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp,
-                             log_level=args.log_level)
+                             log_level=args.log_level, offline=args.offline)
     setup_logging(settings)
     return Daemon(settings).run()
 

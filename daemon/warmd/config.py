@@ -37,6 +37,10 @@ class Settings:
     drain_timeout: float = 10.0
     # Seconds the catalog waits for a burst of file events to settle.
     reload_debounce: float = 0.25
+    # Downloads: `auto` fetches missing files on first use; `never` only on `warm pull`.
+    downloads: str = "auto"
+    # Offline: nothing leaves the machine; a needed download is `network_forbidden`.
+    offline: bool = False
     max_message_bytes: int = 64 * 1024 * 1024
     rpc_threads: int = 32
 
@@ -57,7 +61,11 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(items, list):
             raise ValueError("expected a list of folders")
         return [Path(os.path.expanduser(str(p))).absolute() for p in items if str(p)]
-    if name == "tcp_allow_remote":
+    if name == "downloads":
+        if value not in ("auto", "never"):
+            raise ValueError(f"downloads must be auto or never, not {value!r}")
+        return value
+    if name in ("tcp_allow_remote", "offline"):
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")

@@ -185,7 +185,7 @@ class Scheduler:
 
     def _build(self, spec: ModelSpec, job: Job, keep_alive: float | None) -> Resident:
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
-        files = self.store.resolve(spec)
+        files = self.store.ensure(spec)     # downloads first when allowed, with its own job's events
         job.check()
         device = devices.resolve(spec.device)
         cls = self.providers[spec.provider]

@@ -40,8 +40,8 @@ class Daemon:
         self.bus = EventBus()
         self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
                                PROVIDERS, self.bus, settings.reload_debounce)
-        self.scheduler = Scheduler(self.catalog, Store(settings.data_dir), PROVIDERS, self.bus,
-                                   settings.keep_alive)
+        self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads)
+        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive)
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()
@@ -108,7 +108,7 @@ class Daemon:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
-            WarmdService(self.settings, self.catalog, self.scheduler, self.bus), server)
+            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

@@ -50,7 +50,7 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     bus = EventBus()
     catalog = Catalog(specs, [specs], {"recording": Recording}, bus)
     catalog.rescan()
-    scheduler = Scheduler(catalog, Store(tmp_path / "data"), {"recording": Recording}, bus, 300.0)
+    scheduler = Scheduler(catalog, Store(tmp_path / "data", bus), {"recording": Recording}, bus, 300.0)
     scheduler.start()
 
     def write(name: str, **options: object) -> None:

@@ -19,6 +19,7 @@ from warmd.events import EventBus
 from warmd.providers import InferRequest
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
+from warmd.store import Store, hub
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
 
@@ -28,8 +29,9 @@ POLL_S = 0.1
 
 
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
-    def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, bus: EventBus) -> None:
-        self.settings, self.catalog, self.scheduler, self.bus = settings, catalog, scheduler, bus
+    def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
+                 bus: EventBus) -> None:
+        self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -57,21 +59,34 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         sub = self.bus.subscribe(model=request.name)
         try:
             job, future = self.scheduler.start_load(request.name, keep_alive=keep_alive)
-            sent_loaded = False
-            while context.is_active():
-                done = future.done()
-                while (event := sub.get(timeout=0 if done else POLL_S)) is not None:
-                    if event.job_id == job.id:
-                        sent_loaded |= event.kind == "model.loaded"
-                        yield event
-                if done:
-                    break
-            future.result()       # raises the load's WarmdError, if any
-            if not sent_loaded:   # it was resident already
+            finished = yield from _follow(sub, future, context, "model.loaded", job.id)
+            if not finished:      # it was resident already
                 yield pb.Event(time=time.time(), kind="model.loaded", model=request.name, job_id=job.id,
                                message="already resident")
         finally:
             sub.close()
+
+    @mapped_stream
+    def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        spec = self._spec(request.name)
+        sub = self.bus.subscribe(model=request.name)
+        try:
+            if self.store.state(spec).state in ("verified", "complete"):
+                yield pb.Event(time=time.time(), kind="download.finished", model=spec.name,
+                               message="already on disk")
+                return
+            job, future = self.store.pull(spec)
+            finished = yield from _follow(sub, future, context, "download.finished", job.id)
+            if not finished:      # the transfer ended between our subscribe and our join
+                yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, job_id=job.id)
+        finally:
+            sub.close()
+
+    @mapped
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.CancelJobResponse:
+        if not self.store.downloads.cancel(request.job_id):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"no running job {request.job_id!r}; `warm watch` shows job ids")
+        return pb.CancelJobResponse(cancelled=True)
 
     @mapped
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.Model:
@@ -87,7 +102,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             tcp=s.tcp, specs_dir=str(s.specs_dir), config_file=str(s.config_file or ""),
             log_file=str(s.log_file), torch_imported="torch" in sys.modules,
             resident=[self._model(r.spec) for r in self.scheduler.resident()],
-            models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()))
+            models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()),
+            offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()))
 
     @mapped
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
@@ -143,7 +159,29 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def _model(self, spec: ModelSpec) -> pb.Model:
         view = self.scheduler.view(spec.name)
         file_error = next((e for e in self.catalog.rejected() if e.file == spec.file), None)
-        return model_proto(spec, view, file_error, self.scheduler.default_keep_alive)
+        model = model_proto(spec, view, file_error, self.scheduler.default_keep_alive)
+        files = self.store.state(spec)
+        model.files.CopyFrom(pb.Files(state=files.state, bytes_on_disk=files.bytes_on_disk,
+                                      revision=files.revision))
+        return model
+
+
+def _follow(sub, future, context: grpc.ServicerContext, final_kind: str,  # type: ignore[no-untyped-def]
+            job_id: str) -> Iterator[pb.Event]:
+    """Yield the subscription's events until `future` is done; raise its error. Returns whether the
+    job's own `final_kind` event was sent."""
+    sent_final = False
+    while context.is_active():
+        done = future.done()
+        while (event := sub.get(timeout=0 if done else POLL_S)) is not None:
+            sent_final |= event.kind == final_kind and event.job_id == job_id
+            yield event
+        if done:
+            break
+    if not future.done():   # the caller left; the job goes on for the other waiters
+        return sent_final
+    future.result()
+    return sent_final
 
 
 def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | None,

@@ -1,39 +1,54 @@
-"""Model files on disk: where a spec's source lives locally, checked before anything loads it.
+"""Model files on disk: where a spec's source lives locally, checked, and fetched when allowed.
 
-Downloads (hub, url) arrive with the downloads issue; until then a source whose files are not on disk
-is `weights_missing` with a message that says where they were looked for. Nothing here touches the
-network: the Hugging Face cache is read with `local_files_only`.
+`Store.local(spec)` never touches the network: it finds complete files or raises. `Store.ensure(spec)`
+downloads what is missing (hub and url sources) unless the daemon is offline (`network_forbidden`) or
+its download policy is `never` (`weights_missing`).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.jobs import Job
 from warmd.spec import ModelSpec, Source
+from warmd.store import hub
+from warmd.store.downloads import Downloads, url_path
+from warmd.store.fetch import part_path
 
 _CHUNK = 8 * 1024 * 1024
 
 
-class Store:
-    """Resolves sources to local paths and verifies digests (remembered per file size and mtime)."""
+@dataclass(frozen=True)
+class FilesState:
+    """What `warm ls` shows about a model's files."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    state: str            # missing | partial | complete | verified
+    bytes_on_disk: int
+    revision: str = ""    # the resolved commit, for hub sources
+
+
+class Store:
+    """Resolves sources to local paths, verifies digests, and downloads when the policy allows."""
+
+    def __init__(self, data_dir: Path, bus: EventBus, offline: bool = False, policy: str = "auto") -> None:
+        self.data_dir, self.offline, self.policy = data_dir, offline, policy
+        self.downloads = Downloads(data_dir, bus)
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, spec: ModelSpec) -> Path:
-        """The local file or folder holding the spec's model files.
+    # ---- local ---------------------------------------------------------------------------------
+    def local(self, spec: ModelSpec) -> Path:
+        """The local file or folder holding the spec's complete model files (no network).
 
-        Returns:
-            A path that exists.
         Raises:
-            WarmdError: `weights_missing` when the files are not on disk, `weights_digest_mismatch` when a
-                file's sha256 differs from the spec's.
+            WarmdError: `weights_missing` when the files are not (all) on disk, `weights_digest_mismatch`
+                when a file's sha256 differs from the spec's.
         """
         src = spec.source
         if src.kind == "path":
@@ -43,14 +58,84 @@ class Store:
         elif src.kind == "package":
             path = _package_path(src)
         elif src.kind == "hf":
-            path = _hf_cached_snapshot(src)
+            path = self._hf_local(src)
         else:
-            path = self.data_dir / "url" / src.sha256 / Path(src.ref.split("?")[0]).name  # type: ignore[operator]
+            path = url_path(self.data_dir, src)
             if not path.is_file():
-                raise WarmdError(Code.WEIGHTS_MISSING, f"{src.ref} has not been downloaded to {path}")
+                raise WarmdError(Code.WEIGHTS_MISSING, f"{src.ref} has not been downloaded (`warm pull {spec.name}`)")
         if src.sha256:
             self.verify(path, src.sha256)
         return path
+
+    def _hf_local(self, src: Source) -> Path:
+        commit = hub.cached_commit(src)
+        snapshot = hub.repo_dir(src.ref) / "snapshots" / (commit or "")
+        files = self.downloads.manifest(src, commit) if commit else None
+        if commit and files is not None:
+            if all(hub.blob_path(src, f).exists() for f in files):
+                return snapshot
+        elif commit and snapshot.is_dir():
+            return snapshot       # fetched by another tool (transformers, hf download): trust its snapshot
+        raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} is not (completely) in the Hugging Face "
+                         f"cache at {hub.cache_root()}; `warm pull` fetches it")
+
+    def state(self, spec: ModelSpec) -> FilesState:
+        """Missing, partial, complete (present, not checked by warmd) or verified, and bytes on disk."""
+        src = spec.source
+        if src.kind == "hf":
+            commit = hub.cached_commit(src) or ""
+            files = self.downloads.manifest(src, commit) if commit else None
+            if files is not None:
+                done, partial = hub.bytes_on_disk(src, files)
+                return FilesState("verified" if done == sum(f.size for f in files) else "partial",
+                                  done + partial, commit)
+            snapshot = hub.repo_dir(src.ref) / "snapshots" / commit
+            if commit and snapshot.is_dir():
+                return FilesState("complete", _folder_bytes(snapshot), commit)
+            blobs = hub.repo_dir(src.ref) / "blobs"
+            partial = sum(p.stat().st_size for p in blobs.glob("*.part")) if blobs.is_dir() else 0
+            return FilesState("partial" if partial else "missing", partial, commit)
+        if src.kind == "url":
+            final = url_path(self.data_dir, src)
+            if final.is_file():
+                return FilesState("verified", final.stat().st_size)
+            part = part_path(final)
+            return FilesState("partial", part.stat().st_size) if part.exists() else FilesState("missing", 0)
+        try:
+            path = self.local(spec)
+        except WarmdError:
+            return FilesState("missing", 0)
+        return FilesState("verified" if src.sha256 else "complete",
+                          path.stat().st_size if path.is_file() else _folder_bytes(path))
+
+    # ---- fetching ------------------------------------------------------------------------------
+    def ensure(self, spec: ModelSpec) -> Path:
+        """The local path, downloading first when files are missing and the policy allows it."""
+        try:
+            return self.local(spec)
+        except WarmdError as err:
+            if err.code is not Code.WEIGHTS_MISSING or spec.source.kind not in ("hf", "url"):
+                raise
+        _, future = self.pull(spec)
+        return future.result()
+
+    def pull(self, spec: ModelSpec) -> tuple[Job, Future]:
+        """Start (or join) the download of the spec's files.
+
+        Raises:
+            WarmdError: `network_forbidden` offline; `weights_missing` when the policy is `never`;
+                `invalid_argument` for sources that are never downloaded (path, package).
+        """
+        src = spec.source
+        if src.kind not in ("hf", "url"):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; nothing to download")
+        if self.offline or hub.hf_offline():
+            raise WarmdError(Code.NETWORK_FORBIDDEN, f"the daemon is offline (--offline or HF_HUB_OFFLINE) and "
+                             f"{src.describe()} is not (completely) on disk; start it online or copy the files in")
+        if self.policy == "never":
+            raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} is not on disk and automatic downloads "
+                             f"are off (downloads: never); run `warm pull {spec.name}`")
+        return self.downloads.start(spec)
 
     def verify(self, path: Path, sha256: str) -> None:
         """Check a file's sha256; raise `weights_digest_mismatch` (never substitute) when it differs."""
@@ -77,6 +162,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _package_path(src: Source) -> Path:
     """A folder shipped inside an installed Python package, found without importing the package."""
     found = importlib.util.find_spec(src.ref)
@@ -87,20 +176,3 @@ def _package_path(src: Source) -> Path:
     if not path.exists():
         raise WarmdError(Code.WEIGHTS_MISSING, f"package {src.ref!r} has no {src.subdir!r} folder ({path})")
     return path
-
-
-def _hf_cached_snapshot(src: Source) -> Path:
-    """The snapshot folder of a hub repo already in the standard Hugging Face cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(
-            src.ref, revision=src.revision, local_files_only=True,
-            allow_patterns=list(src.allow_patterns) or None,
-            ignore_patterns=list(src.ignore_patterns) or None))
-    except LocalEntryNotFoundError:
-        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        raise WarmdError(Code.WEIGHTS_MISSING,
-                         f"{src.describe()} is not in the Hugging Face cache ({cache}); fetch it once with "
-                         f"`hf download {src.ref} --revision {src.revision}`") from None

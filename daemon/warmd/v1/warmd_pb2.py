@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14warmd/v1/warmd.proto\x12\x08warmd.v1\"A\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03raw\x18\x04 \x01(\x0c\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x99\x01\n\tResidency\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x17\n\x0f\x65stimated_bytes\x18\x02 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x03 \x01(\x03\x12\x11\n\tloaded_at\x18\x04 \x01(\x01\x12\x11\n\tlast_used\x18\x05 \x01(\x01\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x11\n\tin_flight\x18\x07 \x01(\x05\"\xae\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x11\n\tprecision\x18\t \x01(\t\x12\x0b\n\x03pin\x18\n \x01(\x08\x12\x14\n\x0ckeep_alive_s\x18\x0b \x01(\x01\x12\x0f\n\x07preload\x18\x0c \x01(\x08\x12\x0c\n\x04\x66ile\x18\r \x01(\t\x12\x11\n\tsignature\x18\x0e \x01(\t\x12#\n\x05state\x18\x0f \x01(\x0e\x32\x14.warmd.v1.ModelState\x12&\n\tresidency\x18\x10 \x01(\x0b\x32\x13.warmd.v1.Residency\x12\x12\n\nerror_code\x18\x11 \x01(\t\x12\r\n\x05\x65rror\x18\x12 \x01(\t\x12$\n\x06inputs\x18\x13 \x03(\x0b\x32\x14.warmd.v1.TensorSpec\x12%\n\x07outputs\x18\x14 \x03(\x0b\x32\x14.warmd.v1.TensorSpec\"U\n\tSpecError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\"S\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.warmd.v1.ModelState\"\\\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.warmd.v1.Model\x12%\n\x08rejected\x18\x02 \x03(\x0b\x32\x13.warmd.v1.SpecError\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\xf6\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x0e\n\x06socket\x18\x04 \x01(\t\x12\x0b\n\x03tcp\x18\x05 \x01(\t\x12\x11\n\tspecs_dir\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x07 \x01(\t\x12\x10\n\x08log_file\x18\x08 \x01(\t\x12\x16\n\x0etorch_imported\x18\t \x01(\x08\x12!\n\x08resident\x18\n \x03(\x0b\x32\x0f.warmd.v1.Model\x12\x0e\n\x06models\x18\x0b \x01(\x05\x12\x10\n\x08rejected\x18\x0c \x01(\x05\"\x87\x01\n\x0eModelSignature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\"\xa3\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.warmd.v1.Tensor\x12\x0c\n\x04text\x18\x03 \x03(\t\x12\x17\n\x0fparameters_json\x18\x04 \x01(\t\x12\x0f\n\x07outputs\x18\x05 \x03(\t\x12\x19\n\x0ckeep_alive_s\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"|\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x07outputs\x18\x02 \x03(\x0b\x32\x10.warmd.v1.Tensor\x12\x0c\n\x04json\x18\x03 \x01(\t\x12+\n\tsignature\x18\x04 \x01(\x0b\x32\x18.warmd.v1.ModelSignature\",\n\x0cWatchRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"D\n\x08Progress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\t\"\xb8\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04\x66ile\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12$\n\x08progress\x18\x08 \x01(\x0b\x32\x12.warmd.v1.Progress\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t*k\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\r\n\tAVAILABLE\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\t\n\x05READY\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xad\x03\n\x05Warmd\x12G\n\nListModels\x12\x1b.warmd.v1.ListModelsRequest\x1a\x1c.warmd.v1.ListModelsResponse\x12\x36\n\x08GetModel\x12\x19.warmd.v1.GetModelRequest\x1a\x0f.warmd.v1.Model\x12:\n\tLoadModel\x12\x1a.warmd.v1.LoadModelRequest\x1a\x0f.warmd.v1.Event0\x01\x12<\n\x0bUnloadModel\x12\x1c.warmd.v1.UnloadModelRequest\x1a\x0f.warmd.v1.Model\x12;\n\x06Status\x12\x17.warmd.v1.StatusRequest\x1a\x18.warmd.v1.StatusResponse\x12\x38\n\x05Infer\x12\x16.warmd.v1.InferRequest\x1a\x17.warmd.v1.InferResponse\x12\x32\n\x05Watch\x12\x16.warmd.v1.WatchRequest\x1a\x0f.warmd.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14warmd/v1/warmd.proto\x12\x08warmd.v1\"A\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03raw\x18\x04 \x01(\x0c\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x99\x01\n\tResidency\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x17\n\x0f\x65stimated_bytes\x18\x02 \x01(\x03\x12\x16\n\x0emeasured_bytes\x18\x03 \x01(\x03\x12\x11\n\tloaded_at\x18\x04 \x01(\x01\x12\x11\n\tlast_used\x18\x05 \x01(\x01\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x11\n\tin_flight\x18\x07 \x01(\x05\"\xce\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x11\n\tprecision\x18\t \x01(\t\x12\x0b\n\x03pin\x18\n \x01(\x08\x12\x14\n\x0ckeep_alive_s\x18\x0b \x01(\x01\x12\x0f\n\x07preload\x18\x0c \x01(\x08\x12\x0c\n\x04\x66ile\x18\r \x01(\t\x12\x11\n\tsignature\x18\x0e \x01(\t\x12#\n\x05state\x18\x0f \x01(\x0e\x32\x14.warmd.v1.ModelState\x12&\n\tresidency\x18\x10 \x01(\x0b\x32\x13.warmd.v1.Residency\x12\x12\n\nerror_code\x18\x11 \x01(\t\x12\r\n\x05\x65rror\x18\x12 \x01(\t\x12$\n\x06inputs\x18\x13 \x03(\x0b\x32\x14.warmd.v1.TensorSpec\x12%\n\x07outputs\x18\x14 \x03(\x0b\x32\x14.warmd.v1.TensorSpec\x12\x1e\n\x05\x66iles\x18\x15 \x01(\x0b\x32\x0f.warmd.v1.Files\"?\n\x05\x46iles\x12\r\n\x05state\x18\x01 \x01(\t\x12\x15\n\rbytes_on_disk\x18\x02 \x01(\x03\x12\x10\n\x08revision\x18\x03 \x01(\t\"U\n\tSpecError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\"S\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.warmd.v1.ModelState\"\\\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.warmd.v1.Model\x12%\n\x08rejected\x18\x02 \x03(\x0b\x32\x13.warmd.v1.SpecError\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0ckeep_alive_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10PullModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\xac\x02\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x0e\n\x06socket\x18\x04 \x01(\t\x12\x0b\n\x03tcp\x18\x05 \x01(\t\x12\x11\n\tspecs_dir\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x07 \x01(\t\x12\x10\n\x08log_file\x18\x08 \x01(\t\x12\x16\n\x0etorch_imported\x18\t \x01(\x08\x12!\n\x08resident\x18\n \x03(\x0b\x32\x0f.warmd.v1.Model\x12\x0e\n\x06models\x18\x0b \x01(\x05\x12\x10\n\x08rejected\x18\x0c \x01(\x05\x12\x0f\n\x07offline\x18\r \x01(\x08\x12\x11\n\tdownloads\x18\x0e \x01(\t\x12\x10\n\x08hf_cache\x18\x0f \x01(\t\"\x87\x01\n\x0eModelSignature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\"\xa3\x01\n\x0cInferRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.warmd.v1.Tensor\x12\x0c\n\x04text\x18\x03 \x03(\t\x12\x17\n\x0fparameters_json\x18\x04 \x01(\t\x12\x0f\n\x07outputs\x18\x05 \x03(\t\x12\x19\n\x0ckeep_alive_s\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_keep_alive_s\"|\n\rInferResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x07outputs\x18\x02 \x03(\x0b\x32\x10.warmd.v1.Tensor\x12\x0c\n\x04json\x18\x03 \x01(\t\x12+\n\tsignature\x18\x04 \x01(\x0b\x32\x18.warmd.v1.ModelSignature\",\n\x0cWatchRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"D\n\x08Progress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\t\"\xb8\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04\x66ile\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12$\n\x08progress\x18\x08 \x01(\x0b\x32\x12.warmd.v1.Progress\x12\x12\n\nerror_code\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t*k\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\r\n\tAVAILABLE\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\t\n\x05READY\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xaf\x04\n\x05Warmd\x12G\n\nListModels\x12\x1b.warmd.v1.ListModelsRequest\x1a\x1c.warmd.v1.ListModelsResponse\x12\x36\n\x08GetModel\x12\x19.warmd.v1.GetModelRequest\x1a\x0f.warmd.v1.Model\x12:\n\tLoadModel\x12\x1a.warmd.v1.LoadModelRequest\x1a\x0f.warmd.v1.Event0\x01\x12<\n\x0bUnloadModel\x12\x1c.warmd.v1.UnloadModelRequest\x1a\x0f.warmd.v1.Model\x12;\n\x06Status\x12\x17.warmd.v1.StatusRequest\x1a\x18.warmd.v1.StatusResponse\x12\x38\n\x05Infer\x12\x16.warmd.v1.InferRequest\x1a\x17.warmd.v1.InferResponse\x12\x32\n\x05Watch\x12\x16.warmd.v1.WatchRequest\x1a\x0f.warmd.v1.Event0\x01\x12:\n\tPullModel\x12\x1a.warmd.v1.PullModelRequest\x1a\x0f.warmd.v1.Event0\x01\x12\x44\n\tCancelJob\x12\x1a.warmd.v1.CancelJobRequest\x1a\x1b.warmd.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'warmd.v1.warmd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=2160
-  _globals['_MODELSTATE']._serialized_end=2267
+  _globals['_MODELSTATE']._serialized_start=2421
+  _globals['_MODELSTATE']._serialized_end=2528
   _globals['_TENSOR']._serialized_start=34
   _globals['_TENSOR']._serialized_end=99
   _globals['_TENSORSPEC']._serialized_start=101
@@ -40,35 +40,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESIDENCY']._serialized_start=160
   _globals['_RESIDENCY']._serialized_end=313
   _globals['_MODEL']._serialized_start=316
-  _globals['_MODEL']._serialized_end=746
-  _globals['_SPECERROR']._serialized_start=748
-  _globals['_SPECERROR']._serialized_end=833
-  _globals['_LISTMODELSREQUEST']._serialized_start=835
-  _globals['_LISTMODELSREQUEST']._serialized_end=918
-  _globals['_LISTMODELSRESPONSE']._serialized_start=920
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1012
-  _globals['_GETMODELREQUEST']._serialized_start=1014
-  _globals['_GETMODELREQUEST']._serialized_end=1045
-  _globals['_LOADMODELREQUEST']._serialized_start=1047
-  _globals['_LOADMODELREQUEST']._serialized_end=1123
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1125
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1159
-  _globals['_STATUSREQUEST']._serialized_start=1161
-  _globals['_STATUSREQUEST']._serialized_end=1176
-  _globals['_STATUSRESPONSE']._serialized_start=1179
-  _globals['_STATUSRESPONSE']._serialized_end=1425
-  _globals['_MODELSIGNATURE']._serialized_start=1428
-  _globals['_MODELSIGNATURE']._serialized_end=1563
-  _globals['_INFERREQUEST']._serialized_start=1566
-  _globals['_INFERREQUEST']._serialized_end=1729
-  _globals['_INFERRESPONSE']._serialized_start=1731
-  _globals['_INFERRESPONSE']._serialized_end=1855
-  _globals['_WATCHREQUEST']._serialized_start=1857
-  _globals['_WATCHREQUEST']._serialized_end=1901
-  _globals['_PROGRESS']._serialized_start=1903
-  _globals['_PROGRESS']._serialized_end=1971
-  _globals['_EVENT']._serialized_start=1974
-  _globals['_EVENT']._serialized_end=2158
-  _globals['_WARMD']._serialized_start=2270
-  _globals['_WARMD']._serialized_end=2699
+  _globals['_MODEL']._serialized_end=778
+  _globals['_FILES']._serialized_start=780
+  _globals['_FILES']._serialized_end=843
+  _globals['_SPECERROR']._serialized_start=845
+  _globals['_SPECERROR']._serialized_end=930
+  _globals['_LISTMODELSREQUEST']._serialized_start=932
+  _globals['_LISTMODELSREQUEST']._serialized_end=1015
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1017
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1109
+  _globals['_GETMODELREQUEST']._serialized_start=1111
+  _globals['_GETMODELREQUEST']._serialized_end=1142
+  _globals['_LOADMODELREQUEST']._serialized_start=1144
+  _globals['_LOADMODELREQUEST']._serialized_end=1220
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1222
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1256
+  _globals['_PULLMODELREQUEST']._serialized_start=1258
+  _globals['_PULLMODELREQUEST']._serialized_end=1290
+  _globals['_CANCELJOBREQUEST']._serialized_start=1292
+  _globals['_CANCELJOBREQUEST']._serialized_end=1326
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1328
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1366
+  _globals['_STATUSREQUEST']._serialized_start=1368
+  _globals['_STATUSREQUEST']._serialized_end=1383
+  _globals['_STATUSRESPONSE']._serialized_start=1386
+  _globals['_STATUSRESPONSE']._serialized_end=1686
+  _globals['_MODELSIGNATURE']._serialized_start=1689
+  _globals['_MODELSIGNATURE']._serialized_end=1824
+  _globals['_INFERREQUEST']._serialized_start=1827
+  _globals['_INFERREQUEST']._serialized_end=1990
+  _globals['_INFERRESPONSE']._serialized_start=1992
+  _globals['_INFERRESPONSE']._serialized_end=2116
+  _globals['_WATCHREQUEST']._serialized_start=2118
+  _globals['_WATCHREQUEST']._serialized_end=2162
+  _globals['_PROGRESS']._serialized_start=2164
+  _globals['_PROGRESS']._serialized_end=2232
+  _globals['_EVENT']._serialized_start=2235
+  _globals['_EVENT']._serialized_end=2419
+  _globals['_WARMD']._serialized_start=2531
+  _globals['_WARMD']._serialized_end=3090
 # @@protoc_insertion_point(module_scope)

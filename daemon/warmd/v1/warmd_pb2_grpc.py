@@ -69,6 +69,16 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.WatchRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.Event.FromString,
                 _registered_method=True)
+        self.PullModel = channel.unary_stream(
+                '/warmd.v1.Warmd/PullModel',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.PullModelRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/warmd.v1.Warmd/CancelJob',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -124,6 +134,21 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullModel(self, request, context):
+        """Download a model's files (without loading it) and stream the download's events; the last event is
+        "download.finished" (or the call ends with an error status). Joins a transfer already under way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancel a running job (a download keeps its partial files for the next attempt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +186,16 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.WatchRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.Event.SerializeToString,
+            ),
+            'PullModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullModel,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.PullModelRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.Event.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +387,60 @@ class Warmd:
             '/warmd.v1.Warmd/Watch',
             warmd_dot_v1_dot_warmd__pb2.WatchRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warmd.v1.Warmd/PullModel',
+            warmd_dot_v1_dot_warmd__pb2.PullModelRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/CancelJob',
+            warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

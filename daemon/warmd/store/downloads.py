@@ -1,0 +1,209 @@
+"""Downloads as jobs: one transfer per source however many callers want it, live progress, cancel.
+
+A download is a job: `download.started`, then `job.progress` (phase "download", bytes done/total, the
+current file in the message) at most every 0.25 s while bytes flow, then `download.finished` or
+`download.failed` (with the error code; `cancelled` for a cancel). A cancelled or interrupted download
+keeps its `.part` files, and the next attempt resumes them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.jobs import Job
+from warmd.spec import ModelSpec, Source
+from warmd.store import hub
+from warmd.store.fetch import Digest, fetch, part_path
+from warmd.units import format_size
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 0.25
+
+
+class _Progress:
+    """Counts bytes from any thread and publishes throttled progress events for one job."""
+
+    def __init__(self, job: Job, total: int) -> None:
+        self.job, self.total, self.done = job, total, 0
+        self.current = ""
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            due = now - self._last >= PROGRESS_EVERY_S
+            if due:
+                self._last = now
+        if due:
+            self.publish()
+
+    def publish(self) -> None:
+        self.job.progress("download", self.done, self.total, unit="bytes", message=self.current)
+
+
+@dataclass
+class _Transfer:
+    job: Job
+    future: Future
+
+
+class Downloads:
+    """Single-flight transfers keyed by source, with cancel by job id."""
+
+    def __init__(self, data_dir: Path, bus: EventBus) -> None:
+        self.data_dir, self.bus = data_dir, bus
+        self._active: dict[str, _Transfer] = {}
+        self._lock = threading.Lock()
+
+    def start(self, spec: ModelSpec) -> tuple[Job, Future]:
+        """Start (or join) the download of `spec`'s files. The future resolves to the local path."""
+        key = _key(spec.source)
+        with self._lock:
+            running = self._active.get(key)
+            if running is not None:
+                return running.job, running.future
+            transfer = _Transfer(Job("download", spec.name, self.bus), Future())
+            self._active[key] = transfer
+        threading.Thread(target=self._run, args=(spec, key, transfer), name=f"download-{spec.name}",
+                         daemon=True).start()
+        return transfer.job, transfer.future
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            found = [t for t in self._active.values() if t.job.id == job_id]
+        for t in found:
+            t.job.cancel()
+        return bool(found)
+
+    def active(self) -> list[Job]:
+        with self._lock:
+            return [t.job for t in self._active.values()]
+
+    def _run(self, spec: ModelSpec, key: str, transfer: _Transfer) -> None:
+        job = transfer.job
+        self.bus.publish("download.started", model=spec.name, job_id=job.id,
+                         message=spec.source.describe())
+        try:
+            path = self._download_hf(spec, job) if spec.source.kind == "hf" else self._download_url(spec, job)
+        except Exception as exc:
+            err = exc if isinstance(exc, WarmdError) else WarmdError(
+                Code.UNAVAILABLE, f"download of {spec.source.describe()} failed: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, WarmdError):
+                log.exception("download of %s failed", spec.name)
+            self.bus.publish("download.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
+                             message=err.message)
+            with self._lock:
+                self._active.pop(key, None)
+            transfer.future.set_exception(err)
+            return
+        self.bus.publish("download.finished", model=spec.name, job_id=job.id, message=str(path))
+        with self._lock:
+            self._active.pop(key, None)
+        transfer.future.set_result(path)
+
+    # ---- sources ------------------------------------------------------------------------------
+    def _download_hf(self, spec: ModelSpec, job: Job) -> Path:
+        src = spec.source
+        job.progress("resolve", message=f"asking the hub for {src.describe()}")
+        commit = hub.resolve_commit(src)
+        files = hub.list_files(src, commit)
+        if not files:
+            raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} has no files matching the spec's patterns")
+        done, partial = hub.bytes_on_disk(src, files)
+        total = sum(f.size for f in files)
+        ensure_disk(hub.cache_root(), total - done - partial)
+        progress = _Progress(job, total)
+        progress.add(done)
+        headers = hub.auth_headers()
+        for f in files:
+            blob = hub.blob_path(src, f)
+            if not blob.exists():
+                progress.current = f.path
+                fetch([hub.file_url(src, commit, f.path)], blob, f.size, f.digest, headers,
+                      progress.add, job.check)
+            hub.install(src, commit, f)
+        hub.record_ref(src, commit)
+        self._write_manifest(src, commit, files)
+        progress.current = ""
+        progress.publish()
+        log.info("downloaded %s (%s, commit %s)", src.describe(), format_size(total), commit)
+        return hub.repo_dir(src.ref) / "snapshots" / commit
+
+    def _download_url(self, spec: ModelSpec, job: Job) -> Path:
+        src = spec.source
+        final = url_path(self.data_dir, src)
+        urls = [src.ref, *src.mirrors]
+        size = _content_length(urls)
+        have = part_path(final).stat().st_size if part_path(final).exists() else 0
+        ensure_disk(final.parent if final.parent.exists() else self.data_dir, size - have)
+        progress = _Progress(job, size)
+        progress.current = final.name
+        fetch(urls, final, size, Digest("sha256", src.sha256), {}, progress.add, job.check)  # type: ignore[arg-type]
+        progress.publish()
+        return final
+
+    # ---- what is on disk ------------------------------------------------------------------------
+    def manifest_path(self, src: Source, commit: str) -> Path:
+        return self.data_dir / "manifests" / src.ref.replace("/", "--") / f"{commit}.json"
+
+    def _write_manifest(self, src: Source, commit: str, files: list[hub.RemoteFile]) -> None:
+        """What a verified download held, so completeness can be checked later without the network."""
+        path = self.manifest_path(src, commit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"repo": src.ref, "revision": src.revision, "commit": commit, "finished": time.time(),
+                "files": [{"path": f.path, "size": f.size, "digest": f.digest.kind, "etag": f.etag}
+                          for f in files]}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(body, indent=1))
+        tmp.replace(path)
+
+    def manifest(self, src: Source, commit: str) -> list[hub.RemoteFile] | None:
+        try:
+            body = json.loads(self.manifest_path(src, commit).read_text())
+        except (OSError, ValueError):
+            return None
+        return [hub.RemoteFile(f["path"], f["size"], Digest(f["digest"], f["etag"])) for f in body["files"]]
+
+
+def url_path(data_dir: Path, src: Source) -> Path:
+    name = src.ref.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "file"
+    return data_dir / "url" / str(src.sha256) / name
+
+
+def ensure_disk(folder: Path, needed: int) -> None:
+    """Fail before the first byte when the disk cannot hold what is still to come."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise WarmdError(Code.INSUFFICIENT_DISK, f"{format_size(needed)} still to download but only "
+                         f"{format_size(free)} free in {folder}; free some space (warm rm) and retry")
+
+
+def _content_length(urls: list[str]) -> int:
+    from huggingface_hub.utils import get_session
+
+    errors = []
+    for url in urls:
+        try:
+            response = get_session().head(url, follow_redirects=True, timeout=30)
+            if response.status_code < 400 and response.headers.get("content-length"):
+                return int(response.headers["content-length"])
+            errors.append(f"{url}: HTTP {response.status_code}")
+        except Exception as exc:  # noqa: BLE001 - try the next mirror
+            errors.append(f"{url}: {exc}")
+    raise WarmdError(Code.UNAVAILABLE, f"cannot reach any source: {'; '.join(errors)}")
+
+
+def _key(src: Source) -> str:
+    return json.dumps([src.kind, src.ref, src.revision, src.allow_patterns, src.ignore_patterns, src.sha256])
+

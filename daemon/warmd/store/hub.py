@@ -1,0 +1,133 @@
+"""Hugging Face Hub sources in the standard cache layout, so transformers and sentence-transformers
+find what warmd fetched (and warmd finds what they fetched):
+
+    $HF_HUB_CACHE/models--org--name/blobs/<etag>                 the content (etag = sha256 for LFS files,
+    $HF_HUB_CACHE/models--org--name/snapshots/<commit>/<path>    git blob sha1 otherwise) -> ../../blobs/<etag>
+    $HF_HUB_CACHE/models--org--name/refs/<revision>              the commit a branch or tag resolved to
+
+Listing and revision lookups go through huggingface_hub's HfApi (honouring HF_ENDPOINT, HF_TOKEN, proxies);
+file bodies go through store.fetch for resume across daemon restarts, which huggingface_hub does not do.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmd.spec import Source
+from warmd.store.fetch import Digest, part_path
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    digest: Digest
+
+    @property
+    def etag(self) -> str:
+        return self.digest.value
+
+
+def cache_root() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub read it at import: the user's standard way to stay offline."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def repo_dir(repo_id: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache_root() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def resolve_commit(src: Source) -> str:
+    """Ask the hub which commit `src.revision` is now (a commit hash resolves to itself)."""
+    from huggingface_hub import HfApi
+
+    return HfApi().model_info(src.ref, revision=src.revision).sha  # type: ignore[return-value]
+
+
+def list_files(src: Source, commit: str) -> list[RemoteFile]:
+    """The repo's files at `commit` that the spec's allow/ignore patterns select, with sizes and digests."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    entries = [e for e in HfApi().list_repo_tree(src.ref, revision=commit, recursive=True)
+               if isinstance(e, RepoFile)]
+    chosen = set(filter_repo_objects([e.path for e in entries],
+                                     allow_patterns=list(src.allow_patterns) or None,
+                                     ignore_patterns=list(src.ignore_patterns) or None))
+    return [RemoteFile(e.path, e.size,
+                       Digest("sha256", e.lfs.sha256) if e.lfs else Digest("git-sha1", e.blob_id))
+            for e in entries if e.path in chosen]
+
+
+def file_url(src: Source, commit: str, path: str) -> str:
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(src.ref, path, revision=commit)
+
+
+def auth_headers() -> dict[str, str]:
+    """The user's standard HF token (HF_TOKEN or the token file), if any."""
+    from huggingface_hub.utils import build_hf_headers
+
+    return dict(build_hf_headers())
+
+
+def blob_path(src: Source, f: RemoteFile) -> Path:
+    return repo_dir(src.ref) / "blobs" / f.etag
+
+
+def install(src: Source, commit: str, f: RemoteFile) -> None:
+    """Link a verified blob into the commit's snapshot (relative symlink, as huggingface_hub does)."""
+    link = repo_dir(src.ref) / "snapshots" / commit / f.path
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(blob_path(src, f), link.parent)
+    if link.is_symlink() or link.exists():
+        if os.readlink(link) == target if link.is_symlink() else False:
+            return
+        link.unlink()
+    link.symlink_to(target)
+
+
+def record_ref(src: Source, commit: str) -> None:
+    if src.revision == commit:
+        return
+    ref = repo_dir(src.ref) / "refs" / src.revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref.with_name(ref.name + ".tmp")
+    tmp.write_text(commit)
+    os.replace(tmp, ref)
+
+
+def cached_commit(src: Source) -> str | None:
+    """The commit the cache last resolved `src.revision` to, without the network."""
+    if len(src.revision) == 40 and all(c in "0123456789abcdef" for c in src.revision):
+        return src.revision
+    ref = repo_dir(src.ref) / "refs" / src.revision
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def bytes_on_disk(src: Source, files: list[RemoteFile]) -> tuple[int, int]:
+    """(complete bytes, partial bytes) of these files in the cache."""
+    done = partial = 0
+    for f in files:
+        blob = blob_path(src, f)
+        if blob.exists():
+            done += f.size
+        elif part_path(blob).exists():
+            partial += part_path(blob).stat().st_size
+    return done, partial

@@ -1,0 +1,263 @@
+"""Downloads through the real daemon from a hub-compatible server on 127.0.0.1 (tests/hubserver.py):
+full pulls, resume after a cut connection and after SIGKILL, digest checks, shared transfers, cancel,
+offline mode, a full disk, and first use."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hubserver import Hub, minilm_files
+from warm import Code, WarmdError
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+BIG = 24 * 2**20
+
+
+def _hub_env(hub: Hub) -> dict:
+    return {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": None}
+
+
+def _spec(specs: Path, name: str, repo: str, provider: str = "sentence-transformers") -> None:
+    (specs / f"{name}.yaml").write_text(f"provider: {provider}\ndevice: cpu\nsource: {{hf: {repo}}}\n"
+                                        + ("options: {factory: 'x:y'}\n" if provider == "torch" else ""))
+
+
+def _big_repo(hub: Hub) -> bytes:
+    payload = os.urandom(BIG)
+    hub.add_repo("org/big", {"model.safetensors": payload, "config.json": b'{"a": 1}'})
+    return payload
+
+
+def _blobs(daemon) -> Path:  # type: ignore[no-untyped-def]
+    return Path(daemon.env["HF_HOME"]) / "hub" / "models--org--big" / "blobs"
+
+
+def _parts(daemon) -> list[Path]:  # type: ignore[no-untyped-def]
+    return list(_blobs(daemon).glob("*.part")) if _blobs(daemon).is_dir() else []
+
+
+def _wait(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_pull_multi_file_repo_then_serve(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    files = minilm_files()
+    commit = hub.add_repo(MINILM, files)
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "minilm-hub", MINILM)
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    assert json.loads(daemon.warm("show", "minilm-hub", "--json").stdout)["files"]["state"] == "missing"
+
+    result = daemon.warm("pull", "minilm-hub", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e.get("kind") for e in events[:-1]]
+    assert kinds[0] == "download.started" and kinds[-1] == "download.finished"
+    progress = [e["progress"] for e in events if e.get("kind") == "job.progress" and
+                e["progress"].get("unit") == "bytes"]
+    total = sum(len(b) for b in files.values())
+    assert progress and int(progress[-1]["total"]) == total and int(progress[-1]["done"]) == total
+    model = events[-1]
+    assert model["files"] == {"state": "verified", "bytes_on_disk": str(total), "revision": commit}
+
+    snapshot = Path(daemon.env["HF_HOME"]) / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / \
+        "snapshots" / commit
+    assert sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file()) == sorted(files)
+    assert (snapshot / "model.safetensors").is_symlink()          # the standard cache layout
+    assert not list(snapshot.parent.parent.joinpath("blobs").glob("*.part"))
+
+    served_before = hub.served_bytes("model.safetensors")
+    assert served_before == len(files["model.safetensors"])
+    with daemon.client() as c:
+        assert c.infer("minilm-hub", text=["hello"]).outputs["embedding"].shape == (1, 384)
+    assert hub.served_bytes("model.safetensors") == served_before  # served from the cache, not fetched again
+
+
+def test_cut_connection_resumes(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.cut_after["model.safetensors"] = (BIG // 3, 2)          # two cuts in a row
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        model = c.pull("big")
+    assert model.files.state == "verified"
+    served = hub.served_bytes("model.safetensors")
+    assert BIG <= served <= BIG * 1.1, served                    # resumed, not restarted
+    ranges = [r for r in hub.requests if r.startswith("GET /lfs/")]
+    assert len(ranges) == 3
+
+
+def test_sigkill_mid_file_then_restart_resumes(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.rate["model.safetensors"] = 8 * 2**20                   # ~3 s for the file
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    first = start_daemon(specs, env=_hub_env(hub))
+    client = first.client()
+    threading.Thread(target=lambda: _swallow(lambda: client.pull("big")), daemon=True).start()
+    _wait(lambda: any(p.stat().st_size > BIG * 0.6 for p in _parts(first)))
+    first.kill()
+    kept = max(p.stat().st_size for p in _parts(first))
+    served_before = hub.served_bytes("model.safetensors")
+
+    hub.rate.pop("model.safetensors")
+    second = start_daemon(specs, env=_hub_env(hub), root=short_tmp)
+    with second.client() as c:
+        assert c.pull("big").files.state == "verified"
+    fetched_again = hub.served_bytes("model.safetensors") - served_before
+    assert fetched_again <= BIG - kept + BIG * 0.10, (fetched_again, kept)
+    assert not _parts(second)
+
+
+def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except WarmdError:
+        pass
+
+
+def test_corrupt_byte_is_refetched_then_rejected(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    hub.corrupt["model.safetensors"] = 1                         # once: the retry gets a good copy
+    with daemon.client() as c:
+        assert c.pull("big").files.state == "verified"
+    assert hub.served_bytes("model.safetensors") == 2 * BIG
+
+    for p in _blobs(daemon).iterdir():                           # start again, corrupt every time
+        p.unlink()
+    hub.corrupt["model.safetensors"] = 10
+    result = daemon.warm("pull", "big")
+    assert result.returncode == 1 and "[weights_digest_mismatch]" in result.stderr
+    assert not [p for p in _blobs(daemon).iterdir() if len(p.name) == 64]   # no unverified file kept
+    assert not _parts(daemon)
+
+
+def test_concurrent_pulls_share_one_transfer(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.rate["model.safetensors"] = 16 * 2**20
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    jobs: list[set[str]] = [set(), set()]
+
+    def pull(i: int) -> None:
+        with daemon.client() as c:
+            c.pull("big", on_event=lambda e: e.job_id and jobs[i].add(e.job_id))
+
+    threads = [threading.Thread(target=pull, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert hub.served_bytes("model.safetensors") == BIG
+    assert jobs[0] and jobs[0] == jobs[1]                        # both followed the same job
+
+
+def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.rate["model.safetensors"] = 8 * 2**20
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    started: list[str] = []
+    errors: list[WarmdError] = []
+
+    def pull() -> None:
+        with daemon.client() as c:
+            try:
+                c.pull("big", on_event=lambda e: e.kind == "download.started" and started.append(e.job_id))
+            except WarmdError as err:
+                errors.append(err)
+
+    worker = threading.Thread(target=pull)
+    worker.start()
+    _wait(lambda: started and any(p.stat().st_size > BIG * 0.3 for p in _parts(daemon)))
+    assert daemon.warm("cancel", started[0]).returncode == 0
+    worker.join(timeout=30)
+    assert errors and errors[0].code is Code.CANCELLED
+    kept = max(p.stat().st_size for p in _parts(daemon))
+    assert json.loads(daemon.warm("show", "big", "--json").stdout)["files"]["state"] == "partial"
+    hub.rate.pop("model.safetensors")
+    served = hub.served_bytes("model.safetensors")
+    with daemon.client() as c:
+        assert c.pull("big").files.state == "verified"
+    assert hub.served_bytes("model.safetensors") - served <= BIG - kept + 2**20
+
+
+def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, args=("--offline",), env=_hub_env(hub))
+    result = daemon.warm("pull", "big")
+    assert result.returncode == 1 and "[network_forbidden]" in result.stderr and "org/big" in result.stderr
+    result = daemon.warm("load", "big")
+    assert result.returncode == 1 and "[network_forbidden]" in result.stderr
+    assert hub.connections == 0 and hub.requests == []
+
+
+def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, config={"downloads": "never"}, env=_hub_env(hub))
+    result = daemon.warm("load", "big")
+    assert result.returncode == 1 and "[weights_missing]" in result.stderr and "warm pull big" in result.stderr
+    assert hub.connections == 0
+
+
+def test_full_disk_is_insufficient_disk_before_the_first_byte(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    tiny = short_tmp / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(tiny)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("needs a tiny tmpfs (root); the machines of this project have it")
+    try:
+        _big_repo(hub)
+        specs = short_tmp / "specs"
+        specs.mkdir()
+        _spec(specs, "big", "org/big")
+        daemon = start_daemon(specs, env={**_hub_env(hub), "HF_HUB_CACHE": str(tiny / "hub")})
+        result = daemon.warm("pull", "big")
+        assert result.returncode == 1 and "[insufficient_disk]" in result.stderr
+        assert hub.served_bytes("model.safetensors") == 0
+        daemon.terminate()
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    hub.add_repo(MINILM, minilm_files())
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "minilm-hub", MINILM)
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    events: list[str] = []
+    with daemon.client() as c:
+        c.load("minilm-hub", on_event=lambda e: events.append(e.kind))
+        assert c.infer("minilm-hub", text=["hi"]).outputs["embedding"].shape == (1, 384)
+    assert "download.started" in events and "download.finished" in events and events[-1] == "model.loaded"
