@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grpc
 
 from warmd import paths
-from warmd.errors import Code, WarmdError, from_rpc_error
+from warmd.errors import METADATA_KEY, Code, WarmdError, from_rpc_error
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
 
@@ -171,7 +171,8 @@ class Client:
 
     def _error(self, err: grpc.RpcError) -> WarmdError:
         error = from_rpc_error(err)
-        if error.code is Code.UNAVAILABLE and err.code() == grpc.StatusCode.UNAVAILABLE:
+        from_daemon = any(k == METADATA_KEY for k, _ in (err.trailing_metadata() or ()))
+        if err.code() == grpc.StatusCode.UNAVAILABLE and not from_daemon:
             error.message = f"warmd is not reachable at {self.target} ({err.details()}); start it with `warmd serve`"
         return error
 

@@ -261,3 +261,36 @@ def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path
         c.load("minilm-hub", on_event=lambda e: events.append(e.kind))
         assert c.infer("minilm-hub", text=["hi"]).outputs["embedding"].shape == (1, 384)
     assert "download.started" in events and "download.finished" in events and events[-1] == "model.loaded"
+
+
+def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    from models import affine_spec, write_affine_weights, write_factory
+
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    weights = short_tmp / "w.safetensors"
+    write_affine_weights(weights, 5.0)
+    data = weights.read_bytes()
+    hub.add_repo("org/affine", {"w.safetensors": data})
+    sha = hashlib.sha256(data).hexdigest()
+    good = f"{hub.lfs_endpoint}/lfs/{sha}"
+    missing = f"{hub.lfs_endpoint}/lfs/{'0' * 64}"
+    spec = affine_spec("unused").replace("  path: unused", f"  url: {missing}\n  sha256: {sha}\n  mirrors: [{good}]")
+    (specs / "affine.yaml").write_text(spec)
+    (specs / "wrong.yaml").write_text(spec.replace(f"sha256: {sha}", f"sha256: {'f' * 64}"))
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        assert c.get("affine").files.state == "missing"
+        out = c.infer("affine", {"x": np.ones((1, 4), np.float32)})     # first use: download, then serve
+        assert np.allclose(out.outputs["y"], 5.0)
+        assert c.get("affine").files.state == "verified"
+        with pytest.raises(WarmdError) as info:
+            c.pull("wrong")
+        assert info.value.code is Code.WEIGHTS_DIGEST_MISMATCH
+    [stored] = (Path(daemon.env["XDG_DATA_HOME"]) / "warmd" / "url" / sha).iterdir()
+    assert stored.read_bytes() == data

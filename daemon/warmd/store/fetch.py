@@ -91,7 +91,10 @@ def _transfer(urls: list[str], final: Path, size: int, headers: dict[str, str],
             try:
                 have = _get_range(get_session(), url, part, have, size, headers, on_bytes, check_cancel)
             except WarmdError:
-                raise
+                raise                 # cancelled
+            except _Refused as exc:
+                errors.append(str(exc))
+                break                 # this source will not serve it: try the next mirror
             except Exception as exc:  # noqa: BLE001 - network errors of every kind: resume and retry
                 have = part.stat().st_size if part.exists() else 0
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
@@ -112,9 +115,10 @@ def _get_range(session, url: str, part: Path, have: int, size: int,  # type: ign
                         timeout=READ_TIMEOUT_S) as response:
         if response.status_code == 416 and have == size:
             return have
-        if response.status_code >= 400:
-            raise WarmdError(Code.UNAVAILABLE if response.status_code >= 500 else Code.WEIGHTS_MISSING,
-                             f"{url} answered HTTP {response.status_code}")
+        if 400 <= response.status_code < 500:
+            raise _Refused(f"{url} answered HTTP {response.status_code}")
+        if response.status_code >= 500:
+            raise ConnectionError(f"{url} answered HTTP {response.status_code}")
         if have and response.status_code != 206:
             have = 0          # the server ignored Range: start over rather than append a second copy
         with open(part, "r+b" if have else "wb") as f:
@@ -132,6 +136,10 @@ def _get_range(session, url: str, part: Path, have: int, size: int,  # type: ign
     if have != size:
         raise ConnectionError(f"connection closed at {have} of {size} bytes")
     return have
+
+
+class _Refused(Exception):
+    """A 4xx answer: retrying the same source will not help."""
 
 
 def _hash_file(path: Path, digest: Digest, size: int) -> str:
