@@ -61,10 +61,13 @@ class DaemonProcess:
 
         return Client(self.socket, timeout=timeout)
 
+    def warm_command(self) -> list[str]:
+        return [sys.executable, "-m", "warm.cli", "--socket", str(self.socket)]
+
     def warm(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the `warm` CLI against this daemon."""
-        return subprocess.run([sys.executable, "-m", "warm.cli", "--socket", str(self.socket), *args],
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([*self.warm_command(), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -294,3 +294,25 @@ def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub
         assert info.value.code is Code.WEIGHTS_DIGEST_MISMATCH
     [stored] = (Path(daemon.env["XDG_DATA_HOME"]) / "warmd" / "url" / sha).iterdir()
     assert stored.read_bytes() == data
+
+
+def test_last_waiter_leaving_cancels_the_transfer(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.rate["model.safetensors"] = 4 * 2**20
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        events = c.watch(kinds=["download."])
+        cli = subprocess.Popen([*daemon.warm_command(), "pull", "big"], env=daemon.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert next(events).kind == "download.started"
+            _wait(lambda: any(p.stat().st_size > 2**20 for p in _parts(daemon)))
+        finally:
+            cli.kill()
+            cli.wait()
+        ended = next(events)
+    assert ended.kind == "download.failed" and ended.error_code == "cancelled"
+    assert _parts(daemon)                                      # kept for the next attempt

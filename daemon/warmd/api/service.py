@@ -76,7 +76,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                                message="already on disk")
                 return
             job, future = self.store.pull(spec)
-            finished = yield from _follow(sub, future, context, "download.finished", job.id)
+            try:
+                finished = yield from _follow(sub, future, context, "download.finished", job.id)
+            finally:
+                self.store.downloads.leave(job.id)   # the last caller to leave early cancels it
             if not finished:      # the transfer ended between our subscribe and our join
                 yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, job_id=job.id)
         finally:

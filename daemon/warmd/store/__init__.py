@@ -116,11 +116,14 @@ class Store:
         except WarmdError as err:
             if err.code is not Code.WEIGHTS_MISSING or spec.source.kind not in ("hf", "url"):
                 raise
-        _, future = self.pull(spec)
-        return future.result()
+        job, future = self.pull(spec)
+        try:
+            return future.result()
+        finally:
+            self.downloads.leave(job.id)
 
     def pull(self, spec: ModelSpec) -> tuple[Job, Future]:
-        """Start (or join) the download of the spec's files.
+        """Start (or join) the download of the spec's files; call `downloads.leave(job.id)` when done waiting.
 
         Raises:
             WarmdError: `network_forbidden` offline; `weights_missing` when the policy is `never`;

@@ -55,6 +55,7 @@ class _Progress:
 class _Transfer:
     job: Job
     future: Future
+    waiters: int = 0      # callers waiting for it; when the last one leaves early, it is cancelled
 
 
 class Downloads:
@@ -66,13 +67,17 @@ class Downloads:
         self._lock = threading.Lock()
 
     def start(self, spec: ModelSpec) -> tuple[Job, Future]:
-        """Start (or join) the download of `spec`'s files. The future resolves to the local path."""
+        """Start (or join) the download of `spec`'s files. The future resolves to the local path.
+
+        The caller counts as a waiter until it calls `leave(job.id)`.
+        """
         key = _key(spec.source)
         with self._lock:
             running = self._active.get(key)
             if running is not None:
+                running.waiters += 1
                 return running.job, running.future
-            transfer = _Transfer(Job("download", spec.name, self.bus), Future())
+            transfer = _Transfer(Job("download", spec.name, self.bus), Future(), waiters=1)
             self._active[key] = transfer
         threading.Thread(target=self._run, args=(spec, key, transfer), name=f"download-{spec.name}",
                          daemon=True).start()
@@ -84,6 +89,17 @@ class Downloads:
         for t in found:
             t.job.cancel()
         return bool(found)
+
+    def leave(self, job_id: str) -> None:
+        """A waiter is gone; if it was the last and the transfer is still running, cancel it."""
+        with self._lock:
+            found = [t for t in self._active.values() if t.job.id == job_id]
+            for t in found:
+                t.waiters -= 1
+            idle = [t for t in found if t.waiters <= 0 and not t.future.done()]
+        for t in idle:
+            log.info("last waiter left download %s of %s; cancelling (partial files kept)", t.job.id, t.job.model)
+            t.job.cancel()
 
     def active(self) -> list[Job]:
         with self._lock:
