@@ -28,14 +28,21 @@ def workdir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def process(args: list[str], root: Path, log_name: str) -> Iterator[subprocess.Popen]:
-    """A child process with isolated per-user folders, always stopped at the end."""
+def process(args: list[str], root: Path, log_name: str,
+            env_extra: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen]:
+    """A child process with isolated per-user folders (plus `env_extra`; None removes a variable),
+    always stopped at the end."""
     env = dict(os.environ)
     for name in ("config", "state", "data", "cache", "runtime"):
         (root / name).mkdir(exist_ok=True)
     env.update(XDG_CONFIG_HOME=str(root / "config"), XDG_STATE_HOME=str(root / "state"),
                XDG_DATA_HOME=str(root / "data"), XDG_CACHE_HOME=str(root / "cache"),
                XDG_RUNTIME_DIR=str(root / "runtime"), HF_HUB_OFFLINE="1")
+    for key, value in (env_extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     with open(root / log_name, "wb") as log:
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

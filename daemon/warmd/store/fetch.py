@@ -45,6 +45,8 @@ def fetch(urls: list[str], final: Path, size: int, digest: Digest, headers: dict
           on_bytes: Callable[[int], None], check_cancel: Callable[[], None]) -> None:
     """Fetch `urls[0]` (then each mirror in turn) into `final`, resuming any partial file.
 
+    The content is hashed as it arrives (one pass over the bytes), so verification costs no second read.
+
     Args:
         urls: where the file can be had; tried in order, each with resume and retries.
         size: the exact size the file must have.
@@ -58,8 +60,7 @@ def fetch(urls: list[str], final: Path, size: int, digest: Digest, headers: dict
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):      # a digest mismatch discards the file and starts once more
-        _transfer(urls, final, size, headers, on_bytes, check_cancel)
-        actual = _hash_file(part_path(final), digest, size)
+        actual = _Transfer(urls, part_path(final), size, digest, headers, on_bytes, check_cancel).run()
         if actual == digest.value:
             os.replace(part_path(final), final)
             return
@@ -72,79 +73,93 @@ def fetch(urls: list[str], final: Path, size: int, digest: Digest, headers: dict
                      "the source serves a different file than it publishes")
 
 
-def _transfer(urls: list[str], final: Path, size: int, headers: dict[str, str],
-              on_bytes: Callable[[int], None], check_cancel: Callable[[], None]) -> None:
-    from huggingface_hub.utils import get_session
+class _Transfer:
+    """Bytes into `part` in order, hashed as written; `have` is always both the file's length and the
+    number of bytes hashed, so a resume continues the same hash."""
 
-    part = part_path(final)
-    have = part.stat().st_size if part.exists() else 0
-    if have > size:
-        part.unlink()
-        have = 0
-    on_bytes(have)
-    errors: list[str] = []
-    for url in urls:
-        for attempt in range(RETRIES):
-            if have == size:
-                return
-            check_cancel()
-            try:
-                have = _get_range(get_session(), url, part, have, size, headers, on_bytes, check_cancel)
-            except WarmdError:
-                raise                 # cancelled
-            except _Refused as exc:
-                errors.append(str(exc))
-                break                 # this source will not serve it: try the next mirror
-            except Exception as exc:  # noqa: BLE001 - network errors of every kind: resume and retry
-                have = part.stat().st_size if part.exists() else 0
-                errors.append(f"{url}: {type(exc).__name__}: {exc}")
-                log.info("transfer of %s interrupted at %d/%d bytes (%s); resuming", final.name, have, size, exc)
-                time.sleep(min(2.0, 0.2 * 2**attempt))
-        if have == size:
+    def __init__(self, urls: list[str], part: Path, size: int, digest: Digest, headers: dict[str, str],
+                 on_bytes: Callable[[int], None], check_cancel: Callable[[], None]) -> None:
+        self.urls, self.part, self.size, self.digest = urls, part, size, digest
+        self.headers, self.on_bytes, self.check_cancel = headers, on_bytes, check_cancel
+        self.hasher = digest.hasher(size)
+        self.have = 0
+
+    def run(self) -> str:
+        """Fetch the rest of the file; returns the hex digest of the whole content."""
+        from huggingface_hub.utils import get_session
+
+        self._adopt_partial()
+        errors: list[str] = []
+        for url in self.urls:
+            for attempt in range(RETRIES):
+                if self.have == self.size:
+                    return self.hasher.hexdigest()
+                self.check_cancel()
+                try:
+                    self._get_range(get_session(), url)
+                except WarmdError:
+                    raise                 # cancelled
+                except _Refused as exc:
+                    errors.append(str(exc))
+                    break                 # this source will not serve it: try the next mirror
+                except Exception as exc:  # noqa: BLE001 - network errors of every kind: resume and retry
+                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                    log.info("transfer of %s interrupted at %d/%d bytes (%s); resuming", self.part.name,
+                             self.have, self.size, exc)
+                    time.sleep(min(2.0, 0.2 * 2**attempt))
+            if self.have == self.size:
+                return self.hasher.hexdigest()
+        raise WarmdError(Code.UNAVAILABLE, f"could not fetch {self.part.name}: {errors[-1] if errors else 'no source'}")
+
+    def _adopt_partial(self) -> None:
+        """Hash what an earlier attempt (or an earlier daemon) left, and count it as done."""
+        if not self.part.exists():
             return
-    raise WarmdError(Code.UNAVAILABLE, f"could not fetch {final.name}: {errors[-1] if errors else 'no source'}")
+        if self.part.stat().st_size > self.size:
+            self.part.unlink()
+            return
+        with open(self.part, "rb") as f:
+            while chunk := f.read(8 * CHUNK):
+                self.hasher.update(chunk)
+                self.have += len(chunk)
+        self.on_bytes(self.have)
 
+    def _restart(self) -> None:
+        self.on_bytes(-self.have)
+        self.hasher, self.have = self.digest.hasher(self.size), 0
 
-def _get_range(session, url: str, part: Path, have: int, size: int,  # type: ignore[no-untyped-def]
-               headers: dict[str, str], on_bytes: Callable[[int], None],
-               check_cancel: Callable[[], None]) -> int:
-    request_headers = dict(headers)
-    if have:
-        request_headers["Range"] = f"bytes={have}-"
-    with session.stream("GET", url, headers=request_headers, follow_redirects=True,
-                        timeout=READ_TIMEOUT_S) as response:
-        if response.status_code == 416 and have == size:
-            return have
-        if 400 <= response.status_code < 500:
-            raise _Refused(f"{url} answered HTTP {response.status_code}")
-        if response.status_code >= 500:
-            raise ConnectionError(f"{url} answered HTTP {response.status_code}")
-        if have and response.status_code != 206:
-            have = 0          # the server ignored Range: start over rather than append a second copy
-        with open(part, "r+b" if have else "wb") as f:
-            f.seek(have)
-            f.truncate()
-            for chunk in response.iter_bytes(CHUNK):
-                f.write(chunk)
-                have += len(chunk)
-                on_bytes(len(chunk))
-                if have > size:
-                    raise OSError(f"{url} sent more than the {size} bytes it announced")
-                check_cancel()
-            f.flush()
-            os.fsync(f.fileno())
-    if have != size:
-        raise ConnectionError(f"connection closed at {have} of {size} bytes")
-    return have
+    def _get_range(self, session, url: str) -> None:  # type: ignore[no-untyped-def]
+        request_headers = dict(self.headers)
+        if self.have:
+            request_headers["Range"] = f"bytes={self.have}-"
+        with session.stream("GET", url, headers=request_headers, follow_redirects=True,
+                            timeout=READ_TIMEOUT_S) as response:
+            if response.status_code == 416 and self.have == self.size:
+                return
+            if 400 <= response.status_code < 500:
+                raise _Refused(f"{url} answered HTTP {response.status_code}")
+            if response.status_code >= 500:
+                raise ConnectionError(f"{url} answered HTTP {response.status_code}")
+            if self.have and response.status_code != 206:
+                self._restart()   # the server ignored Range: start over rather than append a second copy
+            with open(self.part, "r+b" if self.part.exists() else "wb") as f:
+                f.seek(self.have)
+                f.truncate()
+                try:
+                    for chunk in response.iter_bytes():   # as received: no re-buffering copy
+                        if self.have + len(chunk) > self.size:
+                            raise OSError(f"{url} sent more than the {self.size} bytes it announced")
+                        f.write(chunk)
+                        self.hasher.update(chunk)
+                        self.have += len(chunk)
+                        self.on_bytes(len(chunk))
+                        self.check_cancel()
+                finally:
+                    f.flush()
+                    os.fsync(f.fileno())
+        if self.have != self.size:
+            raise ConnectionError(f"connection closed at {self.have} of {self.size} bytes")
 
 
 class _Refused(Exception):
     """A 4xx answer: retrying the same source will not help."""
-
-
-def _hash_file(path: Path, digest: Digest, size: int) -> str:
-    h = digest.hasher(size)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
