@@ -35,6 +35,7 @@ def daemon_pull(root: Path, hub: Hub) -> float:
     specs = root / "specs"
     specs.mkdir(exist_ok=True)
     (specs / "big.yaml").write_text("provider: torch\nsource: {hf: bench/big}\noptions: {factory: 'x:y'}\n")
+    (specs / "small.yaml").write_text("provider: torch\nsource: {hf: bench/small}\noptions: {factory: 'x:y'}\n")
     sock = root / "w.sock"
     with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(sock)],
                  root, "warmd.log", hub_env(hub, root / "hf")):
@@ -42,9 +43,12 @@ def daemon_pull(root: Path, hub: Hub) -> float:
 
         with Client(sock) as client:
             wait_for(lambda: client.status())
-            t0 = time.monotonic()
-            client.pull("big")
-            return time.monotonic() - t0
+            client.pull("small")    # warm-up: the daemon imports huggingface_hub on its first download
+        # The caller runs in its own process, as snapshot_download does: this process serves the hub.
+        code = ("import sys, time; from warm import Client; c = Client(sys.argv[1]); t = time.monotonic(); "
+                "c.pull('big'); print(time.monotonic() - t)")
+        out = subprocess.run([sys.executable, "-c", code, str(sock)], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
 
 
 def hf_pull(cache: Path, endpoint: str) -> float:
@@ -111,6 +115,7 @@ def main() -> int:
     warmd_s, hf_s = [], []
     with Hub() as hub:
         hub.add_repo("bench/big", {FILE: payload, "config.json": b'{"model_type": "bench"}', "README.md": b"bench"})
+        hub.add_repo("bench/small", {"config.json": b"{}"})
         for _ in range(args.runs):
             with workdir() as root:
                 warmd_s.append(daemon_pull(root, hub))

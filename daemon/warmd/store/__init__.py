@@ -72,7 +72,7 @@ class Store:
         snapshot = hub.repo_dir(src.ref) / "snapshots" / (commit or "")
         files = self.downloads.manifest(src, commit) if commit else None
         if commit and files is not None:
-            if all(hub.blob_path(src, f).exists() for f in files):
+            if all(hub.has_blob(src, f) for f in files):
                 return snapshot
         elif commit and snapshot.is_dir():
             return snapshot       # fetched by another tool (transformers, hf download): trust its snapshot

@@ -142,10 +142,9 @@ class Downloads:
         progress.add(done)
         headers = hub.auth_headers()
         for f in files:
-            blob = hub.blob_path(src, f)
-            if not blob.exists():
+            if not hub.has_blob(src, f):
                 progress.current = f.path
-                fetch([hub.file_url(src, commit, f.path)], blob, f.size, f.digest, headers,
+                fetch([hub.file_url(src, commit, f.path)], hub.blob_path(src, f), f.size, f.digest, headers,
                       progress.add, job.check)
             hub.install(src, commit, f)
         hub.record_ref(src, commit)

@@ -88,6 +88,14 @@ def blob_path(src: Source, f: RemoteFile) -> Path:
     return repo_dir(src.ref) / "blobs" / f.etag
 
 
+def has_blob(src: Source, f: RemoteFile) -> bool:
+    """The blob is there with its full size (a torn file after a power loss is not)."""
+    try:
+        return blob_path(src, f).stat().st_size == f.size
+    except OSError:
+        return False
+
+
 def install(src: Source, commit: str, f: RemoteFile) -> None:
     """Link a verified blob into the commit's snapshot (relative symlink, as huggingface_hub does)."""
     link = repo_dir(src.ref) / "snapshots" / commit / f.path
@@ -126,7 +134,7 @@ def bytes_on_disk(src: Source, files: list[RemoteFile]) -> tuple[int, int]:
     done = partial = 0
     for f in files:
         blob = blob_path(src, f)
-        if blob.exists():
+        if has_blob(src, f):
             done += f.size
         elif part_path(blob).exists():
             partial += part_path(blob).stat().st_size
