@@ -30,6 +30,7 @@ class Repo:
     commit: str
     files: dict[str, bytes]
     branches: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)    # library_name, pipeline_tag, tags, config
 
     def is_lfs(self, path: str) -> bool:
         return len(self.files[path]) >= LFS_MIN_BYTES or path.endswith((".safetensors", ".bin"))
@@ -53,9 +54,9 @@ class Hub:
         self._servers: list[ThreadingHTTPServer] = []
 
     # ---- setup ---------------------------------------------------------------------------------
-    def add_repo(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
+    def add_repo(self, repo_id: str, files: dict[str, bytes], branch: str = "main", **meta: object) -> str:
         commit = hashlib.sha1(repo_id.encode() + b"".join(sorted(files.values()))).hexdigest()
-        self.repos[repo_id] = Repo(commit, dict(files), {branch: commit})
+        self.repos[repo_id] = Repo(commit, dict(files), {branch: commit}, dict(meta))
         return commit
 
     def start(self) -> "Hub":
@@ -148,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return self._json(404, {"error": f"Revision Not Found for url: {repo_id}@{rev}"},
                               {"X-Error-Code": "RevisionNotFound"})
-        self._json(200, {"id": repo_id, "sha": repo.commit,
+        self._json(200, {"id": repo_id, "sha": repo.commit, **repo.meta,
                          "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
 
     def _tree(self, repo_id: str, rev: str, prefix: str) -> None:

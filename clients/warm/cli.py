@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel a running job (partial downloads are kept)")
     p.add_argument("job_id")
     p.set_defaults(run=cmd_cancel)
+    p = sub.add_parser("rm", parents=[common, as_json], help="unload a model and delete its downloaded files")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_rm)
+    p = sub.add_parser("add", parents=[common, as_json], help="write a spec for hf://ORG/NAME from its metadata")
+    p.add_argument("source", metavar="hf://ORG/NAME")
+    p.add_argument("--revision", default="")
+    p.add_argument("--name", default="")
+    p.set_defaults(run=cmd_add)
     p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
     p.add_argument("name")
     p.set_defaults(run=cmd_unload)
@@ -94,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # ---- commands --------------------------------------------------------------------------------
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    listing = client.list(task=args.task, tag=args.tag, state=args.state)
+    listing = client.list(task=args.task, tag=args.tag, state=args.state, discovered=True)
     if args.json:
         return _print_json(listing)
     table = Table("NAME", "STATE", "FILES", "ON DISK", "TASK", "PROVIDER", "DEVICE", "SIZE", "SOURCE", box=None)
@@ -109,6 +117,12 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         for r in listing.rejected:
             bad.add_row(r.file, str(r.line or ""), r.field, r.code, r.message)
         out.print(bad)
+    if listing.discovered:
+        out.print("\n[bold]In the Hugging Face cache, no spec[/bold] (`warm add hf://REPO` writes one):")
+        found = Table("REPO", "ON DISK", "REVISIONS", box=None)
+        for d in listing.discovered:
+            found.add_row(d.repo_id, format_size(d.size_on_disk), ", ".join(r[:12] for r in d.revisions))
+        out.print(found)
     return 0
 
 
@@ -167,6 +181,23 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> int:
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     client.cancel(args.job_id)
     out.print(f"cancelled {args.job_id}")
+    return 0
+
+
+def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    result = client.remove(args.name)
+    if args.json:
+        return _print_json(result)
+    out.print(f"{args.name}: freed {format_size(result.freed_bytes)} ({len(result.removed)} paths)")
+    return 0
+
+
+def cmd_add(client: Client, args: argparse.Namespace) -> int:
+    result = client.add(args.source, revision=args.revision, name=args.name)
+    if args.json:
+        return _print_json(result)
+    out.print(f"wrote {result.file}: {result.name} ({result.provider}, {result.task}); `warm pull {result.name}` "
+              "fetches it")
     return 0
 
 

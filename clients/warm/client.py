@@ -68,16 +68,18 @@ class Client:
         self._channel.close()
 
     # ---- models --------------------------------------------------------------------------------
-    def list(self, *, task: str = "", tag: str = "", state: str = "") -> pb.ListModelsResponse:
+    def list(self, *, task: str = "", tag: str = "", state: str = "",
+             discovered: bool = False) -> pb.ListModelsResponse:
         """Models in the catalog (`.models`) and rejected spec files (`.rejected`).
 
         Args:
             state: available | loading | ready | unloading | failed, or "" for any.
+            discovered: also list models in the Hugging Face cache that no spec names (`.discovered`).
         """
         if state and state not in _STATES:
             raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(_STATES)}")
-        return self._call(self._stub.ListModels,
-                          pb.ListModelsRequest(task=task, tag=tag, state=_STATES.get(state, 0)))
+        return self._call(self._stub.ListModels, pb.ListModelsRequest(
+            task=task, tag=tag, state=_STATES.get(state, 0), include_discovered=discovered))
 
     def get(self, name: str) -> pb.Model:
         return self._call(self._stub.GetModel, pb.GetModelRequest(name=name))
@@ -116,6 +118,14 @@ class Client:
     def cancel(self, job_id: str) -> None:
         """Cancel a running job; a download keeps its partial files for the next attempt."""
         self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
+
+    def remove(self, name: str) -> pb.RemoveModelResponse:
+        """Unload a model and delete its downloaded files; returns the bytes freed and paths deleted."""
+        return self._call(self._stub.RemoveModel, pb.RemoveModelRequest(name=name))
+
+    def add(self, source: str, *, revision: str = "", name: str = "") -> pb.AddModelResponse:
+        """Write a spec for `hf://org/name` into the daemon's specs folder, from the repo's metadata."""
+        return self._call(self._stub.AddModel, pb.AddModelRequest(source=source, revision=revision, name=name))
 
     def unload(self, name: str) -> pb.Model:
         """Unload a model once its in-flight requests finish."""

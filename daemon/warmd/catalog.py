@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import yaml
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
 from warmd.spec import ModelSpec, SpecFileError, parse_spec_file
@@ -160,6 +162,29 @@ class Catalog:
                     listener(before, after)
                 except Exception:
                     log.exception("catalog listener failed on %s", name)
+
+    def write_spec(self, name: str, body: dict) -> Path:
+        """Write a new spec file `<name>.yaml`, validated before it appears (temp file, then rename).
+
+        Raises:
+            WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
+                when the content does not validate.
+        """
+        target = self.root / f"{name}.yaml"
+        if self.get(name) is not None or target.exists():
+            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
+                             "pass another name")
+        text = f"# written by `warm add`; edit freely\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False)
+        tmp = self.root / f".{name}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            parse_spec_file(tmp, self.root, self.path_roots, self.providers)
+        except SpecFileError as err:
+            tmp.unlink()
+            raise WarmdError(err.code, str(err)) from None
+        tmp.replace(target)
+        self.rescan()
+        return target
 
     # ---- watching ------------------------------------------------------------------------------
     def start(self) -> None:

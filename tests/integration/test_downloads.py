@@ -316,3 +316,58 @@ def test_last_waiter_leaving_cancels_the_transfer(start_daemon, hub: Hub, short_
         ended = next(events)
     assert ended.kind == "download.failed" and ended.error_code == "cancelled"
     assert _parts(daemon)                                      # kept for the next attempt
+
+
+def test_rm_frees_files_but_not_shared_ones_and_show_has_history(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    payload = _big_repo(hub)
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        c.pull("big")
+        (specs / "twin.yaml").write_text("provider: sentence-transformers\nsource: {hf: org/big}\n")
+        _wait(lambda: "twin" in [m.name for m in c.list().models])
+        with pytest.raises(WarmdError) as info:                 # the twin uses the same revision
+            c.remove("big")
+        assert info.value.code is Code.INVALID_ARGUMENT and "twin" in info.value.message
+        (specs / "twin.yaml").unlink()
+        _wait(lambda: "twin" not in [m.name for m in c.list().models])
+        result = c.remove("big")
+        assert result.freed_bytes >= len(payload)
+        assert c.get("big").files.state == "missing"
+        assert not [p for p in _blobs(daemon).iterdir()]
+        hub.corrupt["model.safetensors"] = 10
+        with pytest.raises(WarmdError):
+            c.pull("big")
+        history = c.get("big").downloads
+    assert [h.result for h in history] == ["ok", "failed"]
+    assert history[1].error_code == "weights_digest_mismatch" and history[0].revision == hub.repos["org/big"].commit
+    assert int(history[0].bytes) == BIG + len(b'{"a": 1}')
+
+
+def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start_daemon, hub: Hub,
+                                                                           short_tmp: Path) -> None:
+    hub.add_repo(MINILM, minilm_files(), library_name="sentence-transformers", pipeline_tag="sentence-similarity",
+                 tags=["sentence-transformers"], config={"architectures": ["BertModel"]})
+    hub.add_repo("org/gpt", {"config.json": b"{}"}, library_name="transformers", pipeline_tag="text-generation")
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    result = daemon.warm("add", f"hf://{MINILM}", "--json")
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout)
+    assert added["name"] == "all-minilm-l6-v2" and added["provider"] == "sentence-transformers"
+    assert (specs / "all-minilm-l6-v2.yaml").is_file()
+    result = daemon.warm("add", "hf://org/gpt")
+    assert result.returncode == 1 and "[unsupported_provider]" in result.stderr
+    assert daemon.warm("add", f"hf://{MINILM}").returncode == 1           # the name is taken
+
+    with daemon.client() as c:
+        c.pull("all-minilm-l6-v2")
+        assert c.infer("all-minilm-l6-v2", text=["hi"]).outputs["embedding"].shape == (1, 384)
+        (specs / "all-minilm-l6-v2.yaml").unlink()
+        _wait(lambda: not c.list().models)
+        [found] = c.list(discovered=True).discovered
+    assert found.repo_id == MINILM and found.size_on_disk > 90_000_000
+    assert "all-MiniLM-L6-v2" in daemon.warm("ls").stdout

@@ -46,11 +46,39 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         if self.catalog.folder_error:
             rejected.append(pb.SpecError(file=str(self.catalog.root), code=Code.SPEC_INVALID.value,
                                          message=self.catalog.folder_error))
-        return pb.ListModelsResponse(models=models, rejected=rejected)
+        discovered = []
+        if request.include_discovered:
+            named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
+            discovered = [pb.Discovered(**d) for d in hub.discover(named)]
+        return pb.ListModelsResponse(models=models, rejected=rejected, discovered=discovered)
 
     @mapped
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
-        return self._model(self._spec(request.name))
+        model = self._model(self._spec(request.name))
+        model.downloads.extend(pb.DownloadRecord(**r) for r in self.store.downloads.history(request.name))
+        return model
+
+    @mapped
+    def RemoveModel(self, request: pb.RemoveModelRequest, context: grpc.ServicerContext) -> pb.RemoveModelResponse:
+        spec = self._spec(request.name)
+        others = [s for s in self.catalog.specs() if s.name != spec.name]
+        self.scheduler.unload(spec.name, reason="removed", wait_s=self.settings.drain_timeout)
+        if self.scheduler.view(spec.name).resident is not None:
+            raise WarmdError(Code.BUSY, f"{spec.name!r} still has requests in flight; retry when they finish")
+        freed, removed = self.store.remove(spec, others)
+        return pb.RemoveModelResponse(freed_bytes=freed, removed=[str(p) for p in removed])
+
+    @mapped
+    def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
+        repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
+        if not repo or request.source == repo:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
+        if self.store.offline or hub.hf_offline():
+            raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
+        body = hub.suggest_spec(repo, request.revision or "main")
+        name = request.name or spec_name(repo)
+        path = self.catalog.write_spec(name, body)
+        return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
 
     @mapped_stream
     def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
@@ -167,6 +195,13 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         model.files.CopyFrom(pb.Files(state=files.state, bytes_on_disk=files.bytes_on_disk,
                                       revision=files.revision))
         return model
+
+
+def spec_name(repo_id: str) -> str:
+    """A valid model name from a repo id: `sentence-transformers/all-MiniLM-L6-v2` -> `all-minilm-l6-v2`."""
+    base = repo_id.rsplit("/", 1)[-1].lower()
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-")
+    return (cleaned or "model")[:64]
 
 
 def _follow(sub, future, context: grpc.ServicerContext, final_kind: str,  # type: ignore[no-untyped-def]

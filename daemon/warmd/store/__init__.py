@@ -140,6 +140,43 @@ class Store:
                              f"are off (downloads: never); run `warm pull {spec.name}`")
         return self.downloads.start(spec)
 
+    def remove(self, spec: ModelSpec, others: list[ModelSpec]) -> tuple[int, list[Path]]:
+        """Delete the spec's downloaded files, keeping anything another spec still uses.
+
+        Returns:
+            (bytes freed, paths deleted).
+        Raises:
+            WarmdError: `invalid_argument` for local sources (warmd never deletes your own files) and for
+                files another spec uses at the same revision.
+        """
+        src = spec.source
+        if src.kind == "url":
+            users = [o.name for o in others if o.source.kind == "url" and o.source.sha256 == src.sha256]
+            if users:
+                raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same file; remove them first")
+            folder = url_path(self.data_dir, src).parent
+            files = [p for p in folder.iterdir()] if folder.is_dir() else []
+            freed = sum(p.stat().st_size for p in files)
+            for p in files:
+                p.unlink()
+            if folder.is_dir():
+                folder.rmdir()
+            return freed, files
+        if src.kind != "hf":
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it")
+        commit = hub.cached_commit(src)
+        if commit is None:
+            return 0, []
+        same_repo = [o for o in others if o.source.kind == "hf" and o.source.ref == src.ref]
+        keep = {c for o in same_repo if (c := hub.cached_commit(o.source))}
+        if commit in keep:
+            users = [o.name for o in same_repo if hub.cached_commit(o.source) == commit]
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same files "
+                             f"({src.ref}@{commit[:12]}); remove them first")
+        freed, removed = hub.remove(src, commit, keep)
+        self.downloads.manifest_path(src, commit).unlink(missing_ok=True)
+        return freed, removed
+
     def verify(self, path: Path, sha256: str) -> None:
         """Check a file's sha256; raise `weights_digest_mismatch` (never substitute) when it differs."""
         if not path.is_file():

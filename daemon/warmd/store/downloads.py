@@ -106,37 +106,71 @@ class Downloads:
             return [t.job for t in self._active.values()]
 
     def _run(self, spec: ModelSpec, key: str, transfer: _Transfer) -> None:
-        job = transfer.job
+        job, started = transfer.job, time.time()
+        record = {"started": started, "source": spec.source.describe(), "revision": "", "bytes": 0}
         self.bus.publish("download.started", model=spec.name, job_id=job.id,
                          message=spec.source.describe())
         try:
-            path = self._download_hf(spec, job) if spec.source.kind == "hf" else self._download_url(spec, job)
+            if spec.source.kind == "hf":
+                path = self._download_hf(spec, job, record)
+            else:
+                path = self._download_url(spec, job, record)
         except Exception as exc:
             err = exc if isinstance(exc, WarmdError) else WarmdError(
                 Code.UNAVAILABLE, f"download of {spec.source.describe()} failed: {type(exc).__name__}: {exc}")
             if not isinstance(exc, WarmdError):
                 log.exception("download of %s failed", spec.name)
+            self._remember(spec.name, record, "cancelled" if err.code is Code.CANCELLED else "failed", err)
             self.bus.publish("download.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
                              message=err.message)
             with self._lock:
                 self._active.pop(key, None)
             transfer.future.set_exception(err)
             return
+        self._remember(spec.name, record, "ok", None)
         self.bus.publish("download.finished", model=spec.name, job_id=job.id, message=str(path))
         with self._lock:
             self._active.pop(key, None)
         transfer.future.set_result(path)
 
+    # ---- history -------------------------------------------------------------------------------
+    def _remember(self, model: str, record: dict, result: str, err: WarmdError | None) -> None:
+        """Append to the model's download history (one JSON line per attempt)."""
+        record.update(finished=time.time(), result=result, error_code=err.code.value if err else "",
+                      message=err.message if err else "")
+        path = self.data_dir / "history" / f"{model}.jsonl"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:   # a full disk must not turn a finished download into a failed one
+            log.warning("cannot record download history in %s: %s", path, exc)
+
+    def history(self, model: str, limit: int = 20) -> list[dict]:
+        try:
+            lines = (self.data_dir / "history" / f"{model}.jsonl").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        records = []
+        for line in lines[-limit:]:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue      # a torn last line after a crash
+        return records
+
     # ---- sources ------------------------------------------------------------------------------
-    def _download_hf(self, spec: ModelSpec, job: Job) -> Path:
+    def _download_hf(self, spec: ModelSpec, job: Job, record: dict) -> Path:
         src = spec.source
         job.progress("resolve", message=f"asking the hub for {src.describe()}")
         commit = hub.resolve_commit(src)
+        record["revision"] = commit
         files = hub.list_files(src, commit)
         if not files:
             raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} has no files matching the spec's patterns")
         done, partial = hub.bytes_on_disk(src, files)
         total = sum(f.size for f in files)
+        record["bytes"] = total
         ensure_disk(hub.cache_root(), total - done - partial)
         progress = _Progress(job, total)
         progress.add(done)
@@ -154,11 +188,11 @@ class Downloads:
         log.info("downloaded %s (%s, commit %s)", src.describe(), format_size(total), commit)
         return hub.repo_dir(src.ref) / "snapshots" / commit
 
-    def _download_url(self, spec: ModelSpec, job: Job) -> Path:
+    def _download_url(self, spec: ModelSpec, job: Job, record: dict) -> Path:
         src = spec.source
         final = url_path(self.data_dir, src)
         urls = [src.ref, *src.mirrors]
-        size = _content_length(urls)
+        size = record["bytes"] = _content_length(urls)
         have = part_path(final).stat().st_size if part_path(final).exists() else 0
         ensure_disk(final.parent if final.parent.exists() else self.data_dir, size - have)
         progress = _Progress(job, size)

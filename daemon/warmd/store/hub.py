@@ -139,3 +139,87 @@ def bytes_on_disk(src: Source, files: list[RemoteFile]) -> tuple[int, int]:
         elif part_path(blob).exists():
             partial += part_path(blob).stat().st_size
     return done, partial
+
+
+def snapshot_blobs(snapshot: Path) -> set[Path]:
+    """The blobs a snapshot's links point to."""
+    return {p.resolve() for p in snapshot.rglob("*") if p.is_symlink()}
+
+
+def remove(src: Source, commit: str, keep_commits: set[str]) -> tuple[int, list[Path]]:
+    """Delete the snapshot of `commit` and every blob no other snapshot links to.
+
+    Args:
+        keep_commits: commits other specs use; refusing them is the caller's job, this never deletes them.
+    Returns:
+        (bytes freed, paths deleted).
+    """
+    import shutil
+
+    root = repo_dir(src.ref)
+    snapshot = root / "snapshots" / commit
+    others = [p for p in (root / "snapshots").iterdir() if p.name != commit] if (root / "snapshots").is_dir() else []
+    shared = set().union(*(snapshot_blobs(p) for p in others)) if others else set()
+    freed, removed = 0, []
+    for blob in sorted(snapshot_blobs(snapshot) - shared) if snapshot.is_dir() else []:
+        if blob.is_file() and blob.parent == (root / "blobs").resolve():
+            freed += blob.stat().st_size
+            blob.unlink()
+            removed.append(blob)
+    # partial blobs are not attributable to a revision; they go only when no other snapshot is left
+    for part in (root / "blobs").glob("*.part") if (root / "blobs").is_dir() and not others else []:
+        freed += part.stat().st_size
+        part.unlink()
+        removed.append(part)
+    if snapshot.is_dir():
+        shutil.rmtree(snapshot)
+        removed.append(snapshot)
+    for ref in (root / "refs").iterdir() if (root / "refs").is_dir() else []:
+        if ref.read_text().strip() == commit and commit not in keep_commits:
+            ref.unlink()
+            removed.append(ref)
+    return freed, removed
+
+
+def discover(named: set[str]) -> list[dict]:
+    """Models in the Hugging Face cache that no spec names: repo, revisions, size on disk."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir(cache_root())
+    except CacheNotFound:
+        return []
+    return [{"repo_id": r.repo_id, "revisions": sorted(rev.commit_hash for rev in r.revisions),
+             "size_on_disk": r.size_on_disk, "path": str(r.repo_path)}
+            for r in sorted(info.repos, key=lambda r: r.repo_id)
+            if r.repo_type == "model" and r.repo_id not in named]
+
+
+# library_name on the hub -> (provider, default task)
+_LIBRARIES = {"sentence-transformers": ("sentence-transformers", "feature-extraction")}
+
+
+def suggest_spec(repo_id: str, revision: str) -> dict:
+    """A spec for a hub repo from its metadata (library name, pipeline tag, config architectures).
+
+    Raises:
+        WarmdError: `unsupported_provider` when no installed provider runs the repo's library.
+    """
+    from huggingface_hub import HfApi
+
+    from warmd.errors import Code, WarmdError
+
+    info = HfApi().model_info(repo_id, revision=revision)
+    library = info.library_name or ""
+    if library not in _LIBRARIES and "sentence-transformers" in (info.tags or []):
+        library = "sentence-transformers"
+    if library not in _LIBRARIES:
+        raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"{repo_id} is a {library or 'unknown-library'} model "
+                         f"(pipeline {info.pipeline_tag or 'unknown'}); installed providers run: "
+                         f"{', '.join(sorted(_LIBRARIES))}. Write its spec by hand with a torch factory.")
+    provider, task = _LIBRARIES[library]
+    architectures = (info.config or {}).get("architectures") or []
+    description = f"{repo_id}" + (f" ({', '.join(architectures)})" if architectures else "")
+    return {"description": description, "task": info.pipeline_tag if info.pipeline_tag == task else task,
+            "tags": [library], "source": {"hf": repo_id, "revision": revision}, "provider": provider}

@@ -63,7 +63,7 @@ class Residency(_message.Message):
     def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files")
+    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class Model(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     description: str
@@ -106,7 +107,40 @@ class Model(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     files: Files
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ...) -> None: ...
+    downloads: _containers.RepeatedCompositeFieldContainer[DownloadRecord]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ..., downloads: _Optional[_Iterable[_Union[DownloadRecord, _Mapping]]] = ...) -> None: ...
+
+class DownloadRecord(_message.Message):
+    __slots__ = ("started", "finished", "source", "revision", "result", "error_code", "message", "bytes")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    started: float
+    finished: float
+    source: str
+    revision: str
+    result: str
+    error_code: str
+    message: str
+    bytes: int
+    def __init__(self, started: _Optional[float] = ..., finished: _Optional[float] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., result: _Optional[str] = ..., error_code: _Optional[str] = ..., message: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class Discovered(_message.Message):
+    __slots__ = ("repo_id", "revisions", "size_on_disk", "path")
+    REPO_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_ON_DISK_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    repo_id: str
+    revisions: _containers.RepeatedScalarFieldContainer[str]
+    size_on_disk: int
+    path: str
+    def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Files(_message.Message):
     __slots__ = ("state", "bytes_on_disk", "revision")
@@ -133,22 +167,26 @@ class SpecError(_message.Message):
     def __init__(self, file: _Optional[str] = ..., code: _Optional[str] = ..., field: _Optional[str] = ..., line: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("task", "tag", "state")
+    __slots__ = ("task", "tag", "state", "include_discovered")
     TASK_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DISCOVERED_FIELD_NUMBER: _ClassVar[int]
     task: str
     tag: str
     state: ModelState
-    def __init__(self, task: _Optional[str] = ..., tag: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ...) -> None: ...
+    include_discovered: bool
+    def __init__(self, task: _Optional[str] = ..., tag: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., include_discovered: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "rejected")
+    __slots__ = ("models", "rejected", "discovered")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERED_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[Model]
     rejected: _containers.RepeatedCompositeFieldContainer[SpecError]
-    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[SpecError, _Mapping]]] = ...) -> None: ...
+    discovered: _containers.RepeatedCompositeFieldContainer[Discovered]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[SpecError, _Mapping]]] = ..., discovered: _Optional[_Iterable[_Union[Discovered, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -187,6 +225,42 @@ class CancelJobResponse(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     cancelled: bool
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
+
+class RemoveModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveModelResponse(_message.Message):
+    __slots__ = ("freed_bytes", "removed")
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    freed_bytes: int
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, freed_bytes: _Optional[int] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddModelRequest(_message.Message):
+    __slots__ = ("source", "revision", "name")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    revision: str
+    name: str
+    def __init__(self, source: _Optional[str] = ..., revision: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class AddModelResponse(_message.Message):
+    __slots__ = ("file", "name", "provider", "task")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    name: str
+    provider: str
+    task: str
+    def __init__(self, file: _Optional[str] = ..., name: _Optional[str] = ..., provider: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

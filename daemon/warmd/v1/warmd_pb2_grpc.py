@@ -79,6 +79,16 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/warmd.v1.Warmd/RemoveModel',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
+        self.AddModel = channel.unary_unary(
+                '/warmd.v1.Warmd/AddModel',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.AddModelRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.AddModelResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -149,6 +159,20 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveModel(self, request, context):
+        """Unload a model and delete its downloaded files (never files another spec's revision still uses).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddModel(self, request, context):
+        """Write a spec for a hub repo into the specs folder, from the repo's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +220,16 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.RemoveModelRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RemoveModelResponse.SerializeToString,
+            ),
+            'AddModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddModel,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.AddModelRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.AddModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +475,60 @@ class Warmd:
             '/warmd.v1.Warmd/CancelJob',
             warmd_dot_v1_dot_warmd__pb2.CancelJobRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/RemoveModel',
+            warmd_dot_v1_dot_warmd__pb2.RemoveModelRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RemoveModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/AddModel',
+            warmd_dot_v1_dot_warmd__pb2.AddModelRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.AddModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
