@@ -7,7 +7,7 @@ Serves what huggingface_hub and warmd ask for (point HF_ENDPOINT at `hub.endpoin
   GET  /{repo}/resolve/{rev}/{path}                  -> the body, honouring Range (206); LFS bodies are
                                                         redirected to a second port, as the real hub does
 Faults, per file path: `cut_after` (close the connection after N body bytes, for the next K requests),
-`stall` (seconds before the body), `corrupt` (flip one byte in the next K responses), `rate` (bytes/s).
+`stall` (pause for S seconds after N body bytes, for the next K requests), `corrupt` (flip one byte in the next K responses), `rate` (bytes/s).
 Counters: bytes served per path, requests, connections.
 """
 from __future__ import annotations
@@ -45,10 +45,11 @@ class Hub:
         self.repos: dict[str, Repo] = {}
         self.cut_after: dict[str, tuple[int, int]] = {}     # path -> (bytes, requests left)
         self.corrupt: dict[str, int] = {}                    # path -> responses left
-        self.stall: dict[str, float] = {}
+        self.stall: dict[str, tuple[int, float, int]] = {}   # path -> (after bytes, seconds, requests left)
         self.rate: dict[str, float] = {}
         self.served: dict[str, int] = {}
         self.requests: list[str] = []
+        self.authorization: list[str] = []      # Authorization headers received
         self.connections = 0
         self.lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
@@ -132,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         with self.hub.lock:
             self.hub.requests.append(f"{self.command} {path}")
+            self.hub.authorization.append(self.headers.get("Authorization", ""))
         if m := re.match(r"^/api/models/(.+?)/revision/([^/]+)$", path):
             return self._revision(m.group(1), m.group(2))
         if m := re.match(r"^/api/models/(.+?)/tree/([^/]+)(/.*)?$", path):
@@ -208,6 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
             cutting = cuts_left > 0 and not head
             if cutting:
                 hub.cut_after[path] = (cut, cuts_left - 1)
+            stall_at, stall_s, stalls_left = hub.stall.get(path, (0, 0.0, 0))
+            stalling = stalls_left > 0 and not head
+            if stalling:
+                hub.stall[path] = (stall_at, stall_s, stalls_left - 1)
         if corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         self.send_response(206 if start else 200)
@@ -220,14 +226,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        time.sleep(hub.stall.get(path, 0))
         limit = min(len(body), cut) if cutting else len(body)
+        if stalling:
+            if not self._send(path, body[:min(stall_at, limit)]):
+                return
+            time.sleep(stall_s)
+            body, limit = body[stall_at:], max(0, limit - stall_at)
         self._send(path, body[:limit])
         if cutting:
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
 
-    def _send(self, path: str, body: bytes) -> None:
+    def _send(self, path: str, body: bytes) -> bool:
+        """Write the body (at the configured rate); False when the client went away."""
         rate = self.hub.rate.get(path)
         step = 64 * 1024
         t0 = time.monotonic()
@@ -236,13 +247,14 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self.wfile.write(chunk)
             except OSError:
-                return
+                return False
             with self.hub.lock:
                 self.hub.served[path] = self.hub.served.get(path, 0) + len(chunk)
             if rate:
                 ahead = (i + len(chunk)) / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+        return True
 
     def _json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         raw = json.dumps(body).encode()

@@ -41,6 +41,8 @@ class Settings:
     downloads: str = "auto"
     # Offline: nothing leaves the machine; a needed download is `network_forbidden`.
     offline: bool = False
+    # Seconds a download connection may stay silent before it is dropped and resumed.
+    download_timeout: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
     rpc_threads: int = 32
 
@@ -69,7 +71,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if name in ("keep_alive", "drain_timeout", "reload_debounce"):
+    if name in ("keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
         return parse_duration(value)
     if name in ("max_message_bytes", "rpc_threads"):
         return int(value)

@@ -40,7 +40,8 @@ class Daemon:
         self.bus = EventBus()
         self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
                                PROVIDERS, self.bus, settings.reload_debounce)
-        self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads)
+        self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
+                           timeout_s=settings.download_timeout)
         self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive)
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []

@@ -371,3 +371,22 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
         [found] = c.list(discovered=True).discovered
     assert found.repo_id == MINILM and found.size_on_disk > 90_000_000
     assert "all-MiniLM-L6-v2" in daemon.warm("ls").stdout
+
+
+def test_stall_is_dropped_and_resumed_patterns_and_token(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    _big_repo(hub)
+    hub.repos["org/big"].files["notes/skip.txt"] = b"not wanted"
+    hub.stall["model.safetensors"] = (BIG // 2, 5.0, 1)       # silent for 5 s halfway, once
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    (specs / "big.yaml").write_text("provider: sentence-transformers\n"
+                                    "source: {hf: org/big, allow_patterns: ['*.safetensors', '*.json']}\n")
+    daemon = start_daemon(specs, config={"download_timeout": "1s"},
+                          env={**_hub_env(hub), "HF_TOKEN": "hf_test_token"})
+    t0 = time.monotonic()
+    with daemon.client() as c:
+        assert c.pull("big").files.state == "verified"
+    assert time.monotonic() - t0 < 5.0                          # did not sit out the stall
+    assert BIG <= hub.served_bytes("model.safetensors") <= BIG * 1.1
+    assert hub.served_bytes("notes/skip.txt") == 0
+    assert "Bearer hf_test_token" in hub.authorization

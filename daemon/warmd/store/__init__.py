@@ -36,9 +36,10 @@ class FilesState:
 class Store:
     """Resolves sources to local paths, verifies digests, and downloads when the policy allows."""
 
-    def __init__(self, data_dir: Path, bus: EventBus, offline: bool = False, policy: str = "auto") -> None:
+    def __init__(self, data_dir: Path, bus: EventBus, offline: bool = False, policy: str = "auto",
+                 timeout_s: float = 30.0) -> None:
         self.data_dir, self.offline, self.policy = data_dir, offline, policy
-        self.downloads = Downloads(data_dir, bus)
+        self.downloads = Downloads(data_dir, bus, timeout_s)
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 

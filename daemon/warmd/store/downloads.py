@@ -61,8 +61,8 @@ class _Transfer:
 class Downloads:
     """Single-flight transfers keyed by source, with cancel by job id."""
 
-    def __init__(self, data_dir: Path, bus: EventBus) -> None:
-        self.data_dir, self.bus = data_dir, bus
+    def __init__(self, data_dir: Path, bus: EventBus, timeout_s: float = 30.0) -> None:
+        self.data_dir, self.bus, self.timeout_s = data_dir, bus, timeout_s
         self._active: dict[str, _Transfer] = {}
         self._lock = threading.Lock()
 
@@ -179,7 +179,7 @@ class Downloads:
             if not hub.has_blob(src, f):
                 progress.current = f.path
                 fetch([hub.file_url(src, commit, f.path)], hub.blob_path(src, f), f.size, f.digest, headers,
-                      progress.add, job.check)
+                      progress.add, job.check, self.timeout_s)
             hub.install(src, commit, f)
         hub.record_ref(src, commit)
         self._write_manifest(src, commit, files)
@@ -197,7 +197,8 @@ class Downloads:
         ensure_disk(final.parent if final.parent.exists() else self.data_dir, size - have)
         progress = _Progress(job, size)
         progress.current = final.name
-        fetch(urls, final, size, Digest("sha256", src.sha256), {}, progress.add, job.check)  # type: ignore[arg-type]
+        fetch(urls, final, size, Digest("sha256", src.sha256), {}, progress.add, job.check,  # type: ignore[arg-type]
+              self.timeout_s)
         progress.publish()
         return final
 
@@ -244,7 +245,7 @@ def _content_length(urls: list[str]) -> int:
     errors = []
     for url in urls:
         try:
-            response = get_session().head(url, follow_redirects=True, timeout=30)
+            response = get_session().head(url, follow_redirects=True, timeout=30.0)
             if response.status_code < 400 and response.headers.get("content-length"):
                 return int(response.headers["content-length"])
             errors.append(f"{url}: HTTP {response.status_code}")

@@ -19,7 +19,6 @@ from warmd.errors import Code, WarmdError
 log = logging.getLogger(__name__)
 CHUNK = 8 * 1024 * 1024     # reading a partial file back to hash it
 RETRIES = 4            # per file, for cut connections and stalls; each retry resumes
-READ_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def part_path(final: Path) -> Path:
 
 
 def fetch(urls: list[str], final: Path, size: int, digest: Digest, headers: dict[str, str],
-          on_bytes: Callable[[int], None], check_cancel: Callable[[], None]) -> None:
+          on_bytes: Callable[[int], None], check_cancel: Callable[[], None], timeout_s: float = 30.0) -> None:
     """Fetch `urls[0]` (then each mirror in turn) into `final`, resuming any partial file.
 
     The content is hashed as it arrives (one pass over the bytes), so verification costs no second read.
@@ -54,13 +53,14 @@ def fetch(urls: list[str], final: Path, size: int, digest: Digest, headers: dict
         headers: extra request headers (authorization).
         on_bytes: called with each number of new bytes written (also with the bytes found already on disk).
         check_cancel: raises to stop; the partial file is kept for the next attempt.
+        timeout_s: a connection silent this long is dropped and resumed.
     Raises:
         WarmdError: `weights_digest_mismatch` when the content is wrong twice, `unavailable` when every
             source failed, `cancelled` from check_cancel.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):      # a digest mismatch discards the file and starts once more
-        actual = _Transfer(urls, part_path(final), size, digest, headers, on_bytes, check_cancel).run()
+        actual = _Transfer(urls, part_path(final), size, digest, headers, on_bytes, check_cancel, timeout_s).run()
         if actual == digest.value:
             os.replace(part_path(final), final)
             return
@@ -78,8 +78,8 @@ class _Transfer:
     number of bytes hashed, so a resume continues the same hash."""
 
     def __init__(self, urls: list[str], part: Path, size: int, digest: Digest, headers: dict[str, str],
-                 on_bytes: Callable[[int], None], check_cancel: Callable[[], None]) -> None:
-        self.urls, self.part, self.size, self.digest = urls, part, size, digest
+                 on_bytes: Callable[[int], None], check_cancel: Callable[[], None], timeout_s: float) -> None:
+        self.urls, self.part, self.size, self.digest, self.timeout_s = urls, part, size, digest, timeout_s
         self.headers, self.on_bytes, self.check_cancel = headers, on_bytes, check_cancel
         self.hasher = digest.hasher(size)
         self.have = 0
@@ -134,7 +134,7 @@ class _Transfer:
         if self.have:
             request_headers["Range"] = f"bytes={self.have}-"
         with session.stream("GET", url, headers=request_headers, follow_redirects=True,
-                            timeout=READ_TIMEOUT_S) as response:
+                            timeout=self.timeout_s) as response:
             if response.status_code == 416 and self.have == self.size:
                 return
             if 400 <= response.status_code < 500:
