@@ -6,6 +6,7 @@ and says what to do. Clients turn the pair back into a `WarmdError` (see `from_r
 from __future__ import annotations
 
 import enum
+import logging
 
 import grpc
 
@@ -88,6 +89,15 @@ class WarmdError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
+
+
+def at_boundary(exc: BaseException, code: Code, what: str, log: logging.Logger) -> WarmdError:
+    """At a job's boundary: a WarmdError passes as it is; anything else is logged with its traceback
+    and becomes `code`, saying what failed and how."""
+    if isinstance(exc, WarmdError):
+        return exc
+    log.error("%s failed", what, exc_info=exc)
+    return WarmdError(code, f"{what} failed: {type(exc).__name__}: {exc}")
 
 
 def from_rpc_error(err: grpc.RpcError) -> WarmdError:

@@ -26,7 +26,7 @@ from typing import Iterator, Mapping
 
 from warmd import devices
 from warmd.catalog import Catalog
-from warmd.errors import Code, WarmdError
+from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
 from warmd.providers import Provider
@@ -175,10 +175,7 @@ class Scheduler:
         try:
             resident = self._build(spec, job, keep_alive)
         except Exception as exc:
-            err = exc if isinstance(exc, WarmdError) else WarmdError(
-                Code.PROVIDER_FAILED, f"{spec.provider} could not load {spec.name!r}: {exc!r}")
-            if not isinstance(exc, WarmdError):
-                log.exception("load of %s failed", spec.name)
+            err = at_boundary(exc, Code.PROVIDER_FAILED, f"{spec.provider} load of {spec.name!r}", log)
             self._load_failed(spec, job, future, err)
             return
         self._install(spec, job, future, resident)

@@ -18,6 +18,7 @@ def abort(context: grpc.ServicerContext, err: WarmdError) -> None:
 
 
 def _internal(name: str, exc: Exception) -> WarmdError:
+    # Not at_boundary(): a bug's message stays out of the reply; the log has it.
     log.exception("%s failed", name)
     return WarmdError(Code.INTERNAL, f"internal error in {name}: {type(exc).__name__}; "
                       "the daemon log has the details")

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from warmd.errors import Code, WarmdError
+from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
 from warmd.spec import ModelSpec, Source
@@ -116,10 +116,7 @@ class Downloads:
             else:
                 path = self._download_url(spec, job, record)
         except Exception as exc:
-            err = exc if isinstance(exc, WarmdError) else WarmdError(
-                Code.UNAVAILABLE, f"download of {spec.source.describe()} failed: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, WarmdError):
-                log.exception("download of %s failed", spec.name)
+            err = at_boundary(exc, Code.UNAVAILABLE, f"download of {spec.source.describe()}", log)
             self._remember(spec.name, record, "cancelled" if err.code is Code.CANCELLED else "failed", err)
             self.bus.publish("download.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
                              message=err.message)
