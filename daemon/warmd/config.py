@@ -11,7 +11,7 @@ import yaml
 
 from warmd import paths
 from warmd.errors import Code, WarmdError
-from warmd.units import parse_duration
+from warmd.units import parse_duration, parse_size
 
 
 @dataclass
@@ -43,6 +43,13 @@ class Settings:
     offline: bool = False
     # Seconds a download connection may stay silent before it is dropped and resumed.
     download_timeout: float = 30.0
+    # Memory budgets: a fraction of the device's memory (0 < x <= 1) or bytes.
+    cpu_budget: float = 0.5
+    gpu_budget: float = 0.9
+    # Bytes of GPU memory left free for other programs; below it, idle models are evicted.
+    gpu_reserve: int = 512 * 1024 * 1024
+    # Sizes of simulated GPUs (accounted as cuda:N, tensors kept in host memory): try policies without one.
+    simulated_gpus: list[int] = field(default_factory=list)
     max_message_bytes: int = 64 * 1024 * 1024
     rpc_threads: int = 32
 
@@ -75,7 +82,30 @@ def _coerce(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name in ("max_message_bytes", "rpc_threads"):
         return int(value)
+    if name in ("cpu_budget", "gpu_budget"):
+        return _budget(value)
+    if name == "gpu_reserve":
+        return parse_size(value)
+    if name == "simulated_gpus":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError("simulated_gpus must be a list of sizes")
+        return [parse_size(v) for v in items if str(v).strip()]
     return str(value)
+
+
+def _budget(value: Any) -> float:
+    """0.5 or "50%" (a fraction of the device) or "12GiB" / bytes."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    try:
+        number = float(text)
+    except ValueError:
+        return float(parse_size(text))
+    if number <= 0:
+        raise ValueError(f"a budget must be positive, not {value!r}")
+    return number
 
 
 def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None,

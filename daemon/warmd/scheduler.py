@@ -7,12 +7,19 @@ Rules held here:
 - an edited spec reloads in the background; the old version serves until the new one is ready, and a
   failed reload leaves the old version serving;
 - a removed spec's model is retired;
-- an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once).
+- an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once);
+- memory is counted in bytes per device (measured after a load, estimated before it) and never exceeds
+  the device's budget: a load that does not fit evicts the least recently used idle, unpinned models on
+  the device, and fails with `insufficient_memory` when even that is not enough;
+- `device: auto` (and `cuda`) places a model on the GPU with the most free budget, else the CPU;
+- when a GPU's free memory falls under its reserve because another program grew, idle models are evicted
+  until the reserve is back.
 Requests for resident models take the lock only to count themselves in and out; loads and unloads run
 outside the lock, so a load never blocks requests for other models.
 
 Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
-spec_changed, spec_removed, keep_alive, shutdown), and job.progress for each load phase.
+spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown), and job.progress for each
+load phase.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from typing import Iterator, Mapping
 
 from warmd import devices
 from warmd.catalog import Catalog
+from warmd.devices import Device
 from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
@@ -36,6 +44,7 @@ from warmd.units import format_size
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 0.25
+EVICT_WAIT_S = 30.0      # how long a load waits for the models it evicted to be unloaded
 
 
 class _StaleLoad(WarmdError):
@@ -55,13 +64,19 @@ class Resident:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     in_flight: int = 0
+    pinned: bool = False
     retiring: bool = False
     retire_reason: str = ""
     unloaded: threading.Event = field(default_factory=threading.Event)
 
     @property
+    def bytes(self) -> int:
+        """What it occupies: measured once loaded, the estimate if the provider could not measure."""
+        return self.measured_bytes or self.estimated_bytes
+
+    @property
     def expires_at(self) -> float:
-        if self.spec.pin or self.keep_alive < 0:
+        if self.pinned or self.keep_alive < 0:
             return 0.0
         return self.last_used + self.keep_alive
 
@@ -87,11 +102,14 @@ class ModelView:
 
 class Scheduler:
     def __init__(self, catalog: Catalog, store: Store, providers: Mapping[str, type[Provider]],
-                 bus: EventBus, default_keep_alive: float) -> None:
+                 bus: EventBus, default_keep_alive: float, device_inventory: dict[str, Device]) -> None:
         self.catalog, self.store, self.providers, self.bus = catalog, store, providers, bus
         self.default_keep_alive = default_keep_alive
+        self.devices = device_inventory
         self._slots: dict[str, _Slot] = {}
         self._retiring: list[Resident] = []
+        self._reserved: dict[str, tuple[str, int]] = {}   # load job id -> (device, bytes) while it loads
+        self._pins: dict[str, bool] = {}                   # `warm pin`/`unpin`, over the spec's pin
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="keep-alive", daemon=True)
@@ -184,19 +202,107 @@ class Scheduler:
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
         files = self.store.ensure(spec)     # downloads first when allowed, with its own job's events
         job.check()
-        device = devices.resolve(spec.device)
         cls = self.providers[spec.provider]
-        if not cls.supports(spec, device):
-            raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device}")
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
-        job.progress("load", 1, 3, message=f"loading onto {device} (~{format_size(estimated)})")
-        provider = cls(spec, files, device)
+        device = self._admit(spec, estimated, job)     # reserved until _install or _load_failed
+        if not cls.supports(spec, device.torch_device):
+            raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device.name}")
+        job.progress("load", 1, 3, message=f"loading onto {device.name} (~{format_size(estimated)})")
+        provider = cls(spec, files, device.torch_device)
         measured = provider.load()
         job.check()
         job.progress("ready", 3, 3)
-        return Resident(spec=spec, provider=provider, device=device, estimated_bytes=estimated,
-                        measured_bytes=measured,
+        return Resident(spec=spec, provider=provider, device=device.name, estimated_bytes=estimated,
+                        measured_bytes=measured, pinned=self._pins.get(spec.name, spec.pin),
                         keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive)
+
+    # ---- memory --------------------------------------------------------------------------------
+    def _admit(self, spec: ModelSpec, need: int, job: Job) -> Device:
+        """Place the model and reserve its bytes, evicting LRU idle models if that is what it takes.
+
+        Raises:
+            WarmdError: `insufficient_memory` (what is missing, which models are pinned or busy),
+                `device_unavailable`.
+        """
+        deadline = time.monotonic() + EVICT_WAIT_S
+        while True:
+            with self._lock:
+                options = sorted(devices.candidates(spec.device, self.devices),
+                                 key=self._free_locked, reverse=True)   # most free budget first
+                fits = next((d for d in options if need <= self._free_locked(d)), None)
+                if fits is not None:
+                    self._reserved[job.id] = (fits.name, need)
+                    return fits
+                plan = next(((d, v) for d in options
+                             if (v := self._victims_locked(d, need - self._free_locked(d))) is not None), None)
+                if plan is None or time.monotonic() > deadline:
+                    raise self._insufficient_locked(spec, need, options)
+                device, victims = plan
+                for victim in victims:
+                    self._retire_locked(victim, "evicted")
+            log.info("evicting %s from %s to make room for %s", ", ".join(v.spec.name for v in victims),
+                     device.name, spec.name)
+            for victim in victims:
+                self._drain(victim)
+            for victim in victims:
+                victim.unloaded.wait(max(0.0, deadline - time.monotonic()))
+
+    def _used_locked(self, device: str) -> int:
+        residents = [s.current for s in self._slots.values() if s.current is not None] + self._retiring
+        return (sum(r.bytes for r in residents if r.device == device and not r.unloaded.is_set())
+                + sum(n for d, n in self._reserved.values() if d == device))
+
+    def _free_locked(self, device: Device) -> int:
+        """Bytes a new model may take: what is left of the budget, and of the reserve others need."""
+        used = self._used_locked(device.name)
+        free = device.budget - used
+        outside = device.free_outside(used)
+        if outside is not None:
+            free = min(free, outside - device.reserve)
+        return free
+
+    def _victims_locked(self, device: Device, gap: int, partial: bool = False) -> list[Resident] | None:
+        """The least recently used idle, unpinned models on `device` that free `gap` bytes; None if they
+        cannot (or, with `partial`, as many as there are)."""
+        idle = sorted((s.current for s in self._slots.values()
+                       if s.current is not None and s.current.device == device.name and not s.current.pinned
+                       and s.current.in_flight == 0 and s.waiters == 0 and not s.current.retiring),
+                      key=lambda r: r.last_used)
+        chosen, freed = [], 0
+        for resident in idle:
+            if freed >= gap:
+                break
+            chosen.append(resident)
+            freed += resident.bytes
+        return chosen if freed >= gap or partial else None
+
+    def _insufficient_locked(self, spec: ModelSpec, need: int, options: list[Device]) -> WarmdError:
+        parts = []
+        for d in options:
+            here = [s.current for s in self._slots.values() if s.current is not None and s.current.device == d.name]
+            pinned = [f"{r.spec.name} ({format_size(r.bytes)})" for r in here if r.pinned]
+            busy = [f"{r.spec.name} ({r.in_flight} in flight)" for r in here if not r.pinned and r.in_flight]
+            parts.append(f"{d.name}: {format_size(max(0, self._free_locked(d)))} free of a "
+                         f"{format_size(d.budget)} budget, {format_size(need - max(0, self._free_locked(d)))} "
+                         f"missing; pinned: {', '.join(pinned) or 'none'}; busy: {', '.join(busy) or 'none'}")
+        return WarmdError(Code.INSUFFICIENT_MEMORY, f"{spec.name} needs {format_size(need)}. "
+                          + " | ".join(parts) + ". Unpin or unload a model, or raise the budget.")
+
+    def pin(self, name: str, pinned: bool) -> None:
+        """Pin (never evicted, never expires) or unpin a model, over what its spec says, until restart."""
+        with self._lock:
+            spec = self._spec(name)
+            self._pins[name] = pinned
+            slot = self._slots.get(name)
+            if slot is not None and slot.current is not None:
+                slot.current.pinned = pinned
+        self.bus.publish("model.pinned" if pinned else "model.unpinned", model=spec.name)
+
+    def device_usage(self) -> list[tuple[Device, int, int | None]]:
+        """(device, bytes the daemon holds or has reserved there, free memory the driver reports)."""
+        with self._lock:
+            rows = [(d, self._used_locked(d.name)) for d in self.devices.values()]
+        return [(d, used, d.free_outside(used)) for d, used in rows]
 
     def _install(self, spec: ModelSpec, job: Job, future: Future, resident: Resident) -> None:
         with self._lock:
@@ -205,11 +311,13 @@ class Scheduler:
             stale = wanted is None or wanted.signature != spec.signature
             if slot.loading is future:
                 slot.loading, slot.job = None, None
-            old = None
+            self._reserved.pop(job.id, None)
+            old, overshoot = None, []
             if not stale:
                 old, slot.current, slot.error = slot.current, resident, None
                 if old is not None:
                     self._retire_locked(old, "spec_changed")
+                overshoot = self._trim_locked(self.devices[resident.device])
         if stale:
             # The spec changed or went away while we loaded: this version must not serve.
             resident.provider.unload()
@@ -222,11 +330,25 @@ class Scheduler:
             f"{resident.device}, {format_size(resident.measured_bytes)} "
             f"(estimated {format_size(resident.estimated_bytes)})"))
         future.set_result(resident)
-        if old is not None:
-            self._drain(old)
+        for victim in [old, *overshoot]:
+            if victim is not None:
+                self._drain(victim)
+
+    def _trim_locked(self, device: Device) -> list[Resident]:
+        """After a load measured bigger than estimated: evict LRU idle models until the budget holds."""
+        over = -self._free_locked(device)
+        if over <= 0:
+            return []
+        victims = self._victims_locked(device, over) or []
+        if not victims:
+            log.warning("%s is %s over its budget and nothing idle can be evicted", device.name, format_size(over))
+        for victim in victims:
+            self._retire_locked(victim, "evicted")
+        return victims
 
     def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
         with self._lock:
+            self._reserved.pop(job.id, None)
             slot = self._slots.setdefault(spec.name, _Slot())
             if slot.loading is future:
                 slot.loading, slot.job, slot.error = None, None, err
@@ -299,6 +421,7 @@ class Scheduler:
                 self._retire_locked(resident, "spec_removed")
             elif new is not None and resident is not None and resident.spec.signature == new.signature:
                 resident.spec = new   # metadata (pin, keep_alive, tags) applies at once
+                resident.pinned = self._pins.get(new.name, new.pin)
         if new is None and resident is not None:
             self._drain(resident)
         elif new is not None and resident is not None and resident.spec.signature != new.signature:
@@ -316,8 +439,27 @@ class Scheduler:
                            and s.current.expires_at and s.current.expires_at <= now]
                 for resident in expired:
                     self._retire_locked(resident, "keep_alive")
-            for resident in expired:
+            for resident in expired + self._relieve_pressure():
                 self._drain(resident)
+
+    def _relieve_pressure(self) -> list[Resident]:
+        """Evict idle models from a device whose free memory fell under its reserve (another program grew)."""
+        victims: list[Resident] = []
+        with self._lock:
+            for device in self.devices.values():
+                if any(r.device == device.name for r in self._retiring):
+                    continue    # unloads under way; the driver's free figure has not caught up yet
+                used = self._used_locked(device.name)
+                outside = device.free_outside(used)
+                if outside is None or outside >= device.reserve:
+                    continue
+                chosen = self._victims_locked(device, device.reserve - outside, partial=True) or []
+                for resident in chosen:
+                    self._retire_locked(resident, "pressure")
+                victims += chosen
+        if victims:
+            log.warning("memory pressure: evicting %s", ", ".join(v.spec.name for v in victims))
+        return victims
 
     # ---- views and shutdown --------------------------------------------------------------------
     def view(self, name: str) -> ModelView:

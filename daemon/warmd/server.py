@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from warmd import __version__
+from warmd import __version__, devices
 from warmd.api.auth import TokenAuth, ensure_token
 from warmd.api.service import WarmdService
 from warmd.catalog import Catalog
@@ -42,7 +42,9 @@ class Daemon:
                                PROVIDERS, self.bus, settings.reload_debounce)
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
                            timeout_s=settings.download_timeout)
-        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive)
+        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive,
+                                   devices.inventory(settings.cpu_budget, settings.gpu_budget,
+                                                     settings.gpu_reserve, settings.simulated_gpus))
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()

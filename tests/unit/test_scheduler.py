@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from warmd.catalog import Catalog
+from warmd.devices import Device
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers.base import InferRequest, InferResult, Provider
@@ -21,6 +22,7 @@ class Recording(Provider):
     name = "recording"
     options_schema = {"type": "object"}
     log: list[tuple[str, str, object]] = []
+    placed: dict[str, str] = {}
 
     @classmethod
     def estimate(cls, spec, files):  # type: ignore[no-untyped-def]
@@ -31,7 +33,9 @@ class Recording(Provider):
         if self.spec.options.get("fail"):
             raise WarmdError(Code.PROVIDER_FAILED, "told to fail")
         Recording.log.append(("load", self.spec.name, self.spec.options.get("value")))
-        return 1234
+        Recording.placed[self.spec.name] = self.device
+        # "measured": what the spec's options say it really took (default: the estimate)
+        return self.spec.options.get("measured", self.spec.memory or 1000)
 
     def infer(self, request: InferRequest) -> InferResult:
         time.sleep(request.parameters.get("hold_s", 0))
@@ -41,27 +45,35 @@ class Recording(Provider):
         Recording.log.append(("unload", self.spec.name, self.spec.options.get("value")))
 
 
-@pytest.fixture
-def world(tmp_path: Path):  # type: ignore[no-untyped-def]
-    Recording.log = []
+def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None):  # type: ignore[no-untyped-def]
+    Recording.log, Recording.placed = [], {}
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "w").write_bytes(b"")
     bus = EventBus()
     catalog = Catalog(specs, [specs], {"recording": Recording}, bus)
     catalog.rescan()
-    scheduler = Scheduler(catalog, Store(tmp_path / "data", bus), {"recording": Recording}, bus, 300.0)
+    inventory = inventory or {"cpu": Device("cpu", 2**40, 2**40, torch_device="cpu")}
+    scheduler = Scheduler(catalog, Store(tmp_path / "data", bus), {"recording": Recording}, bus, 300.0,
+                          inventory)
     scheduler.start()
 
     def write(name: str, **options: object) -> None:
-        extra = "".join(f"\n{k}: {v}" for k, v in options.pop("_top", {}).items())  # type: ignore[union-attr]
+        top = {"device": "cpu", **options.pop("_top", {})}  # type: ignore[dict-item]
+        extra = "".join(f"\n{k}: {v}" for k, v in top.items())
         opts = ", ".join(f"{k}: {v}" for k, v in options.items())
         (specs / f"{name}.yaml").write_text(
-            f"provider: recording\ndevice: cpu\nsource: {{path: w}}\noptions: {{{opts}}}{extra}\n")
+            f"provider: recording\nsource: {{path: w}}\noptions: {{{opts}}}{extra}\n")
         catalog.rescan()
 
-    yield catalog, scheduler, write, specs, bus
-    scheduler.shutdown(5)
+    return catalog, scheduler, write, specs, bus
+
+
+@pytest.fixture
+def world(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made = make_world(tmp_path)
+    yield made
+    made[1].shutdown(5)
 
 
 def _use(scheduler: Scheduler, name: str, hold_s: float = 0.0) -> object:

@@ -1,0 +1,149 @@
+"""The memory policy on simulated devices: budgets, LRU eviction, pins, busy models, placement,
+external pressure, and requests to resident models while another model loads."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from test_scheduler import Recording, _use, _wait, make_world
+from warmd.devices import Device
+from warmd.errors import Code, WarmdError
+
+MB = 2**20
+
+
+def _gpu(name: str, total: int, budget: int, reserve: int = 0) -> Device:
+    return Device(name, total, budget, reserve=reserve, torch_device="cpu", simulated=True)
+
+
+@pytest.fixture
+def sim(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """cpu (4 MB budget), cuda:0 (3 MB budget), cuda:1 (2 MB budget)."""
+    inventory = {"cpu": Device("cpu", 64 * MB, 4 * MB, torch_device="cpu"),
+                 "cuda:0": _gpu("cuda:0", 8 * MB, 3 * MB), "cuda:1": _gpu("cuda:1", 8 * MB, 2 * MB)}
+    made = make_world(tmp_path, inventory)
+    yield (*made, inventory)
+    made[1].shutdown(5)
+
+
+def _model(write, name: str, mb: float, device: str = "cuda:0", **top: object) -> None:  # type: ignore[no-untyped-def]
+    write(name, value=name, _top={"device": device, "memory": int(mb * MB), **top})
+
+
+def _unloaded(name: str) -> bool:
+    return ("unload", name, name) in Recording.log
+
+
+def test_lru_idle_model_is_evicted_to_make_room(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, _, bus, _ = sim
+    for name in ("a", "b", "c"):
+        _model(write, name, 1)
+        _use(scheduler, name)
+    _use(scheduler, "a")                         # b is now the least recently used
+    events = bus.subscribe(kinds=["model.unloaded"])
+    _model(write, "d", 1)
+    assert _use(scheduler, "d") == "d"
+    _wait(lambda: _unloaded("b"))
+    assert not _unloaded("a") and not _unloaded("c")
+    event = events.get(timeout=2)
+    assert event.model == "b" and event.reason == "evicted"
+    assert {r.spec.name for r in scheduler.resident()} == {"a", "c", "d"}
+
+
+def test_pinned_and_busy_models_are_never_evicted(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "pinned", 1, pin="true")
+    _model(write, "busy", 1)
+    _model(write, "idle", 1)
+    for name in ("pinned", "busy", "idle"):
+        _use(scheduler, name)
+    worker = threading.Thread(target=lambda: _use(scheduler, "busy", hold_s=1.0))
+    worker.start()
+    _wait(lambda: scheduler.view("busy").resident.in_flight == 1)
+    _model(write, "new", 1)
+    assert _use(scheduler, "new") == "new"      # evicts idle, the only candidate
+    assert _unloaded("idle") and not _unloaded("pinned") and not _unloaded("busy")
+    _model(write, "big", 2)
+    with pytest.raises(WarmdError) as info:       # pinned + busy + new hold 3 MB of 3
+        _use(scheduler, "big")
+    worker.join()
+    err = info.value
+    assert err.code is Code.INSUFFICIENT_MEMORY
+    assert "big needs 2.0 MiB" in err.message and "pinned: pinned (1.0 MiB)" in err.message
+    assert "busy: busy (1 in flight)" in err.message and "missing" in err.message
+
+
+def test_budget_never_exceeded_when_measured_exceeds_estimate(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "a", 1)
+    _use(scheduler, "a")
+    write("liar", value="liar", measured=int(2.5 * MB), _top={"device": "cuda:0", "memory": 1 * MB})
+    _use(scheduler, "liar")                       # estimated 1 MB, measured 2.5 MB: a must go
+    _wait(lambda: _unloaded("a"))
+    [(device, used, _)] = [u for u in scheduler.device_usage() if u[0].name == "cuda:0"]
+    assert used <= device.budget
+
+
+def test_auto_places_on_the_gpu_with_most_free_budget_and_cuda_n_pins(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "first", 1.5, device="auto")
+    _use(scheduler, "first")
+    assert scheduler.view("first").resident.device == "cuda:0"      # 3 MB free beats 2 MB
+    _model(write, "second", 1.5, device="auto")
+    _use(scheduler, "second")
+    assert scheduler.view("second").resident.device == "cuda:1"     # 2 MB free beats 1.5 MB
+    _model(write, "there", 0.5, device="cuda:1")
+    _use(scheduler, "there")
+    assert scheduler.view("there").resident.device == "cuda:1"
+    assert Recording.placed["there"] == "cpu"                       # simulated: tensors stay on the host
+    _model(write, "nowhere", 1, device="cuda:7")
+    with pytest.raises(WarmdError) as info:
+        _use(scheduler, "nowhere")
+    assert info.value.code is Code.DEVICE_UNAVAILABLE
+
+
+def test_external_pressure_evicts_idle_models_until_the_reserve_is_back(tmp_path: Path) -> None:
+    gpu = _gpu("cuda:0", 8 * MB, 6 * MB, reserve=1 * MB)
+    catalog, scheduler, write, _, bus = make_world(tmp_path, {"cpu": Device("cpu", 64 * MB, 4 * MB,
+                                                                              torch_device="cpu"), "cuda:0": gpu})
+    try:
+        for name in ("old", "new"):
+            _model(write, name, 2)
+            _use(scheduler, name)
+        events = bus.subscribe(kinds=["model.unloaded"])
+        gpu.external = 4 * MB + MB // 2          # another program takes 4.5 MB: free = 8 - 4.5 - 4 < 1 MB reserve
+        event = events.get(timeout=3)
+        assert event is not None and event.model == "old" and event.reason == "pressure"
+        time.sleep(0.6)
+        assert not _unloaded("new")              # one eviction restored the reserve
+    finally:
+        scheduler.shutdown(5)
+
+
+def test_resident_model_answers_while_another_loads(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "fast", 1)
+    _use(scheduler, "fast")
+    write("slow", value="slow", load_s=1.5, _top={"device": "cuda:1", "memory": MB})
+    loader = threading.Thread(target=lambda: _use(scheduler, "slow"))
+    loader.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    for _ in range(20):
+        assert _use(scheduler, "fast") == "fast"
+    assert time.monotonic() - t0 < 0.5
+    loader.join()
+
+
+def test_runtime_pin_and_unpin(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "a", 2, keep_alive="300ms")
+    _use(scheduler, "a")
+    scheduler.pin("a", True)
+    time.sleep(0.7)
+    assert not _unloaded("a")                    # pinned: keep_alive does not apply
+    scheduler.pin("a", False)
+    _wait(lambda: _unloaded("a"), timeout=3)
