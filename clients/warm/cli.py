@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
     p.add_argument("name")
     p.set_defaults(run=cmd_unload)
+    for verb in ("pin", "unpin"):
+        p = sub.add_parser(verb, parents=[common, as_json],
+                           help="never evict or expire a model" if verb == "pin" else "undo `warm pin`")
+        p.add_argument("name")
+        p.set_defaults(run=cmd_pin, pinned=verb == "pin")
     p = sub.add_parser("ps", parents=[common, as_json], help="resident models")
     p.set_defaults(run=cmd_ps)
     p = sub.add_parser("infer", parents=[common, as_json], help="run a model")
@@ -209,16 +214,25 @@ def cmd_unload(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pin(client: Client, args: argparse.Namespace) -> int:
+    model = client.pin(args.name, args.pinned)
+    if args.json:
+        return _print_json(model)
+    out.print(f"{model.name}: {'pinned' if args.pinned else 'unpinned'}")
+    return 0
+
+
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     resident = client.status().resident
     if args.json:
         return _print_json_list(resident)
-    table = Table("NAME", "DEVICE", "SIZE", "ESTIMATED", "IN FLIGHT", "LAST USED", "EXPIRES", box=None)
+    table = Table("NAME", "DEVICE", "TIER", "SIZE", "ESTIMATED", "PINNED", "IN FLIGHT", "LAST USED", "EXPIRES",
+                  box=None)
     now = time.time()
     for m in resident:
         r = m.residency
-        table.add_row(m.name, r.device, format_size(r.measured_bytes), format_size(r.estimated_bytes),
-                      str(r.in_flight), f"{now - r.last_used:.0f}s ago",
+        table.add_row(m.name, r.device, r.tier, format_size(r.measured_bytes), format_size(r.estimated_bytes),
+                      "yes" if r.pinned else "", str(r.in_flight), f"{now - r.last_used:.0f}s ago",
                       "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
     out.print(table)
     return 0
@@ -273,6 +287,11 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
             ("torch", "imported" if status.torch_imported else "not imported yet")]
     for key, value in rows:
         out.print(f"[bold]{key:>9}[/bold]  {value}")
+    devices = Table("DEVICE", "TOTAL", "BUDGET", "USED", "FREE", box=None)
+    for d in status.devices:
+        devices.add_row(d.name + (" (simulated)" if d.simulated else ""), format_size(d.total),
+                        format_size(d.budget), format_size(d.used), format_size(d.free) if d.free >= 0 else "")
+    out.print(devices)
     return 0
 
 

@@ -127,6 +127,10 @@ class Client:
         """Write a spec for `hf://org/name` into the daemon's specs folder, from the repo's metadata."""
         return self._call(self._stub.AddModel, pb.AddModelRequest(source=source, revision=revision, name=name))
 
+    def pin(self, name: str, pinned: bool = True) -> pb.Model:
+        """Pin a model (never evicted, never expires) or unpin it, until the daemon restarts."""
+        return self._call(self._stub.PinModel, pb.PinModelRequest(name=name, pinned=pinned))
+
     def unload(self, name: str) -> pb.Model:
         """Unload a model once its in-flight requests finish."""
         return self._call(self._stub.UnloadModel, pb.UnloadModelRequest(name=name))
@@ -160,8 +164,18 @@ class Client:
                            signature=response.signature)
 
     def watch(self, *, kinds: Sequence[str] = (), model: str = "") -> Iterator[pb.Event]:
-        """Every event as it happens (catalog changes, loads, unloads, progress), until closed."""
-        yield from self._stream(self._stub.Watch, pb.WatchRequest(kinds=list(kinds), model=model))
+        """Every event as it happens (catalog changes, loads, unloads, progress), until closed.
+
+        Returns once the daemon has subscribed, so no event after this call is missed.
+        """
+        call = self._stub.Watch(pb.WatchRequest(kinds=list(kinds), model=model), metadata=self._metadata)
+        try:
+            started = next(call)
+        except grpc.RpcError as err:
+            call.cancel()
+            raise self._error(err) from None
+        assert started.kind == "watch.started", started.kind
+        return self._events(call)
 
     # ---- plumbing ------------------------------------------------------------------------------
     def _call(self, method: Any, request: Any) -> Any:
@@ -171,7 +185,9 @@ class Client:
             raise self._error(err) from None
 
     def _stream(self, method: Any, request: Any) -> Iterator[Any]:
-        call = method(request, metadata=self._metadata)
+        return self._events(method(request, metadata=self._metadata))
+
+    def _events(self, call: Any) -> Iterator[Any]:
         try:
             yield from call
         except grpc.RpcError as err:

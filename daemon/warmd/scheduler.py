@@ -71,7 +71,10 @@ class Resident:
 
     @property
     def bytes(self) -> int:
-        """What it occupies: measured once loaded, the estimate if the provider could not measure."""
+        """What it counts for: the spec's `memory` if given (the author knows about workspace a
+        measurement cannot see), else the measured bytes, else the estimate."""
+        if self.spec.memory is not None:
+            return self.spec.memory
         return self.measured_bytes or self.estimated_bytes
 
     @property

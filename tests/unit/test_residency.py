@@ -80,7 +80,7 @@ def test_budget_never_exceeded_when_measured_exceeds_estimate(sim) -> None:  # t
     _, scheduler, write, *_ = sim
     _model(write, "a", 1)
     _use(scheduler, "a")
-    write("liar", value="liar", measured=int(2.5 * MB), _top={"device": "cuda:0", "memory": 1 * MB})
+    write("liar", value="liar", estimate=MB, measured=int(2.5 * MB), _top={"device": "cuda:0"})
     _use(scheduler, "liar")                       # estimated 1 MB, measured 2.5 MB: a must go
     _wait(lambda: _unloaded("a"))
     [(device, used, _)] = [u for u in scheduler.device_usage() if u[0].name == "cuda:0"]

@@ -26,7 +26,7 @@ class Recording(Provider):
 
     @classmethod
     def estimate(cls, spec, files):  # type: ignore[no-untyped-def]
-        return 1000
+        return spec.options.get("estimate", 1000)
 
     def load(self) -> int:
         time.sleep(self.spec.options.get("load_s", 0))
@@ -35,7 +35,7 @@ class Recording(Provider):
         Recording.log.append(("load", self.spec.name, self.spec.options.get("value")))
         Recording.placed[self.spec.name] = self.device
         # "measured": what the spec's options say it really took (default: the estimate)
-        return self.spec.options.get("measured", self.spec.memory or 1000)
+        return self.spec.options.get("measured", self.spec.memory or self.estimate(self.spec, self.files))
 
     def infer(self, request: InferRequest) -> InferResult:
         time.sleep(request.parameters.get("hold_s", 0))

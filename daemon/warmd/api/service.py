@@ -69,6 +69,11 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return pb.RemoveModelResponse(freed_bytes=freed, removed=[str(p) for p in removed])
 
     @mapped
+    def PinModel(self, request: pb.PinModelRequest, context: grpc.ServicerContext) -> pb.Model:
+        self.scheduler.pin(request.name, request.pinned)
+        return self._model(self._spec(request.name))
+
+    @mapped
     def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
@@ -134,7 +139,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             log_file=str(s.log_file), torch_imported="torch" in sys.modules,
             resident=[self._model(r.spec) for r in self.scheduler.resident()],
             models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()),
-            offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()))
+            offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()),
+            devices=[pb.DeviceStatus(name=d.name, total=d.total, budget=d.budget, used=used,
+                                     free=-1 if free is None else free, reserve=d.reserve, simulated=d.simulated)
+                     for d, used, free in self.scheduler.device_usage()])
 
     @mapped
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
@@ -165,6 +173,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         sub = self.bus.subscribe(kinds=request.kinds, model=request.model)
         context.add_callback(sub.close)
         try:
+            # First, say the subscription exists: a client that waits for this misses nothing after it.
+            yield pb.Event(time=time.time(), kind="watch.started")
             while context.is_active() and not sub.closed:
                 event = sub.get(timeout=0.5)
                 if event is not None:
@@ -235,7 +245,8 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
     if r is not None:
         model.residency.CopyFrom(pb.Residency(
             device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
-            loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight))
+            loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight,
+            pinned=r.pinned, tier="gpu" if r.device.startswith("cuda") else "cpu"))
     if file_error is not None:
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"

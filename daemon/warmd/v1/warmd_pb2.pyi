@@ -45,7 +45,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Residency(_message.Message):
-    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight")
+    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,8 @@ class Residency(_message.Message):
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     device: str
     estimated_bytes: int
     measured_bytes: int
@@ -60,7 +62,9 @@ class Residency(_message.Message):
     last_used: float
     expires_at: float
     in_flight: int
-    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    pinned: bool
+    tier: str
+    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads")
@@ -262,12 +266,38 @@ class AddModelResponse(_message.Message):
     task: str
     def __init__(self, file: _Optional[str] = ..., name: _Optional[str] = ..., provider: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
+class PinModelRequest(_message.Message):
+    __slots__ = ("name", "pinned")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    pinned: bool
+    def __init__(self, name: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class DeviceStatus(_message.Message):
+    __slots__ = ("name", "total", "budget", "used", "free", "reserve", "simulated")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    total: int
+    budget: int
+    used: int
+    free: int
+    reserve: int
+    simulated: bool
+    def __init__(self, name: _Optional[str] = ..., total: _Optional[int] = ..., budget: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., reserve: _Optional[int] = ..., simulated: _Optional[bool] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache")
+    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache", "devices")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +313,7 @@ class StatusResponse(_message.Message):
     OFFLINE_FIELD_NUMBER: _ClassVar[int]
     DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     HF_CACHE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     started_at: float
@@ -298,7 +329,8 @@ class StatusResponse(_message.Message):
     offline: bool
     downloads: str
     hf_cache: str
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
 
 class ModelSignature(_message.Message):
     __slots__ = ("name", "version", "signature", "source", "revision", "precision", "device")

@@ -89,6 +89,11 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.AddModelRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.AddModelResponse.FromString,
                 _registered_method=True)
+        self.PinModel = channel.unary_unary(
+                '/warmd.v1.Warmd/PinModel',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -138,7 +143,8 @@ class WarmdServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """One stream of every event: catalog changes, loads and unloads, job progress.
+        """One stream of every event: catalog changes, loads and unloads, job progress. The first event is
+        "watch.started", sent once the subscription exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +174,13 @@ class WarmdServicer:
 
     def AddModel(self, request, context):
         """Write a spec for a hub repo into the specs folder, from the repo's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinModel(self, request, context):
+        """Pin (never evicted, never expires) or unpin a model, over its spec, until the daemon restarts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +243,11 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.AddModel,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.AddModelRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.AddModelResponse.SerializeToString,
+            ),
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.PinModelRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +547,33 @@ class Warmd:
             '/warmd.v1.Warmd/AddModel',
             warmd_dot_v1_dot_warmd__pb2.AddModelRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.AddModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/PinModel',
+            warmd_dot_v1_dot_warmd__pb2.PinModelRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
