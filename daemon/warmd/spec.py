@@ -217,6 +217,10 @@ def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
             if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
                 raise SpecFileError(path, f"the document expands to more than {MAX_EXPANDED_NODES} values "
                                     "through YAML aliases; refusing to expand it")
+            duplicate = _duplicate_key(node, set()) if node is not None else None
+            if duplicate is not None:   # YAML keeps the last silently; a spec must say one thing
+                key, line = duplicate
+                raise SpecFileError(path, f"key {key!r} appears twice in the same mapping", field=key, line=line)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -227,6 +231,28 @@ def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
     except (yaml.YAMLError, RecursionError) as exc:
         raise SpecFileError(path, f"YAML error: {str(exc) or 'nesting too deep'}") from None
     return node, data
+
+
+def _duplicate_key(node: yaml.Node, seen: set[int]) -> tuple[str, int] | None:
+    """The first key that repeats within one mapping, with its line; each node is visited once."""
+    if id(node) in seen:
+        return None
+    seen.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in keys:
+                    return k.value, k.start_mark.line + 1
+                keys.add(k.value)
+            children.append(v)
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    for child in children:
+        if (found := _duplicate_key(child, seen)) is not None:
+            return found
+    return None
 
 
 def _schema_error(path: Path, node: yaml.Node | None, err: jsonschema.ValidationError) -> SpecFileError:
