@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -23,6 +24,8 @@ from warmd.errors import Code, WarmdError
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
                                   release_torch_memory, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,23 +57,47 @@ class TorchProvider(Provider):
         import torch
         from safetensors.torch import load_file
 
+        path = weights_file(self.spec, self.files)
+        state = load_file(str(path))
+        if self.device == "cpu":
+            read_through(path)
+        # Build on the meta device and adopt the loaded tensors as the parameters: no random
+        # initialisation and no second copy of the weights. Modules that make tensors the weights do not
+        # hold (non-persistent buffers), or a non-strict load, need a real construction instead.
+        module = self._build(torch.device("meta")) if self.spec.options.get("strict", True) else None
+        if module is not None:
+            self._fill(module, state, assign=True)
+            if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+                log.info("%s: the module makes tensors its weights do not hold; building it for real",
+                         self.spec.name)
+                module = None
+        if module is None:
+            module = self._build(torch.device("cpu"))
+            self._fill(module, state, assign=False)
+        self._dtype = torch_dtype(self.spec.precision)
+        self.module = module.to(device=self.device, dtype=self._dtype).eval()
+        return module_bytes(self.module)
+
+    def _build(self, device):  # type: ignore[no-untyped-def]
+        import torch
+
         factory = resolve_factory(self.spec)
         try:
-            module = factory(**self.spec.options.get("args", {}))
+            with device:
+                module = factory(**self.spec.options.get("args", {}))
         except Exception as exc:
             raise WarmdError(Code.PROVIDER_FAILED,
                              f"factory {self.spec.options['factory']} failed: {exc!r}") from exc
         if not isinstance(module, torch.nn.Module):
             raise WarmdError(Code.PROVIDER_FAILED, f"factory {self.spec.options['factory']} returned "
                              f"{type(module).__name__}, not a torch.nn.Module")
-        state = load_file(str(weights_file(self.spec, self.files)))
+        return module
+
+    def _fill(self, module: Any, state: dict, assign: bool) -> None:
         try:
-            module.load_state_dict(state, strict=self.spec.options.get("strict", True))
+            module.load_state_dict(state, strict=self.spec.options.get("strict", True), assign=assign)
         except RuntimeError as exc:
             raise WarmdError(Code.PROVIDER_FAILED, f"weights do not fit the module: {exc}") from None
-        self._dtype = torch_dtype(self.spec.precision)
-        self.module = module.to(device=self.device, dtype=self._dtype).eval()
-        return module_bytes(self.module)
 
     def infer(self, request: InferRequest) -> InferResult:
         import torch
@@ -125,6 +152,15 @@ def _to_numpy(value: Any) -> np.ndarray:
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()   # numpy has no bfloat16; callers get exact float32 values
     return value.detach().cpu().numpy()
+
+
+def read_through(path: Path) -> None:
+    """On the CPU, safetensors maps the file and reads nothing until a tensor is touched: read it once
+    now, so the pages are in memory and the first request does not pay for the disk."""
+    buf = memoryview(bytearray(64 * 2**20))
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
 
 
 def weights_file(spec: ModelSpec, files: Path) -> Path:
