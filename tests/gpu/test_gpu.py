@@ -1,0 +1,116 @@
+"""On a real GPU (skipped without one): memory comes back after unloads, and the budget holds under churn.
+
+Run on a machine with a GPU:  .venv/bin/python -m pytest -m gpu tests/gpu -v
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from warm import Code, WarmdError
+
+pytestmark = pytest.mark.gpu
+GIB = 2**30
+
+
+def _nvml_used(index: int = 0) -> int:
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used
+
+
+def _has_gpu() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount() > 0
+    except Exception:  # noqa: BLE001 - no driver, no GPU
+        return False
+
+
+if not _has_gpu():
+    pytest.skip("no NVIDIA GPU on this machine", allow_module_level=True)
+
+
+def _square_model(specs: Path, name: str, mib: int, extra: str = "") -> None:
+    """A Linear(n, n) fp32 model of about `mib` MiB on cuda:0, from a zero-filled safetensors file."""
+    import torch
+    from safetensors.torch import save_file
+
+    n = int((mib * 2**20 / 4) ** 0.5)
+    (specs / "square.py").write_text("import torch\n\ndef square(n):\n    return torch.nn.Linear(n, n, bias=False)\n")
+    save_file({"weight": torch.zeros(n, n)}, str(specs / f"{name}.safetensors"))
+    (specs / f"{name}.yaml").write_text(
+        f"provider: torch\ndevice: cuda:0\nkeep_alive: -1\nsource: {{path: {name}.safetensors}}\n"
+        f"options: {{factory: 'square.py:square', args: {{n: {n}}}}}\n"
+        f"inputs: [{{name: x, dtype: FP32, shape: [-1, {n}]}}]\n" + extra)
+
+
+def test_unload_returns_gpu_memory_within_a_second(start_daemon, short_tmp: Path) -> None:
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _square_model(specs, "tiny", 1)
+    _square_model(specs, "big", 1024)
+    daemon = start_daemon(specs)
+    with daemon.client() as c:
+        c.load("tiny")                     # the CUDA context exists from here on
+        c.unload("tiny")
+        baseline = _nvml_used()
+        c.load("big")
+        loaded = _nvml_used()
+        assert loaded - baseline >= 0.9 * GIB
+        assert abs(int(c.get("big").residency.measured_bytes) - GIB) < 0.05 * GIB
+        c.unload("big")
+        deadline = time.monotonic() + 1.0
+        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
+
+
+def test_budget_holds_under_churn(start_daemon, short_tmp: Path) -> None:
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    for i in range(4):
+        _square_model(specs, f"m{i}", 512)
+    daemon = start_daemon(specs, config={"gpu_budget": "1.5GiB", "keep_alive": -1})
+    errors: list[str] = []
+    samples: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with daemon.client() as c:
+            while not stop.is_set():
+                [gpu] = [d for d in c.status().devices if d.name == "cuda:0"]
+                samples.append((int(gpu.used), int(gpu.budget)))
+                time.sleep(0.05)
+
+    def churn(seed: int) -> None:
+        rng = random.Random(seed)
+        with daemon.client() as c:
+            for _ in range(25):
+                name = f"m{rng.randrange(4)}"
+                try:
+                    n = int(c.get(name).inputs[0].shape[1])
+                    c.infer(name, {"x": np.ones((1, n), np.float32)})
+                except WarmdError as err:
+                    if err.code not in (Code.INSUFFICIENT_MEMORY, Code.BUSY):
+                        errors.append(f"{err.code.value}: {err.message}")
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = [threading.Thread(target=churn, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    stop.set()
+    sampler.join()
+    assert not errors, errors[:5]
+    assert samples and all(used <= budget for used, budget in samples), max(samples)
