@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubserver import Hub, minilm_files
+from waiting import wait_until
 from warm import Code, WarmdError
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -34,21 +35,24 @@ def _big_repo(hub: Hub) -> bytes:
     return payload
 
 
+def _big_daemon(start_daemon, hub: Hub, root: Path, rate: int = 0, **kwargs):  # type: ignore[no-untyped-def]
+    """The big repo on the hub (served at `rate` bytes/s if given), a spec `big` for it, a daemon."""
+    payload = _big_repo(hub)
+    if rate:
+        hub.rate["model.safetensors"] = rate
+    specs = root / "specs"
+    specs.mkdir()
+    _spec(specs, "big", "org/big")
+    env = {**_hub_env(hub), **kwargs.pop("env", {})}
+    return start_daemon(specs, env=env, **kwargs), payload
+
+
 def _blobs(daemon) -> Path:  # type: ignore[no-untyped-def]
     return Path(daemon.env["HF_HOME"]) / "hub" / "models--org--big" / "blobs"
 
 
 def _parts(daemon) -> list[Path]:  # type: ignore[no-untyped-def]
     return list(_blobs(daemon).glob("*.part")) if _blobs(daemon).is_dir() else []
-
-
-def _wait(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_pull_multi_file_repo_then_serve(start_daemon, hub: Hub, short_tmp: Path) -> None:
@@ -86,12 +90,8 @@ def test_pull_multi_file_repo_then_serve(start_daemon, hub: Hub, short_tmp: Path
 
 
 def test_cut_connection_resumes(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp)
     hub.cut_after["model.safetensors"] = (BIG // 3, 2)          # two cuts in a row
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
     with daemon.client() as c:
         model = c.pull("big")
     assert model.files.state == "verified"
@@ -102,15 +102,11 @@ def test_cut_connection_resumes(start_daemon, hub: Hub, short_tmp: Path) -> None
 
 
 def test_sigkill_mid_file_then_restart_resumes(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    hub.rate["model.safetensors"] = 8 * 2**20                   # ~3 s for the file
+    first, _ = _big_daemon(start_daemon, hub, short_tmp, rate=8 * 2**20)     # ~3 s for the file
     specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    first = start_daemon(specs, env=_hub_env(hub))
     client = first.client()
     threading.Thread(target=lambda: _swallow(lambda: client.pull("big")), daemon=True).start()
-    _wait(lambda: any(p.stat().st_size > BIG * 0.6 for p in _parts(first)))
+    wait_until(lambda: any(p.stat().st_size > BIG * 0.6 for p in _parts(first)))
     first.kill()
     kept = max(p.stat().st_size for p in _parts(first))
     served_before = hub.served_bytes("model.safetensors")
@@ -132,11 +128,7 @@ def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_corrupt_byte_is_refetched_then_rejected(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp)
     hub.corrupt["model.safetensors"] = 1                         # once: the retry gets a good copy
     with daemon.client() as c:
         assert c.pull("big").files.state == "verified"
@@ -152,12 +144,7 @@ def test_corrupt_byte_is_refetched_then_rejected(start_daemon, hub: Hub, short_t
 
 
 def test_concurrent_pulls_share_one_transfer(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    hub.rate["model.safetensors"] = 16 * 2**20
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=16 * 2**20)
     jobs: list[set[str]] = [set(), set()]
 
     def pull(i: int) -> None:
@@ -174,12 +161,7 @@ def test_concurrent_pulls_share_one_transfer(start_daemon, hub: Hub, short_tmp: 
 
 
 def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    hub.rate["model.safetensors"] = 8 * 2**20
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=8 * 2**20)
     started: list[str] = []
     errors: list[WarmdError] = []
 
@@ -192,7 +174,7 @@ def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path
 
     worker = threading.Thread(target=pull)
     worker.start()
-    _wait(lambda: started and any(p.stat().st_size > BIG * 0.3 for p in _parts(daemon)))
+    wait_until(lambda: started and any(p.stat().st_size > BIG * 0.3 for p in _parts(daemon)))
     assert daemon.warm("cancel", started[0]).returncode == 0
     worker.join(timeout=30)
     assert errors and errors[0].code is Code.CANCELLED
@@ -206,11 +188,7 @@ def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path
 
 
 def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, args=("--offline",), env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, args=("--offline",))
     result = daemon.warm("pull", "big")
     assert result.returncode == 1 and "[network_forbidden]" in result.stderr and "org/big" in result.stderr
     result = daemon.warm("load", "big")
@@ -219,11 +197,7 @@ def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub
 
 
 def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, config={"downloads": "never"}, env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
     result = daemon.warm("load", "big")
     assert result.returncode == 1 and "[weights_missing]" in result.stderr and "warm pull big" in result.stderr
     assert hub.connections == 0
@@ -237,11 +211,7 @@ def test_full_disk_is_insufficient_disk_before_the_first_byte(start_daemon, hub:
     if not mounted:
         pytest.skip("needs a tiny tmpfs (root); the machines of this project have it")
     try:
-        _big_repo(hub)
-        specs = short_tmp / "specs"
-        specs.mkdir()
-        _spec(specs, "big", "org/big")
-        daemon = start_daemon(specs, env={**_hub_env(hub), "HF_HUB_CACHE": str(tiny / "hub")})
+        daemon, _ = _big_daemon(start_daemon, hub, short_tmp, env={"HF_HUB_CACHE": str(tiny / "hub")})
         result = daemon.warm("pull", "big")
         assert result.returncode == 1 and "[insufficient_disk]" in result.stderr
         assert hub.served_bytes("model.safetensors") == 0
@@ -297,19 +267,14 @@ def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub
 
 
 def test_last_waiter_leaving_cancels_the_transfer(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    _big_repo(hub)
-    hub.rate["model.safetensors"] = 4 * 2**20
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=4 * 2**20)
     with daemon.client() as c:
         events = c.watch(kinds=["download."])
         cli = subprocess.Popen([*daemon.warm_command(), "pull", "big"], env=daemon.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert next(events).kind == "download.started"
-            _wait(lambda: any(p.stat().st_size > 2**20 for p in _parts(daemon)))
+            wait_until(lambda: any(p.stat().st_size > 2**20 for p in _parts(daemon)))
         finally:
             cli.kill()
             cli.wait()
@@ -319,20 +284,17 @@ def test_last_waiter_leaving_cancels_the_transfer(start_daemon, hub: Hub, short_
 
 
 def test_rm_frees_files_but_not_shared_ones_and_show_has_history(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    payload = _big_repo(hub)
+    daemon, payload = _big_daemon(start_daemon, hub, short_tmp)
     specs = short_tmp / "specs"
-    specs.mkdir()
-    _spec(specs, "big", "org/big")
-    daemon = start_daemon(specs, env=_hub_env(hub))
     with daemon.client() as c:
         c.pull("big")
         (specs / "twin.yaml").write_text("provider: sentence-transformers\nsource: {hf: org/big}\n")
-        _wait(lambda: "twin" in [m.name for m in c.list().models])
+        wait_until(lambda: "twin" in [m.name for m in c.list().models])
         with pytest.raises(WarmdError) as info:                 # the twin uses the same revision
             c.remove("big")
         assert info.value.code is Code.INVALID_ARGUMENT and "twin" in info.value.message
         (specs / "twin.yaml").unlink()
-        _wait(lambda: "twin" not in [m.name for m in c.list().models])
+        wait_until(lambda: "twin" not in [m.name for m in c.list().models])
         result = c.remove("big")
         assert result.freed_bytes >= len(payload)
         assert c.get("big").files.state == "missing"
@@ -367,7 +329,7 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
         c.pull("all-minilm-l6-v2")
         assert c.infer("all-minilm-l6-v2", text=["hi"]).outputs["embedding"].shape == (1, 384)
         (specs / "all-minilm-l6-v2.yaml").unlink()
-        _wait(lambda: not c.list().models)
+        wait_until(lambda: not c.list().models)
         [found] = c.list(discovered=True).discovered
     assert found.repo_id == MINILM and found.size_on_disk > 90_000_000
     assert "all-MiniLM-L6-v2" in daemon.warm("ls").stdout

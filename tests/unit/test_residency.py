@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from test_scheduler import Recording, _use, _wait, make_world
+from test_scheduler import Recording, _use, make_world
+from waiting import wait_until
 from warmd.devices import Device
 from warmd.errors import Code, WarmdError
 
@@ -46,7 +47,7 @@ def test_lru_idle_model_is_evicted_to_make_room(sim) -> None:  # type: ignore[no
     events = bus.subscribe(kinds=["model.unloaded"])
     _model(write, "d", 1)
     assert _use(scheduler, "d") == "d"
-    _wait(lambda: _unloaded("b"))
+    wait_until(lambda: _unloaded("b"))
     assert not _unloaded("a") and not _unloaded("c")
     event = events.get(timeout=2)
     assert event.model == "b" and event.reason == "evicted"
@@ -62,7 +63,7 @@ def test_pinned_and_busy_models_are_never_evicted(sim) -> None:  # type: ignore[
         _use(scheduler, name)
     worker = threading.Thread(target=lambda: _use(scheduler, "busy", hold_s=1.0))
     worker.start()
-    _wait(lambda: scheduler.view("busy").resident.in_flight == 1)
+    wait_until(lambda: scheduler.view("busy").resident.in_flight == 1)
     _model(write, "new", 1)
     assert _use(scheduler, "new") == "new"      # evicts idle, the only candidate
     assert _unloaded("idle") and not _unloaded("pinned") and not _unloaded("busy")
@@ -82,7 +83,7 @@ def test_budget_never_exceeded_when_measured_exceeds_estimate(sim) -> None:  # t
     _use(scheduler, "a")
     write("liar", value="liar", estimate=MB, measured=int(2.5 * MB), _top={"device": "cuda:0"})
     _use(scheduler, "liar")                       # estimated 1 MB, measured 2.5 MB: a must go
-    _wait(lambda: _unloaded("a"))
+    wait_until(lambda: _unloaded("a"))
     [(device, used, _)] = [u for u in scheduler.device_usage() if u[0].name == "cuda:0"]
     assert used <= device.budget
 
@@ -146,4 +147,4 @@ def test_runtime_pin_and_unpin(sim) -> None:  # type: ignore[no-untyped-def]
     time.sleep(0.7)
     assert not _unloaded("a")                    # pinned: keep_alive does not apply
     scheduler.pin("a", False)
-    _wait(lambda: _unloaded("a"), timeout=3)
+    wait_until(lambda: _unloaded("a"), timeout=3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_until
 from warmd.catalog import Catalog
 from warmd.devices import Device
 from warmd.errors import Code, WarmdError
@@ -81,15 +82,6 @@ def _use(scheduler: Scheduler, name: str, hold_s: float = 0.0) -> object:
         return resident.provider.infer(InferRequest(parameters={"hold_s": hold_s})).json
 
 
-def _wait(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def test_concurrent_requests_share_one_load(world) -> None:  # type: ignore[no-untyped-def]
     _, scheduler, write, *_ = world
     write("m", value=1, load_s=0.3)
@@ -110,12 +102,12 @@ def test_unload_waits_for_in_flight_request(world) -> None:  # type: ignore[no-u
     finished = threading.Event()
     worker = threading.Thread(target=lambda: (_use(scheduler, "m", hold_s=0.5), finished.set()))
     worker.start()
-    _wait(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
+    wait_until(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
     scheduler.unload("m")
     assert ("unload", "m", 1) not in Recording.log      # not under the running request
     worker.join()
     assert finished.is_set()
-    _wait(lambda: ("unload", "m", 1) in Recording.log)
+    wait_until(lambda: ("unload", "m", 1) in Recording.log)
     assert scheduler.view("m").state == "available"
 
 
@@ -125,7 +117,7 @@ def test_keep_alive_expiry_and_pin(world) -> None:  # type: ignore[no-untyped-de
     write("pinned", value=2, _top={"keep_alive": "300ms", "pin": "true"})
     _use(scheduler, "short")
     _use(scheduler, "pinned")
-    _wait(lambda: ("unload", "short", 1) in Recording.log, timeout=3)
+    wait_until(lambda: ("unload", "short", 1) in Recording.log, timeout=3)
     time.sleep(0.5)
     assert ("unload", "pinned", 2) not in Recording.log
     assert scheduler.view("pinned").state == "ready"
@@ -135,7 +127,7 @@ def test_keep_alive_zero_unloads_when_idle(world) -> None:  # type: ignore[no-un
     _, scheduler, write, *_ = world
     write("m", value=1, _top={"keep_alive": 0})
     assert _use(scheduler, "m") == 1
-    _wait(lambda: ("unload", "m", 1) in Recording.log, timeout=3)
+    wait_until(lambda: ("unload", "m", 1) in Recording.log, timeout=3)
 
 
 def test_edit_reloads_while_old_version_serves(world) -> None:  # type: ignore[no-untyped-def]
@@ -146,8 +138,8 @@ def test_edit_reloads_while_old_version_serves(world) -> None:  # type: ignore[n
     time.sleep(0.2)
     assert scheduler.view("m").state == "ready"
     assert _use(scheduler, "m") == 1              # old version still answers during the reload
-    _wait(lambda: _use(scheduler, "m") == 2)
-    _wait(lambda: ("unload", "m", 1) in Recording.log)
+    wait_until(lambda: _use(scheduler, "m") == 2)
+    wait_until(lambda: ("unload", "m", 1) in Recording.log)
 
 
 def test_failed_reload_leaves_old_version_serving(world) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +161,7 @@ def test_removed_spec_unloads_after_in_flight(world) -> None:  # type: ignore[no
     result: list[object] = []
     worker = threading.Thread(target=lambda: result.append(_use(scheduler, "m", hold_s=0.5)))
     worker.start()
-    _wait(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
+    wait_until(lambda: scheduler.view("m").resident and scheduler.view("m").resident.in_flight == 1)
     (specs / "m.yaml").unlink()
     catalog.rescan()
     with pytest.raises(WarmdError) as info:
@@ -178,7 +170,7 @@ def test_removed_spec_unloads_after_in_flight(world) -> None:  # type: ignore[no
     assert ("unload", "m", 1) not in Recording.log
     worker.join()
     assert result == [1]
-    _wait(lambda: ("unload", "m", 1) in Recording.log)
+    wait_until(lambda: ("unload", "m", 1) in Recording.log)
 
 
 def test_load_failure_is_reported_with_its_code(world) -> None:  # type: ignore[no-untyped-def]
