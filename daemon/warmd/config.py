@@ -46,6 +46,8 @@ class Settings:
     # Memory budgets: a fraction of the device's memory (0 < x <= 1) or bytes.
     cpu_budget: float = 0.5
     gpu_budget: float = 0.9
+    # Host memory for models parked after eviction from a GPU (0 turns the host tier off).
+    host_tier_budget: float = 0.25
     # Bytes of GPU memory left free for other programs; below it, idle models are evicted.
     gpu_reserve: int = 512 * 1024 * 1024
     # Sizes of simulated GPUs (accounted as cuda:N, tensors kept in host memory): try policies without one.
@@ -82,7 +84,7 @@ def _coerce(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name in ("max_message_bytes", "rpc_threads"):
         return int(value)
-    if name in ("cpu_budget", "gpu_budget"):
+    if name in ("cpu_budget", "gpu_budget", "host_tier_budget"):
         return _budget(value)
     if name == "gpu_reserve":
         return parse_size(value)
@@ -97,6 +99,8 @@ def _coerce(name: str, value: Any) -> Any:
 def _budget(value: Any) -> float:
     """0.5 or "50%" (a fraction of the device) or "12GiB" / bytes."""
     text = str(value).strip()
+    if text in ("0", "0.0", "off"):
+        return 0.0
     if text.endswith("%"):
         return float(text[:-1]) / 100
     try:

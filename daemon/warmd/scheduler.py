@@ -13,13 +13,15 @@ Rules held here:
   the device, and fails with `insufficient_memory` when even that is not enough;
 - `device: auto` (and `cuda`) places a model on the GPU with the most free budget, else the CPU;
 - when a GPU's free memory falls under its reserve because another program grew, idle models are evicted
-  until the reserve is back.
+  until the reserve is back;
+- a model evicted from a GPU is *parked* in pinned host memory when the host tier has room (its own LRU
+  budget), so bringing it back is a host-to-device copy, not a disk read.
 Requests for resident models take the lock only to count themselves in and out; loads and unloads run
 outside the lock, so a load never blocks requests for other models.
 
 Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
-spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown), and job.progress for each
-load phase.
+spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown), model.parked,
+model.unparked, model.pinned, model.unpinned, and job.progress for each load phase.
 """
 from __future__ import annotations
 
@@ -67,7 +69,14 @@ class Resident:
     pinned: bool = False
     retiring: bool = False
     retire_reason: str = ""
+    tier: str = "device"      # "device", or "host" while parked in host memory
+    moving: bool = False      # between tiers: neither serves nor can be evicted
     unloaded: threading.Event = field(default_factory=threading.Event)
+    freed: threading.Event = field(default_factory=threading.Event)   # device memory given back
+
+    @property
+    def serving(self) -> bool:
+        return not self.retiring and self.tier == "device" and not self.moving
 
     @property
     def bytes(self) -> int:
@@ -105,15 +114,19 @@ class ModelView:
 
 class Scheduler:
     def __init__(self, catalog: Catalog, store: Store, providers: Mapping[str, type[Provider]],
-                 bus: EventBus, default_keep_alive: float, device_inventory: dict[str, Device]) -> None:
+                 bus: EventBus, default_keep_alive: float, device_inventory: dict[str, Device],
+                 host_tier_budget: int = 0) -> None:
         self.catalog, self.store, self.providers, self.bus = catalog, store, providers, bus
         self.default_keep_alive = default_keep_alive
         self.devices = device_inventory
+        self.host_tier_budget = host_tier_budget
+        self._host_reserved = 0                            # bytes of parks under way
         self._slots: dict[str, _Slot] = {}
         self._retiring: list[Resident] = []
         self._reserved: dict[str, tuple[str, int]] = {}   # load job id -> (device, bytes) while it loads
         self._pins: dict[str, bool] = {}                   # `warm pin`/`unpin`, over the spec's pin
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)    # memory was freed or a load finished
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="keep-alive", daemon=True)
         catalog.add_listener(self.on_catalog_change)
@@ -140,7 +153,7 @@ class Scheduler:
                 self._spec(name)
                 slot = self._slots.setdefault(name, _Slot())
                 current = slot.current
-                if current is not None and not current.retiring:
+                if current is not None and current.serving:
                     current.in_flight += 1
                     current.last_used = time.time()
                     if keep_alive is not None:
@@ -155,12 +168,15 @@ class Scheduler:
             finally:
                 with self._lock:
                     slot.waiters -= 1
+                    self._changed.notify_all()
 
     def _leave(self, resident: Resident) -> None:
         with self._lock:
             resident.in_flight -= 1
             resident.last_used = time.time()
             drained = resident.retiring and resident.in_flight == 0
+            if resident.in_flight == 0:
+                self._changed.notify_all()     # a load waiting for memory may evict it now
         if drained:
             self._unload_in_background(resident)
 
@@ -176,7 +192,7 @@ class Scheduler:
             spec = self._spec(name)
             slot = self._slots.setdefault(name, _Slot())
             current = slot.current
-            if current is not None and not current.retiring and current.spec.signature == spec.signature:
+            if current is not None and current.serving and current.spec.signature == spec.signature:
                 if keep_alive is not None:
                     current.keep_alive = keep_alive
                 done: Future = Future()
@@ -202,6 +218,9 @@ class Scheduler:
         self._install(spec, job, future, resident)
 
     def _build(self, spec: ModelSpec, job: Job, keep_alive: float | None) -> Resident:
+        parked = self._parked(spec)
+        if parked is not None:
+            return self._unpark(parked, job)
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
         files = self.store.ensure(spec)     # downloads first when allowed, with its own job's events
         job.check()
@@ -219,8 +238,105 @@ class Scheduler:
                         measured_bytes=measured, pinned=self._pins.get(spec.name, spec.pin),
                         keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive)
 
+    # ---- host tier -----------------------------------------------------------------------------
+    def _parked(self, spec: ModelSpec) -> Resident | None:
+        """The model's parked version, claimed for bringing back (waiting for a park under way)."""
+        while True:
+            with self._lock:
+                slot = self._slots.get(spec.name)
+                current = slot.current if slot else None
+                if current is None or current.retiring or current.spec.signature != spec.signature:
+                    return None
+                if current.tier == "host" and not current.moving:
+                    current.moving = True      # ours now: neither expiry nor the host tier's LRU takes it
+                    return current
+                if not (current.tier == "device" and current.moving):
+                    return None
+            current.freed.wait(EVICT_WAIT_S)   # being parked right now: let it land first
+
+    def _unpark(self, resident: Resident, job: Job) -> Resident:
+        """Bring a parked model back to its GPU: make room there, then a host-to-device copy."""
+        try:
+            self._admit(resident.spec, resident.bytes, job, only=resident.device)
+            job.progress("load", 1, 3, message=f"from the host tier to {resident.device}")
+            resident.provider.to_device()
+        except BaseException:
+            with self._lock:
+                resident.moving = False
+            raise
+        with self._lock:
+            resident.tier, resident.moving = "device", False
+            resident.freed.clear()
+            self._changed.notify_all()
+        self.bus.publish("model.unparked", model=resident.spec.name, message=f"back on {resident.device}")
+        return resident
+
+    def _park_room_locked(self, resident: Resident) -> list[Resident] | None:
+        """Room in the host tier for `resident`: parked models to evict for it (LRU), or None if it cannot go."""
+        if not (self.host_tier_budget and resident.provider.parkable and resident.device.startswith("cuda")):
+            return None
+        parked = sorted((s.current for s in self._slots.values() if s.current is not None
+                         and s.current.tier == "host" and not s.current.moving and not s.current.retiring),
+                        key=lambda r: r.last_used)
+        free = self.host_tier_budget - self._host_reserved - sum(r.bytes for r in parked)
+        chosen = []
+        for old in parked:
+            if free >= resident.bytes:
+                break
+            chosen.append(old)
+            free += old.bytes
+        return chosen if free >= resident.bytes else None
+
+    def _evict_locked(self, victims: list[Resident], reason: str) -> tuple[list[Resident], list[Resident]]:
+        """Take idle models off their device: park them in the host tier if it has room, else retire them.
+
+        Returns:
+            (to park, to drain): the caller carries both out after releasing the lock (`_carry_out`).
+        """
+        parks, drains = [], []
+        for victim in victims:
+            room = self._park_room_locked(victim)
+            if room is None:
+                self._retire_locked(victim, reason)
+                drains.append(victim)
+                continue
+            for old in room:                   # the host tier's own LRU
+                self._retire_locked(old, "evicted")
+                drains.append(old)
+            victim.moving = True
+            victim.retire_reason = reason
+            self._host_reserved += victim.bytes
+            parks.append(victim)
+        return parks, drains
+
+    def _carry_out(self, parks: list[Resident], drains: list[Resident]) -> None:
+        for resident in drains:
+            self._drain(resident)
+        for resident in parks:
+            threading.Thread(target=self._park, args=(resident,), name=f"park-{resident.spec.name}",
+                             daemon=True).start()
+
+    def _park(self, resident: Resident) -> None:
+        try:
+            resident.provider.to_host()
+        except Exception:
+            log.exception("parking %s failed; unloading it instead", resident.spec.name)
+            with self._lock:
+                self._host_reserved -= resident.bytes
+                resident.moving = False
+                self._retire_locked(resident, resident.retire_reason)
+            self._drain(resident)
+            return
+        with self._lock:
+            self._host_reserved -= resident.bytes
+            resident.tier, resident.moving = "host", False
+            resident.freed.set()
+            self._changed.notify_all()
+        self.bus.publish("model.parked", model=resident.spec.name, reason=resident.retire_reason,
+                         message=f"{format_size(resident.bytes)} in host memory")
+
     # ---- memory --------------------------------------------------------------------------------
-    def _admit(self, spec: ModelSpec, need: int, job: Job) -> Device:
+    def _admit(self, spec: ModelSpec, need: int, job: Job, only: str = "") -> Device:
         """Place the model and reserve its bytes, evicting LRU idle models if that is what it takes.
 
         Raises:
@@ -230,29 +346,45 @@ class Scheduler:
         deadline = time.monotonic() + EVICT_WAIT_S
         while True:
             with self._lock:
-                options = sorted(devices.candidates(spec.device, self.devices),
-                                 key=self._free_locked, reverse=True)   # most free budget first
+                allowed = [self.devices[only]] if only else devices.candidates(spec.device, self.devices)
+                options = sorted(allowed, key=self._free_locked, reverse=True)   # most free budget first
                 fits = next((d for d in options if need <= self._free_locked(d)), None)
                 if fits is not None:
                     self._reserved[job.id] = (fits.name, need)
                     return fits
                 plan = next(((d, v) for d in options
                              if (v := self._victims_locked(d, need - self._free_locked(d))) is not None), None)
+                if (plan is None and time.monotonic() < deadline
+                        and (self._others_moving_locked(options, job, spec.name) or self._busy_locked(options))):
+                    # Memory held by loads in flight, or by models answering requests, becomes evictable
+                    # soon: wait for a change (bounded), then look again.
+                    self._changed.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    continue
                 if plan is None or time.monotonic() > deadline:
                     raise self._insufficient_locked(spec, need, options)
                 device, victims = plan
-                for victim in victims:
-                    self._retire_locked(victim, "evicted")
+                parks, drains = self._evict_locked(victims, "evicted")
             log.info("evicting %s from %s to make room for %s", ", ".join(v.spec.name for v in victims),
                      device.name, spec.name)
+            self._carry_out(parks, drains)
             for victim in victims:
-                self._drain(victim)
-            for victim in victims:
-                victim.unloaded.wait(max(0.0, deadline - time.monotonic()))
+                victim.freed.wait(max(0.0, deadline - time.monotonic()))
+
+    def _busy_locked(self, options: list[Device]) -> bool:
+        names = {d.name for d in options}
+        return any(s.current is not None and s.current.device in names and s.current.serving
+                   and not s.current.pinned and (s.current.in_flight or s.waiters) for s in self._slots.values())
+
+    def _others_moving_locked(self, options: list[Device], job: Job, name: str) -> bool:
+        """Whether other loads, parks or returns are under way on these devices."""
+        names = {d.name for d in options}
+        return any(device in names for job_id, (device, _) in self._reserved.items() if job_id != job.id) or any(
+            r is not None and r.moving and r.device in names and r.spec.name != name
+            for r in (s.current for s in self._slots.values()))
 
     def _used_locked(self, device: str) -> int:
         residents = [s.current for s in self._slots.values() if s.current is not None] + self._retiring
-        return (sum(r.bytes for r in residents if r.device == device and not r.unloaded.is_set())
+        return (sum(r.bytes for r in residents if r.device == device and not r.freed.is_set())
                 + sum(n for d, n in self._reserved.values() if d == device))
 
     def _free_locked(self, device: Device) -> int:
@@ -269,7 +401,7 @@ class Scheduler:
         cannot (or, with `partial`, as many as there are)."""
         idle = sorted((s.current for s in self._slots.values()
                        if s.current is not None and s.current.device == device.name and not s.current.pinned
-                       and s.current.in_flight == 0 and s.waiters == 0 and not s.current.retiring),
+                       and s.current.in_flight == 0 and s.waiters == 0 and s.current.serving),
                       key=lambda r: r.last_used)
         chosen, freed = [], 0
         for resident in idle:
@@ -282,7 +414,8 @@ class Scheduler:
     def _insufficient_locked(self, spec: ModelSpec, need: int, options: list[Device]) -> WarmdError:
         parts = []
         for d in options:
-            here = [s.current for s in self._slots.values() if s.current is not None and s.current.device == d.name]
+            here = [s.current for s in self._slots.values()
+                    if s.current is not None and s.current.device == d.name and s.current.tier == "device"]
             pinned = [f"{r.spec.name} ({format_size(r.bytes)})" for r in here if r.pinned]
             busy = [f"{r.spec.name} ({r.in_flight} in flight)" for r in here if not r.pinned and r.in_flight]
             parts.append(f"{d.name}: {format_size(max(0, self._free_locked(d)))} free of a "
@@ -315,9 +448,12 @@ class Scheduler:
             if slot.loading is future:
                 slot.loading, slot.job = None, None
             self._reserved.pop(job.id, None)
-            old, overshoot = None, []
+            self._changed.notify_all()
+            old, overshoot = None, ([], [])
             if not stale:
                 old, slot.current, slot.error = slot.current, resident, None
+                if old is resident:      # back from the host tier: the same model
+                    old = None
                 if old is not None:
                     self._retire_locked(old, "spec_changed")
                 overshoot = self._trim_locked(self.devices[resident.device])
@@ -333,25 +469,24 @@ class Scheduler:
             f"{resident.device}, {format_size(resident.measured_bytes)} "
             f"(estimated {format_size(resident.estimated_bytes)})"))
         future.set_result(resident)
-        for victim in [old, *overshoot]:
-            if victim is not None:
-                self._drain(victim)
+        if old is not None:
+            self._drain(old)
+        self._carry_out(*overshoot)
 
-    def _trim_locked(self, device: Device) -> list[Resident]:
+    def _trim_locked(self, device: Device) -> tuple[list[Resident], list[Resident]]:
         """After a load measured bigger than estimated: evict LRU idle models until the budget holds."""
         over = -self._free_locked(device)
         if over <= 0:
-            return []
+            return [], []
         victims = self._victims_locked(device, over) or []
         if not victims:
             log.warning("%s is %s over its budget and nothing idle can be evicted", device.name, format_size(over))
-        for victim in victims:
-            self._retire_locked(victim, "evicted")
-        return victims
+        return self._evict_locked(victims, "evicted")
 
     def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
         with self._lock:
             self._reserved.pop(job.id, None)
+            self._changed.notify_all()
             slot = self._slots.setdefault(spec.name, _Slot())
             if slot.loading is future:
                 slot.loading, slot.job, slot.error = None, None, err
@@ -411,7 +546,10 @@ class Scheduler:
             resident.provider.unload()
         except Exception:
             log.exception("unload of %s raised; its memory may not be returned", resident.spec.name)
-        resident.unloaded.set()
+        with self._lock:
+            resident.unloaded.set()
+            resident.freed.set()
+            self._changed.notify_all()
         self.bus.publish("model.unloaded", model=resident.spec.name, reason=resident.retire_reason)
 
     # ---- catalog changes -----------------------------------------------------------------------
@@ -439,30 +577,30 @@ class Scheduler:
             with self._lock:
                 expired = [s.current for s in self._slots.values()
                            if s.current is not None and s.current.in_flight == 0 and s.waiters == 0
-                           and s.current.expires_at and s.current.expires_at <= now]
+                           and not s.current.moving and s.current.expires_at and s.current.expires_at <= now]
                 for resident in expired:
                     self._retire_locked(resident, "keep_alive")
-            for resident in expired + self._relieve_pressure():
+            for resident in expired:
                 self._drain(resident)
+            self._carry_out(*self._relieve_pressure())
 
-    def _relieve_pressure(self) -> list[Resident]:
+    def _relieve_pressure(self) -> tuple[list[Resident], list[Resident]]:
         """Evict idle models from a device whose free memory fell under its reserve (another program grew)."""
         victims: list[Resident] = []
         with self._lock:
             for device in self.devices.values():
-                if any(r.device == device.name for r in self._retiring):
-                    continue    # unloads under way; the driver's free figure has not caught up yet
+                moving = [s.current for s in self._slots.values() if s.current is not None and s.current.moving]
+                if any(r.device == device.name for r in self._retiring + moving):
+                    continue    # unloads or parks under way; the driver's free figure has not caught up yet
                 used = self._used_locked(device.name)
                 outside = device.free_outside(used)
                 if outside is None or outside >= device.reserve:
                     continue
-                chosen = self._victims_locked(device, device.reserve - outside, partial=True) or []
-                for resident in chosen:
-                    self._retire_locked(resident, "pressure")
-                victims += chosen
+                victims += self._victims_locked(device, device.reserve - outside, partial=True) or []
+            moves = self._evict_locked(victims, "pressure")
         if victims:
             log.warning("memory pressure: evicting %s", ", ".join(v.spec.name for v in victims))
-        return victims
+        return moves
 
     # ---- views and shutdown --------------------------------------------------------------------
     def view(self, name: str) -> ModelView:

@@ -42,9 +42,10 @@ class Daemon:
                                PROVIDERS, self.bus, settings.reload_debounce)
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
                            timeout_s=settings.download_timeout)
-        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive,
-                                   devices.inventory(settings.cpu_budget, settings.gpu_budget,
-                                                     settings.gpu_reserve, settings.simulated_gpus))
+        inventory = devices.inventory(settings.cpu_budget, settings.gpu_budget, settings.gpu_reserve,
+                                      settings.simulated_gpus)
+        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive, inventory,
+                                   devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()

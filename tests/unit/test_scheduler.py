@@ -22,6 +22,7 @@ class Recording(Provider):
 
     name = "recording"
     options_schema = {"type": "object"}
+    parkable = True
     log: list[tuple[str, str, object]] = []
     placed: dict[str, str] = {}
 
@@ -45,8 +46,17 @@ class Recording(Provider):
     def unload(self) -> None:
         Recording.log.append(("unload", self.spec.name, self.spec.options.get("value")))
 
+    def to_host(self) -> None:
+        time.sleep(self.spec.options.get("move_s", 0))
+        Recording.log.append(("to_host", self.spec.name, self.spec.options.get("value")))
 
-def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None):  # type: ignore[no-untyped-def]
+    def to_device(self) -> None:
+        time.sleep(self.spec.options.get("move_s", 0))
+        Recording.log.append(("to_device", self.spec.name, self.spec.options.get("value")))
+
+
+def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None,  # type: ignore[no-untyped-def]
+               host_tier: int = 0):
     Recording.log, Recording.placed = [], {}
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -56,7 +66,7 @@ def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None):  # t
     catalog.rescan()
     inventory = inventory or {"cpu": Device("cpu", 2**40, 2**40, torch_device="cpu")}
     scheduler = Scheduler(catalog, Store(tmp_path / "data", bus), {"recording": Recording}, bus, 300.0,
-                          inventory)
+                          inventory, host_tier)
     scheduler.start()
 
     def write(name: str, **options: object) -> None:

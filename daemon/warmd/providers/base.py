@@ -59,6 +59,8 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     # JSON Schema of this provider's `options` mapping.
     options_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    # Whether to_host/to_device are implemented (the host-RAM tier parks a model evicted from a GPU).
+    parkable: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
         self.spec, self.files, self.device = spec, files, device
@@ -90,6 +92,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def unload(self) -> None:
         """Drop every reference to the model and give device memory back."""
+
+    def to_host(self) -> None:
+        """Move the weights to (pinned) host memory and give the device memory back. Only if parkable."""
+        raise NotImplementedError
+
+    def to_device(self) -> None:
+        """Bring parked weights back to self.device. Only if parkable."""
+        raise NotImplementedError
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,6 +150,26 @@ def release_torch_memory(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def move_module(module: Any, device: str, to_host: bool) -> Any:
+    """Park a module in pinned host memory (a host-to-device copy later, no disk read) or bring it back.
+
+    A provider placed on "cpu" (a simulated GPU) has nothing to move.
+    """
+    if device == "cpu":
+        return module
+    import torch
+
+    if to_host:
+        module = module.to("cpu")
+        for t in [*module.parameters(), *module.buffers()]:
+            t.data = t.data.pin_memory()
+        release_torch_memory(device)
+        return module
+    module = module.to(device, non_blocking=True)
+    torch.cuda.synchronize(device)
+    return module
 
 
 def module_bytes(module: Any) -> int:

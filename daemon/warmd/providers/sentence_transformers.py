@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes,
+from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
                                   release_torch_memory, torch_dtype)
 
 
 class SentenceTransformersProvider(Provider):
     name = "sentence-transformers"
+    parkable = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -48,6 +49,12 @@ class SentenceTransformersProvider(Provider):
             normalize_embeddings=self.spec.options.get("normalize", False),
             convert_to_numpy=True, show_progress_bar=False)
         return InferResult(tensors={"embedding": np.asarray(vectors, dtype=np.float32)})
+
+    def to_host(self) -> None:
+        self.model = move_module(self.model, self.device, to_host=True)
+
+    def to_device(self) -> None:
+        self.model = move_module(self.model, self.device, to_host=False)
 
     def unload(self) -> None:
         self.model = None

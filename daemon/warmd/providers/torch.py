@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from warmd.errors import Code, WarmdError
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
-                                  release_torch_memory, safetensors_bytes, torch_dtype)
+                                  move_module, release_torch_memory, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 class TorchProvider(Provider):
     name = "torch"
+    parkable = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -106,6 +107,12 @@ class TorchProvider(Provider):
         with torch.inference_mode():
             result = self.module(*args)
         return InferResult(tensors=self._name_outputs(result))
+
+    def to_host(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=True)
+
+    def to_device(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=False)
 
     def unload(self) -> None:
         self.module = None
