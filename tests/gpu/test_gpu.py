@@ -114,3 +114,25 @@ def test_budget_holds_under_churn(start_daemon, short_tmp: Path) -> None:
     sampler.join()
     assert not errors, errors[:5]
     assert samples and all(used <= budget for used, budget in samples), max(samples)
+
+
+def test_host_tier_round_trip(start_daemon, short_tmp: Path) -> None:
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    for name in ("a", "b"):
+        _square_model(specs, name, 1024)
+    daemon = start_daemon(specs, config={"gpu_budget": "1.5GiB", "host_tier_budget": "4GiB"})
+    with daemon.client() as c:
+        n = int(c.get("a").inputs[0].shape[1])
+        x = np.ones((1, n), np.float32)
+        c.infer("a", {"x": x})
+        c.infer("b", {"x": x})                 # a does not fit beside b: parked in host memory
+        tiers = {m.name: m.residency.tier for m in c.status().resident}
+        assert tiers == {"a": "host", "b": "gpu"}
+        t0 = time.monotonic()
+        out = c.infer("a", {"x": x}).outputs["output"]
+        back_s = time.monotonic() - t0
+        assert np.array_equal(out, np.zeros_like(out))
+        tiers = {m.name: m.residency.tier for m in c.status().resident}
+        assert tiers == {"a": "gpu", "b": "host"}
+        assert back_s < 1.0, back_s            # 1 GiB over PCIe from pinned memory, not a disk read
