@@ -53,7 +53,7 @@ def _deny(handler):  # type: ignore[no-untyped-def]
     if handler is None:
         return None
     if handler.request_streaming and handler.response_streaming:
-        def bidi(requests, context):  # type: ignore[no-untyped-def]
+        def bidi(_requests, context):  # type: ignore[no-untyped-def]
             unary(None, context)
             yield from ()
         return grpc.stream_stream_rpc_method_handler(bidi, handler.request_deserializer,

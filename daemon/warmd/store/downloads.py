@@ -101,10 +101,6 @@ class Downloads:
             log.info("last waiter left download %s of %s; cancelling (partial files kept)", t.job.id, t.job.model)
             t.job.cancel()
 
-    def active(self) -> list[Job]:
-        with self._lock:
-            return [t.job for t in self._active.values()]
-
     def _run(self, spec: ModelSpec, key: str, transfer: _Transfer) -> None:
         job, started = transfer.job, time.time()
         record = {"started": started, "source": spec.source.describe(), "revision": "", "bytes": 0}
