@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +83,17 @@ class _Transfer:
                  on_bytes: Callable[[int], None], check_cancel: Callable[[], None], timeout_s: float) -> None:
         self.urls, self.part, self.size, self.digest, self.timeout_s = urls, part, size, digest, timeout_s
         self.headers, self.on_bytes, self.check_cancel = headers, on_bytes, check_cancel
-        self.hasher = digest.hasher(size)
+        self.hasher = _HashThread(digest.hasher(size))
         self.have = 0
 
     def run(self) -> str:
         """Fetch the rest of the file; returns the hex digest of the whole content."""
+        try:
+            return self._run()
+        finally:
+            self.hasher.close()
+
+    def _run(self) -> str:
         from huggingface_hub.utils import get_session
 
         self._adopt_partial()
@@ -126,7 +134,8 @@ class _Transfer:
 
     def _restart(self) -> None:
         self.on_bytes(-self.have)
-        self.hasher, self.have = self.digest.hasher(self.size), 0
+        self.hasher.close()
+        self.hasher, self.have = _HashThread(self.digest.hasher(self.size)), 0
 
     def _get_range(self, session, url: str) -> None:  # type: ignore[no-untyped-def]
         # identity: the body is the file itself, so it can be taken raw (no decoder, no re-chunking copy)
@@ -158,6 +167,32 @@ class _Transfer:
                     self.check_cancel()
         if self.have != self.size:
             raise ConnectionError(f"connection closed at {self.have} of {self.size} bytes")
+
+
+class _HashThread:
+    """Hashes on a thread of its own (hashlib releases the GIL), overlapping the network and the disk."""
+
+    def __init__(self, hasher) -> None:  # type: ignore[no-untyped-def]
+        self._hasher = hasher
+        self._queue: queue.Queue = queue.Queue(maxsize=256)
+        self._thread = threading.Thread(target=self._work, name="hash", daemon=True)
+        self._thread.start()
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hasher.update(chunk)
 
 
 class _Refused(Exception):
