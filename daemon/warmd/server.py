@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from warmd import __version__, devices
+from warmd import __version__, devices, paths
 from warmd.api.auth import TokenAuth, ensure_token
 from warmd.api.service import WarmdService
 from warmd.catalog import Catalog
@@ -55,6 +55,8 @@ class Daemon:
     def run(self) -> int:
         self._take_lock()
         try:
+            if self.settings.specs_dir == paths.default_specs_dir():
+                self.settings.specs_dir.mkdir(parents=True, exist_ok=True)   # a fresh install starts empty
             self.catalog.start()
             self._listen()
             self._notify_ready()
