@@ -1,7 +1,7 @@
 """Downloads as jobs: one transfer per source however many callers want it, live progress, cancel.
 
 A download is a job: `download.started`, then `job.progress` (phase "download", bytes done/total, the
-current file in the message) at most every 0.25 s while bytes flow, then `download.finished` or
+current file and its own bytes in the message) at most every 0.25 s while bytes flow, then `download.finished` or
 `download.failed` (with the error code; `cancelled` for a cancel). A cancelled or interrupted download
 keeps its `.part` files, and the next attempt resumes them.
 """
@@ -29,17 +29,27 @@ PROGRESS_EVERY_S = 0.25
 
 
 class _Progress:
-    """Counts bytes from any thread and publishes throttled progress events for one job."""
+    """Counts bytes from any thread and publishes throttled progress events for one job: the total in
+    `progress`, the file under way and its own bytes in the message."""
 
     def __init__(self, job: Job, total: int) -> None:
         self.job, self.total, self.done = job, total, 0
-        self.current = ""
+        self.file, self.file_size, self.file_done = "", 0, 0
         self._lock = threading.Lock()
         self._last = 0.0
+
+    def start_file(self, name: str, size: int) -> None:
+        """A new file is under way: say so at once (file boundaries are worth an event)."""
+        with self._lock:
+            self.file, self.file_size, self.file_done = name, size, 0
+            self._last = time.monotonic()
+        if name:
+            self.publish()
 
     def add(self, n: int) -> None:
         with self._lock:
             self.done += n
+            self.file_done += n
             now = time.monotonic()
             due = now - self._last >= PROGRESS_EVERY_S
             if due:
@@ -48,7 +58,11 @@ class _Progress:
             self.publish()
 
     def publish(self) -> None:
-        self.job.progress("download", self.done, self.total, unit="bytes", message=self.current)
+        with self._lock:
+            message = (f"{self.file} {format_size(self.file_done)}/{format_size(self.file_size)}"
+                       if self.file else "")
+            done = self.done
+        self.job.progress("download", done, self.total, unit="bytes", message=message)
 
 
 @dataclass
@@ -170,13 +184,13 @@ class Downloads:
         headers = hub.auth_headers()
         for f in files:
             if not hub.has_blob(src, f):
-                progress.current = f.path
+                progress.start_file(f.path, f.size)
                 fetch([hub.file_url(src, commit, f.path)], hub.blob_path(src, f), f.size, f.digest, headers,
                       progress.add, job.check, self.timeout_s)
             hub.install(src, commit, f)
         hub.record_ref(src, commit)
         self._write_manifest(src, commit, files)
-        progress.current = ""
+        progress.start_file("", 0)
         progress.publish()
         log.info("downloaded %s (%s, commit %s)", src.describe(), format_size(total), commit)
         return hub.repo_dir(src.ref) / "snapshots" / commit
@@ -189,7 +203,7 @@ class Downloads:
         have = part_path(final).stat().st_size if part_path(final).exists() else 0
         ensure_disk(final.parent if final.parent.exists() else self.data_dir, size - have)
         progress = _Progress(job, size)
-        progress.current = final.name
+        progress.start_file(final.name, size)
         fetch(urls, final, size, Digest("sha256", src.sha256), {}, progress.add, job.check,  # type: ignore[arg-type]
               self.timeout_s)
         progress.publish()
