@@ -75,8 +75,8 @@ def main() -> int:
             client.close()
 
     floor = percentile(samples["echo"], 50)
-    lines = [f"# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
-             f"",
+    lines = ["# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
+             "",
              f"`.venv/bin/python bench/infer_latency.py --calls {args.calls}` "
              f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
              "",

@@ -20,7 +20,8 @@ from pathlib import Path
 from common import process, wait_for, workdir, write_report
 
 LAYER = 8192                 # one Linear(8192, 8192) fp32 = 256 MiB
-FACTORY = "import torch\n\ndef stack(n):\n    return torch.nn.Sequential(*[torch.nn.Linear(8192, 8192, bias=False) for _ in range(n)])\n"
+FACTORY = ("import torch\n\ndef stack(n):\n"
+           "    return torch.nn.Sequential(*[torch.nn.Linear(8192, 8192, bias=False) for _ in range(n)])\n")
 
 
 def drop_caches() -> bool:
@@ -65,8 +66,8 @@ def main() -> int:
 
     layers = args.gib * 4
     size = layers * LAYER * LAYER * 4
-    rows: dict[str, list[float]] = {"raw read, page cache": [], "safetensors load_file (maps the file, reads nothing yet)": [],
-                                    "warm load, page cache": []}
+    mapped = "safetensors load_file (maps the file, reads nothing yet)"
+    rows: dict[str, list[float]] = {"raw read, page cache": [], mapped: [], "warm load, page cache": []}
     cold = drop_caches()
     if cold:
         rows.update({"raw read, cold": [], "warm load, cold": []})
@@ -98,7 +99,7 @@ def main() -> int:
                 for _ in range(args.runs):
                     raw_read(weights)          # make sure it is in the page cache
                     rows["raw read, page cache"].append(raw_read(weights))
-                    rows["safetensors load_file (maps the file, reads nothing yet)"].append(safetensors_read(weights))
+                    rows[mapped].append(safetensors_read(weights))
                     rows["warm load, page cache"].append(warm_load())
                     if cold:
                         drop_caches()
