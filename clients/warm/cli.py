@@ -25,6 +25,8 @@ err_console = Console(stderr=True, highlight=False)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "service":       # talks to the service manager, not to the daemon
+        return cmd_service(args)
     try:
         with Client(getattr(args, "socket", None), tcp=getattr(args, "tcp", None)) as client:
             return args.run(client, args) or 0
@@ -100,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", default=[], help="event kind prefix, e.g. catalog. (repeatable)")
     p.add_argument("--model", default="")
     p.set_defaults(run=cmd_watch)
+    p = sub.add_parser("service", help="start warmd at login: install | uninstall | status")
+    p.add_argument("action", choices=["install", "uninstall", "status"])
+    p.add_argument("--no-enable", action="store_true", help="only write or remove the file")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
     p.set_defaults(run=cmd_status)
     return parser
@@ -270,6 +276,26 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
                                          f"[{event.error_code}]", event.message) if x)
             out.print(f"{stamp} {event.kind:<17} {event.model or event.file} {extra}")
         sys.stdout.flush()
+    return 0
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from warm import service
+
+    if args.action == "status":
+        info = service.status()
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for key, value in info.items():
+                out.print(f"[bold]{key:>9}[/bold]  {'unknown' if value is None else value}")
+        return 0
+    act = service.install if args.action == "install" else service.uninstall
+    path, said = act(enable=not args.no_enable)
+    if args.json:
+        print(json.dumps({"file": str(path), "result": said}))
+    else:
+        out.print(f"{args.action}: {path}: {said}")
     return 0
 
 
