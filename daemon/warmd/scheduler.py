@@ -450,18 +450,21 @@ class Scheduler:
             self._reserved.pop(job.id, None)
             self._changed.notify_all()
             old, overshoot = None, ([], [])
+            returning = slot.current is resident     # back from the host tier, not a new load
             if not stale:
                 old, slot.current, slot.error = slot.current, resident, None
-                if old is resident:      # back from the host tier: the same model
+                if returning:
                     old = None
                 if old is not None:
                     self._retire_locked(old, "spec_changed")
                 overshoot = self._trim_locked(self.devices[resident.device])
         if stale:
-            # The spec changed or went away while we loaded: this version must not serve.
-            resident.provider.unload()
-            self.bus.publish("model.unloaded", model=spec.name, reason="spec_changed",
-                             message="discarded a load that finished after its spec changed")
+            # The spec changed or went away while we loaded: this version must not serve. (A model
+            # back from the host tier is still the slot's; the catalog change retires it as usual.)
+            if not returning:
+                resident.provider.unload()
+                self.bus.publish("model.unloaded", model=spec.name, reason="spec_changed",
+                                 message="discarded a load that finished after its spec changed")
             future.set_exception(_StaleLoad(Code.CANCELLED,
                                             f"the spec of {spec.name!r} changed while it loaded; retry"))
             return
