@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from warm.client import Client
+from warmd import __version__
 from warmd.errors import Code, WarmdError
 from warmd.units import format_size, parse_duration
 from warmd.v1 import warmd_pb2 as pb
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="warm", description="Talk to the warmd model daemon.",
                                      parents=[common])
+    parser.add_argument("--version", action="version", version=f"warm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ls", parents=[common, as_json], help="list models and rejected spec files")

@@ -6,11 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+from warmd import __version__
 from warmd.errors import WarmdError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warmd", description="Keep models warm and serve them.")
+    parser.add_argument("--version", action="version", version=f"warmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--specs", type=Path, help="the specs folder (default: config dir/specs)")
