@@ -71,7 +71,10 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.002) -> float
 
 
 def write_report(name: str, lines: list[str]) -> Path:
+    """Print the report and write it to bench/results/<name>.md (the README links those)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten to {path}")
     return path

@@ -85,8 +85,7 @@ def main() -> int:
     for name, values in samples.items():
         p50, p99 = percentile(values, 50), percentile(values, 99)
         lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {p50 / floor:.2f}x |")
-    print("\n".join(lines))
-    print(f"\nwritten to {write_report('infer_latency', lines)}")
+    write_report('infer_latency', lines)
     return 0
 
 

@@ -122,8 +122,7 @@ def main() -> int:
         t = statistics.median(values)
         ref = floor["cold" if name.endswith("cold") else "page cache"]
         lines.append(f"| {name} | {t:.2f} | {gb / t:.2f} | {ref / t:.2f}x |")
-    print("\n".join(lines))
-    print(f"\nwritten to {write_report('load', lines)}")
+    write_report('load', lines)
     return 0
 
 

@@ -137,8 +137,7 @@ def main() -> int:
              f"Resume: the daemon was SIGKILLed with {kept_share:.1%} of the file on disk; after the restart the "
              f"hub served {after_restart / size:.1%} of the file (the missing part), so {twice / size:.2%} of the "
              f"file was fetched twice (goal <= 10%; huggingface_hub would fetch the whole file again)."]
-    print("\n".join(lines))
-    print(f"\nwritten to {write_report('pull', lines)}")
+    write_report('pull', lines)
     return 0
 
 

@@ -80,8 +80,7 @@ def main() -> int:
              "|---|---|---|---|",
              f"| warmd serve, {args.specs} specs, until ListModels lists all | {w:.3f} | {max(warmd_s):.3f} | {w / e:.2f}x |",
              f"| bare grpcio echo server (floor) | {e:.3f} | {max(echo_s):.3f} | 1.00x |"]
-    print("\n".join(lines))
-    print(f"\nwritten to {write_report('ready', lines)}")
+    write_report('ready', lines)
     return 0
 
 

@@ -63,6 +63,15 @@ def affine_spec(weights: str, *, load_delay: float = 0.0, delay: float = 0.0, ex
         """) + extra
 
 
+def affine_specs(root: Path, scale: float) -> Path:
+    """A specs folder under `root` with the factory file and `w.safetensors` (y = scale * x)."""
+    specs = root / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    write_affine_weights(specs / "w.safetensors", scale)
+    return specs
+
+
 def write_mlp(folder: Path, name: str = "mlp", sizes: tuple[int, ...] = (64, 128, 10), seed: int = 0) -> None:
     """A spec `name`.yaml serving a seeded MLP (the benchmark's tiny model)."""
     import torch

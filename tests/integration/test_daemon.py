@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from models import affine_spec, write_affine_weights, write_factory
+from models import affine_spec, affine_specs
 from warm import Client, Code, WarmdError
 
 
@@ -113,10 +113,7 @@ def test_health_and_reflection(start_daemon) -> None:
 
 
 def test_errors_carry_stable_codes(start_daemon, short_tmp: Path) -> None:
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    write_factory(specs)
-    write_affine_weights(specs / "w.safetensors", 2.0)
+    specs = affine_specs(short_tmp, 2.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
     (specs / "nofiles.yaml").write_text(affine_spec("missing.safetensors"))
     daemon = start_daemon(specs)
@@ -144,10 +141,7 @@ def test_errors_carry_stable_codes(start_daemon, short_tmp: Path) -> None:
 
 
 def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    write_factory(specs)
-    write_affine_weights(specs / "w.safetensors", 3.0)
+    specs = affine_specs(short_tmp, 3.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
     daemon = start_daemon(specs)
     assert daemon.warm("load", "affine", "--keep-alive", "-1").returncode == 0
@@ -164,10 +158,7 @@ def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
 
 
 def test_sigterm_drains_in_flight_requests(start_daemon, short_tmp: Path) -> None:
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    write_factory(specs)
-    write_affine_weights(specs / "w.safetensors", 1.0)
+    specs = affine_specs(short_tmp, 1.0)
     (specs / "slow.yaml").write_text(affine_spec("w.safetensors", delay=1.5))
     daemon = start_daemon(specs)
     with daemon.client() as c:

@@ -7,17 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from models import affine_spec, write_affine_weights, write_factory
+from models import affine_spec, affine_specs
 
 KIB = 1024
 X = np.ones((1, 4), np.float32)
 
 
 def test_cpu_budget_evicts_lru_and_pins_hold(start_daemon, short_tmp: Path) -> None:
-    specs = short_tmp / "specs"
-    specs.mkdir()
-    write_factory(specs)
-    write_affine_weights(specs / "w.safetensors", 1.0)
+    specs = affine_specs(short_tmp, 1.0)
     for name in ("a", "b", "c"):
         # `memory` overrides the estimate: each counts as 150 KiB against a 400 KiB budget
         (specs / f"{name}.yaml").write_text(affine_spec("w.safetensors", extra=f"memory: {150 * KIB}\n"))
