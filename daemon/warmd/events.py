@@ -22,6 +22,7 @@ class Subscription:
     """A bounded queue of events matching a filter. Iterate with `get()`; `None` means closed."""
 
     _CLOSED = object()
+    _WAKE = object()
 
     def __init__(self, bus: "EventBus", match: Callable[[pb.Event], bool]) -> None:
         self._bus, self._match = bus, match
@@ -30,12 +31,19 @@ class Subscription:
         self.overflowed = False
 
     def get(self, timeout: float) -> pb.Event | None:
-        """The next event, or None on timeout or once closed (check `closed`)."""
+        """The next event, or None on timeout, on `wake()`, or once closed (check `closed`)."""
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        return None if item is self._CLOSED else item
+        return None if item is self._CLOSED or item is self._WAKE else item
+
+    def wake(self) -> None:
+        """Make a waiting `get()` return None now (the reader has something else to look at)."""
+        try:
+            self._queue.put_nowait(self._WAKE)
+        except queue.Full:
+            pass
 
     def close(self) -> None:
         if not self.closed:

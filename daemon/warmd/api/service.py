@@ -219,6 +219,7 @@ def _follow(sub, future, context: grpc.ServicerContext, final_kind: str,  # type
     """Yield the subscription's events until `future` is done; raise its error. Returns whether the
     job's own `final_kind` event was sent."""
     sent_final = False
+    future.add_done_callback(lambda _: sub.wake())     # do not sit out a poll interval once it is done
     while context.is_active():
         done = future.done()
         while (event := sub.get(timeout=0 if done else POLL_S)) is not None:

@@ -9,9 +9,10 @@ Input: `text` (one or more strings). Output: tensor "embedding", FP32 [len(text)
 from __future__ import annotations
 
 import os
+import weakref
 
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
-                                  release_torch_memory, torch_dtype)
+                                  release_module, torch_dtype)
 
 
 class SentenceTransformersProvider(Provider):
@@ -57,5 +58,8 @@ class SentenceTransformersProvider(Provider):
         self.model = move_module(self.model, self.device, to_host=False)
 
     def unload(self) -> None:
+        if self.model is None:
+            return
+        ref = weakref.ref(self.model)
         self.model = None
-        release_torch_memory(self.device)
+        release_module(ref, self.device)

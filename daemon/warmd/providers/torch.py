@@ -17,12 +17,13 @@ import importlib
 import importlib.util
 import logging
 import sys
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from warmd.errors import Code, WarmdError
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
-                                  move_module, release_torch_memory, safetensors_bytes, torch_dtype)
+                                  move_module, release_module, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,17 @@ class TorchProvider(Provider):
 
     def load(self) -> int:
         import torch
-        from safetensors.torch import load_file
 
         path = weights_file(self.spec, self.files)
-        state = load_file(str(path))
-        if self.device == "cpu":
+        self._dtype = torch_dtype(self.spec.precision)
+        if self.device.startswith("cuda"):
+            from warmd.providers.staging import load_to_device
+
+            state = load_to_device(path, self.device, self._dtype)
+        else:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
             read_through(path)
         # Build on the meta device and adopt the loaded tensors as the parameters: no random
         # initialisation and no second copy of the weights. Modules that make tensors the weights do not
@@ -75,7 +82,6 @@ class TorchProvider(Provider):
         if module is None:
             module = self._build(torch.device("cpu"))
             self._fill(module, state, assign=False)
-        self._dtype = torch_dtype(self.spec.precision)
         self.module = module.to(device=self.device, dtype=self._dtype).eval()
         return module_bytes(self.module)
 
@@ -115,8 +121,11 @@ class TorchProvider(Provider):
         self.module = move_module(self.module, self.device, to_host=False)
 
     def unload(self) -> None:
+        if self.module is None:
+            return
+        ref = weakref.ref(self.module)
         self.module = None
-        release_torch_memory(self.device)
+        release_module(ref, self.device)
 
     def _ordered_inputs(self, request: InferRequest) -> list[tuple[str, np.ndarray]]:
         if not request.tensors:
@@ -164,7 +173,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 def read_through(path: Path) -> None:
     """On the CPU, safetensors maps the file and reads nothing until a tensor is touched: read it once
     now, so the pages are in memory and the first request does not pay for the disk."""
-    buf = memoryview(bytearray(64 * 2**20))
+    buf = memoryview(bytearray(min(8 * 2**20, path.stat().st_size) or 1))   # allocating 64 MiB costs 20 ms
     with open(path, "rb", buffering=0) as f:
         while f.readinto(buf):
             pass
