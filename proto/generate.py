@@ -14,7 +14,7 @@ from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = PROTO_ROOT.parent / "daemon"
-PROTOS = ["warmd/v1/warmd.proto"]
+PROTOS = ["warmd/v1/warmd.proto", "warmd/v2/inference.proto"]
 
 
 def generate(out: Path) -> list[Path]:

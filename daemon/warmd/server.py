@@ -20,14 +20,18 @@ from grpc_reflection.v1alpha import reflection
 from warmd import __version__, devices, paths
 from warmd.api.auth import TokenAuth, ensure_token
 from warmd.api.service import WarmdService
+from warmd.api.v2 import InferenceService
 from warmd.catalog import Catalog
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
+from warmd.inference import Inference
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
+from warmd.shm import SharedMemoryRegistry
 from warmd.store import Store
 from warmd.v1 import warmd_pb2, warmd_pb2_grpc
+from warmd.v2 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("warmd")
 
@@ -46,6 +50,8 @@ class Daemon:
                                       settings.simulated_gpus)
         self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive, inventory,
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
+        self.inference = Inference(self.scheduler)
+        self.shm = SharedMemoryRegistry()
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()
@@ -114,16 +120,21 @@ class Daemon:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
-            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus), server)
+            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference), server)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
+            server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
+                 inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         return server
 
     def _notify_ready(self) -> None:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.health.set("warmd.v1.Warmd", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("warmd.v1.Warmd", "inference.GRPCInferenceService"):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         sd_notify(b"READY=1")
         log.info("ready: %d model(s), %d rejected spec file(s) in %s", len(self.catalog.specs()),
                  len(self.catalog.rejected()), self.settings.specs_dir)
@@ -143,6 +154,7 @@ class Daemon:
     def _cleanup(self) -> None:
         for srv in self.servers:
             srv.stop(grace=None)
+        self.shm.close()
         if self._lock is not None and self._lock.is_locked:
             for path in (self.settings.socket, self._pid_file()):
                 path.unlink(missing_ok=True)

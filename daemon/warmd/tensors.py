@@ -1,4 +1,5 @@
-"""numpy arrays <-> `warmd.v1.Tensor` (Open Inference Protocol dtype names, raw little-endian bytes).
+"""numpy arrays <-> tensors on the wire: `warmd.v1.Tensor` and the Open Inference Protocol's raw and typed
+contents (same dtype names, raw little-endian row-major bytes).
 
 Used by the daemon and by the `warm` client; needs numpy only.
 """
@@ -21,42 +22,62 @@ MAX_DIMS = 16
 
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
     """Encode an array. Raises `invalid_argument` for a dtype the protocol has no name for."""
+    dtype, data = encode(name, array)
+    return pb.Tensor(name=name, dtype=dtype, shape=list(data.shape), raw=data.tobytes())
+
+
+def encode(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+    """The protocol's dtype name and a contiguous little-endian copy (or view) of `array`."""
     array = np.asarray(array)
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if dtype not in _NAMES:
         raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: dtype {array.dtype} is not supported; "
                          f"use one of {', '.join(NUMPY_DTYPES)}")
-    data = np.ascontiguousarray(array, dtype=dtype)
-    return pb.Tensor(name=name, dtype=_NAMES[dtype], shape=list(data.shape), raw=data.tobytes())
+    return _NAMES[dtype], np.ascontiguousarray(array, dtype=dtype)
 
 
 def from_proto(tensor: pb.Tensor) -> np.ndarray:
-    """Decode a tensor, checking dtype, shape and byte count agree (BF16 arrives as exact float32).
+    """Decode a `warmd.v1.Tensor` (see `decode`)."""
+    return decode(tensor.name, tensor.dtype, tensor.shape, tensor.raw)
+
+
+def decode(name: str, dtype_name: str, shape_in, raw: bytes | memoryview) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Decode raw bytes, checking dtype, shape and byte count agree (BF16 arrives as exact float32).
 
     Raises:
         WarmdError: `invalid_argument` naming the tensor and what disagrees.
     """
-    shape = tuple(tensor.shape)
+    shape, count = checked_shape(name, shape_in)
+    if dtype_name == "BF16":
+        _check_size(name, dtype_name, shape, count * 2, raw)
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape)
+    dtype = numpy_dtype(name, dtype_name)
+    _check_size(name, dtype_name, shape, count * dtype.itemsize, raw)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def checked_shape(name: str, shape_in) -> tuple[tuple[int, ...], int]:  # type: ignore[no-untyped-def]
+    """The shape as a tuple and its element count, refusing negative or too many dimensions."""
+    shape = tuple(int(d) for d in shape_in)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {tensor.name!r}: shape {list(shape)} must have at "
+        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: shape {list(shape)} must have at "
                          f"most {MAX_DIMS} non-negative dimensions")
     count = 1
     for d in shape:
         count *= d
-    if tensor.dtype == "BF16":
-        raw = _checked(tensor, count, 2)
-        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        return bits.view(np.float32).reshape(shape)
-    dtype = NUMPY_DTYPES.get(tensor.dtype)
+    return shape, count
+
+
+def numpy_dtype(name: str, dtype_name: str) -> np.dtype:
+    dtype = NUMPY_DTYPES.get(dtype_name)
     if dtype is None:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {tensor.name!r}: unknown dtype {tensor.dtype!r}; "
+        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: unknown dtype {dtype_name!r}; "
                          f"use one of {', '.join([*NUMPY_DTYPES, 'BF16'])}")
-    raw = _checked(tensor, count, dtype.itemsize)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return dtype
 
 
-def _checked(tensor: pb.Tensor, count: int, itemsize: int) -> bytes:
-    if len(tensor.raw) != count * itemsize:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {tensor.name!r}: shape {list(tensor.shape)} of "
-                         f"{tensor.dtype} needs {count * itemsize} bytes, got {len(tensor.raw)}")
-    return tensor.raw
+def _check_size(name: str, dtype_name: str, shape: tuple[int, ...], expected: int, raw: bytes | memoryview) -> None:
+    if len(raw) != expected:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: shape {list(shape)} of {dtype_name} needs "
+                         f"{expected} bytes, got {len(raw)}")

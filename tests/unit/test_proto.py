@@ -1,4 +1,4 @@
-"""The committed stubs in daemon/warmd/v1 are exactly what proto/ generates."""
+"""The committed stubs in daemon/warmd/v1 and v2 are exactly what proto/ generates."""
 from __future__ import annotations
 
 import importlib.util

@@ -16,6 +16,7 @@ from warmd.catalog import Catalog
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
+from warmd.inference import Inference
 from warmd.providers import InferRequest
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
@@ -30,8 +31,9 @@ POLL_S = 0.1
 
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
-                 bus: EventBus) -> None:
+                 bus: EventBus, inference: Inference) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
+        self.inference = inference
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -155,9 +157,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             inputs[t.name] = tensors.from_proto(t)
         params = parse_parameters(request.parameters_json)
         keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
-        with self.scheduler.acquire(request.model, keep_alive=keep_alive) as resident:
-            result = resident.provider.infer(InferRequest(tensors=inputs, text=list(request.text),
-                                                          parameters=params))
+        resident, result = self.inference.run(
+            request.model, InferRequest(tensors=inputs, text=list(request.text), parameters=params), keep_alive)
         wanted = list(request.outputs) or list(result.tensors)
         unknown = [n for n in wanted if n not in result.tensors]
         if unknown:

@@ -1,0 +1,153 @@
+"""The Open Inference Protocol through tritonclient, against warmd's own API, in the same run.
+
+    .venv/bin/python bench/v2.py [--calls 1000] [--rounds 5]
+
+1. Infer latency, tiny MLP (64->128->10, [1,64] float32), sequential calls: tritonclient's gRPC client on
+   V2 ModelInfer against `warm.Client.infer` on warmd.v1 Infer. Rounds alternate between the two.
+2. A 4 MiB float32 input and its 4 MiB output (a y = 2x model) through system shared memory against the
+   same bytes inside the request and response (both through tritonclient; goal: shared memory >= 5x faster).
+
+tritonclient runs in `.venv-tritonclient` (made by .ci/setup), in its own process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from common import REPO, percentile, process, wait_for, workdir, write_report
+
+from models import write_mlp
+
+TRITON_PYTHON = REPO / ".venv-tritonclient" / "bin" / "python"
+DOUBLE = "import torch\n\nclass Double(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+
+# Runs in the tritonclient environment: argv = socket, what ("mlp" or "big"), calls. Prints JSON seconds.
+TRITON_SIDE = r'''
+import json, os, sys, time
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as shm
+sock, what, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = grpcclient.InferenceServerClient(url=f"unix:{sock}")
+def timed(fn):
+    fn(); fn()
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter(); fn(); out.append(time.perf_counter() - t0)
+    return out
+result = {}
+if what == "mlp":
+    x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
+    inp = grpcclient.InferInput("x", [1, 64], "FP32"); inp.set_data_from_numpy(x)
+    result["triton"] = timed(lambda: client.infer("mlp", [inp]).as_numpy("y"))
+else:
+    x = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    size = x.nbytes
+    raw_in = grpcclient.InferInput("x", list(x.shape), "FP32"); raw_in.set_data_from_numpy(x)
+    def raw():
+        y = client.infer("double", [raw_in]).as_numpy("y")
+        assert y[0, 0] == 2 * x[0, 0]
+    result["raw"] = timed(raw)
+    key = f"/warmd-bench-{os.getpid()}"
+    h_in = shm.create_shared_memory_region("in", key + "-in", size)
+    h_out = shm.create_shared_memory_region("out", key + "-out", size)
+    try:
+        client.register_system_shared_memory("in", key + "-in", size)
+        client.register_system_shared_memory("out", key + "-out", size)
+        shm_in = grpcclient.InferInput("x", list(x.shape), "FP32"); shm_in.set_shared_memory("in", size)
+        shm_out = grpcclient.InferRequestedOutput("y"); shm_out.set_shared_memory("out", size)
+        def shared():
+            shm.set_shared_memory_region(h_in, [x])       # the app writes its frame, then calls
+            client.infer("double", [shm_in], outputs=[shm_out])
+            y = shm.get_contents_as_numpy(h_out, np.float32, list(x.shape))
+            assert y[0, 0] == 2 * x[0, 0]
+        result["shm"] = timed(shared)
+        client.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+print(json.dumps(result))
+'''
+
+
+def triton_side(sock, what: str, calls: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    proc = subprocess.run([str(TRITON_PYTHON), "-c", TRITON_SIDE, str(sock), what, str(calls)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000, help="tiny-model calls per round and client")
+    parser.add_argument("--big-calls", type=int, default=50, help="4 MiB calls per round and path")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if not TRITON_PYTHON.exists():
+        sys.exit(f"{TRITON_PYTHON} is missing: run `bash .ci/setup`")
+    from safetensors.numpy import save_file
+
+    from warm import Client
+
+    samples: dict[str, list[float]] = {"tritonclient, V2 ModelInfer": [], "warm.Client, warmd.v1 Infer": [],
+                                       "4 MiB in + out, raw bytes in the messages": [],
+                                       "4 MiB in + out, system shared memory": []}
+    x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
+    with workdir() as root:
+        specs = root / "specs"
+        specs.mkdir()
+        write_mlp(specs)
+        (specs / "double.py").write_text(DOUBLE)
+        save_file({}, str(specs / "double.safetensors"))         # y = 2x has no weights
+        (specs / "double.yaml").write_text("provider: torch\ndevice: cpu\nsource: {path: double.safetensors}\n"
+                                           "options: {factory: 'double.py:Double'}\n"
+                                           "inputs: [{name: x, dtype: FP32, shape: [-1, -1]}]\n"
+                                           "outputs: [{name: y, dtype: FP32, shape: [-1, -1]}]\n")
+        sock = root / "w.sock"
+        with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(sock)],
+                     root, "warmd.log", {"WARMD_KEEP_ALIVE": "-1"}):
+            with Client(sock, timeout=60) as client:
+                wait_for(lambda: client.status())
+                client.load("mlp")
+                client.load("double")
+                for _ in range(args.rounds):
+                    samples["tritonclient, V2 ModelInfer"] += triton_side(sock, "mlp", args.calls)["triton"]
+                    for _ in range(args.calls):
+                        t0 = time.perf_counter()
+                        client.infer("mlp", {"x": x})
+                        samples["warm.Client, warmd.v1 Infer"].append(time.perf_counter() - t0)
+                    big = triton_side(sock, "big", args.big_calls)
+                    samples["4 MiB in + out, raw bytes in the messages"] += big["raw"]
+                    samples["4 MiB in + out, system shared memory"] += big["shm"]
+    p50 = {k: statistics.median(v) for k, v in samples.items()}
+    own, raw = p50["warm.Client, warmd.v1 Infer"], p50["4 MiB in + out, raw bytes in the messages"]
+    lines = ["# Open Inference Protocol (tritonclient) against warmd's own API",
+             "",
+             f"`.venv/bin/python bench/v2.py --calls {args.calls} --big-calls {args.big_calls} --rounds "
+             f"{args.rounds}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
+             "Unix socket, sequential calls, rounds alternating between clients",
+             "",
+             "| path | p50 ms | p99 ms | ratio (p50) |",
+             "|---|---|---|---|"]
+    for name, values in samples.items():
+        ref = raw if name.startswith("4 MiB") else own
+        ref_name = "raw" if name.startswith("4 MiB") else "warm.Client"
+        lines.append(f"| {name} | {p50[name] * 1e3:.3f} | {percentile(values, 99) * 1e3:.3f} | "
+                     f"{p50[name] / ref:.2f}x {ref_name} |")
+    lines += ["", f"Shared memory is **{raw / p50['4 MiB in + out, system shared memory']:.1f}x** faster than raw "
+              "bytes for a 4 MiB input and output (goal >= 5x)."]
+    write_report("v2", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

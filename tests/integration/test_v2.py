@@ -1,0 +1,243 @@
+"""The Open Inference Protocol (KServe V2) on the daemon's socket, driven by the real tritonclient package
+(in its own environment and process: see tests/tritonclient_run.py) and by a real grpcurl."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from models import affine_spec, affine_specs
+from tritonclient_run import triton
+
+KIB = 1024
+
+
+def _url(daemon) -> str:  # type: ignore[no-untyped-def]
+    return f"unix:{daemon.socket}"
+
+
+def test_health_metadata_and_infer_raw_typed_fp16(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 2.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors", extra="version: '3'\n"))
+    daemon = start_daemon(specs)
+    out = triton(_url(daemon), """
+        out["live"], out["ready"] = client.is_server_live(), client.is_server_ready()
+        meta = client.get_server_metadata()
+        out["server"] = [meta.name, list(meta.extensions)]
+        out["model_ready_before"] = client.is_model_ready("affine")
+        m = client.get_model_metadata("affine")
+        out["model"] = [m.name, list(m.versions), m.platform, [(t.name, t.datatype, list(t.shape)) for t in m.inputs]]
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        inp = grpcclient.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("affine", [inp], outputs=[grpcclient.InferRequestedOutput("y")], request_id="r1")
+        out["raw"] = result.as_numpy("y")
+        out["id"], out["version"] = result.get_response().id, result.get_response().model_version
+        half = grpcclient.InferInput("x", [1, 4], "FP16")
+        half.set_data_from_numpy(np.array([[0.5, 1.5, -2, 4]], dtype=np.float16))
+        out["fp16"] = client.infer("affine", [half]).as_numpy("y")
+        # typed contents: build the request by hand, tritonclient always sends raw bytes
+        from tritonclient.grpc import service_pb2
+        request = service_pb2.ModelInferRequest(model_name="affine")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
+        reply = client._client_stub.ModelInfer(request)
+        out["typed"] = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32).tolist()
+        out["model_ready_after"] = client.is_model_ready("affine")
+    """)
+    assert out["live"] and out["ready"]
+    assert out["server"][0] == "warmd"
+    assert {"model_repository", "statistics", "system_shared_memory"} <= set(out["server"][1])
+    assert out["model"] == ["affine", ["3"], "torch", [["x", "FP32", [-1, 4]]]]
+    assert not out["model_ready_before"] and out["model_ready_after"]
+    assert out["raw"] == (2 * np.arange(8, dtype=np.float32).reshape(2, 4)).tolist()
+    assert (out["id"], out["version"]) == ("r1", "3")
+    assert out["fp16"] == [[1.0, 3.0, -4.0, 8.0]]
+    assert out["typed"] == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_repository_load_unload_and_statistics_share_the_scheduler(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 1.0)
+    for name in ("a", "b"):
+        # each counts as 150 KiB against a 200 KiB budget: the two never fit together
+        (specs / f"{name}.yaml").write_text(affine_spec("w.safetensors", extra=f"memory: {150 * KIB}\n"))
+    daemon = start_daemon(specs, config={"cpu_budget": f"{200 * KIB}"})
+    out = triton(_url(daemon), """
+        out["index0"] = [(m.name, m.state) for m in client.get_model_repository_index().models]
+        client.load_model("a")
+        x = grpcclient.InferInput("x", [3, 4], "FP32")
+        x.set_data_from_numpy(np.ones((3, 4), np.float32))
+        for _ in range(2):
+            client.infer("a", [x])
+        client.load_model("b")              # a is idle and least recently used: evicted for b
+        out["index1"] = sorted((m.name, m.state) for m in client.get_model_repository_index().models)
+        s = client.get_inference_statistics("a").model_stats[0]
+        out["stats"] = [s.inference_count, s.execution_count, s.inference_stats.success.count,
+                        s.inference_stats.success.ns > 0, s.last_inference > 0]
+        mem = client.get_inference_statistics("b").model_stats[0].memory_usage
+        out["memory"] = [(u.type, u.byte_size) for u in mem]
+        client.unload_model("b")
+        out["index2"] = sorted((m.name, m.state) for m in client.get_model_repository_index().models)
+    """)
+    assert sorted(out["index0"]) == [["a", "UNAVAILABLE"], ["b", "UNAVAILABLE"]]
+    assert out["index1"] == [["a", "UNAVAILABLE"], ["b", "READY"]]
+    assert out["stats"] == [6, 2, 2, True, True]
+    assert out["memory"] == [["CPU", 150 * KIB]]
+    assert out["index2"] == [["a", "UNAVAILABLE"], ["b", "UNAVAILABLE"]]
+    with daemon.client() as c:                 # the same scheduler: a pin made here binds V2 loads
+        c.pin("a", True)
+        c.load("a")
+    out = triton(_url(daemon), """
+        client.load_model("b")
+    """)
+    assert out["status"] == "StatusCode.RESOURCE_EXHAUSTED" and "pinned: a" in out["error"]
+
+
+def test_malformed_requests_are_invalid_argument_and_the_daemon_keeps_serving(start_daemon,
+                                                                             short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 1.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    out = triton(_url(daemon), """
+        from tritonclient.grpc import service_pb2
+        def call(request):
+            try:
+                client._client_stub.ModelInfer(request)
+                return "OK"
+            except Exception as exc:
+                return [str(exc.code()), exc.details()]
+        def req(datatype="FP32", shape=(1, 4), raw=b"\\0" * 16, model="affine"):
+            r = service_pb2.ModelInferRequest(model_name=model)
+            r.inputs.add(name="x", datatype=datatype, shape=list(shape))
+            r.raw_input_contents.append(raw)
+            return r
+        out["short"] = call(req(raw=b"\\0" * 15))
+        out["dtype"] = call(req(datatype="FP8"))
+        out["negative"] = call(req(shape=(-1, 4)))
+        out["huge"] = call(req(shape=(2**40, 2**40)))
+        out["rank"] = call(req(shape=(16,), raw=b"\\0" * 64))
+        out["model"] = call(req(model="nope"))
+        typed = service_pb2.ModelInferRequest(model_name="affine")
+        typed.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2])
+        out["typed_count"] = call(typed)
+        out["still"] = call(req())
+    """)
+    for case in ("short", "dtype", "negative", "huge", "rank", "typed_count"):
+        assert out[case][0] == "StatusCode.INVALID_ARGUMENT", (case, out[case])
+    assert "needs 16 bytes, got 15" in out["short"][1]
+    assert "unknown dtype 'FP8'" in out["dtype"][1]
+    assert out["model"][0] == "StatusCode.NOT_FOUND"
+    assert out["still"] == "OK"
+    assert daemon.proc.poll() is None
+
+
+SHM_SNIPPET = """
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    size = x.nbytes
+    key_in, key_out = "/warmd-test-in-" + str(__import__("os").getpid()), "/warmd-test-out-" + str(__import__("os").getpid())
+    h_in = shm.create_shared_memory_region("in", key_in, size)
+    h_out = shm.create_shared_memory_region("out", key_out, size)
+    try:
+        shm.set_shared_memory_region(h_in, [x])
+        client.register_system_shared_memory("in", key_in, size)
+        client.register_system_shared_memory("out", key_out, size)
+        out["status"] = sorted(client.get_system_shared_memory_status().regions)
+        inp = grpcclient.InferInput("x", [4, 4], "FP32")
+        inp.set_shared_memory("in", size)
+        want = grpcclient.InferRequestedOutput("y")
+        want.set_shared_memory("out", size)
+        result = client.infer("affine", [inp], outputs=[want])
+        out["y_params"] = sorted(result.get_output("y").parameters)
+        out["y"] = shm.get_contents_as_numpy(h_out, np.float32, [4, 4]).tolist()   # a copy: the map goes
+        bad = grpcclient.InferInput("x", [4, 4], "FP32")
+        bad.set_shared_memory("in", size, offset=8)
+        try:
+            client.infer("affine", [bad])
+        except Exception as exc:
+            out["bad_offset"] = [exc.status(), exc.message()]
+        try:
+            client.register_system_shared_memory("escape", "/../etc/passwd", 16)
+        except Exception as exc:
+            out["bad_key"] = [exc.status(), exc.message()]
+        out["tcp"] = __import__("subprocess").run(
+            [sys.executable, "-c", OTHER, TCP, key_in], capture_output=True, text=True).stdout.strip()
+        client.unregister_system_shared_memory()
+        out["after"] = sorted(client.get_system_shared_memory_status().regions)
+    finally:
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+"""
+
+OTHER_CALLER = '''
+import sys, numpy as np, tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+tcp, key = sys.argv[1].split("|"), sys.argv[2]
+client = grpcclient.InferenceServerClient(url=tcp[0])
+headers = {"authorization": "Bearer " + tcp[1]}
+regions = sorted(client.get_system_shared_memory_status(headers=headers).regions)
+inp = grpcclient.InferInput("x", [4, 4], "FP32")
+inp.set_shared_memory("in", 64)
+try:
+    client.infer("affine", [inp], headers=headers)
+    print(regions, "used")
+except InferenceServerException as exc:
+    print(regions, exc.status())
+'''
+
+
+def test_system_shared_memory_through_tritonclient(start_daemon, short_tmp: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    specs = affine_specs(short_tmp, 3.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs, args=("--tcp", f"127.0.0.1:{port}"))
+    token = (Path(daemon.env["XDG_CONFIG_HOME"]) / "warmd" / "token").read_text().strip()
+    body = f"OTHER = {OTHER_CALLER!r}\nTCP = {f'127.0.0.1:{port}|{token}'!r}\n" + textwrap.dedent(SHM_SNIPPET)
+    out = triton(_url(daemon), body)
+    assert out["status"] == ["in", "out"]
+    assert out["y_params"] == ["shared_memory_byte_size", "shared_memory_region"]
+    assert out["y"] == (3 * np.arange(16, dtype=np.float32).reshape(4, 4)).tolist()
+    assert out["bad_offset"][0] == "StatusCode.INVALID_ARGUMENT" and "lies outside" in out["bad_offset"][1]
+    assert out["bad_key"][0] == "StatusCode.INVALID_ARGUMENT"
+    # another caller (the TCP token) neither sees nor uses the regions registered over the Unix socket
+    assert out["tcp"] == "[] StatusCode.INVALID_ARGUMENT"
+    assert out["after"] == []
+
+
+def test_stream_infer_keeps_going_after_a_bad_request(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 2.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    out = triton(_url(daemon), """
+        import queue
+        results = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        for data in ([[1, 2, 3, 4]], [[1, 2, 3]], [[5, 6, 7, 8]]):
+            arr = np.array(data, dtype=np.float32)
+            inp = grpcclient.InferInput("x", list(arr.shape), "FP32")
+            inp.set_data_from_numpy(arr)
+            client.async_stream_infer("affine", [inp])
+        got = [results.get(timeout=30) for _ in range(3)]
+        client.stop_stream()
+        out["items"] = [r.as_numpy("y").tolist() if r is not None else "error: " + e.message() for r, e in got]
+    """)
+    assert out["items"][0] == [[2, 4, 6, 8]]
+    assert out["items"][1].startswith("error: [invalid_argument]")
+    assert out["items"][2] == [[10, 12, 14, 16]]
+
+
+def test_grpcurl_lists_both_apis_through_reflection(start_daemon) -> None:
+    daemon = start_daemon()
+    grpcurl = Path(sys.executable).with_name("grpcurl")
+    listed = subprocess.run([str(grpcurl), "-plaintext", "-unix", str(daemon.socket), "list"],
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert {"inference.GRPCInferenceService", "warmd.v1.Warmd", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    live = subprocess.run([str(grpcurl), "-plaintext", "-unix", str(daemon.socket),
+                           "inference.GRPCInferenceService/ServerLive"], capture_output=True, text=True, timeout=30)
+    assert live.returncode == 0 and '"live": true' in live.stdout
