@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -20,11 +20,31 @@ _STATES = {"available": pb.AVAILABLE, "loading": pb.LOADING, "ready": pb.READY,
 
 @dataclass
 class InferResult:
-    """Outputs by name (numpy arrays), a JSON value for non-tensor results, and provenance."""
+    """Outputs by name (numpy arrays), a JSON value for non-tensor results, and provenance.
+
+    `written` holds (dtype, shape) of the outputs the daemon wrote into shared memory instead."""
 
     outputs: dict[str, Any]
     json: Any
     signature: pb.ModelSignature
+    written: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A tensor in a registered shared-memory region (`Client.register_region`), in place of an array.
+
+    As an input it needs `dtype` (an Open Inference Protocol name, e.g. "FP32") and `shape`; as an output
+    destination only the window."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+
+    def ref(self) -> pb.RegionRef:
+        return pb.RegionRef(region=self.region, offset=self.offset, byte_size=self.byte_size)
 
 
 class Client:
@@ -140,28 +160,54 @@ class Client:
 
     def infer(self, name: str, inputs: Mapping[str, Any] | None = None, *, text: Sequence[str] = (),
               parameters: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
+              output_regions: Mapping[str, Shared] | None = None,
               keep_alive: float | None = None) -> InferResult:
         """Run a model, loading it first if needed.
 
         Args:
-            inputs: named numpy arrays.
+            inputs: named numpy arrays, or `Shared` tensors already in a registered region.
             text: strings, for text models.
             parameters: provider parameters (JSON-able).
             outputs: output names to return (default: all).
+            output_regions: outputs to write into registered shared-memory windows instead.
         Returns:
-            The outputs as numpy arrays, plus the model's signature.
+            The outputs as numpy arrays (and those written to shared memory), plus the model's signature.
+        Raises:
+            WarmdError: `invalid_argument` for inputs the model cannot take or bad region references.
         """
         from warmd import tensors
 
+        def encode(key: str, value: Any) -> pb.Tensor:
+            if isinstance(value, Shared):
+                return pb.Tensor(name=key, dtype=value.dtype, shape=list(value.shape), region=value.ref())
+            return tensors.to_proto(key, value)
+
         request = pb.InferRequest(model=name, text=list(text), outputs=list(outputs),
                                   parameters_json=json.dumps(dict(parameters)) if parameters else "",
-                                  inputs=[tensors.to_proto(k, v) for k, v in (inputs or {}).items()])
+                                  inputs=[encode(k, v) for k, v in (inputs or {}).items()],
+                                  output_regions={k: v.ref() for k, v in (output_regions or {}).items()})
         if keep_alive is not None:
             request.keep_alive_s = keep_alive
         response = self._call(self._stub.Infer, request)
-        return InferResult(outputs={t.name: tensors.from_proto(t) for t in response.outputs},
+        return InferResult(outputs={t.name: tensors.from_proto(t) for t in response.outputs
+                                    if not t.HasField("region")},
                            json=json.loads(response.json) if response.json else None,
-                           signature=response.signature)
+                           signature=response.signature,
+                           written={t.name: (t.dtype, list(t.shape)) for t in response.outputs
+                                    if t.HasField("region")})
+
+    def register_region(self, name: str, key: str, byte_size: int, offset: int = 0) -> None:
+        """Map [offset, offset + byte_size) of the POSIX shared-memory object `key` ("/frames") as `name`.
+
+        Raises:
+            WarmdError: `invalid_argument` for a bad key, a window beyond the object, or a taken name.
+        """
+        self._call(self._stub.RegisterRegion,
+                   pb.RegisterRegionRequest(name=name, key=key, offset=offset, byte_size=byte_size))
+
+    def unregister_region(self, name: str = "") -> None:
+        """Forget region `name` (all of this caller's regions when empty)."""
+        self._call(self._stub.UnregisterRegion, pb.UnregisterRegionRequest(name=name))
 
     def watch(self, *, kinds: Sequence[str] = (), model: str = "") -> Iterator[pb.Event]:
         """Every event as it happens (catalog changes, loads, unloads, progress), until closed.

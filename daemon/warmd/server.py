@@ -120,7 +120,8 @@ class Daemon:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
-            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference), server)
+            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
+                         self.shm), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
             server)

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models import affine_spec, affine_specs
 from tritonclient_run import triton
@@ -241,3 +242,35 @@ def test_grpcurl_lists_both_apis_through_reflection(start_daemon) -> None:
     live = subprocess.run([str(grpcurl), "-plaintext", "-unix", str(daemon.socket),
                            "inference.GRPCInferenceService/ServerLive"], capture_output=True, text=True, timeout=30)
     assert live.returncode == 0 and '"live": true' in live.stdout
+
+
+def test_shared_memory_from_warmds_own_api(start_daemon, short_tmp: Path) -> None:
+    from multiprocessing import shared_memory
+
+    from warm import Code, Shared, WarmdError
+
+    specs = affine_specs(short_tmp, 5.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    block = shared_memory.SharedMemory(create=True, size=2 * x.nbytes)
+    try:
+        np.ndarray(x.shape, np.float32, buffer=block.buf)[:] = x
+        with daemon.client() as c:
+            c.register_region("frames", "/" + block.name, 2 * x.nbytes)
+            result = c.infer("affine", {"x": Shared("frames", x.nbytes, dtype="FP32", shape=(2, 4))},
+                             output_regions={"y": Shared("frames", x.nbytes, offset=x.nbytes)})
+            assert result.outputs == {} and result.written == {"y": ("FP32", [2, 4])}
+            y = np.ndarray(x.shape, np.float32, buffer=block.buf, offset=x.nbytes).copy()
+            assert np.array_equal(y, 5 * x)
+            with pytest.raises(WarmdError) as info:     # the window ends before the tensor would
+                c.infer("affine", {"x": Shared("frames", x.nbytes, offset=x.nbytes + 4, dtype="FP32",
+                                               shape=(2, 4))})
+            assert info.value.code is Code.INVALID_ARGUMENT and "lies outside" in info.value.message
+            c.unregister_region()
+            with pytest.raises(WarmdError) as info:
+                c.infer("affine", {"x": Shared("frames", x.nbytes, dtype="FP32", shape=(2, 4))})
+            assert info.value.code is Code.INVALID_ARGUMENT and "register it first" in info.value.message
+    finally:
+        block.close()
+        block.unlink()

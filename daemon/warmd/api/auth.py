@@ -1,6 +1,7 @@
 """Bearer-token check for the TCP listener (the Unix socket is protected by file permissions)."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -27,6 +28,13 @@ def ensure_token(path: Path) -> str:
         f.write(token + "\n")
     os.chmod(path, 0o600)
     return token
+
+
+def caller(context: grpc.ServicerContext) -> str:
+    """Who is calling, for what belongs to a caller (shared-memory regions): the bearer token on TCP (by its
+    hash), else the one local user of the user-only Unix socket."""
+    token = dict(context.invocation_metadata()).get("authorization", "")
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "local"
 
 
 class TokenAuth(grpc.ServerInterceptor):

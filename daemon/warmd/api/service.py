@@ -11,6 +11,7 @@ from typing import Iterator
 import grpc
 
 from warmd import __version__
+from warmd.api.auth import caller
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.config import Settings
@@ -19,6 +20,7 @@ from warmd.events import EventBus
 from warmd.inference import Inference
 from warmd.providers import InferRequest
 from warmd.scheduler import ModelView, Resident, Scheduler
+from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
 from warmd.store import Store, hub
 from warmd.v1 import warmd_pb2 as pb
@@ -31,9 +33,9 @@ POLL_S = 0.1
 
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
-                 bus: EventBus, inference: Inference) -> None:
+                 bus: EventBus, inference: Inference, shm: SharedMemoryRegistry) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
-        self.inference = inference
+        self.inference, self.shm = inference, shm
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -150,24 +152,50 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         from warmd import tensors   # numpy: imported on the first request, not at start-up
 
+        owner = caller(context)
         inputs = {}
         for t in request.inputs:
             if t.name in inputs:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"input {t.name!r} is given twice")
-            inputs[t.name] = tensors.from_proto(t)
+            if t.HasField("region"):
+                what = f"input {t.name!r}"
+                raw = self.shm.read(owner, t.region.region, t.region.offset, t.region.byte_size, what)
+                inputs[t.name] = tensors.decode(t.name, t.dtype, t.shape, raw)
+            else:
+                inputs[t.name] = tensors.from_proto(t)
         params = parse_parameters(request.parameters_json)
         keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
         resident, result = self.inference.run(
             request.model, InferRequest(tensors=inputs, text=list(request.text), parameters=params), keep_alive)
         wanted = list(request.outputs) or list(result.tensors)
-        unknown = [n for n in wanted if n not in result.tensors]
+        unknown = [n for n in [*wanted, *request.output_regions] if n not in result.tensors]
         if unknown:
             raise WarmdError(Code.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; "
                              f"{request.model!r} gives {', '.join(result.tensors)}")
+        outputs = []
+        for name in dict.fromkeys([*wanted, *request.output_regions]):
+            if name in request.output_regions:
+                ref = request.output_regions[name]
+                dtype, data = tensors.encode(name, result.tensors[name])
+                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, data, f"output {name!r}")
+                outputs.append(pb.Tensor(name=name, dtype=dtype, shape=data.shape, region=ref))
+            else:
+                outputs.append(tensors.to_proto(name, result.tensors[name]))
         return pb.InferResponse(
-            model=request.model, outputs=[tensors.to_proto(n, result.tensors[n]) for n in wanted],
-            json=json.dumps(result.json) if result.json is not None else "",
+            model=request.model, outputs=outputs, json=json.dumps(result.json) if result.json is not None else "",
             signature=self._signature(resident))
+
+    @mapped
+    def RegisterRegion(self, request: pb.RegisterRegionRequest,
+                       context: grpc.ServicerContext) -> pb.RegisterRegionResponse:
+        self.shm.register(caller(context), request.name, request.key, request.offset, request.byte_size)
+        return pb.RegisterRegionResponse()
+
+    @mapped
+    def UnregisterRegion(self, request: pb.UnregisterRegionRequest,
+                         context: grpc.ServicerContext) -> pb.UnregisterRegionResponse:
+        self.shm.unregister(caller(context), request.name)
+        return pb.UnregisterRegionResponse()
 
     @mapped_stream
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:

@@ -6,13 +6,13 @@ pins and LRU hold whichever protocol a client speaks. Errors carry the same code
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any, Iterator
 
 import grpc
 
 from warmd import __version__
+from warmd.api.auth import caller
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
@@ -75,28 +75,28 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     # ---- inference -----------------------------------------------------------------------------
     @mapped
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
-        return self._infer(request, _caller(context))
+        return self._infer(request, caller(context))
 
     @mapped_stream
     def ModelStreamInfer(self, requests: Iterator[v2.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[v2.ModelStreamInferResponse]:
-        caller = _caller(context)
+        owner = caller(context)
         for request in requests:
             try:
-                yield v2.ModelStreamInferResponse(infer_response=self._infer(request, caller))
+                yield v2.ModelStreamInferResponse(infer_response=self._infer(request, owner))
             except WarmdError as err:      # one bad request does not end the stream
                 yield v2.ModelStreamInferResponse(error_message=f"[{err.code.value}] {err.message}")
 
-    def _infer(self, request: v2.ModelInferRequest, caller: str) -> v2.ModelInferResponse:
+    def _infer(self, request: v2.ModelInferRequest, owner: str) -> v2.ModelInferResponse:
         spec = self._spec(request.model_name, request.model_version)
-        tensors, text = self._inputs(request, caller)
+        tensors, text = self._inputs(request, owner)
         params = {k: _param(v) for k, v in request.parameters.items()}
         _, result = self.inference.run(spec.name, InferRequest(tensors=tensors, text=text, parameters=params))
         response = v2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
-        self._outputs(request, result, caller, response)
+        self._outputs(request, result, owner, response)
         return response
 
-    def _inputs(self, request: v2.ModelInferRequest, caller: str) -> tuple[dict[str, Any], list[str]]:
+    def _inputs(self, request: v2.ModelInferRequest, owner: str) -> tuple[dict[str, Any], list[str]]:
         from warmd import tensors as codec   # numpy: imported on the first request
 
         if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
@@ -108,7 +108,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             if tensor.name in arrays:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r} is given twice")
             if "shared_memory_region" in tensor.parameters:
-                raw: Any = self._window(tensor.parameters, caller, f"input {tensor.name!r}")
+                what = f"input {tensor.name!r}"
+                raw: Any = self.shm.read(owner, *self._window(tensor.parameters, what), what)
             elif request.raw_input_contents:
                 raw = request.raw_input_contents[i]
             else:
@@ -121,7 +122,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 arrays[tensor.name] = _from_contents(tensor)
         return arrays, text
 
-    def _outputs(self, request: v2.ModelInferRequest, result: InferResult, caller: str,
+    def _outputs(self, request: v2.ModelInferRequest, result: InferResult, owner: str,
                  response: v2.ModelInferResponse) -> None:
         from warmd import tensors as codec
 
@@ -135,11 +136,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             dtype, data = codec.encode(out.name, result.tensors[out.name])
             tensor = response.outputs.add(name=out.name, datatype=dtype, shape=data.shape)
             if "shared_memory_region" in out.parameters:
-                window = self._window(out.parameters, caller, f"output {out.name!r}")
-                if data.nbytes > len(window):
-                    raise WarmdError(Code.INVALID_ARGUMENT, f"output {out.name!r} needs {data.nbytes} bytes; its "
-                                     f"shared-memory window holds {len(window)}")
-                window[:data.nbytes] = data.reshape(-1).view("u1").data
+                what = f"output {out.name!r}"
+                self.shm.write(owner, *self._window(out.parameters, what), data, what)
                 for key in SHM_KEYS:
                     if key in out.parameters:
                         tensor.parameters[key].CopyFrom(out.parameters[key])
@@ -147,12 +145,13 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             else:
                 response.raw_output_contents.append(data.tobytes())
 
-    def _window(self, params: Any, caller: str, what: str) -> memoryview:
-        region = self.shm.get(caller, params["shared_memory_region"].string_param)
-        offset = params["shared_memory_offset"].int64_param if "shared_memory_offset" in params else 0
+    def _window(self, params: Any, what: str) -> tuple[str, int, int]:
+        """(region, offset, byte_size) named by a tensor's shared_memory_* parameters."""
         if "shared_memory_byte_size" not in params:
             raise WarmdError(Code.INVALID_ARGUMENT, f"{what}: shared_memory_byte_size is required")
-        return region.window(offset, params["shared_memory_byte_size"].int64_param, what)
+        offset = params["shared_memory_offset"].int64_param if "shared_memory_offset" in params else 0
+        return (params["shared_memory_region"].string_param, offset,
+                params["shared_memory_byte_size"].int64_param)
 
     # ---- statistics ----------------------------------------------------------------------------
     @mapped
@@ -212,7 +211,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryStatus(self, request: v2.SystemSharedMemoryStatusRequest,
                                  context: grpc.ServicerContext) -> v2.SystemSharedMemoryStatusResponse:
         response = v2.SystemSharedMemoryStatusResponse()
-        for region in self.shm.status(_caller(context), request.name):
+        for region in self.shm.status(caller(context), request.name):
             response.regions[region.name].CopyFrom(v2.SystemSharedMemoryStatusResponse.RegionStatus(
                 name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
         return response
@@ -220,13 +219,13 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def SystemSharedMemoryRegister(self, request: v2.SystemSharedMemoryRegisterRequest,
                                    context: grpc.ServicerContext) -> v2.SystemSharedMemoryRegisterResponse:
-        self.shm.register(_caller(context), request.name, request.key, request.offset, request.byte_size)
+        self.shm.register(caller(context), request.name, request.key, request.offset, request.byte_size)
         return v2.SystemSharedMemoryRegisterResponse()
 
     @mapped
     def SystemSharedMemoryUnregister(self, request: v2.SystemSharedMemoryUnregisterRequest,
                                      context: grpc.ServicerContext) -> v2.SystemSharedMemoryUnregisterResponse:
-        self.shm.unregister(_caller(context), request.name)
+        self.shm.unregister(caller(context), request.name)
         return v2.SystemSharedMemoryUnregisterResponse()
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -238,13 +237,6 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             raise WarmdError(Code.MODEL_NOT_FOUND, f"model {name!r} has version {spec.version or '(none)'!r}, "
                              f"not {version!r}; leave the version empty for the current one")
         return spec
-
-
-def _caller(context: grpc.ServicerContext) -> str:
-    """Who is calling, for shared-memory ownership: the bearer token on TCP (its hash), else the socket's
-    one local user."""
-    token = dict(context.invocation_metadata()).get("authorization", "")
-    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "local"
 
 
 def _param(value: v2.InferParameter) -> Any:

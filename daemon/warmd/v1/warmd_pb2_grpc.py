@@ -94,6 +94,16 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.PinModelRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.Model.FromString,
                 _registered_method=True)
+        self.RegisterRegion = channel.unary_unary(
+                '/warmd.v1.Warmd/RegisterRegion',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.RegisterRegionRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RegisterRegionResponse.FromString,
+                _registered_method=True)
+        self.UnregisterRegion = channel.unary_unary(
+                '/warmd.v1.Warmd/UnregisterRegion',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -186,6 +196,22 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterRegion(self, request, context):
+        """Map a window of a POSIX shared-memory object (owned by the daemon's user) under a name, for tensors
+        that stay out of the messages (Tensor.region, InferRequest.output_regions). The same registry serves
+        the Open Inference Protocol's system shared-memory extension.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterRegion(self, request, context):
+        """Forget one region of this caller, or all of them when the name is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +274,16 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.PinModel,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.PinModelRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.Model.SerializeToString,
+            ),
+            'RegisterRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRegion,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.RegisterRegionRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RegisterRegionResponse.SerializeToString,
+            ),
+            'UnregisterRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterRegion,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +610,60 @@ class Warmd:
             '/warmd.v1.Warmd/PinModel',
             warmd_dot_v1_dot_warmd__pb2.PinModelRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/RegisterRegion',
+            warmd_dot_v1_dot_warmd__pb2.RegisterRegionRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RegisterRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/UnregisterRegion',
+            warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.FromString,
             options,
             channel_credentials,
             insecure,
