@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
     p.set_defaults(run=cmd_status)
+    p = sub.add_parser("token", parents=[common, as_json], help="tokens for TCP clients: create | list | revoke")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("revoke_name", nargs="?", metavar="NAME", help="the token to revoke")
+    p.add_argument("--name", default="", help="create: the token's name (e.g. the app using it)")
+    p.add_argument("--scope", default="read", choices=["read", "infer", "admin"],
+                   help="create: read (list, status, watch) < infer (+ run models) < admin (+ everything)")
+    p.set_defaults(run=cmd_token)
     return parser
 
 
@@ -227,6 +234,29 @@ def cmd_pin(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(model)
     out.print(f"{model.name}: {'pinned' if args.pinned else 'unpinned'}")
+    return 0
+
+
+def cmd_token(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        token, info = client.create_token(args.name, args.scope)
+        if args.json:
+            print(json.dumps({"token": token, "name": info.name, "scope": info.scope}))
+        else:
+            print(token)      # alone on stdout, for scripts; the note goes to stderr
+            err_console.print(f"token {info.name!r} (scope {info.scope}): shown once, the daemon keeps only its hash")
+        return 0
+    if args.action == "revoke":
+        client.revoke_token(args.revoke_name or args.name)
+        out.print(f"revoked {args.revoke_name or args.name}")
+        return 0
+    tokens = client.list_tokens()
+    if args.json:
+        return _print_json_list(tokens)
+    table = Table("NAME", "SCOPE", "CREATED", box=None)
+    for t in tokens:
+        table.add_row(t.name, t.scope, time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created)))
+    out.print(table)
     return 0
 
 

@@ -196,6 +196,23 @@ class Client:
                            written={t.name: (t.dtype, list(t.shape)) for t in response.outputs
                                     if t.HasField("region")})
 
+    def create_token(self, name: str, scope: str = "read") -> tuple[str, pb.TokenInfo]:
+        """A new token for TCP clients: `read` < `infer` < `admin`. Returns (token, info); the token is
+        shown only now (the daemon keeps its hash).
+
+        Raises:
+            WarmdError: `invalid_argument` for a bad or taken name or an unknown scope.
+        """
+        reply = self._call(self._stub.CreateToken, pb.CreateTokenRequest(name=name, scope=scope))
+        return reply.token, reply.info
+
+    def list_tokens(self) -> list[pb.TokenInfo]:
+        return list(self._call(self._stub.ListTokens, pb.ListTokensRequest()).tokens)
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke token `name`: calls with it are UNAUTHENTICATED from now on."""
+        self._call(self._stub.RevokeToken, pb.RevokeTokenRequest(name=name))
+
     def register_region(self, name: str, key: str, byte_size: int, offset: int = 0) -> None:
         """Map [offset, offset + byte_size) of the POSIX shared-memory object `key` ("/frames") as `name`.
 

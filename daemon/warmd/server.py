@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from warmd import __version__, devices, paths
-from warmd.api.auth import TokenAuth, ensure_token
+from warmd.api.auth import TokenAuth, TokenStore
 from warmd.api.service import WarmdService
 from warmd.api.v2 import InferenceService
 from warmd.catalog import Catalog
@@ -52,6 +52,7 @@ class Daemon:
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.inference = Inference(self.scheduler)
         self.shm = SharedMemoryRegistry()
+        self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
         self.health = health.HealthServicer()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()
@@ -105,8 +106,8 @@ class Daemon:
         log.info("warmd %s listening on %s (pid %d)", __version__, s.socket, os.getpid())
         if s.tcp:
             host = _check_tcp(s.tcp, s.tcp_allow_remote)
-            token = ensure_token(s.token_file)
-            tcp = self._server(interceptors=(TokenAuth(token),))
+            self.tokens.ensure_owner(s.token_file)
+            tcp = self._server(interceptors=(TokenAuth(self.tokens),))
             port = tcp.add_insecure_port(s.tcp)
             tcp.start()
             self.servers.append(tcp)
@@ -121,7 +122,7 @@ class Daemon:
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
-                         self.shm), server)
+                         self.shm, self.tokens), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
             server)

@@ -11,7 +11,7 @@ from typing import Iterator
 import grpc
 
 from warmd import __version__
-from warmd.api.auth import caller
+from warmd.api.auth import TokenStore, caller
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.config import Settings
@@ -33,9 +33,9 @@ POLL_S = 0.1
 
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
-                 bus: EventBus, inference: Inference, shm: SharedMemoryRegistry) -> None:
+                 bus: EventBus, inference: Inference, shm: SharedMemoryRegistry, tokens: TokenStore) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
-        self.inference, self.shm = inference, shm
+        self.inference, self.shm, self.tokens = inference, shm, tokens
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -184,6 +184,23 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return pb.InferResponse(
             model=request.model, outputs=outputs, json=json.dumps(result.json) if result.json is not None else "",
             signature=self._signature(resident))
+
+    @mapped
+    def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
+        token = self.tokens.create(request.name, request.scope)
+        info = self.tokens.lookup(token)
+        return pb.CreateTokenResponse(token=token, info=pb.TokenInfo(name=info.name, scope=info.scope,
+                                                                     created=info.created))
+
+    @mapped
+    def ListTokens(self, request: pb.ListTokensRequest, context: grpc.ServicerContext) -> pb.ListTokensResponse:
+        return pb.ListTokensResponse(tokens=[pb.TokenInfo(name=t.name, scope=t.scope, created=t.created)
+                                             for t in self.tokens.list()])
+
+    @mapped
+    def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.RevokeTokenResponse:
+        self.tokens.revoke(request.name)
+        return pb.RevokeTokenResponse()
 
     @mapped
     def RegisterRegion(self, request: pb.RegisterRegionRequest,

@@ -104,6 +104,21 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/warmd.v1.Warmd/CreateToken',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/warmd.v1.Warmd/ListTokens',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/warmd.v1.Warmd/RevokeToken',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -212,6 +227,27 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Tokens for TCP clients, each with a scope: read < infer < admin. The token itself is returned once;
+        the daemon keeps only its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke a token: calls with it are UNAUTHENTICATED from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +320,21 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.UnregisterRegion,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.CreateTokenRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ListTokensRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -664,6 +715,87 @@ class Warmd:
             '/warmd.v1.Warmd/UnregisterRegion',
             warmd_dot_v1_dot_warmd__pb2.UnregisterRegionRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.UnregisterRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/CreateToken',
+            warmd_dot_v1_dot_warmd__pb2.CreateTokenRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ListTokens',
+            warmd_dot_v1_dot_warmd__pb2.ListTokensRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/RevokeToken',
+            warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
