@@ -2,6 +2,7 @@
 every per-user folder (runtime, config, state, data, HF cache) moved into the test's temp dir."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,6 +132,20 @@ def start_daemon(short_tmp: Path) -> Iterator:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """figures(**values): record a test's numbers for bench/reliability.py's table. A no-op unless
+    WARMD_FIGURES names a file (JSON lines)."""
+    target = os.environ.get("WARMD_FIGURES")
+
+    def record(**values: object) -> None:
+        if target:
+            with open(target, "a") as f:
+                f.write(json.dumps({"test": request.node.name, **values}) + "\n")
+
+    return record
 
 
 @pytest.fixture

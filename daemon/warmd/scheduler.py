@@ -376,11 +376,13 @@ class Scheduler:
                    and not s.current.pinned and (s.current.in_flight or s.waiters) for s in self._slots.values())
 
     def _others_moving_locked(self, options: list[Device], job: Job, name: str) -> bool:
-        """Whether other loads, parks or returns are under way on these devices."""
+        """Whether other loads, parks, returns or unloads are under way on these devices."""
         names = {d.name for d in options}
-        return any(device in names for job_id, (device, _) in self._reserved.items() if job_id != job.id) or any(
-            r is not None and r.moving and r.device in names and r.spec.name != name
-            for r in (s.current for s in self._slots.values()))
+        return (any(device in names for job_id, (device, _) in self._reserved.items() if job_id != job.id)
+                or any(r is not None and r.moving and r.device in names and r.spec.name != name
+                       for r in (s.current for s in self._slots.values()))
+                # retired models still draining: their memory comes back when their requests finish
+                or any(r.device in names and not r.freed.is_set() for r in self._retiring))
 
     def _used_locked(self, device: str) -> int:
         residents = [s.current for s in self._slots.values() if s.current is not None] + self._retiring

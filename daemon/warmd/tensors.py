@@ -18,6 +18,7 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 _NAMES = {dt: name for name, dt in NUMPY_DTYPES.items()}
 MAX_DIMS = 16
+MAX_ELEMENTS = 2**40
 
 
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
@@ -63,9 +64,13 @@ def checked_shape(name: str, shape_in) -> tuple[tuple[int, ...], int]:  # type: 
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: shape {list(shape)} must have at "
                          f"most {MAX_DIMS} non-negative dimensions")
-    count = 1
+    count = spread = 1
     for d in shape:
         count *= d
+        spread *= max(d, 1)
+    if spread > MAX_ELEMENTS:     # numpy refuses such shapes even when a zero makes them empty
+        raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: shape {list(shape)} is too large "
+                         f"(more than {MAX_ELEMENTS} elements without its zero dimensions)")
     return shape, count
 
 

@@ -3,8 +3,11 @@ full pulls, resume after a cut connection and after SIGKILL, digest checks, shar
 offline mode, a full disk, and first use."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import shutil
 import subprocess
 import threading
 import time
@@ -189,13 +192,37 @@ def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path
     assert hub.served_bytes("model.safetensors") - served <= BIG - kept + 2**20
 
 
+SOCKET_GUARD = """
+import socket, os
+_connect = socket.socket.connect
+def connect(self, address):
+    if self.family != socket.AF_UNIX:
+        with open(os.environ["WARMD_TEST_CONNECTS"], "a") as f:
+            f.write(repr(address) + "\\n")
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+
+
 def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, args=("--offline",))
+    # A socket guard inside the daemon (sitecustomize runs at its start): every non-Unix connect is logged.
+    guard = short_tmp / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SOCKET_GUARD)
+    connects = short_tmp / "connects.log"
+    env = {"PYTHONPATH": os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]),
+           "WARMD_TEST_CONNECTS": str(connects)}
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, args=("--offline",), env=env)
     result = daemon.warm("pull", "big")
     assert result.returncode == 1 and "[network_forbidden]" in result.stderr and "org/big" in result.stderr
     result = daemon.warm("load", "big")
     assert result.returncode == 1 and "[network_forbidden]" in result.stderr
     assert hub.connections == 0 and hub.requests == []
+    assert not connects.exists(), connects.read_text()
+    (short_tmp / "online").mkdir()
+    online = start_daemon(short_tmp / "specs", env={**_hub_env(hub), **env}, root=short_tmp / "online")
+    online.warm("pull", "big")        # the guard does see the connections of a daemon that is online
+    assert connects.read_text().count("127.0.0.1") >= 1
 
 
 def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
@@ -354,3 +381,54 @@ def test_stall_is_dropped_and_resumed_patterns_and_token(start_daemon, hub: Hub,
     assert BIG <= hub.served_bytes("model.safetensors") <= BIG * 1.1
     assert hub.served_bytes("notes/skip.txt") == 0
     assert "Bearer hf_test_token" in hub.authorization
+
+
+def test_sigkill_at_20_random_points_of_downloads(start_daemon, hub: Hub, short_tmp: Path, figures) -> None:
+    """Kill the daemon at 20 random moments of downloads: the cache never holds an unverified file, no
+    snapshot link dangles, and the next daemon finishes the download."""
+    from hubserver import git_blob_sha1
+
+    rng = random.Random(20)
+    daemon, payload = _big_daemon(start_daemon, hub, short_tmp, rate=24 * 2**20)    # ~1 s per download
+    specs, mid_transfer = short_tmp / "specs", 0
+    for i in range(20):
+        if i:
+            daemon = start_daemon(specs, env=_hub_env(hub), root=short_tmp)
+        client = daemon.client()
+        threading.Thread(target=lambda: _swallow(lambda: client.pull("big")), daemon=True).start()
+        time.sleep(rng.uniform(0.05, 1.0))
+        mid_transfer += bool(_parts(daemon))
+        daemon.kill()
+        blobs = _blobs(daemon)
+        for blob in (blobs.iterdir() if blobs.is_dir() else ()):
+            if blob.suffix in (".part", ".lock"):
+                continue
+            data = blob.read_bytes()
+            digest = hashlib.sha256(data).hexdigest() if len(blob.name) == 64 else git_blob_sha1(data)
+            assert digest == blob.name, f"kill {i}: unverified file {blob.name} in the cache"
+        for link in blobs.parent.glob("snapshots/*/*"):
+            assert link.resolve().is_file(), f"kill {i}: dangling snapshot link {link}"
+        if blobs.is_dir() and not _parts(daemon) and (blobs / hashlib.sha256(payload).hexdigest()).is_file():
+            shutil.rmtree(blobs.parent)          # finished before the kill: start the next one from zero
+    final = start_daemon(specs, env=_hub_env(hub), root=short_tmp)
+    with final.client() as c:
+        assert c.pull("big").files.state == "verified"
+    assert mid_transfer >= 10, mid_transfer      # most kills landed inside a transfer
+    figures(kills=20, mid_transfer=mid_transfer, corrupt_files=0, dangling_links=0)
+
+
+def test_hub_file_names_cannot_write_outside_the_cache(start_daemon, hub: Hub, short_tmp: Path, figures) -> None:
+    escapes = ["../../../../../escaped.bin", "a/../../../../escaped2.bin", "/abs/escaped3.bin"]
+    for i, name in enumerate(escapes):
+        hub.add_repo(f"org/evil{i}", {name: b"owned", "config.json": b"{}"})
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    for i in range(len(escapes)):
+        _spec(specs, f"evil{i}", f"org/evil{i}")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    for i in range(len(escapes)):
+        result = daemon.warm("pull", f"evil{i}")
+        assert result.returncode == 1 and "[unavailable]" in result.stderr and "unsafe name" in result.stderr
+    assert not [p for p in Path("/").glob("escaped*.bin")] + list(short_tmp.rglob("escaped*"))
+    assert not [r for r in hub.requests if r.startswith("GET /lfs/") or "/resolve/" in r]   # nothing fetched
+    figures(escapes_tried=len(escapes), written_outside=0)

@@ -3,6 +3,7 @@ every reply is a success or a documented code with a message, never INTERNAL/UNK
 keeps serving."""
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import affine_spec, affine_specs
+from waiting import wait_until
 from warmd.errors import METADATA_KEY, Code
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
@@ -43,10 +45,14 @@ def channel(start_daemon, short_tmp: Path):  # type: ignore[no-untyped-def]
     assert daemon.proc.poll() is None, "the daemon died under fuzzing"
 
 
-def _check(call) -> None:  # type: ignore[no-untyped-def]
+def _check(call, seen: collections.Counter | None = None) -> None:  # type: ignore[no-untyped-def]
     try:
         call()
+        if seen is not None:
+            seen["ok"] += 1
     except grpc.RpcError as err:
+        if seen is not None:
+            seen[err.code().name] += 1
         assert err.code() in DOCUMENTED, (err.code(), err.details())
         assert err.details(), "an error without a message"
         trailing = dict(err.trailing_metadata() or ())
@@ -61,8 +67,9 @@ def _still_serving(ch: grpc.Channel) -> None:
     assert np.frombuffer(reply.outputs[0].raw, np.float32).tolist() == [1, 1, 1, 1]
 
 
-def test_fuzz_v1_infer(channel: grpc.Channel) -> None:
+def test_fuzz_v1_infer(channel: grpc.Channel, figures) -> None:
     stub = warmd_pb2_grpc.WarmdStub(channel)
+    seen: collections.Counter[str] = collections.Counter()
 
     @FUZZ
     @given(model=models, tensors=st.lists(st.tuples(names, st.sampled_from(DTYPES), shapes, raws), max_size=3),
@@ -74,14 +81,16 @@ def test_fuzz_v1_infer(channel: grpc.Channel) -> None:
             t = request.inputs.add(name=name, dtype=dtype, shape=shape, raw=raw)
             if region:
                 t.region.CopyFrom(pb.RegionRef(region=name, offset=len(raw) - 8, byte_size=len(raw)))
-        _check(lambda: stub.Infer(request, timeout=30))
+        _check(lambda: stub.Infer(request, timeout=30), seen)
 
     run()
     _still_serving(channel)
+    figures(requests=sum(seen.values()), outcomes=dict(seen))
 
 
-def test_fuzz_v2_model_infer(channel: grpc.Channel) -> None:
+def test_fuzz_v2_model_infer(channel: grpc.Channel, figures) -> None:
     stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    seen: collections.Counter[str] = collections.Counter()
     params = st.dictionaries(st.sampled_from(["shared_memory_region", "shared_memory_offset",
                                               "shared_memory_byte_size", "priority", "x"]),
                              st.one_of(st.builds(lambda v: v2.InferParameter(string_param=v), st.text(max_size=10)),
@@ -112,14 +121,16 @@ def test_fuzz_v2_model_infer(channel: grpc.Channel) -> None:
             o = request.outputs.add(name=name)
             for k, v in p.items():
                 o.parameters[k].CopyFrom(v)
-        _check(lambda: stub.ModelInfer(request, timeout=30))
+        _check(lambda: stub.ModelInfer(request, timeout=30), seen)
 
     run()
     _still_serving(channel)
+    figures(requests=sum(seen.values()), outcomes=dict(seen))
 
 
-def test_fuzz_v2_shared_memory_registration(channel: grpc.Channel) -> None:
+def test_fuzz_v2_shared_memory_registration(channel: grpc.Channel, figures) -> None:
     stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    seen: collections.Counter[str] = collections.Counter()
 
     @FUZZ
     @given(name=names, key=st.one_of(st.sampled_from(["/", "/..", "/../etc/passwd", "/nope", "//x", "", "a/b",
@@ -127,11 +138,12 @@ def test_fuzz_v2_shared_memory_registration(channel: grpc.Channel) -> None:
            offset=st.integers(0, 2**64 - 1), size=st.integers(0, 2**64 - 1))
     def run(name, key, offset, size):  # type: ignore[no-untyped-def]
         _check(lambda: stub.SystemSharedMemoryRegister(v2.SystemSharedMemoryRegisterRequest(
-            name=name, key=key, offset=offset, byte_size=size), timeout=30))
+            name=name, key=key, offset=offset, byte_size=size), timeout=30), seen)
 
     run()
     _check(lambda: stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(), timeout=30))
     _still_serving(channel)
+    figures(requests=sum(seen.values()), outcomes=dict(seen))
 
 
 def test_oversized_message_is_refused_with_the_limit(channel: grpc.Channel) -> None:
@@ -143,3 +155,38 @@ def test_oversized_message_is_refused_with_the_limit(channel: grpc.Channel) -> N
     assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in info.value.details()
     _still_serving(channel)
+
+
+def test_hostile_spec_files_in_a_live_daemon(start_daemon, short_tmp: Path, figures) -> None:
+    """The bad-spec corpus plus generated hostile files, dropped into a running daemon's folder next to a
+    good spec: each is rejected with its own error, the good model keeps serving."""
+    import shutil
+
+    corpus = Path(__file__).resolve().parents[1] / "data" / "bad_specs"
+    specs = affine_specs(short_tmp, 1.0)
+    (specs / "good.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    hostile = [p.name for p in corpus.glob("*.yaml")]
+    for name in hostile:
+        shutil.copy(corpus / name, specs / name)
+    generated = {
+        "bytes.yaml": b"provider: torch\nname: \xff\xfe\n",
+        "huge.yaml": b"description: " + b"x" * (3 * 2**20) + b"\n",
+        "deep.yaml": b"options: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "bomb.yaml": b"a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+                     b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+        "wrongtypes.yaml": b"provider: 7\nsource: [1, 2]\ndevice: {a: b}\nkeep_alive: [x]\ninputs: yes\n",
+    }
+    for name, data in generated.items():
+        (specs / name).write_bytes(data)
+    (specs / "escape.yaml").symlink_to("/etc/passwd")
+    expected = len(hostile) + len(generated) + 1
+    with daemon.client() as c:
+        wait_until(lambda: len(c.list().rejected) == expected, timeout=30)
+        listing = c.list()
+        assert [m.name for m in listing.models] == ["good"]
+        assert all(r.message and r.code for r in listing.rejected)
+        assert len({r.file for r in listing.rejected}) == expected           # one error per file
+        assert np.array_equal(c.infer("good", {"x": np.ones((1, 4), np.float32)}).outputs["y"],
+                              np.ones((1, 4), np.float32))
+    figures(hostile_files=expected, rejected=expected, good_model_served=True)

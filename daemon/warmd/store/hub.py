@@ -11,9 +11,11 @@ file bodies go through store.fetch for resume across daemon restarts, which hugg
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from warmd.errors import Code, WarmdError
 from warmd.spec import Source
 from warmd.store.fetch import Digest, part_path
 
@@ -66,9 +68,26 @@ def list_files(src: Source, commit: str) -> list[RemoteFile]:
     chosen = set(filter_repo_objects([e.path for e in entries],
                                      allow_patterns=list(src.allow_patterns) or None,
                                      ignore_patterns=list(src.ignore_patterns) or None))
-    return [RemoteFile(e.path, e.size,
-                       Digest("sha256", e.lfs.sha256) if e.lfs else Digest("git-sha1", e.blob_id))
-            for e in entries if e.path in chosen]
+    files = [RemoteFile(e.path, e.size,
+                        Digest("sha256", e.lfs.sha256) if e.lfs else Digest("git-sha1", e.blob_id))
+             for e in entries if e.path in chosen]
+    for f in files:
+        _check_names(src, commit, f)
+    return files
+
+
+_HEX = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+def _check_names(src: Source, commit: str, f: RemoteFile) -> None:
+    """A hub's answer becomes paths in the cache: a commit, a digest and a file path that could climb out
+    of it ("../../.bashrc") are refused before anything is written."""
+    parts = PurePosixPath(f.path).parts
+    unsafe = (not parts or f.path.startswith("/") or "\\" in f.path or any(p in ("..", ".") for p in parts)
+              or not _HEX.match(commit) or not _HEX.match(f.etag))
+    if unsafe:
+        raise WarmdError(Code.UNAVAILABLE, f"{src.describe()}: the hub listed an unsafe name (commit {commit!r}, "
+                         f"file {f.path!r}, digest {f.etag!r}); nothing was written. Is HF_ENDPOINT a real hub?")
 
 
 def file_url(src: Source, commit: str, path: str) -> str:
@@ -207,8 +226,6 @@ def suggest_spec(repo_id: str, revision: str) -> dict:
         WarmdError: `unsupported_provider` when no installed provider runs the repo's library.
     """
     from huggingface_hub import HfApi
-
-    from warmd.errors import Code, WarmdError
 
     info = HfApi().model_info(repo_id, revision=revision)
     library = info.library_name or ""
