@@ -19,6 +19,8 @@ from pathlib import Path
 from common import REPO, write_report
 
 TESTS = ["tests/integration/test_downloads.py::test_sigkill_at_20_random_points_of_downloads",
+         "tests/integration/test_downloads.py::test_full_disk_during_state_writes",
+         "tests/integration/test_downloads.py::test_hub_file_names_cannot_write_outside_the_cache",
          "tests/integration/test_faults.py", "tests/integration/test_fuzz.py"]
 
 
@@ -39,6 +41,12 @@ ROWS = {
         "SIGTERM with a load, a download and a watch stream under way",
         "1 shutdown", f"exit {f['exit_code']} in {f['stop_seconds']} s; load: {f['load']}, pull: {f['pull']}; "
                       "socket removed, no children, no temp files"),
+    "test_full_disk_during_state_writes": lambda f: (
+        "full disk under the daemon's state (tokens, manifests)", f"{f['state_writes_refused']} writes",
+        "insufficient_disk, previous state intact, daemon serving; both succeeded once space was back"),
+    "test_hub_file_names_cannot_write_outside_the_cache": lambda f: (
+        "hub listing file names that climb out of the cache", f"{f['escapes_tried']} names",
+        f"refused before any fetch; {f['written_outside']} files written outside"),
     "test_specs_folder_deleted_and_recreated": lambda f: (
         "specs folder deleted, then recreated", "1", "reported as a folder error; models back and serving"),
     "test_client_reconnects_after_a_restart": lambda f: (

@@ -43,3 +43,28 @@ def default_log_dir() -> Path:
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `path` with `text` all at once: readers see the old content or the new, never a torn file.
+
+    Raises:
+        WarmdError: `insufficient_disk` when the disk is full (the old file stays as it was).
+    """
+    import errno
+    import os
+
+    from warmd.errors import Code, WarmdError
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise WarmdError(Code.INSUFFICIENT_DISK, f"the disk holding {path.parent} is full; {path.name} was "
+                             "not written (its previous version is intact). Free some space and retry") from None
+        raise

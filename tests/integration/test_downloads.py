@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -232,21 +233,56 @@ def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, sho
     assert hub.connections == 0
 
 
-def test_full_disk_is_insufficient_disk_before_the_first_byte(start_daemon, hub: Hub, short_tmp: Path) -> None:
+@pytest.fixture
+def tiny_disk(short_tmp: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (needs root, as the machines of this project have), unmounted after the test."""
     tiny = short_tmp / "tiny"
     tiny.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(tiny)],
-                             capture_output=True).returncode == 0
-    if not mounted:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(tiny)],
+                      capture_output=True).returncode != 0:
         pytest.skip("needs a tiny tmpfs (root); the machines of this project have it")
     try:
-        daemon, _ = _big_daemon(start_daemon, hub, short_tmp, env={"HF_HUB_CACHE": str(tiny / "hub")})
-        result = daemon.warm("pull", "big")
-        assert result.returncode == 1 and "[insufficient_disk]" in result.stderr
-        assert hub.served_bytes("model.safetensors") == 0
-        daemon.terminate()
+        yield tiny
     finally:
         subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_full_disk_is_insufficient_disk_before_the_first_byte(start_daemon, hub: Hub, short_tmp: Path,
+                                                              tiny_disk: Path) -> None:
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, env={"HF_HUB_CACHE": str(tiny_disk / "hub")})
+    result = daemon.warm("pull", "big")
+    assert result.returncode == 1 and "[insufficient_disk]" in result.stderr
+    assert hub.served_bytes("model.safetensors") == 0
+    daemon.terminate()
+
+
+def test_full_disk_during_state_writes(start_daemon, hub: Hub, short_tmp: Path, tiny_disk: Path,
+                                       figures) -> None:
+    """The daemon's own state (download manifests, tokens) on a full disk: a clear `insufficient_disk`, the
+    previous state intact, the daemon serving; once space is back, the same calls succeed."""
+    data, config = tiny_disk / "data", tiny_disk / "config"
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, config={"data_dir": str(data)},
+                            env={"XDG_CONFIG_HOME": str(config)})
+    assert daemon.warm("token", "create", "--name", "first", "--scope", "read").returncode == 0
+    tokens = config / "warmd" / "tokens.json"
+    before = tokens.read_bytes()
+    filler = tiny_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:    # fill the disk to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    made = daemon.warm("token", "create", "--name", "second", "--scope", "read")
+    assert made.returncode == 1 and "[insufficient_disk]" in made.stderr and "intact" in made.stderr
+    assert tokens.read_bytes() == before and not list(tokens.parent.glob("*.tmp"))
+    pulled = daemon.warm("pull", "big")           # the blobs land elsewhere; the manifest cannot be written
+    assert pulled.returncode == 1 and "[insufficient_disk]" in pulled.stderr, pulled.stderr
+    assert daemon.proc.poll() is None
+    filler.unlink()
+    assert daemon.warm("token", "create", "--name", "second", "--scope", "read").returncode == 0
+    assert daemon.warm("pull", "big").returncode == 0
+    figures(state_writes_refused=2, previous_state_intact=True, recovered=True)
 
 
 def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from warmd.errors import METADATA_KEY, Code, WarmdError
+from warmd.paths import write_atomic
 
 SCOPES = ("read", "infer", "admin")
 OWNER = "owner"
@@ -92,11 +92,10 @@ class TokenStore:
         if not token:
             token = secrets.token_urlsafe(32)
             token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_private(token_file, token + "\n")
+            write_atomic(token_file, token + "\n", mode=0o600)
         with self._lock:
-            self._by_digest = {d: t for d, t in self._by_digest.items() if t.name != OWNER}
-            self._by_digest[_digest(token)] = TokenInfo(OWNER, "admin", _digest(token), time.time())
-            self._save_locked()
+            kept = {d: t for d, t in self._by_digest.items() if t.name != OWNER}
+            self._commit_locked({**kept, _digest(token): TokenInfo(OWNER, "admin", _digest(token), time.time())})
 
     def create(self, name: str, scope: str) -> str:
         """A new token `name` with `scope`. Returns the token itself, which is not kept anywhere.
@@ -113,8 +112,8 @@ class TokenStore:
         with self._lock:
             if any(t.name == name for t in self._by_digest.values()):
                 raise WarmdError(Code.INVALID_ARGUMENT, f"a token named {name!r} exists; revoke it first")
-            self._by_digest[_digest(token)] = TokenInfo(name, scope, _digest(token), time.time())
-            self._save_locked()
+            self._commit_locked({**self._by_digest,
+                                 _digest(token): TokenInfo(name, scope, _digest(token), time.time())})
         return token
 
     def revoke(self, name: str) -> None:
@@ -126,8 +125,7 @@ class TokenStore:
             if name == OWNER:
                 raise WarmdError(Code.INVALID_ARGUMENT, "the owner token cannot be revoked; delete the token "
                                  "file and restart the daemon to replace it")
-            self._by_digest = kept
-            self._save_locked()
+            self._commit_locked(kept)
 
     def list(self) -> list[TokenInfo]:
         with self._lock:
@@ -137,19 +135,12 @@ class TokenStore:
         with self._lock:
             return self._by_digest.get(_digest(token))
 
-    def _save_locked(self) -> None:
-        body = {"tokens": [asdict(t) for t in self._by_digest.values()]}
+    def _commit_locked(self, tokens: dict[str, TokenInfo]) -> None:
+        """Write the new set of tokens, then adopt it: a failed write (a full disk) changes nothing."""
+        body = {"tokens": [asdict(t) for t in tokens.values()]}
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.path, json.dumps(body, indent=1) + "\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically: a reader sees the old content or the new, never a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        write_atomic(self.path, json.dumps(body, indent=1) + "\n", mode=0o600)
+        self._by_digest = tokens
 
 
 class TokenAuth(grpc.ServerInterceptor):

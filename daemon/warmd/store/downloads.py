@@ -19,6 +19,7 @@ from pathlib import Path
 from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
+from warmd.paths import write_atomic
 from warmd.spec import ModelSpec, Source
 from warmd.store import hub
 from warmd.store.fetch import Digest, fetch, part_path
@@ -220,9 +221,7 @@ class Downloads:
         body = {"repo": src.ref, "revision": src.revision, "commit": commit, "finished": time.time(),
                 "files": [{"path": f.path, "size": f.size, "digest": f.digest.kind, "etag": f.etag}
                           for f in files]}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(body, indent=1))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(body, indent=1))
 
     def manifest(self, src: Source, commit: str) -> list[hub.RemoteFile] | None:
         try:

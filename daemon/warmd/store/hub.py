@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from warmd.errors import Code, WarmdError
+from warmd.paths import write_atomic
 from warmd.spec import Source
 from warmd.store.fetch import Digest, part_path
 
@@ -132,9 +133,7 @@ def record_ref(src: Source, commit: str) -> None:
         return
     ref = repo_dir(src.ref) / "refs" / src.revision
     ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref.with_name(ref.name + ".tmp")
-    tmp.write_text(commit)
-    os.replace(tmp, ref)
+    write_atomic(ref, commit)
 
 
 def cached_commit(src: Source) -> str | None:
