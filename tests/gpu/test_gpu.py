@@ -136,3 +136,28 @@ def test_host_tier_round_trip(start_daemon, short_tmp: Path) -> None:
         tiers = {m.name: m.residency.tier for m in c.status().resident}
         assert tiers == {"a": "gpu", "b": "host"}
         assert back_s < 1.0, back_s            # 1 GiB over PCIe from pinned memory, not a disk read
+
+
+def test_soak_gpu_memory_returns_to_baseline(start_daemon, short_tmp: Path) -> None:
+    """200 load/infer/unload cycles of a 256 MiB model: NVML's used memory ends within 5% of its baseline."""
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _square_model(specs, "m", 256)
+    daemon = start_daemon(specs)
+    with daemon.client() as c:
+        n = int(c.get("m").inputs[0].shape[1])
+        x = np.ones((1, n), np.float32)
+
+        def cycle() -> None:
+            c.infer("m", {"x": x})
+            c.unload("m")
+
+        for _ in range(10):
+            cycle()
+        time.sleep(0.5)
+        baseline = _nvml_used()
+        for _ in range(200):
+            cycle()
+        time.sleep(0.5)
+        final = _nvml_used()
+    assert abs(final - baseline) <= 0.05 * baseline, (baseline, final)
