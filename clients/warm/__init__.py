@@ -4,7 +4,7 @@
     with Client() as c:
         vec = c.infer("minilm", text=["hello"]).outputs["embedding"]
 """
-from warm.client import Client, InferResult, Shared
+from warm.client import Chunk, Client, InferResult, Shared
 from warmd.errors import Code, WarmdError
 
-__all__ = ["Client", "Code", "InferResult", "Shared", "WarmdError"]
+__all__ = ["Chunk", "Client", "Code", "InferResult", "Shared", "WarmdError"]

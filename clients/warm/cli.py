@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a tensor: NAME=[[1,2],[3,4]] (JSON) or NAME=@file.npy (repeatable)")
     p.add_argument("--dtype", default="float32", help="numpy dtype for JSON inputs (default float32)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="a provider parameter")
+    p.add_argument("--stream", action="store_true",
+                   help="print generated text as it comes (Ctrl-C stops the model)")
     p.set_defaults(run=cmd_infer)
     p = sub.add_parser("watch", parents=[common, as_json], help="follow events until interrupted")
     p.add_argument("--kind", action="append", default=[], help="event kind prefix, e.g. catalog. (repeatable)")
@@ -279,7 +281,19 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     inputs = dict(_tensor_arg(item, args.dtype) for item in args.input)
     params = dict(_param_arg(item) for item in args.param)
-    result = client.infer(args.name, inputs, text=args.text, parameters=params)
+    if args.stream:
+        result = None
+        for chunk in client.infer_stream(args.name, inputs, text=args.text, parameters=params):
+            if chunk.text and not args.json:
+                print(chunk.text, end="", flush=True)
+            elif chunk.progress and not args.json:
+                err_console.print(f"{chunk.progress[0]}/{chunk.progress[1]} {chunk.progress[2]}")
+            result = chunk.result or result
+        if not args.json:
+            print()
+            return 0
+    else:
+        result = client.infer(args.name, inputs, text=args.text, parameters=params)
     if args.json:
         print(json.dumps({
             "model": args.name,

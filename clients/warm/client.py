@@ -31,6 +31,15 @@ class InferResult:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """One piece of a streamed call (`Client.infer_stream`): exactly one field is set."""
+
+    text: str = ""                                   # the next piece of generated text
+    progress: tuple[int, int, str] | None = None     # (done, total, unit) of a long job
+    result: InferResult | None = None                # the last chunk
+
+
+@dataclass(frozen=True)
 class Shared:
     """A tensor in a registered shared-memory region (`Client.register_region`), in place of an array.
 
@@ -175,6 +184,39 @@ class Client:
         Raises:
             WarmdError: `invalid_argument` for inputs the model cannot take or bad region references.
         """
+        request = self._infer_request(name, inputs, text, parameters, outputs, output_regions, keep_alive)
+        return _result(self._call(self._stub.Infer, request))
+
+    def infer_stream(self, name: str, inputs: Mapping[str, Any] | None = None, *, text: Sequence[str] = (),
+                     parameters: Mapping[str, Any] | None = None,
+                     keep_alive: float | None = None) -> Iterator[Chunk]:
+        """Run a model and follow it: generated text as it comes, progress of long jobs, then the result.
+
+        Leaving the loop early (break, an exception) cancels the call, and the daemon stops the model at
+        its next step. Arguments as for `infer`.
+        Raises:
+            WarmdError: as `infer`; `cancelled` or `deadline_exceeded` when the call was stopped.
+        """
+        request = self._infer_request(name, inputs, text, parameters, (), None, keep_alive)
+        call = self._stub.InferStream(request, timeout=self.timeout, metadata=self._metadata)
+        try:
+            for chunk in call:
+                kind = chunk.WhichOneof("chunk")
+                if kind == "text":
+                    yield Chunk(text=chunk.text)
+                elif kind == "progress":
+                    yield Chunk(progress=(chunk.progress.done, chunk.progress.total, chunk.progress.unit))
+                else:
+                    yield Chunk(result=_result(chunk.result))
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            call.cancel()
+
+    @staticmethod
+    def _infer_request(name: str, inputs: Mapping[str, Any] | None, text: Sequence[str],
+                       parameters: Mapping[str, Any] | None, outputs: Sequence[str],
+                       output_regions: Mapping[str, Shared] | None, keep_alive: float | None) -> pb.InferRequest:
         from warmd import tensors
 
         def encode(key: str, value: Any) -> pb.Tensor:
@@ -188,13 +230,7 @@ class Client:
                                   output_regions={k: v.ref() for k, v in (output_regions or {}).items()})
         if keep_alive is not None:
             request.keep_alive_s = keep_alive
-        response = self._call(self._stub.Infer, request)
-        return InferResult(outputs={t.name: tensors.from_proto(t) for t in response.outputs
-                                    if not t.HasField("region")},
-                           json=json.loads(response.json) if response.json else None,
-                           signature=response.signature,
-                           written={t.name: (t.dtype, list(t.shape)) for t in response.outputs
-                                    if t.HasField("region")})
+        return request
 
     def create_token(self, name: str, scope: str = "read") -> tuple[str, pb.TokenInfo]:
         """A new token for TCP clients: `read` < `infer` < `admin`. Returns (token, info); the token is
@@ -272,3 +308,11 @@ def _read_token(path: Path) -> str:
     except OSError:
         raise WarmdError(Code.UNAUTHENTICATED, f"no token: TCP needs the daemon's token ({path} is not "
                          "readable); pass token= or set WARMD_TOKEN") from None
+
+
+def _result(response: pb.InferResponse) -> InferResult:
+    from warmd import tensors
+
+    return InferResult(outputs={t.name: tensors.from_proto(t) for t in response.outputs if not t.HasField("region")},
+                       json=json.loads(response.json) if response.json else None, signature=response.signature,
+                       written={t.name: (t.dtype, list(t.shape)) for t in response.outputs if t.HasField("region")})

@@ -1,14 +1,17 @@
-"""Running a model: one path for every API (warmd.v1 Infer, V2 ModelInfer and ModelStreamInfer), which
-also keeps the per-model statistics that V2's ModelStatistics reports."""
+"""Running a model: one path for every API (warmd.v1 Infer and InferStream, V2 ModelInfer and
+ModelStreamInfer). It admits calls per model (`max_in_flight` running, `max_queue` waiting, beyond that
+`busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports."""
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
 
-from warmd.errors import WarmdError
+from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
+
+QUEUE_POLL_S = 0.05     # how often a queued call looks at its cancellation and deadline
 
 
 @dataclass
@@ -20,31 +23,83 @@ class ModelStats:
     inference_count: int = 0      # items: the first dimension of the first input, or 1
     execution_count: int = 0      # provider calls
     last_inference_ms: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0
+
+
+class _Gate:
+    """One model's admission: how many calls run and how many wait."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.changed = threading.Condition()
 
 
 class Inference:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._stats: dict[str, ModelStats] = {}
+        self._gates: dict[str, _Gate] = {}
         self._lock = threading.Lock()
 
     def run(self, model: str, request: InferRequest, keep_alive: float | None = None) -> tuple[Resident, InferResult]:
-        """Hold the model (loading it if needed) and run one request on it.
+        """Admit the call, hold the model (loading it if needed) and run the request on it.
 
         Raises:
-            WarmdError: whatever the scheduler or provider raised (the failure is counted).
+            WarmdError: `busy` when the model's queue is full; `cancelled` / `deadline_exceeded` when the
+                caller gave up while queued or running; whatever the scheduler or provider raised. Every
+                failure is counted.
         """
         t0 = time.perf_counter_ns()
+        gate = self._gate(model)
         try:
-            with self.scheduler.acquire(model, keep_alive=keep_alive) as resident:
-                result = resident.provider.infer(request)
+            self._admit(model, gate, request)
+            queued = time.perf_counter_ns() - t0
+            try:
+                with self.scheduler.acquire(model, keep_alive=keep_alive) as resident:
+                    request.context.check()
+                    result = resident.provider.infer(request)
+            finally:
+                with gate.changed:
+                    gate.running -= 1
+                    gate.changed.notify()
         except WarmdError:
             self._record(model, request, t0, ok=False)
             raise
-        self._record(model, request, t0, ok=True)
+        self._record(model, request, t0, ok=True, queued_ns=queued)
         return resident, result
 
-    def _record(self, model: str, request: InferRequest, t0: int, ok: bool) -> None:
+    def _gate(self, model: str) -> _Gate:
+        with self._lock:
+            return self._gates.setdefault(model, _Gate())
+
+    def _admit(self, model: str, gate: _Gate, request: InferRequest) -> None:
+        spec = self.scheduler.catalog.get(model)
+        if spec is None:
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
+        with gate.changed:
+            if gate.running >= spec.max_in_flight:
+                if gate.waiting >= spec.max_queue:
+                    raise WarmdError(Code.BUSY, f"model {model!r} is busy: {gate.running} running, {gate.waiting} "
+                                     f"waiting (max_in_flight {spec.max_in_flight}, max_queue {spec.max_queue} "
+                                     "in its spec); retry later")
+                gate.waiting += 1
+                try:
+                    while gate.running >= spec.max_in_flight:
+                        request.context.check()
+                        gate.changed.wait(QUEUE_POLL_S)
+                finally:
+                    gate.waiting -= 1
+            gate.running += 1
+
+    def queue_depth(self, model: str) -> tuple[int, int]:
+        """(running, waiting) calls of `model` now."""
+        gate = self._gate(model)
+        with gate.changed:
+            return gate.running, gate.waiting
+
+    def _record(self, model: str, request: InferRequest, t0: int, ok: bool, queued_ns: int = 0) -> None:
         elapsed = time.perf_counter_ns() - t0
         first = next(iter(request.tensors.values()), None)
         items = (first.shape[0] if first is not None and first.ndim else 1) if request.tensors else \
@@ -56,6 +111,8 @@ class Inference:
                 stats.success_ns += elapsed
                 stats.inference_count += items
                 stats.execution_count += 1
+                stats.queue_count += 1
+                stats.queue_ns += queued_ns
             else:
                 stats.fail_count += 1
                 stats.fail_ns += elapsed

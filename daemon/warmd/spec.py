@@ -73,6 +73,8 @@ class ModelSpec:
     pin: bool = False
     keep_alive: float | None = None             # seconds; None = the daemon's default
     preload: bool = False
+    max_in_flight: int = 4                      # requests running at once; more wait in the queue
+    max_queue: int = 64                         # requests waiting; beyond that `busy` at once
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
 
@@ -201,6 +203,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         device=data.get("device", "auto"), precision=data.get("precision", "fp32"),
         memory=parse_size(data["memory"]) if "memory" in data else None,
         pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
+        max_in_flight=data.get("max_in_flight", 4), max_queue=data.get("max_queue", 64),
         inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
     )
 

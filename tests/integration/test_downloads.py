@@ -378,6 +378,8 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
     hub.add_repo(MINILM, minilm_files(), library_name="sentence-transformers", pipeline_tag="sentence-similarity",
                  tags=["sentence-transformers"], config={"architectures": ["BertModel"]})
     hub.add_repo("org/gpt", {"config.json": b"{}"}, library_name="transformers", pipeline_tag="text-generation")
+    hub.add_repo("org/asr", {"config.json": b"{}"}, library_name="transformers",
+                 pipeline_tag="automatic-speech-recognition")
     specs = short_tmp / "specs"
     specs.mkdir()
     daemon = start_daemon(specs, env=_hub_env(hub))
@@ -386,7 +388,10 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
     added = json.loads(result.stdout)
     assert added["name"] == "all-minilm-l6-v2" and added["provider"] == "sentence-transformers"
     assert (specs / "all-minilm-l6-v2.yaml").is_file()
-    result = daemon.warm("add", "hf://org/gpt")
+    result = daemon.warm("add", "hf://org/gpt", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["provider"] == "transformers"
+    assert "task: text-generation" in (specs / "gpt.yaml").read_text()
+    result = daemon.warm("add", "hf://org/asr")
     assert result.returncode == 1 and "[unsupported_provider]" in result.stderr
     assert daemon.warm("add", f"hf://{MINILM}").returncode == 1           # the name is taken
 
@@ -394,6 +399,7 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
         c.pull("all-minilm-l6-v2")
         assert c.infer("all-minilm-l6-v2", text=["hi"]).outputs["embedding"].shape == (1, 384)
         (specs / "all-minilm-l6-v2.yaml").unlink()
+        (specs / "gpt.yaml").unlink()
         wait_until(lambda: not c.list().models)
         [found] = c.list(discovered=True).discovered
     assert found.repo_id == MINILM and found.size_on_disk > 90_000_000

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models import affine_spec, affine_specs, write_affine_weights
-from waiting import wait_until
+from waiting import succeeds, wait_until
 from warm import Client, Code, WarmdError
 
 KIB = 1024
@@ -239,14 +239,7 @@ def test_client_reconnects_after_a_restart(start_daemon, short_tmp: Path) -> Non
         client.status()
     assert info.value.code is Code.UNAVAILABLE
     start_daemon(specs, root=short_tmp)
-    wait_until(lambda: _ok(client.status), timeout=20)          # the same client object, no new one
+    wait_until(lambda: succeeds(client.status), timeout=20)          # the same client object, no new one
     assert client.infer("a", {"x": X}).outputs["y"].shape == (1, 4)
     client.close()
 
-
-def _ok(fn) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-        return True
-    except WarmdError:
-        return False

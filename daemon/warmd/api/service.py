@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import weakref
 from typing import Iterator
@@ -12,13 +14,14 @@ import grpc
 
 from warmd import __version__
 from warmd.api.auth import TokenStore, caller
+from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
-from warmd.providers import InferRequest
+from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
@@ -150,9 +153,39 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        owner = caller(context)
+        infer_request = self._infer_request(request, owner, call_context(context))
+        resident, result = self.inference.run(request.model, infer_request, _keep_alive(request))
+        return self._infer_response(request, resident, result, owner)
+
+    @mapped_stream
+    def InferStream(self, request: pb.InferRequest, context: grpc.ServicerContext) -> Iterator[pb.InferChunk]:
+        owner = caller(context)
+        chunks: queue.Queue = queue.Queue()
+        infer_request = self._infer_request(request, owner, call_context(context, lambda *c: chunks.put(c)))
+
+        def work() -> None:
+            try:
+                chunks.put(("result", self.inference.run(request.model, infer_request, _keep_alive(request))))
+            except BaseException as exc:  # noqa: BLE001 - handed to the RPC's thread, which maps it
+                chunks.put(("error", exc))
+
+        threading.Thread(target=work, name=f"stream-{request.model}", daemon=True).start()
+        while True:
+            kind, value = chunks.get()
+            if kind == "text":
+                yield pb.InferChunk(text=value)
+            elif kind == "progress":
+                yield pb.InferChunk(progress=pb.Progress(phase="infer", done=value[0], total=value[1], unit=value[2]))
+            elif kind == "error":
+                raise value
+            else:
+                yield pb.InferChunk(result=self._infer_response(request, *value, owner))
+                return
+
+    def _infer_request(self, request: pb.InferRequest, owner: str, ctx: CallContext) -> InferRequest:
         from warmd import tensors   # numpy: imported on the first request, not at start-up
 
-        owner = caller(context)
         inputs = {}
         for t in request.inputs:
             if t.name in inputs:
@@ -163,10 +196,13 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                 inputs[t.name] = tensors.decode(t.name, t.dtype, t.shape, raw)
             else:
                 inputs[t.name] = tensors.from_proto(t)
-        params = parse_parameters(request.parameters_json)
-        keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
-        resident, result = self.inference.run(
-            request.model, InferRequest(tensors=inputs, text=list(request.text), parameters=params), keep_alive)
+        return InferRequest(tensors=inputs, text=list(request.text),
+                            parameters=parse_parameters(request.parameters_json), context=ctx)
+
+    def _infer_response(self, request: pb.InferRequest, resident: Resident, result: InferResult,
+                        owner: str) -> pb.InferResponse:
+        from warmd import tensors
+
         wanted = list(request.outputs) or list(result.tensors)
         unknown = [n for n in [*wanted, *request.output_regions] if n not in result.tensors]
         if unknown:
@@ -328,3 +364,7 @@ def parse_parameters(text: str) -> dict:
     if not isinstance(value, dict):
         raise WarmdError(Code.INVALID_ARGUMENT, "parameters_json must be a JSON object")
     return value
+
+
+def _keep_alive(request: pb.InferRequest) -> float | None:
+    return request.keep_alive_s if request.HasField("keep_alive_s") else None

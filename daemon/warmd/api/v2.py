@@ -13,11 +13,12 @@ import grpc
 
 from warmd import __version__
 from warmd.api.auth import caller
+from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
 from warmd.inference import Inference
-from warmd.providers import InferRequest, InferResult
+from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import Scheduler
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec
@@ -75,23 +76,24 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     # ---- inference -----------------------------------------------------------------------------
     @mapped
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
-        return self._infer(request, caller(context))
+        return self._infer(request, caller(context), call_context(context))
 
     @mapped_stream
     def ModelStreamInfer(self, requests: Iterator[v2.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[v2.ModelStreamInferResponse]:
-        owner = caller(context)
+        owner, ctx = caller(context), call_context(context)
         for request in requests:
             try:
-                yield v2.ModelStreamInferResponse(infer_response=self._infer(request, owner))
+                yield v2.ModelStreamInferResponse(infer_response=self._infer(request, owner, ctx))
             except WarmdError as err:      # one bad request does not end the stream
                 yield v2.ModelStreamInferResponse(error_message=f"[{err.code.value}] {err.message}")
 
-    def _infer(self, request: v2.ModelInferRequest, owner: str) -> v2.ModelInferResponse:
+    def _infer(self, request: v2.ModelInferRequest, owner: str, ctx: CallContext) -> v2.ModelInferResponse:
         spec = self._spec(request.model_name, request.model_version)
         tensors, text = self._inputs(request, owner)
         params = {k: _param(v) for k, v in request.parameters.items()}
-        _, result = self.inference.run(spec.name, InferRequest(tensors=tensors, text=text, parameters=params))
+        _, result = self.inference.run(spec.name, InferRequest(tensors=tensors, text=text, parameters=params,
+                                                                context=ctx))
         response = v2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
         self._outputs(request, result, owner, response)
         return response
@@ -167,7 +169,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name=spec.name, version=spec.version, last_inference=s.last_inference_ms,
             inference_count=s.inference_count, execution_count=s.execution_count,
             inference_stats=v2.InferStatistics(success=duration(count=s.success_count, ns=s.success_ns),
-                                               fail=duration(count=s.fail_count, ns=s.fail_ns)))
+                                               fail=duration(count=s.fail_count, ns=s.fail_ns),
+                                               queue=duration(count=s.queue_count, ns=s.queue_ns)))
         resident = self.scheduler.view(spec.name).resident
         if resident is not None:
             kind = "CPU_PINNED" if resident.tier == "host" else "GPU" if resident.device.startswith("cuda") else "CPU"

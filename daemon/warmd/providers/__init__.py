@@ -1,12 +1,13 @@
 """Providers by name. Importing this module imports no runtime: each provider imports its own on load."""
 from __future__ import annotations
 
-from warmd.providers.base import InferRequest, InferResult, Provider
+from warmd.providers.base import CallContext, InferRequest, InferResult, Provider
 from warmd.providers.sentence_transformers import SentenceTransformersProvider
 from warmd.providers.torch import TorchProvider
+from warmd.providers.transformers import TransformersProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
-    p.name: p for p in (TorchProvider, SentenceTransformersProvider)
+    p.name: p for p in (TorchProvider, SentenceTransformersProvider, TransformersProvider)
 }
 
-__all__ = ["PROVIDERS", "InferRequest", "InferResult", "Provider"]
+__all__ = ["PROVIDERS", "CallContext", "InferRequest", "InferResult", "Provider"]

@@ -20,10 +20,12 @@ import abc
 import functools
 import gc
 import sys
+import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
 import jsonschema
 
@@ -37,13 +39,50 @@ BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
+class CallContext:
+    """What a provider gets with every call besides its inputs: cancellation, and a way to report.
+
+    A provider that runs long checks `check()` between steps (tokens, frames, batches): it raises
+    `cancelled` once the caller cancelled, disconnected or ran out of time, and the daemon frees the slot.
+    `progress()` and `emit()` reach a streaming caller at once; for a unary call they are dropped.
+    """
+
+    def __init__(self, deadline: float | None = None,
+                 sink: Callable[[str, Any], None] | None = None) -> None:
+        self.cancelled = threading.Event()
+        self.deadline = deadline                 # time.monotonic() value, or None
+        self._sink = sink or (lambda kind, value: None)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def check(self) -> None:
+        """Raise `cancelled` or `deadline_exceeded` if the call should stop now."""
+        if self.past_deadline():
+            raise WarmdError(Code.DEADLINE_EXCEEDED, "the request ran past its deadline")
+        if self.cancelled.is_set():
+            raise WarmdError(Code.CANCELLED, "the caller cancelled the request")
+
+    def progress(self, done: int, total: int, unit: str = "steps") -> None:
+        """Report how far a long job is ("frames", "steps", "items")."""
+        self._sink("progress", (done, total, unit))
+
+    def emit(self, text: str) -> None:
+        """Stream a piece of output text (generation) to the caller."""
+        self._sink("text", text)
+
+
 @dataclass
 class InferRequest:
-    """What a provider gets: named arrays, texts, and free-form parameters."""
+    """What a provider gets: named arrays, texts, free-form parameters, and the call's context."""
 
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     text: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    context: CallContext = field(default_factory=CallContext)
 
 
 @dataclass

@@ -8,13 +8,15 @@ options:
   strict: require every parameter to be in the weights (default true)
 
 Inputs are passed to forward() positionally, in the order the spec's `inputs` declares (or the order
-the request gives). A tensor result is named by the spec's first output (default "output"); a tuple
+the request gives); a forward() with a `context` parameter also gets the call's CallContext (report
+progress, stop when cancelled). A tensor result is named by the spec's first output (default "output"); a tuple
 or dict result maps onto the declared outputs.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 import weakref
@@ -83,6 +85,8 @@ class TorchProvider(Provider):
             module = self._build(torch.device("cpu"))
             self._fill(module, state, assign=False)
         self.module = module.to(device=self.device, dtype=self._dtype).eval()
+        # A module whose forward() takes `context` gets the call's CallContext: progress and cancel.
+        self._takes_context = "context" in inspect.signature(self.module.forward).parameters
         return module_bytes(self.module)
 
     def _build(self, device):  # type: ignore[no-untyped-def]
@@ -110,8 +114,9 @@ class TorchProvider(Provider):
         import torch
 
         args = [self._to_tensor(name, arr) for name, arr in self._ordered_inputs(request)]
+        extra = {"context": request.context} if self._takes_context else {}
         with torch.inference_mode():
-            result = self.module(*args)
+            result = self.module(*args, **extra)
         return InferResult(tensors=self._name_outputs(result))
 
     def to_host(self) -> None:

@@ -216,6 +216,8 @@ def discover(named: set[str]) -> list[dict]:
 
 # library_name on the hub -> (provider, default task)
 _LIBRARIES = {"sentence-transformers": ("sentence-transformers", "feature-extraction")}
+# transformers repos: the pipelines the transformers provider runs (its TASKS)
+_TRANSFORMERS_TASKS = ("text-generation", "feature-extraction", "text-classification", "token-classification")
 
 
 def suggest_spec(repo_id: str, revision: str) -> dict:
@@ -230,11 +232,15 @@ def suggest_spec(repo_id: str, revision: str) -> dict:
     library = info.library_name or ""
     if library not in _LIBRARIES and "sentence-transformers" in (info.tags or []):
         library = "sentence-transformers"
-    if library not in _LIBRARIES:
+    if library == "transformers" and info.pipeline_tag in _TRANSFORMERS_TASKS:
+        provider, task = "transformers", info.pipeline_tag
+    elif library in _LIBRARIES:
+        provider, task = _LIBRARIES[library]
+    else:
         raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"{repo_id} is a {library or 'unknown-library'} model "
-                         f"(pipeline {info.pipeline_tag or 'unknown'}); installed providers run: "
-                         f"{', '.join(sorted(_LIBRARIES))}. Write its spec by hand with a torch factory.")
-    provider, task = _LIBRARIES[library]
+                         f"(pipeline {info.pipeline_tag or 'unknown'}); installed providers run sentence-"
+                         f"transformers repos and transformers repos for {', '.join(_TRANSFORMERS_TASKS)}. "
+                         "Write its spec by hand with a torch factory.")
     architectures = (info.config or {}).get("architectures") or []
     description = f"{repo_id}" + (f" ({', '.join(architectures)})" if architectures else "")
     return {"description": description, "task": info.pipeline_tag if info.pipeline_tag == task else task,

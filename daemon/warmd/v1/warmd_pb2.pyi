@@ -399,6 +399,16 @@ class InferResponse(_message.Message):
     signature: ModelSignature
     def __init__(self, model: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., json: _Optional[str] = ..., signature: _Optional[_Union[ModelSignature, _Mapping]] = ...) -> None: ...
 
+class InferChunk(_message.Message):
+    __slots__ = ("text", "progress", "result")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    progress: Progress
+    result: InferResponse
+    def __init__(self, text: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[InferResponse, _Mapping]] = ...) -> None: ...
+
 class WatchRequest(_message.Message):
     __slots__ = ("kinds", "model")
     KINDS_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.InferRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.InferStream = channel.unary_stream(
+                '/warmd.v1.Warmd/InferStream',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.InferRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.InferChunk.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/warmd.v1.Warmd/Watch',
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.WatchRequest.SerializeToString,
@@ -162,6 +167,14 @@ class WarmdServicer:
 
     def Infer(self, request, context):
         """Run a model (loading it first when it is not resident).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferStream(self, request, context):
+        """The same, streamed: generated text as it comes and progress of long jobs, then the full result.
+        Cancelling the call (or its deadline) stops the provider at its next step and frees its slot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +293,11 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.InferRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.InferResponse.SerializeToString,
+            ),
+            'InferStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InferStream,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.InferRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.InferChunk.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -499,6 +517,33 @@ class Warmd:
             '/warmd.v1.Warmd/Infer',
             warmd_dot_v1_dot_warmd__pb2.InferRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warmd.v1.Warmd/InferStream',
+            warmd_dot_v1_dot_warmd__pb2.InferRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.InferChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,19 @@
+"""The bridge from a gRPC call to a provider's CallContext: cancellation and deadline."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import grpc
+
+from warmd.providers import CallContext
+
+
+def call_context(context: grpc.ServicerContext, sink: Callable[[str, Any], None] | None = None) -> CallContext:
+    """A CallContext that is cancelled when the RPC ends for any reason (the client cancelled, disconnected
+    or ran past its deadline; or the call finished), with the RPC's deadline."""
+    remaining = context.time_remaining()
+    deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e8 else None
+    ctx = CallContext(deadline, sink)
+    context.add_callback(ctx.cancel)
+    return ctx
