@@ -356,7 +356,10 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
             ("config", status.config_file or "(none)"), ("log file", status.log_file),
             ("models", f"{status.models} ({status.rejected} rejected spec files)"),
             ("resident", ", ".join(m.name for m in status.resident) or "none"),
-            ("torch", "imported" if status.torch_imported else "not imported yet")]
+            ("torch", "imported" if status.torch_imported else "not imported yet"),
+            ("plugins", f"{status.plugins_dir}: " + (", ".join(
+                f"{p.name} ({p.provider})" if p.provider else f"{p.name} (disabled: {p.error})"
+                for p in status.plugins) or "none"))]
     for key, value in rows:
         out.print(f"[bold]{key:>9}[/bold]  {value}")
     devices = Table("DEVICE", "TOTAL", "BUDGET", "USED", "FREE", box=None)

@@ -88,6 +88,12 @@ class Catalog:
                 self._files, self._specs, self._rejected = states, specs, rejected
             self._announce(old_specs, specs, old_rejected, rejected)
 
+    def revalidate(self) -> None:
+        """Parse every file again (the set of providers changed: a plugin came or went), then rescan."""
+        with self._lock:
+            self._files = {}
+        self.rescan()
+
     def _spec_files(self) -> list[Path]:
         try:
             entries = sorted(self.root.iterdir())

@@ -37,6 +37,11 @@ def default_specs_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "specs"
 
 
+def default_plugins_dir() -> Path:
+    """Provider plugins: the only folder the daemon imports code from besides installed packages."""
+    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "plugins"
+
+
 def default_log_dir() -> Path:
     return Path(platformdirs.user_log_dir(APP, appauthor=False))
 

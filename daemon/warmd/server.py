@@ -26,6 +26,7 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
+from warmd.plugins import Plugins
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
 from warmd.shm import SharedMemoryRegistry
@@ -42,13 +43,15 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
+        self.providers = dict(PROVIDERS)        # plus the plugins' providers, as they come and go
         self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
-                               PROVIDERS, self.bus, settings.reload_debounce)
+                               self.providers, self.bus, settings.reload_debounce)
+        self.plugins = Plugins(settings.plugins_dir, self.providers, on_change=self.catalog.revalidate)
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
                            timeout_s=settings.download_timeout)
         inventory = devices.inventory(settings.cpu_budget, settings.gpu_budget, settings.gpu_reserve,
                                       settings.simulated_gpus)
-        self.scheduler = Scheduler(self.catalog, self.store, PROVIDERS, self.bus, settings.keep_alive, inventory,
+        self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.inference = Inference(self.scheduler)
         self.shm = SharedMemoryRegistry()
@@ -64,6 +67,7 @@ class Daemon:
         try:
             if self.settings.specs_dir == paths.default_specs_dir():
                 self.settings.specs_dir.mkdir(parents=True, exist_ok=True)   # a fresh install starts empty
+            self.plugins.start()
             self.catalog.start()
             self._listen()
             self._notify_ready()
@@ -122,7 +126,7 @@ class Daemon:
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
-                         self.shm, self.tokens), server)
+                         self.shm, self.tokens, self.plugins), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
             server)
@@ -150,6 +154,7 @@ class Daemon:
         for event in [srv.stop(grace=self.settings.drain_timeout) for srv in self.servers]:
             event.wait()
         self.catalog.stop()
+        self.plugins.stop()
         self.scheduler.shutdown(timeout_s=self.settings.drain_timeout)
         log.info("stopped")
 

@@ -21,6 +21,7 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
+from warmd.plugins import Plugins
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.shm import SharedMemoryRegistry
@@ -36,9 +37,10 @@ POLL_S = 0.1
 
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
-                 bus: EventBus, inference: Inference, shm: SharedMemoryRegistry, tokens: TokenStore) -> None:
+                 bus: EventBus, inference: Inference, shm: SharedMemoryRegistry, tokens: TokenStore,
+                 plugins: Plugins) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
-        self.inference, self.shm, self.tokens = inference, shm, tokens
+        self.inference, self.shm, self.tokens, self.plugins = inference, shm, tokens, plugins
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -147,6 +149,9 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             resident=[self._model(r.spec) for r in self.scheduler.resident()],
             models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()),
             offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()),
+            plugins_dir=str(s.plugins_dir),
+            plugins=[pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error)
+                     for p in self.plugins.states()],
             devices=[pb.DeviceStatus(name=d.name, total=d.total, budget=d.budget, used=used,
                                      free=-1 if free is None else free, reserve=d.reserve, simulated=d.simulated)
                      for d, used, free in self.scheduler.device_usage()])

@@ -309,7 +309,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache", "devices")
+    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache", "devices", "plugins_dir", "plugins")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,8 @@ class StatusResponse(_message.Message):
     DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
     HF_CACHE_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_DIR_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     started_at: float
@@ -342,7 +344,21 @@ class StatusResponse(_message.Message):
     downloads: str
     hf_cache: str
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
+    plugins_dir: str
+    plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., plugins_dir: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
+
+class Plugin(_message.Message):
+    __slots__ = ("name", "provider", "folder", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    provider: str
+    folder: str
+    error: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., folder: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ModelSignature(_message.Message):
     __slots__ = ("name", "version", "signature", "source", "revision", "precision", "device")
