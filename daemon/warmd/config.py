@@ -24,6 +24,8 @@ class Settings:
     # "HOST:PORT"; empty = no TCP listener. Loopback only unless tcp_allow_remote.
     tcp: str = ""
     tcp_allow_remote: bool = False
+    # "HOST:PORT" of a Prometheus metrics endpoint (plain HTTP, no token: loopback only); empty = off.
+    metrics: str = ""
     token_file: Path = field(default_factory=paths.default_token_file)
     log_dir: Path = field(default_factory=paths.default_log_dir)
     log_level: str = "info"

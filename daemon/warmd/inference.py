@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
@@ -42,6 +43,8 @@ class Inference:
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
         self._lock = threading.Lock()
+        # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
+        self.observer: Callable[[str, str, float], None] | None = None
 
     def run(self, model: str, request: InferRequest, keep_alive: float | None = None) -> tuple[Resident, InferResult]:
         """Admit the call, hold the model (loading it if needed) and run the request on it.
@@ -64,8 +67,8 @@ class Inference:
                 with gate.changed:
                     gate.running -= 1
                     gate.changed.notify()
-        except WarmdError:
-            self._record(model, request, t0, ok=False)
+        except WarmdError as err:
+            self._record(model, request, t0, ok=False, code=err.code.value)
             raise
         self._record(model, request, t0, ok=True, queued_ns=queued)
         return resident, result
@@ -99,8 +102,11 @@ class Inference:
         with gate.changed:
             return gate.running, gate.waiting
 
-    def _record(self, model: str, request: InferRequest, t0: int, ok: bool, queued_ns: int = 0) -> None:
+    def _record(self, model: str, request: InferRequest, t0: int, ok: bool, queued_ns: int = 0,
+                code: str = "ok") -> None:
         elapsed = time.perf_counter_ns() - t0
+        if self.observer is not None:
+            self.observer(model, code, elapsed / 1e9)
         first = next(iter(request.tensors.values()), None)
         items = (first.shape[0] if first is not None and first.ndim else 1) if request.tensors else \
             max(1, len(request.text))

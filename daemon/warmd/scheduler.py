@@ -79,6 +79,11 @@ class Resident:
         return not self.retiring and self.tier == "device" and not self.moving
 
     @property
+    def shown_tier(self) -> str:
+        """The tier as users see it: "gpu", "cpu", or "host" (parked in host memory)."""
+        return "host" if self.tier == "host" else "gpu" if self.device.startswith("cuda") else "cpu"
+
+    @property
     def bytes(self) -> int:
         """What it counts for: the spec's `memory` if given (the author knows about workspace a
         measurement cannot see), else the measured bytes, else the estimate."""

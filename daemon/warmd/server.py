@@ -26,6 +26,7 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
+from warmd.metrics import Metrics
 from warmd.plugins import Plugins
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
@@ -54,6 +55,7 @@ class Daemon:
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.inference = Inference(self.scheduler)
+        self.metrics: Metrics | None = None
         self.shm = SharedMemoryRegistry()
         self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
         self.health = health.HealthServicer()
@@ -116,6 +118,12 @@ class Daemon:
             tcp.start()
             self.servers.append(tcp)
             log.info("also listening on %s:%d (bearer token in %s)", host, port, s.token_file)
+        if s.metrics:
+            host = _check_tcp(s.metrics, allow_remote=False, remedy="metrics have no token and stay on this machine")
+            self.metrics = Metrics(self.catalog, self.scheduler, self.inference, self.bus)
+            self.inference.observer = self.metrics.observe
+            port = self.metrics.serve(host, int(s.metrics.rpartition(":")[2]))
+            log.info("metrics on http://%s:%d/metrics", host, port)
 
     def _server(self, interceptors: tuple[grpc.ServerInterceptor, ...]) -> grpc.Server:
         limit = self.settings.max_message_bytes
@@ -155,6 +163,8 @@ class Daemon:
             event.wait()
         self.catalog.stop()
         self.plugins.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.scheduler.shutdown(timeout_s=self.settings.drain_timeout)
         log.info("stopped")
 
@@ -171,18 +181,18 @@ class Daemon:
         return self.settings.socket.with_name(self.settings.socket.name + ".pid")
 
 
-def _check_tcp(address: str, allow_remote: bool) -> str:
+def _check_tcp(address: str, allow_remote: bool,
+               remedy: str = "set tcp_allow_remote: true in the config to listen beyond this machine") -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise WarmdError(Code.INVALID_ARGUMENT, f"--tcp {address!r} must be HOST:PORT, e.g. 127.0.0.1:7071")
+        raise WarmdError(Code.INVALID_ARGUMENT, f"{address!r} must be HOST:PORT, e.g. 127.0.0.1:7071")
     host = host.strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback and not allow_remote:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"--tcp {address!r} is not a loopback address; set "
-                         "tcp_allow_remote: true in the config to listen beyond this machine")
+        raise WarmdError(Code.INVALID_ARGUMENT, f"{address!r} is not a loopback address; {remedy}")
     return host
 
 
