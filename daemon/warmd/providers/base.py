@@ -52,9 +52,24 @@ class CallContext:
         self.cancelled = threading.Event()
         self.deadline = deadline                 # time.monotonic() value, or None
         self._sink = sink or (lambda kind, value: None)
+        self._on_cancel: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        with self._lock:
+            self.cancelled.set()
+            callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the call is cancelled (at once if it already is): for runtimes that stop
+        from another thread, such as ONNX Runtime's RunOptions.terminate."""
+        with self._lock:
+            if not self.cancelled.is_set():
+                self._on_cancel.append(callback)
+                return
+        callback()
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
