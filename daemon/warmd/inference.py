@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from warmd.batching import Batcher
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
+from warmd.spec import ModelSpec
 
 QUEUE_POLL_S = 0.05     # how often a queued call looks at its cancellation and deadline
 
@@ -22,7 +24,7 @@ class ModelStats:
     fail_count: int = 0
     fail_ns: int = 0
     inference_count: int = 0      # items: the first dimension of the first input, or 1
-    execution_count: int = 0      # provider calls
+    execution_count: int = 0      # provider calls (fewer than requests when batching)
     last_inference_ms: int = 0
     queue_count: int = 0
     queue_ns: int = 0
@@ -42,6 +44,7 @@ class Inference:
         self.scheduler = scheduler
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
+        self._batchers: dict[tuple, Batcher] = {}
         self._lock = threading.Lock()
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
         self.observer: Callable[[str, str, float], None] | None = None
@@ -57,12 +60,17 @@ class Inference:
         t0 = time.perf_counter_ns()
         gate = self._gate(model)
         try:
-            self._admit(model, gate, request)
+            spec = self._admit(model, gate, request)
             queued = time.perf_counter_ns() - t0
             try:
-                with self.scheduler.acquire(model, keep_alive=keep_alive) as resident:
-                    request.context.check()
-                    result = resident.provider.infer(request)
+                request.context.check()
+                batcher = self._batcher(spec)
+                if batcher is not None:
+                    resident, result = batcher.submit(request, keep_alive)
+                else:
+                    with self.scheduler.acquire(model, keep_alive=keep_alive) as resident:
+                        result = resident.provider.infer(request)
+                    self._executed(model)
             finally:
                 with gate.changed:
                     gate.running -= 1
@@ -77,7 +85,23 @@ class Inference:
         with self._lock:
             return self._gates.setdefault(model, _Gate())
 
-    def _admit(self, model: str, gate: _Gate, request: InferRequest) -> None:
+    def _batcher(self, spec: ModelSpec) -> Batcher | None:
+        """The model's batcher when its spec asks for batching and its provider can batch."""
+        cls = self.scheduler.providers.get(spec.provider)
+        if spec.max_batch <= 1 or cls is None or not cls.batchable:
+            return None
+        key = (spec.name, spec.max_batch, spec.max_delay_ms)
+        with self._lock:
+            if key not in self._batchers:
+                self._batchers[key] = Batcher(self.scheduler, spec.name, spec.max_batch, spec.max_delay_ms / 1000,
+                                              self._executed)
+            return self._batchers[key]
+
+    def _executed(self, model: str) -> None:
+        with self._lock:
+            self._stats.setdefault(model, ModelStats()).execution_count += 1
+
+    def _admit(self, model: str, gate: _Gate, request: InferRequest) -> ModelSpec:
         spec = self.scheduler.catalog.get(model)
         if spec is None:
             raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
@@ -95,6 +119,7 @@ class Inference:
                 finally:
                     gate.waiting -= 1
             gate.running += 1
+        return spec
 
     def queue_depth(self, model: str) -> tuple[int, int]:
         """(running, waiting) calls of `model` now."""
@@ -116,7 +141,6 @@ class Inference:
                 stats.success_count += 1
                 stats.success_ns += elapsed
                 stats.inference_count += items
-                stats.execution_count += 1
                 stats.queue_count += 1
                 stats.queue_ns += queued_ns
             else:

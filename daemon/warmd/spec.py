@@ -75,6 +75,8 @@ class ModelSpec:
     preload: bool = False
     max_in_flight: int = 4                      # requests running at once; more wait in the queue
     max_queue: int = 64                         # requests waiting; beyond that `busy` at once
+    max_batch: int = 1                          # dynamic batching: requests joined into one call (1 = off)
+    max_delay_ms: float = 5.0                   # how long a batch's first request waits for others
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
 
@@ -204,6 +206,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         memory=parse_size(data["memory"]) if "memory" in data else None,
         pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
         max_in_flight=data.get("max_in_flight", 4), max_queue=data.get("max_queue", 64),
+        max_batch=data.get("max_batch", 1), max_delay_ms=float(data.get("max_delay_ms", 5.0)),
         inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
     )
 

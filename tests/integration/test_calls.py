@@ -168,3 +168,41 @@ def test_encoder_tasks(start_daemon, short_tmp: Path, tiny_models: Path) -> None
         [rejected] = c.list().rejected                            # a task the spec format does not know
         assert rejected.file.endswith("wrong.yaml") and rejected.field == "task"
 
+
+
+def test_dynamic_batching_gives_the_unbatched_results_in_fewer_calls(start_daemon, short_tmp: Path) -> None:
+    import grpc
+
+    from models import write_mlp
+    from warmd.v2 import inference_pb2 as v2
+    from warmd.v2 import inference_pb2_grpc
+
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_mlp(specs, "plain")
+    write_mlp(specs, "batched")
+    text = (specs / "batched.yaml").read_text()
+    (specs / "batched.yaml").write_text(text + "max_batch: 8\nmax_delay_ms: 200\nmax_in_flight: 8\n")
+    daemon = start_daemon(specs)
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((rows, 64), dtype=np.float32) for rows in (1, 2, 1, 3, 1, 1, 2, 1)]
+    with daemon.client() as c:
+        c.load("batched")
+        expected = [c.infer("plain", {"x": x}).outputs["y"] for x in inputs]
+        got: dict[int, np.ndarray] = {}
+
+        def call(k: int) -> None:
+            got[k] = c.infer("batched", {"x": inputs[k]}).outputs["y"]
+
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert all(np.allclose(got[k], expected[k], atol=1e-6) for k in range(len(inputs)))
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as ch:
+        [stats] = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
+            v2.ModelStatisticsRequest(name="batched"), timeout=10).model_stats
+    assert stats.inference_count == sum(len(x) for x in inputs)        # rows
+    assert stats.inference_stats.success.count == len(inputs)          # requests
+    assert stats.execution_count < len(inputs)                          # fewer provider calls than requests

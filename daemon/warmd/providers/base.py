@@ -116,6 +116,9 @@ class Provider(abc.ABC):
     options_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
     # Whether to_host/to_device are implemented (the host-RAM tier parks a model evicted from a GPU).
     parkable: ClassVar[bool] = False
+    # Whether requests can be joined along their first dimension (or texts) and outputs split back
+    # (dynamic batching, spec `max_batch`).
+    batchable: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
         self.spec, self.files, self.device = spec, files, device

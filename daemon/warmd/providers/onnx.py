@@ -20,6 +20,7 @@ from warmd.spec import ModelSpec
 
 class OnnxProvider(Provider):
     name = "onnx"
+    batchable = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,

@@ -18,6 +18,7 @@ from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input
 class SentenceTransformersProvider(Provider):
     name = "sentence-transformers"
     parkable = True
+    batchable = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 class TorchProvider(Provider):
     name = "torch"
     parkable = True
+    batchable = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,
