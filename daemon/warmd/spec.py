@@ -30,14 +30,16 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package
-    ref: str                                    # repo id, URL, path, or package name
+    kind: str                                   # hf | url | path | package | remote
+    ref: str                                    # repo id, URL, path, package name, or V2 endpoint
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
     sha256: str | None = None
     mirrors: tuple[str, ...] = ()
     subdir: str = ""
+    model: str = ""                             # remote: the model's name there (default: the spec's)
+    token_env: str = ""                         # remote: environment variable holding its bearer token
 
     def describe(self) -> str:
         if self.kind == "hf":
@@ -307,6 +309,8 @@ def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
                       ignore_patterns=tuple(src.get("ignore_patterns", ())))
     if "url" in src:
         return Source("url", src["url"], sha256=src["sha256"], mirrors=tuple(src.get("mirrors", ())))
+    if "remote" in src:
+        return Source("remote", src["remote"], model=src.get("model", ""), token_env=src.get("token_env", ""))
     if "package" in src:
         subdir = src.get("subdir", "")
         if Path(subdir).is_absolute() or ".." in Path(subdir).parts:

@@ -52,6 +52,8 @@ class Store:
                 when a file's sha256 differs from the spec's.
         """
         src = spec.source
+        if src.kind == "remote":
+            return spec.file.parent           # nothing local: the model lives at the endpoint
         if src.kind == "path":
             path = Path(src.ref)
             if not path.exists():
@@ -96,6 +98,10 @@ class Store:
             blobs = hub.repo_dir(src.ref) / "blobs"
             partial = sum(p.stat().st_size for p in blobs.glob("*.part")) if blobs.is_dir() else 0
             return FilesState("partial" if partial else "missing", partial, commit)
+        if src.kind == "remote":
+            from warmd.providers.remote import health
+
+            return FilesState(f"remote {health(spec)}", 0)
         if src.kind == "url":
             final = url_path(self.data_dir, src)
             if final.is_file():
