@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ps", parents=[common, as_json], help="resident models")
     p.set_defaults(run=cmd_ps)
     p = sub.add_parser("infer", parents=[common, as_json], help="run a model")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", default="", help="the model (or use --role)")
+    p.add_argument("--role", default="", help="run the model that plays this role in the active profile")
     p.add_argument("--text", action="append", default=[], help="a text input (repeatable)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="a tensor: NAME=[[1,2],[3,4]] (JSON) or NAME=@file.npy (repeatable)")
@@ -112,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
     p.set_defaults(run=cmd_status)
+    p = sub.add_parser("profile", parents=[common, as_json], help="profiles of roles: list | use NAME")
+    p.add_argument("action", choices=["list", "use"])
+    p.add_argument("profile_name", nargs="?", default="", metavar="NAME")
+    p.set_defaults(run=cmd_profile)
     p = sub.add_parser("token", parents=[common, as_json], help="tokens for TCP clients: create | list | revoke")
     p.add_argument("action", choices=["create", "list", "revoke"])
     p.add_argument("revoke_name", nargs="?", metavar="NAME", help="the token to revoke")
@@ -239,6 +244,28 @@ def cmd_pin(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "use":
+        if not args.profile_name:
+            raise WarmdError(Code.INVALID_ARGUMENT, "warm profile use NAME")
+        roles = client.use_profile(args.profile_name)
+        active = args.profile_name
+    else:
+        listing = client.list_profiles()
+        if args.json:
+            return _print_json(listing)
+        roles, active = list(listing.roles), listing.active
+        out.print(f"profiles: {', '.join(listing.profiles) or 'none'}")
+    if args.json:
+        return _print_json_list(roles)
+    out.print(f"active: {active}")
+    table = Table("ROLE", "MODEL", "PASSED OVER", box=None)
+    for r in roles:
+        table.add_row(r.role, r.model or "(none)", "; ".join(f"{p.model}: {p.reason}" for p in r.passed_over))
+    out.print(table)
+    return 0
+
+
 def cmd_token(client: Client, args: argparse.Namespace) -> int:
     if args.action == "create":
         token, info = client.create_token(args.name, args.scope)
@@ -279,6 +306,13 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
+    if args.role:
+        choice = client.resolve_role(args.role)
+        args.name = choice.model
+        err_console.print(f"role {args.role} -> {choice.model}" + "".join(
+            f"; passed over {p.model}: {p.reason}" for p in choice.passed_over))
+    elif not args.name:
+        raise WarmdError(Code.INVALID_ARGUMENT, "name a model, or pass --role ROLE")
     inputs = dict(_tensor_arg(item, args.dtype) for item in args.input)
     params = dict(_param_arg(item) for item in args.param)
     if args.stream:

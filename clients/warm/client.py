@@ -232,6 +232,22 @@ class Client:
             request.keep_alive_s = keep_alive
         return request
 
+    def resolve_role(self, role: str, profile: str = "") -> pb.RoleChoice:
+        """The model that plays `role` in the active (or named) profile, and why others were passed over.
+
+        Raises:
+            WarmdError: `invalid_argument` for an unknown role or profile; `unavailable` when no
+                preferred model qualifies.
+        """
+        return self._call(self._stub.ResolveRole, pb.ResolveRoleRequest(role=role, profile=profile))
+
+    def list_profiles(self) -> pb.ListProfilesResponse:
+        return self._call(self._stub.ListProfiles, pb.ListProfilesRequest())
+
+    def use_profile(self, name: str) -> list[pb.RoleChoice]:
+        """Make profile `name` active: its roles' models load, the previous profile's others unload."""
+        return list(self._call(self._stub.UseProfile, pb.UseProfileRequest(name=name)).roles)
+
     def create_token(self, name: str, scope: str = "read") -> tuple[str, pb.TokenInfo]:
         """A new token for TCP clients: `read` < `infer` < `admin`. Returns (token, info); the token is
         shown only now (the daemon keeps its hash).

@@ -20,6 +20,7 @@ class Settings:
 
     specs_dir: Path = field(default_factory=paths.default_specs_dir)
     plugins_dir: Path = field(default_factory=paths.default_plugins_dir)
+    profiles_dir: Path = field(default_factory=paths.default_profiles_dir)
     socket: Path = field(default_factory=paths.default_socket)
     # "HOST:PORT"; empty = no TCP listener. Loopback only unless tcp_allow_remote.
     tcp: str = ""
@@ -63,7 +64,7 @@ class Settings:
         return self.log_dir / "warmd.log"
 
 
-_PATHS = {"specs_dir", "plugins_dir", "socket", "token_file", "log_dir", "config_file", "data_dir"}
+_PATHS = {"specs_dir", "plugins_dir", "profiles_dir", "socket", "token_file", "log_dir", "config_file", "data_dir"}
 
 
 def _coerce(name: str, value: Any) -> Any:

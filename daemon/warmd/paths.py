@@ -42,6 +42,11 @@ def default_plugins_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "plugins"
 
 
+def default_profiles_dir() -> Path:
+    """Profiles: named sets of role -> preferred models (`warm profile use NAME`)."""
+    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "profiles"
+
+
 def default_log_dir() -> Path:
     return Path(platformdirs.user_log_dir(APP, appauthor=False))
 

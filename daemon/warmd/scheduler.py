@@ -394,6 +394,18 @@ class Scheduler:
         return (sum(r.bytes for r in residents if r.device == device and not r.freed.is_set())
                 + sum(n for d, n in self._reserved.values() if d == device))
 
+    def room_for(self, spec: ModelSpec, need: int) -> int:
+        """The most bytes `spec` could get on a device it may use, evicting every unpinned model there
+        (what a load could make room for at best; for choosing among models, not a reservation)."""
+        with self._lock:
+            best = 0
+            for device in devices.candidates(spec.device, self.devices):
+                pinned = sum(s.current.bytes for s in self._slots.values()
+                             if s.current is not None and s.current.device == device.name and s.current.pinned
+                             and s.current.spec.name != spec.name)
+                best = max(best, device.budget - pinned)
+            return best
+
     def _free_locked(self, device: Device) -> int:
         """Bytes a new model may take: what is left of the budget, and of the reserve others need."""
         used = self._used_locked(device.name)

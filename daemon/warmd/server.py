@@ -28,6 +28,7 @@ from warmd.events import EventBus
 from warmd.inference import Inference
 from warmd.metrics import Metrics
 from warmd.plugins import Plugins
+from warmd.roles import Profiles
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
 from warmd.shm import SharedMemoryRegistry
@@ -55,6 +56,8 @@ class Daemon:
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.inference = Inference(self.scheduler)
+        self.profiles = Profiles(settings.profiles_dir, settings.data_dir / "active_profile", self.catalog,
+                                 self.scheduler, self.store)
         self.metrics: Metrics | None = None
         self.shm = SharedMemoryRegistry()
         self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
@@ -134,7 +137,7 @@ class Daemon:
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
-                         self.shm, self.tokens, self.plugins), server)
+                         self.shm, self.tokens, self.plugins, self.profiles), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
             server)

@@ -38,7 +38,8 @@ METHOD_SCOPES = {
     **{_V2 + m: "infer" for m in ("ModelInfer", "ModelStreamInfer", "SystemSharedMemoryRegister",
                                   "SystemSharedMemoryUnregister")},
     **{_WARMD + m: "admin" for m in ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel",
-                                     "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken")},
+                                     "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken",
+                                     "UseProfile")},
     **{_V2 + m: "admin" for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

@@ -22,6 +22,7 @@ from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
 from warmd.plugins import Plugins
+from warmd.roles import Choice, Profiles
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.shm import SharedMemoryRegistry
@@ -38,9 +39,9 @@ POLL_S = 0.1
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
                  bus: EventBus, inference: Inference, shm: SharedMemoryRegistry, tokens: TokenStore,
-                 plugins: Plugins) -> None:
+                 plugins: Plugins, profiles: Profiles) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
-        self.inference, self.shm, self.tokens, self.plugins = inference, shm, tokens, plugins
+        self.inference, self.shm, self.tokens, self.plugins, self.profiles = inference, shm, tokens, plugins, profiles
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -227,6 +228,20 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             signature=self._signature(resident))
 
     @mapped
+    def ResolveRole(self, request: pb.ResolveRoleRequest, context: grpc.ServicerContext) -> pb.RoleChoice:
+        return _choice(self.profiles.resolve(request.role, request.profile))
+
+    @mapped
+    def ListProfiles(self, request: pb.ListProfilesRequest, context: grpc.ServicerContext) -> pb.ListProfilesResponse:
+        active = self.profiles.active()
+        return pb.ListProfilesResponse(active=active, profiles=self.profiles.names(),
+                                       roles=[_choice(c) for c in self.profiles.choices(active)])
+
+    @mapped
+    def UseProfile(self, request: pb.UseProfileRequest, context: grpc.ServicerContext) -> pb.UseProfileResponse:
+        return pb.UseProfileResponse(roles=[_choice(c) for c in self.profiles.use(request.name)])
+
+    @mapped
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
         token = self.tokens.create(request.name, request.scope)
         info = self.tokens.lookup(token)
@@ -373,3 +388,8 @@ def parse_parameters(text: str) -> dict:
 
 def _keep_alive(request: pb.InferRequest) -> float | None:
     return request.keep_alive_s if request.HasField("keep_alive_s") else None
+
+
+def _choice(choice: Choice) -> pb.RoleChoice:
+    return pb.RoleChoice(role=choice.role, model=choice.model,
+                         passed_over=[pb.PassedOver(model=m, reason=r) for m, r in choice.passed_over])

@@ -540,3 +540,55 @@ class RevokeTokenRequest(_message.Message):
 class RevokeTokenResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ResolveRoleRequest(_message.Message):
+    __slots__ = ("role", "profile")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    profile: str
+    def __init__(self, role: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class RoleChoice(_message.Message):
+    __slots__ = ("role", "model", "passed_over")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PASSED_OVER_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    model: str
+    passed_over: _containers.RepeatedCompositeFieldContainer[PassedOver]
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ...) -> None: ...
+
+class PassedOver(_message.Message):
+    __slots__ = ("model", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProfilesResponse(_message.Message):
+    __slots__ = ("active", "profiles", "roles")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    active: str
+    profiles: _containers.RepeatedScalarFieldContainer[str]
+    roles: _containers.RepeatedCompositeFieldContainer[RoleChoice]
+    def __init__(self, active: _Optional[str] = ..., profiles: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[_Union[RoleChoice, _Mapping]]] = ...) -> None: ...
+
+class UseProfileRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UseProfileResponse(_message.Message):
+    __slots__ = ("roles",)
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    roles: _containers.RepeatedCompositeFieldContainer[RoleChoice]
+    def __init__(self, roles: _Optional[_Iterable[_Union[RoleChoice, _Mapping]]] = ...) -> None: ...

@@ -124,6 +124,21 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.ResolveRole = channel.unary_unary(
+                '/warmd.v1.Warmd/ResolveRole',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ResolveRoleRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
+                _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/warmd.v1.Warmd/ListProfiles',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
+        self.UseProfile = channel.unary_unary(
+                '/warmd.v1.Warmd/UseProfile',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -261,6 +276,27 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveRole(self, request, context):
+        """Which model plays a role in the active (or a named) profile, and why the others were passed over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """The profiles, the active one, and its roles as they resolve now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UseProfile(self, request, context):
+        """Make a profile active (kept across restarts): load its roles' models, unload the previous ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +389,21 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ResolveRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveRole,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ResolveRoleRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ListProfilesRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'UseProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseProfile,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -841,6 +892,87 @@ class Warmd:
             '/warmd.v1.Warmd/RevokeToken',
             warmd_dot_v1_dot_warmd__pb2.RevokeTokenRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ResolveRole',
+            warmd_dot_v1_dot_warmd__pb2.ResolveRoleRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ListProfiles',
+            warmd_dot_v1_dot_warmd__pb2.ListProfilesRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/UseProfile',
+            warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

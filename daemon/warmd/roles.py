@@ -1,0 +1,170 @@
+"""Roles and profiles: apps ask for a role ("embedder", "chat"), not a model name.
+
+A profile is a file `<profiles_dir>/<name>.yaml` mapping roles to ordered preferences with requirements:
+
+    roles:
+      embedder:
+        prefer: [bge-small, minilm]     # the first that is available and fits wins
+        task: feature-extraction        # optional: models of another task are passed over
+        max_memory: 1GiB                # optional: models estimated above it are passed over
+      chat:
+        prefer: [qwen-7b, qwen-1.5b]
+
+`warm profile use NAME` makes it the active profile (kept in the data folder, so it survives restarts),
+loads each role's chosen model and unloads the models the previous profile chose that the new one does not.
+Files are read on every call: an edit takes effect at the next resolution.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from warmd.catalog import Catalog
+from warmd.errors import Code, WarmdError
+from warmd.paths import write_atomic
+from warmd.scheduler import Scheduler
+from warmd.store import Store
+from warmd.units import format_size, parse_size
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Choice:
+    role: str
+    model: str                                                 # "" when nothing qualifies
+    passed_over: list[tuple[str, str]] = field(default_factory=list)   # (model, why)
+
+
+class Profiles:
+    def __init__(self, folder: Path, state_file: Path, catalog: Catalog, scheduler: Scheduler,
+                 store: Store) -> None:
+        self.folder, self.state_file = folder, state_file
+        self.catalog, self.scheduler, self.store = catalog, scheduler, store
+
+    # ---- reading -------------------------------------------------------------------------------
+    def active(self) -> str:
+        try:
+            return self.state_file.read_text().strip() or DEFAULT
+        except OSError:
+            return DEFAULT
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.stem for p in self.folder.glob("*.yaml") if _NAME.match(p.stem))
+        except OSError:
+            return []
+
+    def roles(self, profile: str) -> dict[str, dict]:
+        """The profile's roles, validated.
+
+        Raises:
+            WarmdError: `invalid_argument` naming the file and what is wrong; `model_not_found`-like
+                `invalid_argument` for an unknown profile.
+        """
+        if not _NAME.match(profile):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"profile name {profile!r}: letters, digits, . _ -")
+        path = self.folder / f"{profile}.yaml"
+        if not path.is_file():
+            if profile == DEFAULT:
+                return {}
+            raise WarmdError(Code.INVALID_ARGUMENT, f"no profile {profile!r}: create {path} "
+                             f"(profiles: {', '.join(self.names()) or 'none'})")
+        try:
+            body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            roles = body.get("roles", {}) if isinstance(body, dict) else None
+            if not isinstance(roles, dict):
+                raise ValueError("the top level must be a mapping with `roles:`")
+            for role, rule in roles.items():
+                if not isinstance(rule, dict) or not isinstance(rule.get("prefer"), list) or not rule["prefer"]:
+                    raise ValueError(f"role {role!r} needs `prefer: [model, ...]`")
+                if "max_memory" in rule:
+                    rule["max_memory"] = parse_size(rule["max_memory"])
+            return roles
+        except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{path}: {exc}") from None
+
+    # ---- choosing ------------------------------------------------------------------------------
+    def resolve(self, role: str, profile: str = "") -> Choice:
+        """The model that plays `role` in the profile (default: the active one), and why others did not.
+
+        Raises:
+            WarmdError: `invalid_argument` for an unknown role or profile; `unavailable` when no
+                preferred model qualifies (the message lists why each was passed over).
+        """
+        profile = profile or self.active()
+        rules = self.roles(profile)
+        if role not in rules:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
+                             f"(roles: {', '.join(rules) or 'none'})")
+        choice = self._choose(role, rules[role])
+        if not choice.model:
+            why = "; ".join(f"{m}: {r}" for m, r in choice.passed_over)
+            raise WarmdError(Code.UNAVAILABLE, f"no model can play {role!r} in profile {profile!r}: {why}")
+        return choice
+
+    def _choose(self, role: str, rule: dict) -> Choice:
+        passed: list[tuple[str, str]] = []
+        for name in rule["prefer"]:
+            why = self._disqualified(str(name), rule)
+            if why is None:
+                return Choice(role, str(name), passed)
+            passed.append((str(name), why))
+        return Choice(role, "", passed)
+
+    def _disqualified(self, name: str, rule: dict) -> str | None:
+        spec = self.catalog.get(name)
+        if spec is None:
+            return "not in the catalog"
+        if rule.get("task") and spec.task != rule["task"]:
+            return f"task {spec.task}, the role needs {rule['task']}"
+        view = self.scheduler.view(name)
+        if view.state == "failed" and view.error is not None:
+            return f"its last load failed [{view.error.code.value}]"
+        if view.resident is not None:
+            need = view.resident.bytes
+        else:
+            try:
+                files = self.store.local(spec)
+            except WarmdError as err:
+                if spec.source.kind not in ("hf", "url"):
+                    return f"files not available [{err.code.value}]"
+                files = None      # downloadable: its size is known only afterwards, unless the spec says
+            cls = self.scheduler.providers.get(spec.provider)
+            need = spec.memory if spec.memory is not None else (
+                cls.estimate(spec, files) if cls is not None and files is not None else 0)
+        if "max_memory" in rule and need > rule["max_memory"]:
+            return f"needs {format_size(need)}, over the role's {format_size(rule['max_memory'])}"
+        if view.resident is None and need > self.scheduler.room_for(spec, need):
+            return f"needs {format_size(need)}, more than its device can make room for (pinned models stay)"
+        return None
+
+    # ---- switching -----------------------------------------------------------------------------
+    def use(self, profile: str) -> list[Choice]:
+        """Make `profile` active: load each role's model, unload what only the previous profile chose.
+
+        Returns:
+            The choice for every role (a role with no qualifying model has model "").
+        """
+        new_rules = self.roles(profile)                   # validates before anything changes
+        old = self.active()
+        try:
+            old_models = {c.model for c in self.choices(old)}
+        except WarmdError:
+            old_models = set()
+        choices = [self._choose(role, rule) for role, rule in new_rules.items()]
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.state_file, profile + "\n")
+        chosen = {c.model for c in choices if c.model}
+        for model in sorted(old_models - chosen - {""}):
+            self.scheduler.unload(model, reason="profile")
+        for model in sorted(chosen):
+            self.scheduler.start_load(model, reason="profile")
+        return choices
+
+    def choices(self, profile: str) -> list[Choice]:
+        return [self._choose(role, rule) for role, rule in self.roles(profile).items()]
