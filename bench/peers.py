@@ -1,0 +1,366 @@
+"""warmd side by side with MLServer and TorchServe: one command, one table.
+
+    .venv/bin/python bench/peers.py [--calls 1000] [--rounds 3] [--no-torchserve]
+
+Installs each peer into its own virtual environment under $WARMD_PEERS_CACHE (default
+~/.cache/warmd-peers), torch pinned to warmd's 2.13.0 (MLServer 1.7.1 with uvloop 0.21.0; TorchServe 0.12.0
+with torch-model-archiver, needs Java 17). Serves the same locally made tiny MLP (64->128->10, seeded) from
+each, all on 127.0.0.1, and measures in one run:
+
+- infer p50/p99, [1,64] float32, sequential calls; rounds alternate between servers. warmd and MLServer get
+  the same Open Inference Protocol (V2) gRPC client; TorchServe its own gRPC inference API; the floor is a
+  bare grpcio echo server carrying the same V2 request bytes;
+- throughput of 32 concurrent clients (threads in 4 processes);
+- time to ready (process start until the model answers), time to load a second and a third model;
+- memory (RSS of the server's process tree) idle with one model and with three.
+
+Every server it starts it stops, also on failure. The table goes to bench/results/peers.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from common import REPO, percentile, write_report, workdir
+
+CACHE = Path(os.environ.get("WARMD_PEERS_CACHE", Path.home() / ".cache" / "warmd-peers"))
+TORCH = "torch==2.13.0"
+PEERS = {
+    "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", "safetensors"],
+    "torchserve": ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "safetensors", "grpcio",
+                   "grpcio-tools", "protobuf"],
+}
+SIZES = (64, 128, 10)
+MODELS = ("mlp1", "mlp2", "mlp3")
+
+MLSERVER_RUNTIME = textwrap.dedent('''
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from mlserver import MLModel
+    from mlserver.codecs import NumpyCodec
+    from mlserver.types import InferenceRequest, InferenceResponse
+
+
+    class MLP(MLModel):
+        async def load(self):
+            sizes = (64, 128, 10)
+            layers = []
+            for a, b in zip(sizes, sizes[1:]):
+                layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+            self.net = torch.nn.Sequential(*layers[:-1]).eval()
+            self.net.load_state_dict(load_file(self.settings.parameters.uri))
+            return True
+
+        async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+            x = NumpyCodec.decode_input(payload.inputs[0])
+            with torch.inference_mode():
+                y = self.net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("y", y)])
+''')
+
+
+# ---- environments ----------------------------------------------------------------------------------
+def ensure_venv(name: str) -> Path:
+    """The peer's own virtual environment (made once): torch first and pinned, then the peer."""
+    venv = CACHE / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    wanted = json.dumps(PEERS[name])
+    if marker.is_file() and marker.read_text() == wanted:
+        return python
+    print(f"installing {name} into {venv} (once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, TORCH], check=True)
+    subprocess.run([*pip, *PEERS[name]], check=True)
+    marker.write_text(wanted)
+    return python
+
+
+# ---- processes and probes ------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> Iterator[subprocess.Popen]:
+    """A server process in its own process group, stopped (group and all) at the end, also on failure."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            for sig, wait in ((15, 20), (9, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(wait)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+
+
+def wait_until(check: Callable[[], object], timeout: float = 180.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return time.monotonic()
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.01)
+    raise TimeoutError("server not ready in time")
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+# ---- clients ---------------------------------------------------------------------------------------
+def v2_request(model: str):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from warmd.v2 import inference_pb2 as v2
+
+    x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
+    request = v2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+class V2:
+    """The same Open Inference Protocol gRPC client for every V2 server."""
+
+    def __init__(self, address: str, metadata: tuple = ()) -> None:
+        import grpc
+
+        from warmd.v2 import inference_pb2 as v2
+        from warmd.v2 import inference_pb2_grpc
+
+        self.v2, self.metadata = v2, metadata
+        self.channel = grpc.insecure_channel(address)
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def infer(self, model: str) -> None:
+        self.stub.ModelInfer(v2_request(model), timeout=60, metadata=self.metadata)
+
+    def load(self, model: str) -> None:
+        self.stub.RepositoryModelLoad(self.v2.RepositoryModelLoadRequest(model_name=model), timeout=300,
+                                      metadata=self.metadata)
+
+    def ready(self, model: str) -> bool:
+        return self.stub.ModelReady(self.v2.ModelReadyRequest(name=model), timeout=5, metadata=self.metadata).ready
+
+
+class Echo:
+    def __init__(self, address: str) -> None:
+        import grpc
+
+        from echo_server import METHOD
+
+        self.call = grpc.insecure_channel(address).unary_unary(METHOD)
+        self.body = v2_request("mlp1").SerializeToString()
+
+    def infer(self, model: str) -> None:
+        self.call(self.body, timeout=60)
+
+
+# Throughput: threads in client processes, V2 ModelInfer (or the echo call) back to back.
+LOAD_CLIENT = r'''
+import sys, threading, time
+sys.path[:0] = [sys.argv[1] + "/daemon", sys.argv[1] + "/bench"]
+import grpc
+from peers import V2, Echo
+kind, address, model, threads, seconds, token = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+done = [0] * threads
+stop = time.monotonic() + seconds
+def run(k):
+    client = Echo(address) if kind == "echo" else V2(address, (("authorization", "Bearer " + token),) if token else ())
+    while time.monotonic() < stop:
+        client.infer(model); done[k] += 1
+ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(sum(done))
+'''
+
+
+def throughput(kind: str, address: str, model: str, token: str = "", clients: int = 32, seconds: float = 5) -> float:
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(REPO), kind, address, model,
+                               str(clients // 4), str(seconds), token], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    return sum(int(p.communicate(timeout=seconds + 120)[0].strip() or 0) for p in procs) / seconds
+
+
+# ---- the servers -----------------------------------------------------------------------------------
+def write_weights(folder: Path, name: str, seed: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(SIZES, SIZES[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    path = folder / f"{name}.safetensors"
+    save_file(torch.nn.Sequential(*layers[:-1]).state_dict(), str(path))
+    return path
+
+
+def warmd_server(root: Path, port: int):  # type: ignore[no-untyped-def]
+    from models import write_mlp
+
+    specs = root / "warmd-specs"
+    specs.mkdir()
+    for i, name in enumerate(MODELS):
+        write_mlp(specs, name, SIZES, seed=i)
+    env = {"XDG_CONFIG_HOME": str(root / "wcfg"), "XDG_RUNTIME_DIR": str(root / "wrun"),
+           "XDG_DATA_HOME": str(root / "wdata"), "XDG_STATE_HOME": str(root / "wstate"), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(root / "w.sock"),
+            "--tcp", f"127.0.0.1:{port}"]
+    return args, env, root / "wcfg" / "warmd" / "token"
+
+
+def mlserver_server(root: Path, port: int, python: Path):  # type: ignore[no-untyped-def]
+    repo = root / "mlserver-models"
+    repo.mkdir()
+    (repo / "mlp_runtime.py").write_text(MLSERVER_RUNTIME)
+    for i, name in enumerate(MODELS):
+        folder = repo / name
+        folder.mkdir()
+        weights = write_weights(folder, "weights", seed=i)
+        (folder / "model-settings.json").write_text(json.dumps(
+            {"name": name, "implementation": "mlp_runtime.MLP", "parameters": {"uri": str(weights)}}))
+    (repo / "settings.json").write_text(json.dumps(
+        {"grpc_port": port, "http_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
+         "load_models_at_startup": False, "host": "127.0.0.1", "metrics_endpoint": None}))
+    return [str(python.parent / "mlserver"), "start", str(repo)], {"PYTHONPATH": str(repo)}, repo
+
+
+# ---- measuring -------------------------------------------------------------------------------------
+def latency(client, model: str, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
+    for _ in range(20):
+        client.infer(model)
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        client.infer(model)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per round and server")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5, help="throughput run per server")
+    parser.add_argument("--no-torchserve", action="store_true")
+    args = parser.parse_args()
+    mls_python = ensure_venv("mlserver")
+    rows: dict[str, dict[str, object]] = {}
+    with workdir() as root, contextlib.ExitStack() as stack:
+        # floor
+        echo_port = free_port()
+        stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
+                                     f"127.0.0.1:{echo_port}"], root / "echo.log"))
+        echo = Echo(f"127.0.0.1:{echo_port}")
+        wait_until(lambda: echo.infer("mlp1") or True)
+
+        # warmd: ready = process start until mlp1 answers
+        w_port = free_port()
+        w_args, w_env, token_file = warmd_server(root, w_port)
+        t0 = time.monotonic()
+        warmd = stack.enter_context(started(w_args, root / "warmd.log", w_env))
+        wait_until(lambda: token_file.is_file() and token_file.read_text().strip())
+        token = token_file.read_text().strip()
+        w = V2(f"127.0.0.1:{w_port}", (("authorization", f"Bearer {token}"),))
+        w_ready = wait_until(lambda: w.infer("mlp1") or True) - t0
+
+        # MLServer
+        m_port = free_port()
+        m_args, m_env, _ = mlserver_server(root, m_port, mls_python)
+        t0 = time.monotonic()
+        mls = stack.enter_context(started(m_args, root / "mlserver.log", m_env))
+        m = V2(f"127.0.0.1:{m_port}")
+        wait_until(lambda: m.load("mlp1") or True)
+        m_ready = wait_until(lambda: m.infer("mlp1") or True) - t0
+
+        servers = {"bare grpcio echo (floor)": (echo, None), "warmd": (w, warmd), "MLServer 1.7.1": (m, mls)}
+        for name, (_, proc) in servers.items():
+            rows[name] = {"lat": [], "rss1": tree_rss(proc.pid) if proc else 0}
+        rows["warmd"]["ready"], rows["MLServer 1.7.1"]["ready"] = w_ready, m_ready
+        for _ in range(args.rounds):                       # alternate between servers
+            for name, (client, _) in servers.items():
+                rows[name]["lat"] += latency(client, "mlp1", args.calls)
+        for name, client in (("warmd", w), ("MLServer 1.7.1", m)):
+            loads = []
+            for model in MODELS[1:]:
+                t0 = time.monotonic()
+                client.load(model)
+                client.infer(model)
+                loads.append(time.monotonic() - t0)
+            rows[name]["load2"], rows[name]["load3"] = loads
+        rows["warmd"]["rss3"], rows["MLServer 1.7.1"]["rss3"] = tree_rss(warmd.pid), tree_rss(mls.pid)
+        rows["bare grpcio echo (floor)"]["tput"] = throughput("echo", f"127.0.0.1:{echo_port}", "mlp1",
+                                                              seconds=args.seconds)
+        rows["warmd"]["tput"] = throughput("v2", f"127.0.0.1:{w_port}", "mlp1", token, seconds=args.seconds)
+        rows["MLServer 1.7.1"]["tput"] = throughput("v2", f"127.0.0.1:{m_port}", "mlp1", seconds=args.seconds)
+    report(rows, args)
+    return 0
+
+
+def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
+    floor = statistics.median(rows["bare grpcio echo (floor)"]["lat"])  # type: ignore[arg-type]
+    own = statistics.median(rows["warmd"]["lat"])  # type: ignore[arg-type]
+
+    def cell(row: dict, key: str, fmt: Callable[[float], str]) -> str:
+        return fmt(row[key]) if key in row and row[key] else "—"
+
+    mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
+    sec = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+    lines = ["# warmd, MLServer and TorchServe side by side", "",
+             f"`.venv/bin/python bench/peers.py --calls {args.calls} --rounds {args.rounds}` on {platform.machine()}, "
+             f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}. Tiny MLP 64-128-10, [1,64] float32, all over TCP on "
+             "127.0.0.1; warmd and MLServer with the same V2 gRPC client.", "",
+             "| server | infer p50 | p99 | p50 / floor | p50 / warmd | calls/s, 32 clients | ready | load 2nd | "
+             "load 3rd | RSS, 1 model | RSS, 3 models |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lat = row["lat"]
+        p50 = statistics.median(lat)  # type: ignore[arg-type]
+        lines.append(f"| {name} | {p50 * 1e3:.2f} ms | {percentile(lat, 99) * 1e3:.2f} ms | {p50 / floor:.2f}x | "  # type: ignore[arg-type]
+                     f"{p50 / own:.2f}x | {cell(row, 'tput', lambda v: f'{v:.0f}')} | {cell(row, 'ready', sec)} | "
+                     f"{cell(row, 'load2', sec)} | {cell(row, 'load3', sec)} | {cell(row, 'rss1', mib)} | "
+                     f"{cell(row, 'rss3', mib)} |")
+    write_report("peers", lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "daemon"))
+    sys.exit(main())
