@@ -71,6 +71,50 @@ MLSERVER_RUNTIME = textwrap.dedent('''
 ''')
 
 
+TORCHSERVE_HANDLER = textwrap.dedent('''
+    import os
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from ts.torch_handler.base_handler import BaseHandler
+
+
+    class MLPHandler(BaseHandler):
+        def initialize(self, context):
+            sizes = (64, 128, 10)
+            layers = []
+            for a, b in zip(sizes, sizes[1:]):
+                layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+            self.net = torch.nn.Sequential(*layers[:-1]).eval()
+            folder = context.system_properties.get("model_dir")
+            self.net.load_state_dict(load_file(os.path.join(folder, "weights.safetensors")))
+            self.initialized = True
+
+        def handle(self, data, context):
+            out = []
+            for row in data:
+                raw = row.get("data") or row.get("body")
+                x = np.frombuffer(bytes(raw), dtype=np.float32).reshape(-1, 64).copy()
+                with torch.inference_mode():
+                    out.append(self.net(torch.from_numpy(x)).numpy().tobytes())
+            return out
+''')
+# TorchServe's gRPC inference API, written from its documentation (package and field numbers as TorchServe's).
+TORCHSERVE_PROTO = textwrap.dedent('''
+    syntax = "proto3";
+    package org.pytorch.serve.grpc.inference;
+    message PredictionsRequest {
+      string model_name = 1;
+      string model_version = 2;
+      map<string, bytes> input = 3;
+    }
+    message PredictionResponse { bytes prediction = 1; }
+    service InferenceAPIsService {
+      rpc Predictions(PredictionsRequest) returns (PredictionResponse);
+    }
+''')
+
+
 # ---- environments ----------------------------------------------------------------------------------
 def ensure_venv(name: str) -> Path:
     """The peer's own virtual environment (made once): torch first and pinned, then the peer."""
@@ -180,6 +224,32 @@ class V2:
         return self.stub.ModelReady(self.v2.ModelReadyRequest(name=model), timeout=5, metadata=self.metadata).ready
 
 
+class TorchServeGrpc:
+    """TorchServe's own gRPC inference API (stubs compiled from TORCHSERVE_PROTO into `folder`)."""
+
+    def __init__(self, address: str, folder: Path) -> None:
+        import grpc
+        import numpy as np
+        from grpc_tools import protoc
+
+        if not (folder / "ts_inference_pb2.py").exists():
+            (folder / "ts_inference.proto").write_text(TORCHSERVE_PROTO)
+            protoc.main(["protoc", f"-I{folder}", f"--python_out={folder}", f"--grpc_python_out={folder}",
+                         "ts_inference.proto"])
+        sys.path.insert(0, str(folder))
+        import ts_inference_pb2
+        import ts_inference_pb2_grpc
+
+        self.pb = ts_inference_pb2
+        self.stub = ts_inference_pb2_grpc.InferenceAPIsServiceStub(grpc.insecure_channel(address))
+        self.body = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32).tobytes()
+
+    def infer(self, model: str) -> None:
+        reply = self.stub.Predictions(self.pb.PredictionsRequest(model_name=model, input={"data": self.body}),
+                                      timeout=60)
+        assert len(reply.prediction) == 40, reply.prediction[:200]
+
+
 class Echo:
     def __init__(self, address: str) -> None:
         import grpc
@@ -200,10 +270,17 @@ sys.path[:0] = [sys.argv[1] + "/daemon", sys.argv[1] + "/bench"]
 import grpc
 from peers import V2, Echo
 kind, address, model, threads, seconds, token = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+from pathlib import Path
+from peers import TorchServeGrpc
 done = [0] * threads
 stop = time.monotonic() + seconds
 def run(k):
-    client = Echo(address) if kind == "echo" else V2(address, (("authorization", "Bearer " + token),) if token else ())
+    if kind == "echo":
+        client = Echo(address)
+    elif kind == "torchserve":
+        client = TorchServeGrpc(address, Path(token))      # here `token` carries the stubs folder
+    else:
+        client = V2(address, (("authorization", "Bearer " + token),) if token else ())
     while time.monotonic() < stop:
         client.infer(model); done[k] += 1
 ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
@@ -263,6 +340,38 @@ def mlserver_server(root: Path, port: int, python: Path):  # type: ignore[no-unt
     return [str(python.parent / "mlserver"), "start", str(repo)], {"PYTHONPATH": str(repo)}, repo
 
 
+def torchserve_server(root: Path, python: Path, ports: dict[str, int]):  # type: ignore[no-untyped-def]
+    store = root / "ts-store"
+    store.mkdir()
+    (root / "mlp_handler.py").write_text(TORCHSERVE_HANDLER)
+    archiver = python.parent / "torch-model-archiver"
+    for i, name in enumerate(MODELS):
+        weights = write_weights(root, "weights", seed=i)
+        subprocess.run([str(archiver), "--model-name", name, "--version", "1.0", "--handler",
+                        str(root / "mlp_handler.py"), "--serialized-file", str(weights), "--export-path",
+                        str(store), "--force"], check=True, cwd=root)
+    config = root / "config.properties"
+    config.write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{ports['http']}", f"management_address=http://127.0.0.1:{ports['mgmt']}",
+        f"metrics_address=http://127.0.0.1:{ports['metrics']}", f"grpc_inference_port={ports['grpc']}",
+        f"grpc_management_port={ports['grpc_mgmt']}", "grpc_inference_address=127.0.0.1",
+        "grpc_management_address=127.0.0.1", "enable_model_api=true", "disable_token_authorization=true",
+        f"model_store={store}", "load_models=mlp1.mar", "default_workers_per_model=1",
+        "install_py_dep_per_model=false", "enable_envvars_config=false"]) + "\n")
+    args = [str(python.parent / "torchserve"), "--start", "--foreground", "--ncs", "--model-store", str(store),
+            "--ts-config", str(config)]
+    return args, {"PATH": f"{python.parent}:{os.environ['PATH']}", "LOG_LOCATION": str(root / "ts-logs"),
+                  "METRICS_LOCATION": str(root / "ts-logs")}
+
+
+def torchserve_register(mgmt_port: int, model: str) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{mgmt_port}/models?url={model}.mar&initial_workers=1"
+                                     "&synchronous=true", method="POST")
+    urllib.request.urlopen(request, timeout=300).read()
+
+
 # ---- measuring -------------------------------------------------------------------------------------
 def latency(client, model: str, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
     for _ in range(20):
@@ -312,9 +421,20 @@ def main() -> int:
         m_ready = wait_until(lambda: m.infer("mlp1") or True) - t0
 
         servers = {"bare grpcio echo (floor)": (echo, None), "warmd": (w, warmd), "MLServer 1.7.1": (m, mls)}
+        if not args.no_torchserve:
+            ts_python = ensure_venv("torchserve")
+            ports = {k: free_port() for k in ("http", "mgmt", "metrics", "grpc", "grpc_mgmt")}
+            t_args, t_env = torchserve_server(root, ts_python, ports)
+            t0 = time.monotonic()
+            ts = stack.enter_context(started(t_args, root / "torchserve.log", t_env, cwd=root))
+            t = TorchServeGrpc(f"127.0.0.1:{ports['grpc']}", root)
+            t_ready = wait_until(lambda: t.infer("mlp1") or True, timeout=300) - t0
+            servers["TorchServe 0.12.0"] = (t, ts)
         for name, (_, proc) in servers.items():
             rows[name] = {"lat": [], "rss1": tree_rss(proc.pid) if proc else 0}
         rows["warmd"]["ready"], rows["MLServer 1.7.1"]["ready"] = w_ready, m_ready
+        if "TorchServe 0.12.0" in servers:
+            rows["TorchServe 0.12.0"]["ready"] = t_ready
         for _ in range(args.rounds):                       # alternate between servers
             for name, (client, _) in servers.items():
                 rows[name]["lat"] += latency(client, "mlp1", args.calls)
@@ -327,6 +447,17 @@ def main() -> int:
                 loads.append(time.monotonic() - t0)
             rows[name]["load2"], rows[name]["load3"] = loads
         rows["warmd"]["rss3"], rows["MLServer 1.7.1"]["rss3"] = tree_rss(warmd.pid), tree_rss(mls.pid)
+        if "TorchServe 0.12.0" in servers:
+            loads = []
+            for model in MODELS[1:]:
+                t0 = time.monotonic()
+                torchserve_register(ports["mgmt"], model)
+                t.infer(model)
+                loads.append(time.monotonic() - t0)
+            rows["TorchServe 0.12.0"]["load2"], rows["TorchServe 0.12.0"]["load3"] = loads
+            rows["TorchServe 0.12.0"]["rss3"] = tree_rss(ts.pid)
+            rows["TorchServe 0.12.0"]["tput"] = throughput("torchserve", f"127.0.0.1:{ports['grpc']}", "mlp1",
+                                                           str(root), seconds=args.seconds)
         rows["bare grpcio echo (floor)"]["tput"] = throughput("echo", f"127.0.0.1:{echo_port}", "mlp1",
                                                               seconds=args.seconds)
         rows["warmd"]["tput"] = throughput("v2", f"127.0.0.1:{w_port}", "mlp1", token, seconds=args.seconds)

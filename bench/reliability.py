@@ -20,6 +20,7 @@ from common import REPO, write_report
 
 TESTS = ["tests/integration/test_downloads.py::test_sigkill_at_20_random_points_of_downloads",
          "tests/integration/test_downloads.py::test_full_disk_during_state_writes",
+         "tests/integration/test_downloads.py::test_disk_filling_up_mid_download",
          "tests/integration/test_downloads.py::test_hub_file_names_cannot_write_outside_the_cache",
          "tests/integration/test_faults.py", "tests/integration/test_fuzz.py"]
 
@@ -44,6 +45,9 @@ ROWS = {
     "test_full_disk_during_state_writes": lambda f: (
         "full disk under the daemon's state (tokens, manifests)", f"{f['state_writes_refused']} writes",
         "insufficient_disk, previous state intact, daemon serving; both succeeded once space was back"),
+    "test_disk_filling_up_mid_download": lambda f: (
+        "disk filled by another program mid-download", "1 transfer",
+        f"insufficient_disk at once at {f['filled_at_mib']} MiB, part kept; resumed and verified once space was back"),
     "test_hub_file_names_cannot_write_outside_the_cache": lambda f: (
         "hub listing file names that climb out of the cache", f"{f['escapes_tried']} names",
         f"refused before any fetch; {f['written_outside']} files written outside"),

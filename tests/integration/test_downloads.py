@@ -474,3 +474,47 @@ def test_hub_file_names_cannot_write_outside_the_cache(start_daemon, hub: Hub, s
     assert not [p for p in Path("/").glob("escaped*.bin")] + list(short_tmp.rglob("escaped*"))
     assert not [r for r in hub.requests if r.startswith("GET /lfs/") or "/resolve/" in r]   # nothing fetched
     figures(escapes_tried=len(escapes), written_outside=0)
+
+
+def test_disk_filling_up_mid_download(start_daemon, hub: Hub, short_tmp: Path, tiny_disk: Path, figures) -> None:
+    """Another program fills the disk while a file arrives: `insufficient_disk` at once (no retries into a
+    full disk), the part kept; once space is back the pull resumes where it stopped and verifies."""
+    payload = os.urandom(3 * 2**20)
+    hub.add_repo("org/mid", {"model.safetensors": payload})
+    hub.rate["model.safetensors"] = 1 * 2**20                    # ~3 s: time to fill the disk meanwhile
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "mid", "org/mid")
+    daemon = start_daemon(specs, env={**_hub_env(hub), "HF_HUB_CACHE": str(tiny_disk / "hub")})
+    result: dict[str, object] = {}
+    client = daemon.client()
+    thread = threading.Thread(target=lambda: result.update(code=_code(lambda: client.pull("mid"))))
+    thread.start()
+    blobs = tiny_disk / "hub" / "models--org--mid" / "blobs"
+    wait_until(lambda: any(p.stat().st_size > 2**20 for p in blobs.glob("*.part")) if blobs.is_dir() else False)
+    filler = tiny_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    thread.join(timeout=60)
+    assert result["code"] is Code.INSUFFICIENT_DISK
+    kept = max(p.stat().st_size for p in blobs.glob("*.part"))
+    assert kept > 2**20 and daemon.proc.poll() is None
+    filler.unlink()
+    hub.rate.pop("model.safetensors")
+    served = hub.served_bytes("model.safetensors")
+    with daemon.client() as c:
+        assert c.pull("mid").files.state == "verified"
+    assert hub.served_bytes("model.safetensors") - served <= len(payload) - kept + 2**20    # resumed
+    figures(filled_at_mib=round(kept / 2**20, 2), resumed=True)
+
+
+def _code(fn) -> Code | None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except WarmdError as err:
+        return err.code
+    return None

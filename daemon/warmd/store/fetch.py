@@ -7,6 +7,7 @@ path before its digest matches: write aside, verify, `os.replace`.
 from __future__ import annotations
 
 import hashlib
+import errno
 import logging
 import os
 import queue
@@ -111,6 +112,10 @@ class _Transfer:
                     errors.append(str(exc))
                     break                 # this source will not serve it: try the next mirror
                 except Exception as exc:  # noqa: BLE001 - network errors of every kind: resume and retry
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise WarmdError(Code.INSUFFICIENT_DISK, f"the disk filled up at {self.have} of {self.size}"
+                                         f" bytes of {self.part.name}; the part is kept: free some space and pull "
+                                         "again to resume") from None
                     errors.append(f"{url}: {type(exc).__name__}: {exc}")
                     log.info("transfer of %s interrupted at %d/%d bytes (%s); resuming", self.part.name,
                              self.have, self.size, exc)
