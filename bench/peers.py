@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,8 +39,8 @@ CACHE = Path(os.environ.get("WARMD_PEERS_CACHE", Path.home() / ".cache" / "warmd
 TORCH = "torch==2.13.0"
 PEERS = {
     "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", "safetensors"],
-    "torchserve": ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "safetensors", "grpcio",
-                   "grpcio-tools", "protobuf"],
+    "torchserve": ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "safetensors", "numpy",
+                   "grpcio", "grpcio-tools", "protobuf"],
 }
 SIZES = (64, 128, 10)
 MODELS = ("mlp1", "mlp2", "mlp3")
@@ -72,32 +73,34 @@ MLSERVER_RUNTIME = textwrap.dedent('''
 
 
 TORCHSERVE_HANDLER = textwrap.dedent('''
+    # A function entry point ("mlp_handler:handle"): TorchServe refuses a module with two classes.
     import os
     import numpy as np
     import torch
     from safetensors.torch import load_file
-    from ts.torch_handler.base_handler import BaseHandler
+
+    _net = None
 
 
-    class MLPHandler(BaseHandler):
-        def initialize(self, context):
+    def handle(data, context):
+        global _net
+        if _net is None:
             sizes = (64, 128, 10)
             layers = []
             for a, b in zip(sizes, sizes[1:]):
                 layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-            self.net = torch.nn.Sequential(*layers[:-1]).eval()
+            _net = torch.nn.Sequential(*layers[:-1]).eval()
             folder = context.system_properties.get("model_dir")
-            self.net.load_state_dict(load_file(os.path.join(folder, "weights.safetensors")))
-            self.initialized = True
-
-        def handle(self, data, context):
-            out = []
-            for row in data:
-                raw = row.get("data") or row.get("body")
-                x = np.frombuffer(bytes(raw), dtype=np.float32).reshape(-1, 64).copy()
-                with torch.inference_mode():
-                    out.append(self.net(torch.from_numpy(x)).numpy().tobytes())
-            return out
+            _net.load_state_dict(load_file(os.path.join(folder, "weights.safetensors")))
+        if data is None:
+            return None
+        out = []
+        for row in data:
+            raw = row.get("data") or row.get("body")
+            x = np.frombuffer(bytes(raw), dtype=np.float32).reshape(-1, 64).copy()
+            with torch.inference_mode():
+                out.append(_net(torch.from_numpy(x)).numpy().tobytes())
+        return out
 ''')
 # TorchServe's gRPC inference API, written from its documentation (package and field numbers as TorchServe's).
 TORCHSERVE_PROTO = textwrap.dedent('''
@@ -151,6 +154,7 @@ def started(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: 
         try:
             yield proc
         finally:
+            family = descendants(proc.pid)          # some (TorchServe's java) leave the process group
             for sig, wait in ((15, 20), (9, 10)):
                 try:
                     os.killpg(proc.pid, sig)
@@ -158,6 +162,9 @@ def started(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: 
                     break
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     continue
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
 
 
 def wait_until(check: Callable[[], object], timeout: float = 180.0) -> float:
@@ -172,16 +179,27 @@ def wait_until(check: Callable[[], object], timeout: float = 180.0) -> float:
     raise TimeoutError("server not ready in time")
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and all its descendants."""
-    total, todo = 0, [pid]
+def descendants(pid: int) -> list[int]:
+    """`pid`'s children, their children, and so on."""
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
         try:
+            kids = [int(c) for task in Path(f"/proc/{p}/task").iterdir() for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        found += kids
+        todo += kids
+    return found
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and all its descendants."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
             with open(f"/proc/{p}/status") as f:
                 total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration):
             continue
     return total
@@ -348,7 +366,7 @@ def torchserve_server(root: Path, python: Path, ports: dict[str, int]):  # type:
     for i, name in enumerate(MODELS):
         weights = write_weights(root, "weights", seed=i)
         subprocess.run([str(archiver), "--model-name", name, "--version", "1.0", "--handler",
-                        str(root / "mlp_handler.py"), "--serialized-file", str(weights), "--export-path",
+                        "mlp_handler:handle", "--serialized-file", str(weights), "--export-path",
                         str(store), "--force"], check=True, cwd=root)
     config = root / "config.properties"
     config.write_text("\n".join([
@@ -391,6 +409,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5, help="throughput run per server")
     parser.add_argument("--no-torchserve", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run the cleanups of every started server
     mls_python = ensure_venv("mlserver")
     rows: dict[str, dict[str, object]] = {}
     with workdir() as root, contextlib.ExitStack() as stack:
