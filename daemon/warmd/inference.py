@@ -57,10 +57,13 @@ class Inference:
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
         """
+        spec = self.scheduler.catalog.get(model)
+        if spec is None:          # not counted: statistics and gates exist only for catalog models
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
         t0 = time.perf_counter_ns()
         gate = self._gate(model)
         try:
-            spec = self._admit(model, gate, request)
+            self._admit(spec, gate, request)
             queued = time.perf_counter_ns() - t0
             try:
                 request.context.check()
@@ -101,10 +104,8 @@ class Inference:
         with self._lock:
             self._stats.setdefault(model, ModelStats()).execution_count += 1
 
-    def _admit(self, model: str, gate: _Gate, request: InferRequest) -> ModelSpec:
-        spec = self.scheduler.catalog.get(model)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
+    def _admit(self, spec: ModelSpec, gate: _Gate, request: InferRequest) -> None:
+        model = spec.name
         with gate.changed:
             if gate.running >= spec.max_in_flight:
                 if gate.waiting >= spec.max_queue:
@@ -119,7 +120,6 @@ class Inference:
                 finally:
                     gate.waiting -= 1
             gate.running += 1
-        return spec
 
     def queue_depth(self, model: str) -> tuple[int, int]:
         """(running, waiting) calls of `model` now."""
