@@ -171,17 +171,21 @@ def test_transformers_generation_streams_on_the_gpu_and_gives_memory_back(start_
     specs.mkdir()
     (specs / "gpt.yaml").write_text(f"provider: transformers\ntask: text-generation\ndevice: cuda:0\n"
                                     f"source: {{path: {short_tmp / 'gpt2'}}}\n")
-    _square_model(specs, "tiny", 1)
     daemon = start_daemon(specs, config={"path_roots": [str(short_tmp)]})
     with daemon.client() as c:
-        c.load("tiny")                          # the CUDA context exists from here on
+        def generate() -> list:
+            chunks = list(c.infer_stream("gpt", text=["hello there"], parameters={"max_new_tokens": 16}))
+            assert c.get("gpt").residency.device == "cuda:0"
+            c.unload("gpt")
+            return chunks
+
+        generate()        # once first: CUDA libraries and kernels the context keeps (cuBLAS workspaces...)
+        time.sleep(0.5)
         baseline = _nvml_used()
-        chunks = list(c.infer_stream("gpt", text=["hello there"], parameters={"max_new_tokens": 16}))
-        assert c.get("gpt").residency.device == "cuda:0"
+        chunks = generate()
         texts = [ch.text for ch in chunks if ch.text]
         assert len(texts) >= 8 and chunks[-1].result.json["text"] == "".join(texts)
-        c.unload("gpt")
         deadline = time.monotonic() + 1.0
         while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _nvml_used() <= baseline + 150 * 2**20
+        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
