@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common import REPO, percentile, write_report, workdir
+from common import REPO, percentile, wait_for, workdir, write_report
+
+from waiting import free_port
 
 CACHE = Path(os.environ.get("WARMD_PEERS_CACHE", Path.home() / ".cache" / "warmd-peers"))
 TORCH = "torch==2.13.0"
@@ -138,12 +139,6 @@ def ensure_venv(name: str) -> Path:
 
 
 # ---- processes and probes ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def started(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
             ) -> Iterator[subprocess.Popen]:
@@ -165,18 +160,6 @@ def started(args: list[str], log: Path, env: dict[str, str] | None = None, cwd: 
             for pid in family:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-
-
-def wait_until(check: Callable[[], object], timeout: float = 180.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return time.monotonic()
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.01)
-    raise TimeoutError("server not ready in time")
 
 
 def descendants(pid: int) -> list[int]:
@@ -418,17 +401,17 @@ def main() -> int:
         stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
                                      f"127.0.0.1:{echo_port}"], root / "echo.log"))
         echo = Echo(f"127.0.0.1:{echo_port}")
-        wait_until(lambda: echo.infer("mlp1") or True)
+        wait_for(lambda: echo.infer("mlp1") or True)
 
         # warmd: ready = process start until mlp1 answers
         w_port = free_port()
         w_args, w_env, token_file = warmd_server(root, w_port)
         t0 = time.monotonic()
         warmd = stack.enter_context(started(w_args, root / "warmd.log", w_env))
-        wait_until(lambda: token_file.is_file() and token_file.read_text().strip())
+        wait_for(lambda: token_file.is_file() and token_file.read_text().strip(), timeout=180)
         token = token_file.read_text().strip()
         w = V2(f"127.0.0.1:{w_port}", (("authorization", f"Bearer {token}"),))
-        w_ready = wait_until(lambda: w.infer("mlp1") or True) - t0
+        w_ready = wait_for(lambda: w.infer("mlp1") or True, timeout=180) - t0
 
         # MLServer
         m_port = free_port()
@@ -436,8 +419,8 @@ def main() -> int:
         t0 = time.monotonic()
         mls = stack.enter_context(started(m_args, root / "mlserver.log", m_env))
         m = V2(f"127.0.0.1:{m_port}")
-        wait_until(lambda: m.load("mlp1") or True)
-        m_ready = wait_until(lambda: m.infer("mlp1") or True) - t0
+        wait_for(lambda: m.load("mlp1") or True, timeout=180)
+        m_ready = wait_for(lambda: m.infer("mlp1") or True, timeout=180) - t0
 
         servers = {"bare grpcio echo (floor)": (echo, None), "warmd": (w, warmd), "MLServer 1.7.1": (m, mls)}
         if not args.no_torchserve:
@@ -447,7 +430,7 @@ def main() -> int:
             t0 = time.monotonic()
             ts = stack.enter_context(started(t_args, root / "torchserve.log", t_env, cwd=root))
             t = TorchServeGrpc(f"127.0.0.1:{ports['grpc']}", root)
-            t_ready = wait_until(lambda: t.infer("mlp1") or True, timeout=300) - t0
+            t_ready = wait_for(lambda: t.infer("mlp1") or True, timeout=300) - t0
             servers["TorchServe 0.12.0"] = (t, ts)
         for name, (_, proc) in servers.items():
             rows[name] = {"lat": [], "rss1": tree_rss(proc.pid) if proc else 0}

@@ -33,7 +33,7 @@ ROWS = {
     "test_sigkill_at_20_random_points_of_downloads": lambda f: (
         "SIGKILL at random points of downloads",
         f"{f['kills']} kills ({f['mid_transfer']} mid-transfer)",
-        f"0 unverified files or dangling links in the cache after each; the next daemon finished the download"),
+        "0 unverified files or dangling links in the cache after each; the next daemon finished the download"),
     "test_sigkill_during_load_and_during_inference_then_restart": lambda f: (
         "SIGKILL during a load and during inference",
         f"{f['kills']} in-flight calls",

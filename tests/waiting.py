@@ -1,6 +1,8 @@
-"""Polling for a condition in tests, with a deadline (never a bare sleep-and-hope)."""
+"""Small helpers for tests (and benchmarks) that talk to a running daemon: polling for a condition with a
+deadline (never a bare sleep-and-hope), a call's outcome, a free loopback port."""
 from __future__ import annotations
 
+import socket
 import time
 from typing import Callable
 
@@ -24,3 +26,21 @@ def succeeds(call: Callable[[], object]) -> bool:
         return True
     except WarmdError:
         return False
+
+
+def error_code(call: Callable[[], object]):  # type: ignore[no-untyped-def]
+    """The warm.Code that call() failed with, or None if it succeeded."""
+    from warm import WarmdError
+
+    try:
+        call()
+    except WarmdError as err:
+        return err.code
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import stat
 import threading
 import time
@@ -15,13 +14,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from models import affine_spec, affine_specs
+from waiting import free_port
 from warm import Client, Code, WarmdError
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ready_lists_models_and_rejected_files(start_daemon, short_tmp: Path) -> None:
@@ -74,7 +70,7 @@ def test_stale_socket_from_a_killed_daemon_is_replaced(start_daemon, short_tmp: 
 
 
 def test_tcp_requires_the_token(start_daemon) -> None:
-    port = _free_port()
+    port = free_port()
     daemon = start_daemon(args=("--tcp", f"127.0.0.1:{port}"))
     token_file = Path(daemon.env["XDG_CONFIG_HOME"]) / "warmd" / "token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
@@ -95,7 +91,7 @@ def test_tcp_requires_the_token(start_daemon) -> None:
 
 
 def test_tcp_refuses_non_loopback_address(start_daemon) -> None:
-    daemon = start_daemon(args=("--tcp", f"0.0.0.0:{_free_port()}"), ready=False)
+    daemon = start_daemon(args=("--tcp", f"0.0.0.0:{free_port()}"), ready=False)
     assert daemon.proc.wait(timeout=20) != 0
     assert "not a loopback address" in daemon.log()
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from hubserver import Hub, minilm_files
-from waiting import wait_until
+from waiting import error_code, wait_until
 from warm import Code, WarmdError
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -488,7 +488,7 @@ def test_disk_filling_up_mid_download(start_daemon, hub: Hub, short_tmp: Path, t
     daemon = start_daemon(specs, env={**_hub_env(hub), "HF_HUB_CACHE": str(tiny_disk / "hub")})
     result: dict[str, object] = {}
     client = daemon.client()
-    thread = threading.Thread(target=lambda: result.update(code=_code(lambda: client.pull("mid"))))
+    thread = threading.Thread(target=lambda: result.update(code=error_code(lambda: client.pull("mid"))))
     thread.start()
     blobs = tiny_disk / "hub" / "models--org--mid" / "blobs"
     wait_until(lambda: any(p.stat().st_size > 2**20 for p in blobs.glob("*.part")) if blobs.is_dir() else False)
@@ -511,10 +511,3 @@ def test_disk_filling_up_mid_download(start_daemon, hub: Hub, short_tmp: Path, t
     assert hub.served_bytes("model.safetensors") - served <= len(payload) - kept + 2**20    # resumed
     figures(filled_at_mib=round(kept / 2**20, 2), resumed=True)
 
-
-def _code(fn) -> Code | None:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-    except WarmdError as err:
-        return err.code
-    return None

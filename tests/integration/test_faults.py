@@ -4,12 +4,14 @@ streams under way; the specs folder made unreadable, deleted and recreated."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -193,18 +195,35 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder: an unreadable folder needs a normal user")
+@contextlib.contextmanager
+def _unreadable(folder: Path) -> Iterator[None]:
+    """Make `folder` unreadable to the daemon: chmod 0 for a normal user. Root reads any folder, so there
+    the folder is swapped for a file of the same name: listing it fails with an OSError just the same."""
+    if os.geteuid() != 0:
+        os.chmod(folder, 0)
+        try:
+            yield
+        finally:
+            os.chmod(folder, 0o700)
+        return
+    aside = folder.with_name(folder.name + ".aside")
+    folder.rename(aside)
+    folder.write_text("not a folder")
+    try:
+        yield
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+
+
 def test_unreadable_specs_folder_is_reported_and_recovers(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 1.0)
     (specs / "a.yaml").write_text(affine_spec("w.safetensors"))
     daemon = start_daemon(specs)
     with daemon.client() as c:
-        os.chmod(specs, 0)
-        try:
+        with _unreadable(specs):
             wait_until(lambda: c.list().rejected, timeout=15)
             assert c.status().pid == daemon.proc.pid
-        finally:
-            os.chmod(specs, 0o700)
         wait_until(lambda: not c.list().rejected, timeout=15)
 
 

@@ -1,7 +1,6 @@
 """Prometheus metrics on a loopback port, agreeing with V2's ModelStatistics."""
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from models import affine_spec, affine_specs
+from waiting import free_port
 from warm import WarmdError
 from warmd.v2 import inference_pb2 as v2
 from warmd.v2 import inference_pb2_grpc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _samples(port: int) -> dict[tuple, float]:
@@ -30,7 +26,7 @@ def _samples(port: int) -> dict[tuple, float]:
 def test_metrics_count_requests_errors_loads_and_bytes(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 1.0)
     (specs / "a.yaml").write_text(affine_spec("w.safetensors"))
-    port = _free_port()
+    port = free_port()
     daemon = start_daemon(specs, config={"metrics": f"127.0.0.1:{port}"})
     with daemon.client() as c:
         for _ in range(3):
@@ -56,6 +52,6 @@ def test_metrics_count_requests_errors_loads_and_bytes(start_daemon, short_tmp: 
 
 
 def test_metrics_refuse_a_non_loopback_address(start_daemon) -> None:
-    daemon = start_daemon(config={"metrics": f"0.0.0.0:{_free_port()}"}, ready=False)
+    daemon = start_daemon(config={"metrics": f"0.0.0.0:{free_port()}"}, ready=False)
     assert daemon.proc.wait(timeout=20) != 0
     assert "metrics have no token" in daemon.log()

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models import affine_spec, affine_specs
-from waiting import wait_until
+from waiting import free_port, wait_until
 from warm import Code, WarmdError
 
 
@@ -17,9 +16,7 @@ def test_remote_model_through_a_second_daemon(start_daemon, short_tmp: Path) -> 
     (short_tmp / "b").mkdir()
     specs_b = affine_specs(short_tmp / "b", 5.0)
     (specs_b / "affine.yaml").write_text(affine_spec("w.safetensors"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     remote = start_daemon(specs_b, root=short_tmp / "b", args=("--tcp", f"127.0.0.1:{port}"))
     token = (short_tmp / "b" / "config" / "warmd" / "token").read_text().strip()
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import stat
 from pathlib import Path
 
@@ -11,29 +10,20 @@ import pytest
 
 from models import affine_spec, affine_specs
 from tritonclient_run import triton
-from warm import Client, Code, WarmdError
+from waiting import error_code, free_port
+from warm import Client, Code
 
 X = np.ones((1, 4), np.float32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _code(fn) -> Code | None:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-    except WarmdError as err:
-        return err.code
-    return None
 
 
 def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 1.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
-    port = _free_port()
+    port = free_port()
     daemon = start_daemon(specs, args=("--tcp", f"127.0.0.1:{port}"))
     tokens = {}
     for scope in ("read", "infer", "admin"):
@@ -52,13 +42,13 @@ def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> 
 
     with as_("read") as c:
         assert [m.name for m in c.list().models] == ["affine"]
-        assert _code(lambda: c.infer("affine", {"x": X})) is Code.PERMISSION_DENIED
-        assert _code(lambda: c.load("affine")) is Code.PERMISSION_DENIED
-        assert _code(lambda: c.create_token("sneaky", "admin")) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.infer("affine", {"x": X})) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.load("affine")) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.create_token("sneaky", "admin")) is Code.PERMISSION_DENIED
     with as_("infer") as c:
         assert c.infer("affine", {"x": X}).outputs["y"].shape == (1, 4)   # loads on demand
-        assert _code(lambda: c.unload("affine")) is Code.PERMISSION_DENIED
-        assert _code(lambda: c.pin("affine", True)) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.unload("affine")) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.pin("affine", True)) is Code.PERMISSION_DENIED
     with as_("admin") as c:
         c.unload("affine")
         c.load("affine")
@@ -74,7 +64,7 @@ def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> 
 
     assert daemon.warm("token", "revoke", "app-infer").returncode == 0
     with as_("infer") as c:
-        assert _code(lambda: c.infer("affine", {"x": X})) is Code.UNAUTHENTICATED
+        assert error_code(lambda: c.infer("affine", {"x": X})) is Code.UNAUTHENTICATED
     with as_("admin") as c:       # other tokens are untouched
         assert c.status().pid == daemon.proc.pid
     bad = daemon.warm("token", "create", "--name", "../x", "--scope", "read")

@@ -12,6 +12,7 @@ import pytest
 
 from models import affine_spec, affine_specs
 from tritonclient_run import triton
+from waiting import free_port
 
 KIB = 1024
 
@@ -189,11 +190,7 @@ except InferenceServerException as exc:
 
 
 def test_system_shared_memory_through_tritonclient(start_daemon, short_tmp: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     specs = affine_specs(short_tmp, 3.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
     daemon = start_daemon(specs, args=("--tcp", f"127.0.0.1:{port}"))

@@ -268,14 +268,10 @@ def _from_contents(tensor: v2.ModelInferRequest.InferInputTensor) -> Any:
                          f"{tensor.datatype}") from None
 
 
-def checked_shape(name: str, shape: Any) -> tuple[tuple[int, ...], int]:
-    from warmd import tensors as codec
-
-    return codec.checked_shape(name, shape)
-
-
 def _strings(tensor: v2.ModelInferRequest.InferInputTensor, raw: Any) -> list[str]:
     """BYTES elements as text: typed bytes_contents, or raw 4-byte-length-prefixed elements."""
+    from warmd import tensors as codec
+
     if raw is None:
         items = list(tensor.contents.bytes_contents)
     else:
@@ -288,7 +284,7 @@ def _strings(tensor: v2.ModelInferRequest.InferInputTensor, raw: Any) -> list[st
                 raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: BYTES element longer than the data")
             items.append(data[at + 4:at + 4 + size])
             at += 4 + size
-    _, count = checked_shape(tensor.name, tensor.shape)
+    _, count = codec.checked_shape(tensor.name, tensor.shape)
     if len(items) != count:
         raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: shape {list(tensor.shape)} needs {count} "
                          f"BYTES elements, got {len(items)}")
