@@ -1,10 +1,11 @@
 """Throughput with 32 concurrent clients, tiny MLP, with and without dynamic batching, against a bare grpcio
-echo server under the same load (the floor: what the transport alone sustains).
+echo server under the same load (the floor: what the transport alone sustains), all on Unix sockets.
 
     .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5]
 
-Clients are threads in 4 client processes (one process's GIL would cap them first), each with its own
-channel, sending [1,64] float32 requests back to back. Servers are measured one after another.
+The load is bench/peers.py's: threads in 4 client processes (one process's GIL would cap them first), each
+with its own channel, sending V2 ModelInfer requests ([1,64] float32) back to back; the echo server gets
+the same request bytes. Servers are measured one after another.
 """
 from __future__ import annotations
 
@@ -12,57 +13,16 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import REPO, process, wait_for, workdir, write_report
-from echo_server import METHOD
+from common import process, wait_for, workdir, write_report
+from peers import throughput
 
 from models import write_mlp
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
-PROCESSES = 4
-
-# One client process: argv = target kind (echo|warmd), socket, model, threads, seconds. Prints calls done.
-CLIENT = r'''
-import sys, threading, time
-import grpc, numpy as np
-kind, sock, model, threads, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-sys.path[:0] = [sys.argv[6] + "/daemon", sys.argv[6] + "/clients"]
-from warmd import tensors
-from warmd.v1 import warmd_pb2 as pb
-payload = pb.InferRequest(model=model, inputs=[tensors.to_proto("x", np.ones((1, 64), np.float32))])
-done = [0] * threads
-stop = time.monotonic() + seconds
-def run(k):
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    if kind == "echo":
-        call = channel.unary_unary(METHOD)
-        body = payload.SerializeToString()
-        while time.monotonic() < stop:
-            call(body, timeout=30); done[k] += 1
-    else:
-        from warmd.v1 import warmd_pb2_grpc
-        stub = warmd_pb2_grpc.WarmdStub(channel)
-        while time.monotonic() < stop:
-            stub.Infer(payload, timeout=30); done[k] += 1
-ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
-[t.start() for t in ts]; [t.join() for t in ts]
-print(sum(done))
-'''
-
-
-def load(kind: str, sock: Path, model: str, clients: int, seconds: float) -> float:
-    """Calls per second sustained by `clients` concurrent clients."""
-    per = clients // PROCESSES
-    code = CLIENT.replace("METHOD", repr(METHOD))
-    procs = [subprocess.Popen([sys.executable, "-c", code, kind, str(sock), model, str(per), str(seconds), str(REPO)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(PROCESSES)]
-    total = sum(int(p.communicate(timeout=seconds + 120)[0].strip()) for p in procs)
-    return total / seconds
-
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -84,21 +44,22 @@ def main() -> int:
         with process([sys.executable, str(ECHO), str(esock)], root, "echo.log"):
             wait_for(lambda: esock.exists())
             time.sleep(0.5)
-            results["bare grpcio echo (floor)"] = load("echo", esock, "", args.clients, args.seconds)
+            results["bare grpcio echo (floor)"] = throughput("echo", f"unix:{esock}", "", clients=args.clients,
+                                                             seconds=args.seconds)
         with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(wsock)],
                      root, "warmd.log", {"WARMD_RPC_THREADS": str(args.clients * 2)}):
             with Client(wsock, timeout=60) as c:
                 wait_for(lambda: c.status())
                 c.load("mlp")
                 c.load("batched")
-            results["warmd, no batching"] = load("warmd", wsock, "mlp", args.clients, args.seconds)
-            results["warmd, dynamic batching (max_batch 32, 1 ms)"] = load("warmd", wsock, "batched", args.clients,
-                                                                          args.seconds)
+            for name, model in (("warmd, no batching", "mlp"),
+                                ("warmd, dynamic batching (max_batch 32, 1 ms)", "batched")):
+                results[name] = throughput("v2", f"unix:{wsock}", model, clients=args.clients, seconds=args.seconds)
     floor = results["bare grpcio echo (floor)"]
     lines = [f"# Throughput, {args.clients} concurrent clients, tiny MLP 64-128-10, [1,64] float32", "",
              f"`.venv/bin/python bench/throughput.py --clients {args.clients} --seconds {args.seconds:g}` on "
-             f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; clients in {PROCESSES} "
-             "processes on the same machine (they share its CPUs with the server)", "",
+             f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; clients in 4 processes on "
+             "the same machine (they share its CPUs with the server)", "",
              "| server | calls/s | ratio to the floor |", "|---|---|---|"]
     lines += [f"| {name} | {rate:.0f} | {rate / floor:.2f}x |" for name, rate in results.items()]
     write_report("throughput", lines)
