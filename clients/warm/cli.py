@@ -113,9 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
     p.set_defaults(run=cmd_status)
-    p = sub.add_parser("profile", parents=[common, as_json], help="profiles of roles: list | use NAME")
-    p.add_argument("action", choices=["list", "use"])
-    p.add_argument("profile_name", nargs="?", default="", metavar="NAME")
+    p = sub.add_parser("profile", parents=[common, as_json],
+                       help="profiles of roles: list | use NAME | choose ROLE [MODEL]")
+    p.add_argument("action", choices=["list", "use", "choose"])
+    p.add_argument("profile_name", nargs="?", default="", metavar="NAME|ROLE")
+    p.add_argument("role_model", nargs="?", default="", metavar="MODEL",
+                   help="choose: the candidate that plays ROLE from now on (none: back to the profile's order)")
     p.set_defaults(run=cmd_profile)
     p = sub.add_parser("token", parents=[common, as_json], help="tokens for TCP clients: create | list | revoke")
     p.add_argument("action", choices=["create", "list", "revoke"])
@@ -250,6 +253,10 @@ def cmd_profile(client: Client, args: argparse.Namespace) -> int:
             raise WarmdError(Code.INVALID_ARGUMENT, "warm profile use NAME")
         roles = client.use_profile(args.profile_name)
         active = args.profile_name
+    elif args.action == "choose":
+        if not args.profile_name:
+            raise WarmdError(Code.INVALID_ARGUMENT, "warm profile choose ROLE [MODEL]")
+        roles, active = [client.choose_role(args.profile_name, args.role_model)], client.list_profiles().active
     else:
         listing = client.list_profiles()
         if args.json:
@@ -259,9 +266,11 @@ def cmd_profile(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         return _print_json_list(roles)
     out.print(f"active: {active}")
-    table = Table("ROLE", "MODEL", "PASSED OVER", box=None)
+    table = Table("ROLE", "MODEL", "CANDIDATES", "PASSED OVER", box=None)
     for r in roles:
-        table.add_row(r.role, r.model or "(none)", "; ".join(f"{p.model}: {p.reason}" for p in r.passed_over))
+        table.add_row(r.role, r.model or "(none)", ", ".join(f"{c} (chosen)" if c == r.chosen else c
+                                                            for c in r.candidates),
+                      "; ".join(f"{p.model}: {p.reason}" for p in r.passed_over))
     out.print(table)
     return 0
 
@@ -393,7 +402,8 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
             ("torch", "imported" if status.torch_imported else "not imported yet"),
             ("plugins", f"{status.plugins_dir}: " + (", ".join(
                 f"{p.name} ({p.provider})" if p.provider else f"{p.name} (disabled: {p.error})"
-                for p in status.plugins) or "none"))]
+                for p in status.plugins) or "none")),
+            ("jobs", ", ".join(f"{j.kind} {j.model} {j.id} {_fraction(j.progress)}" for j in status.jobs) or "none")]
     for key, value in rows:
         out.print(f"[bold]{key:>9}[/bold]  {value}")
     devices = Table("DEVICE", "TOTAL", "BUDGET", "USED", "FREE", box=None)
@@ -413,6 +423,13 @@ def _state(m: pb.Model) -> str:
 def _size(m: pb.Model) -> str:
     r = m.residency
     return format_size(r.measured_bytes or r.estimated_bytes) if (r.measured_bytes or r.estimated_bytes) else ""
+
+
+def _fraction(p: pb.Progress) -> str:
+    """`12.0 MiB/26.0 MiB` for bytes, `3/10 steps` otherwise."""
+    if p.unit == "bytes":
+        return f"{format_size(p.done)}/{format_size(p.total)}" if p.total else format_size(p.done)
+    return f"{p.done}/{p.total} {p.unit}" if p.total else ""
 
 
 def _print_json(message: Any) -> int:

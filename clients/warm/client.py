@@ -248,6 +248,16 @@ class Client:
         """Make profile `name` active: its roles' models load, the previous profile's others unload."""
         return list(self._call(self._stub.UseProfile, pb.UseProfileRequest(name=name)).roles)
 
+    def choose_role(self, role: str, model: str) -> pb.RoleChoice:
+        """Make `model` (one of the role's candidates) play `role` in the active profile from now on, and
+        start loading it; "" clears the pick. Kept across restarts.
+
+        Raises:
+            WarmdError: `invalid_argument` for an unknown role or a model that is not a candidate;
+                `unavailable` when the model cannot play it now (the reason is in the message).
+        """
+        return self._call(self._stub.ChooseRoleModel, pb.ChooseRoleModelRequest(role=role, model=model))
+
     def create_token(self, name: str, scope: str = "read") -> tuple[str, pb.TokenInfo]:
         """A new token for TCP clients: `read` < `infer` < `admin`. Returns (token, info); the token is
         shown only now (the daemon keeps its hash).

@@ -17,9 +17,13 @@ class Job:
     bus: EventBus
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _cancel: threading.Event = field(default_factory=threading.Event)
+    last: pb.Progress | None = None     # the latest progress, for clients that join late (Status.jobs)
+    last_message: str = ""
 
     def progress(self, phase: str, done: int = 0, total: int = 0, unit: str = "steps",
                  message: str = "") -> None:
+        self.last = pb.Progress(phase=phase, done=done, total=total, unit=unit)
+        self.last_message = message
         self.bus.publish("job.progress", model=self.model, job_id=self.id, message=message,
                          progress=pb.Progress(phase=phase, done=done, total=total, unit=unit))
 

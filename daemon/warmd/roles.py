@@ -12,10 +12,13 @@ A profile is a file `<profiles_dir>/<name>.yaml` mapping roles to ordered prefer
 
 `warm profile use NAME` makes it the active profile (kept in the data folder, so it survives restarts),
 loads each role's chosen model and unloads the models the previous profile chose that the new one does not.
+`warm profile choose ROLE MODEL` (or a pick in warm-tray) puts one of a role's candidates ahead of the
+profile's order, per profile and kept across restarts, for as long as it qualifies.
 Files are read on every call: an edit takes effect at the next resolution.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +41,14 @@ class Choice:
     role: str
     model: str                                                 # "" when nothing qualifies
     passed_over: list[tuple[str, str]] = field(default_factory=list)   # (model, why)
+    candidates: list[str] = field(default_factory=list)        # the role's `prefer` list
+    chosen: str = ""                                           # the user's pick, if any
 
 
 class Profiles:
-    def __init__(self, folder: Path, state_file: Path, catalog: Catalog, scheduler: Scheduler,
+    def __init__(self, folder: Path, state_file: Path, picks_file: Path, catalog: Catalog, scheduler: Scheduler,
                  store: Store) -> None:
-        self.folder, self.state_file = folder, state_file
+        self.folder, self.state_file, self.picks_file = folder, state_file, picks_file
         self.catalog, self.scheduler, self.store = catalog, scheduler, store
 
     # ---- reading -------------------------------------------------------------------------------
@@ -52,6 +57,14 @@ class Profiles:
             return self.state_file.read_text().strip() or DEFAULT
         except OSError:
             return DEFAULT
+
+    def picks(self, profile: str) -> dict[str, str]:
+        """The user's picks in `profile`: role -> model."""
+        try:
+            picks = json.loads(self.picks_file.read_text()).get(profile, {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {str(k): str(v) for k, v in picks.items()} if isinstance(picks, dict) else {}
 
     def names(self) -> list[str]:
         try:
@@ -101,20 +114,22 @@ class Profiles:
         if role not in rules:
             raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
                              f"(roles: {', '.join(rules) or 'none'})")
-        choice = self._choose(role, rules[role])
+        choice = self._choose(role, rules[role], self.picks(profile).get(role, ""))
         if not choice.model:
             why = "; ".join(f"{m}: {r}" for m, r in choice.passed_over)
             raise WarmdError(Code.UNAVAILABLE, f"no model can play {role!r} in profile {profile!r}: {why}")
         return choice
 
-    def _choose(self, role: str, rule: dict) -> Choice:
+    def _choose(self, role: str, rule: dict, pick: str = "") -> Choice:
+        candidates = [str(name) for name in rule["prefer"]]
+        pick = pick if pick in candidates else ""
         passed: list[tuple[str, str]] = []
-        for name in rule["prefer"]:
-            why = self._disqualified(str(name), rule)
+        for name in ([pick] if pick else []) + [c for c in candidates if c != pick]:
+            why = self._disqualified(name, rule)
             if why is None:
-                return Choice(role, str(name), passed)
-            passed.append((str(name), why))
-        return Choice(role, "", passed)
+                return Choice(role, name, passed, candidates, pick)
+            passed.append((name, why))
+        return Choice(role, "", passed, candidates, pick)
 
     def _disqualified(self, name: str, rule: dict) -> str | None:
         spec = self.catalog.get(name)
@@ -156,7 +171,8 @@ class Profiles:
             old_models = {c.model for c in self.choices(old)}
         except WarmdError:
             old_models = set()
-        choices = [self._choose(role, rule) for role, rule in new_rules.items()]
+        picks = self.picks(profile)
+        choices = [self._choose(role, rule, picks.get(role, "")) for role, rule in new_rules.items()]
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.state_file, profile + "\n")
         chosen = {c.model for c in choices if c.model}
@@ -166,5 +182,45 @@ class Profiles:
             self.scheduler.start_load(model, reason="profile")
         return choices
 
+    def choose(self, role: str, model: str) -> Choice:
+        """Make `model` play `role` in the active profile from now on and start loading it; "" clears the pick.
+
+        Raises:
+            WarmdError: `invalid_argument` for an unknown role or a model that is not one of its candidates;
+                `unavailable` when the model cannot play it now (the reason is in the message).
+        """
+        profile = self.active()
+        rules = self.roles(profile)
+        if role not in rules:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
+                             f"(roles: {', '.join(rules) or 'none'})")
+        candidates = [str(name) for name in rules[role]["prefer"]]
+        if model and model not in candidates:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{model!r} is not a candidate for {role!r} in profile "
+                             f"{profile!r} (candidates: {', '.join(candidates)}); add it to the role's `prefer`")
+        why = self._disqualified(model, rules[role]) if model else None
+        if why is not None:
+            raise WarmdError(Code.UNAVAILABLE, f"{model!r} cannot play {role!r} now: {why}")
+        self._save_pick(profile, role, model)
+        choice = self._choose(role, rules[role], model)
+        if choice.model:
+            self.scheduler.start_load(choice.model, reason="role")
+        return choice
+
+    def _save_pick(self, profile: str, role: str, model: str) -> None:
+        try:
+            everything = json.loads(self.picks_file.read_text())
+            everything = everything if isinstance(everything, dict) else {}
+        except (OSError, ValueError):
+            everything = {}
+        picks = everything.setdefault(profile, {})
+        if model:
+            picks[role] = model
+        else:
+            picks.pop(role, None)
+        self.picks_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.picks_file, json.dumps(everything, indent=1, sort_keys=True))
+
     def choices(self, profile: str) -> list[Choice]:
-        return [self._choose(role, rule) for role, rule in self.roles(profile).items()]
+        picks = self.picks(profile)
+        return [self._choose(role, rule, picks.get(role, "")) for role, rule in self.roles(profile).items()]

@@ -56,8 +56,8 @@ class Daemon:
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
                                    devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
         self.inference = Inference(self.scheduler)
-        self.profiles = Profiles(settings.profiles_dir, settings.data_dir / "active_profile", self.catalog,
-                                 self.scheduler, self.store)
+        self.profiles = Profiles(settings.profiles_dir, settings.data_dir / "active_profile",
+                                 settings.data_dir / "role_picks.json", self.catalog, self.scheduler, self.store)
         self.metrics: Metrics | None = None
         self.shm = SharedMemoryRegistry()
         self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))

@@ -39,7 +39,7 @@ METHOD_SCOPES = {
                                   "SystemSharedMemoryUnregister")},
     **{_WARMD + m: "admin" for m in ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel",
                                      "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken",
-                                     "UseProfile")},
+                                     "UseProfile", "ChooseRoleModel")},
     **{_V2 + m: "admin" for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

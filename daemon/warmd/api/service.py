@@ -64,7 +64,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:
-        model = self._model(self._spec(request.name))
+        spec = self._spec(request.name)
+        model = self._model(spec)
+        if model.files.state in ("missing", "partial") and not model.files.bytes_total:
+            model.files.bytes_total = self.store.probe_size(spec)
         model.downloads.extend(pb.DownloadRecord(**r) for r in self.store.downloads.history(request.name))
         return model
 
@@ -151,6 +154,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()),
             offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()),
             plugins_dir=str(s.plugins_dir),
+            jobs=[pb.JobInfo(id=j.id, kind=j.kind, model=j.model, progress=j.last, message=j.last_message)
+                  for j in self.store.downloads.running()],
             plugins=[pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error)
                      for p in self.plugins.states()],
             devices=[pb.DeviceStatus(name=d.name, total=d.total, budget=d.budget, used=used,
@@ -242,6 +247,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return pb.UseProfileResponse(roles=[_choice(c) for c in self.profiles.use(request.name)])
 
     @mapped
+    def ChooseRoleModel(self, request: pb.ChooseRoleModelRequest, context: grpc.ServicerContext) -> pb.RoleChoice:
+        return _choice(self.profiles.choose(request.role, request.model))
+
+    @mapped
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
         token = self.tokens.create(request.name, request.scope)
         info = self.tokens.lookup(token)
@@ -305,7 +314,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         model = model_proto(spec, view, file_error, self.scheduler.default_keep_alive)
         files = self.store.state(spec)
         model.files.CopyFrom(pb.Files(state=files.state, bytes_on_disk=files.bytes_on_disk,
-                                      revision=files.revision))
+                                      revision=files.revision, bytes_total=files.bytes_total))
         return model
 
 
@@ -391,5 +400,5 @@ def _keep_alive(request: pb.InferRequest) -> float | None:
 
 
 def _choice(choice: Choice) -> pb.RoleChoice:
-    return pb.RoleChoice(role=choice.role, model=choice.model,
+    return pb.RoleChoice(role=choice.role, model=choice.model, candidates=choice.candidates, chosen=choice.chosen,
                          passed_over=[pb.PassedOver(model=m, reason=r) for m, r in choice.passed_over])

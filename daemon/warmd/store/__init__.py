@@ -31,6 +31,7 @@ class FilesState:
     state: str            # missing | partial | complete | verified
     bytes_on_disk: int
     revision: str = ""    # the resolved commit, for hub sources
+    bytes_total: int = 0  # the full size when known, else 0
 
 
 class Store:
@@ -90,14 +91,15 @@ class Store:
             files = self.downloads.manifest(src, commit) if commit else None
             if files is not None:
                 done, partial = hub.bytes_on_disk(src, files)
-                return FilesState("verified" if done == sum(f.size for f in files) else "partial",
-                                  done + partial, commit)
+                total = sum(f.size for f in files)
+                return FilesState("verified" if done == total else "partial", done + partial, commit, total)
             snapshot = hub.repo_dir(src.ref) / "snapshots" / commit
             if commit and snapshot.is_dir():
-                return FilesState("complete", _folder_bytes(snapshot), commit)
+                size = _folder_bytes(snapshot)
+                return FilesState("complete", size, commit, size)
             blobs = hub.repo_dir(src.ref) / "blobs"
             partial = sum(p.stat().st_size for p in blobs.glob("*.part")) if blobs.is_dir() else 0
-            return FilesState("partial" if partial else "missing", partial, commit)
+            return FilesState("partial" if partial else "missing", partial, commit, self.downloads.size(spec))
         if src.kind == "remote":
             from warmd.providers.remote import health
 
@@ -105,15 +107,23 @@ class Store:
         if src.kind == "url":
             final = url_path(self.data_dir, src)
             if final.is_file():
-                return FilesState("verified", final.stat().st_size)
+                return FilesState("verified", final.stat().st_size, bytes_total=final.stat().st_size)
             part = part_path(final)
-            return FilesState("partial", part.stat().st_size) if part.exists() else FilesState("missing", 0)
+            have = part.stat().st_size if part.exists() else 0
+            return FilesState("partial" if have else "missing", have, bytes_total=self.downloads.size(spec))
         try:
             path = self.local(spec)
         except WarmdError:
             return FilesState("missing", 0)
-        return FilesState("verified" if src.sha256 else "complete",
-                          path.stat().st_size if path.is_file() else _folder_bytes(path))
+        size = path.stat().st_size if path.is_file() else _folder_bytes(path)
+        return FilesState("verified" if src.sha256 else "complete", size, bytes_total=size)
+
+    def probe_size(self, spec: ModelSpec, wait_s: float = 2.0) -> int:
+        """The full size of a downloadable spec's files, asking the source when no listing is known yet
+        (never offline). 0 when unknown."""
+        if spec.source.kind not in ("hf", "url") or self.offline or hub.hf_offline():
+            return 0
+        return self.downloads.size(spec) or self.downloads.probe_size(spec, wait_s)
 
     # ---- fetching ------------------------------------------------------------------------------
     def ensure(self, spec: ModelSpec) -> Path:

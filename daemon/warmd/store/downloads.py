@@ -79,6 +79,8 @@ class Downloads:
     def __init__(self, data_dir: Path, bus: EventBus, timeout_s: float = 30.0) -> None:
         self.data_dir, self.bus, self.timeout_s = data_dir, bus, timeout_s
         self._active: dict[str, _Transfer] = {}
+        self._sizes: dict[str, int] = {}          # source key -> full size, from listings
+        self._probes: dict[str, Future] = {}
         self._lock = threading.Lock()
 
     def start(self, spec: ModelSpec) -> tuple[Job, Future]:
@@ -97,6 +99,44 @@ class Downloads:
         threading.Thread(target=self._run, args=(spec, key, transfer), name=f"download-{spec.name}",
                          daemon=True).start()
         return transfer.job, transfer.future
+
+    def running(self) -> list[Job]:
+        """The jobs of the transfers under way."""
+        with self._lock:
+            return [t.job for t in self._active.values() if not t.future.done()]
+
+    def size(self, spec: ModelSpec) -> int:
+        """The full size of the spec's files, from a listing already made (0 when none was)."""
+        return self._sizes.get(_key(spec.source), 0)
+
+    def probe_size(self, spec: ModelSpec, wait_s: float) -> int:
+        """Ask the source how big the spec's files are (hub listing, HTTP HEAD), waiting at most `wait_s`;
+        an answer arriving later is kept for the next call. 0 when unknown."""
+        key = _key(spec.source)
+        with self._lock:
+            probe = self._probes.get(key)
+            if probe is None or (probe.done() and probe.exception() is not None):
+                probe = self._probes[key] = Future()
+                threading.Thread(target=self._probe, args=(spec, key, probe), name=f"size-{spec.name}",
+                                 daemon=True).start()
+        try:
+            probe.result(timeout=wait_s)
+        except Exception:  # noqa: BLE001 - unknown for now: offline hub, slow mirror
+            pass
+        return self.size(spec)
+
+    def _probe(self, spec: ModelSpec, key: str, probe: Future) -> None:
+        src = spec.source
+        try:
+            if src.kind == "hf":
+                size = sum(f.size for f in hub.list_files(src, hub.resolve_commit(src)))
+            else:
+                size = _content_length([src.ref, *src.mirrors])
+            self._sizes[key] = size
+            probe.set_result(size)
+        except Exception as exc:  # noqa: BLE001 - kept in the future; the next call asks again
+            log.info("size of %s unknown: %s", src.describe(), exc)
+            probe.set_exception(exc)
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
@@ -177,7 +217,7 @@ class Downloads:
         if not files:
             raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} has no files matching the spec's patterns")
         done, partial = hub.bytes_on_disk(src, files)
-        total = sum(f.size for f in files)
+        total = self._sizes[_key(src)] = sum(f.size for f in files)
         record["bytes"] = total
         ensure_disk(hub.cache_root(), total - done - partial)
         progress = _Progress(job, total)
@@ -200,7 +240,7 @@ class Downloads:
         src = spec.source
         final = url_path(self.data_dir, src)
         urls = [src.ref, *src.mirrors]
-        size = record["bytes"] = _content_length(urls)
+        size = record["bytes"] = self._sizes[_key(src)] = _content_length(urls)
         have = part_path(final).stat().st_size if part_path(final).exists() else 0
         ensure_disk(final.parent if final.parent.exists() else self.data_dir, size - have)
         progress = _Progress(job, size)

@@ -159,14 +159,16 @@ class Discovered(_message.Message):
     def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Files(_message.Message):
-    __slots__ = ("state", "bytes_on_disk", "revision")
+    __slots__ = ("state", "bytes_on_disk", "revision", "bytes_total")
     STATE_FIELD_NUMBER: _ClassVar[int]
     BYTES_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     state: str
     bytes_on_disk: int
     revision: str
-    def __init__(self, state: _Optional[str] = ..., bytes_on_disk: _Optional[int] = ..., revision: _Optional[str] = ...) -> None: ...
+    bytes_total: int
+    def __init__(self, state: _Optional[str] = ..., bytes_on_disk: _Optional[int] = ..., revision: _Optional[str] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class SpecError(_message.Message):
     __slots__ = ("file", "code", "field", "line", "message")
@@ -309,7 +311,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache", "devices", "plugins_dir", "plugins")
+    __slots__ = ("version", "pid", "started_at", "socket", "tcp", "specs_dir", "config_file", "log_file", "torch_imported", "resident", "models", "rejected", "offline", "downloads", "hf_cache", "devices", "plugins_dir", "plugins", "jobs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +330,7 @@ class StatusResponse(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_DIR_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     started_at: float
@@ -346,7 +349,22 @@ class StatusResponse(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
     plugins_dir: str
     plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., plugins_dir: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., socket: _Optional[str] = ..., tcp: _Optional[str] = ..., specs_dir: _Optional[str] = ..., config_file: _Optional[str] = ..., log_file: _Optional[str] = ..., torch_imported: _Optional[bool] = ..., resident: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., models: _Optional[int] = ..., rejected: _Optional[int] = ..., offline: _Optional[bool] = ..., downloads: _Optional[str] = ..., hf_cache: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ..., plugins_dir: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("id", "kind", "model", "progress", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    model: str
+    progress: Progress
+    message: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Plugin(_message.Message):
     __slots__ = ("name", "provider", "folder", "error")
@@ -550,14 +568,26 @@ class ResolveRoleRequest(_message.Message):
     def __init__(self, role: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class RoleChoice(_message.Message):
-    __slots__ = ("role", "model", "passed_over")
+    __slots__ = ("role", "model", "passed_over", "candidates", "chosen")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PASSED_OVER_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
     role: str
     model: str
     passed_over: _containers.RepeatedCompositeFieldContainer[PassedOver]
-    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ...) -> None: ...
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    chosen: str
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ..., passed_over: _Optional[_Iterable[_Union[PassedOver, _Mapping]]] = ..., candidates: _Optional[_Iterable[str]] = ..., chosen: _Optional[str] = ...) -> None: ...
+
+class ChooseRoleModelRequest(_message.Message):
+    __slots__ = ("role", "model")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    model: str
+    def __init__(self, role: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class PassedOver(_message.Message):
     __slots__ = ("model", "reason")

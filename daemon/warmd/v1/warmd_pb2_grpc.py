@@ -139,6 +139,11 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.FromString,
                 _registered_method=True)
+        self.ChooseRoleModel = channel.unary_unary(
+                '/warmd.v1.Warmd/ChooseRoleModel',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -297,6 +302,14 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChooseRoleModel(self, request, context):
+        """Make one of a role's candidates the model that plays it in the active profile (kept across restarts,
+        ahead of the profile's order while it qualifies) and start loading it. Others stay warm as the budget allows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WarmdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -404,6 +417,11 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.UseProfile,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.SerializeToString,
+            ),
+            'ChooseRoleModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChooseRoleModel,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -973,6 +991,33 @@ class Warmd:
             '/warmd.v1.Warmd/UseProfile',
             warmd_dot_v1_dot_warmd__pb2.UseProfileRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.UseProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChooseRoleModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ChooseRoleModel',
+            warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
             options,
             channel_credentials,
             insecure,
