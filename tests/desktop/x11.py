@@ -77,8 +77,9 @@ class Desktop:
         out = subprocess.run(["xdotool", *args], env=self.env, capture_output=True, text=True, timeout=20)
         return out.stdout
 
-    def windows(self, name: str) -> list[str]:
-        return self.xdotool("search", "--onlyvisible", "--name", f"^{name}$").split()
+    def windows(self, classname: str) -> list[str]:
+        """Visible windows by WM_CLASS instance (warm-tray's is its program name; its title is the tooltip)."""
+        return self.xdotool("search", "--onlyvisible", "--classname", f"^{classname}$").split()
 
     def geometry(self, window: str) -> tuple[int, int, int, int]:
         values = dict(line.split("=") for line in
@@ -89,15 +90,20 @@ class Desktop:
         """The warm-tray icon's window, once it is embedded in the tray (inside trayer's panel)."""
         panel = self.geometry(self.windows("panel")[0])
 
-        def embedded() -> str | None:
+        found: list[str] = []
+
+        def embedded() -> bool:
             for window in self.windows("warm-tray"):
                 x, y, _, _ = self.geometry(window)
                 if panel[0] <= x < panel[0] + panel[2] and panel[1] <= y < panel[1] + panel[3]:
-                    return window
-            return None
+                    found.append(window)
+            return bool(found)
 
-        wait_until(embedded, timeout=timeout)
-        return embedded()  # type: ignore[return-value]
+        try:
+            wait_until(embedded, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"the tray icon did not appear in the tray; its log:\n{self.tray_log()}") from None
+        return found[0]
 
     def open_menu(self, icon: str) -> str:
         """Right-click the icon; returns the menu's window."""

@@ -160,6 +160,7 @@ class Tray:
                 events = client.watch()              # subscribed before the snapshot: no event falls between
                 self._snapshot(client)
                 log.info("connected to warmd at %s", client.target)
+                self._dirty.set()                        # the refresher then asks for unknown sizes
                 delay = BACKOFF_S[0]
                 for event in events:
                     with self._lock:

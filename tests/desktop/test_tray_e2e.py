@@ -1,0 +1,182 @@
+"""warm-tray end to end in a real X server: Xvfb, trayer as the tray, dbus-run-session with a notification
+recorder, xdotool to open the menu and pick items, the real daemon over its socket.
+
+Where an item sits in the menu comes from the same `TrayState.menu()` the tray renders, built here from the
+daemon's own answers; GTK's keyboard navigation visits the enabled items in that order. The screenshot of
+the open menu is kept in artifacts/ (a CI artifact)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hubserver import Hub
+from models import affine_spec, affine_specs
+from waiting import wait_until
+from warm.tray.state import Action, TrayState, selectable
+from warmd.v1 import warmd_pb2 as pb
+from x11 import TOOLS, Desktop
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 tray: Linux only")
+
+
+@pytest.fixture
+def desktop(short_tmp: Path):  # type: ignore[no-untyped-def]
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    assert not missing, f"{', '.join(missing)} missing: run .ci/setup (it installs the desktop test tools)"
+    with Desktop(short_tmp) as desk:
+        desk.start_trayer()
+        yield desk
+
+
+def _menu(client) -> list:  # type: ignore[no-untyped-def]
+    state = TrayState()
+    state.snapshot(client.list(), client.list_profiles(), client.status())
+    return state.menu()
+
+
+def _position(items: list, action: Action | str) -> int:
+    """How many Down presses reach the item doing `action` (or labelled so): the first selects the first."""
+    return next(i for i, item in enumerate(selectable(items)) if action in (item.action, item.label)) + 1
+
+
+def _pick(desk: Desktop, icon: str, items: list, action: Action, screenshot: Path | None = None) -> None:
+    desk.open_menu(icon)
+    time.sleep(0.3)
+    if screenshot is not None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        desk.screenshot(screenshot)
+    desk.keys(*["Down"] * _position(items, action), "Return")
+
+
+def _tray_ready(desk: Desktop, tray: subprocess.Popen) -> str:
+    icon = desk.tray_icon()
+    wait_until(lambda: "connected to warmd" in desk.tray_log() or tray.poll() is not None, timeout=30)
+    assert tray.poll() is None, desk.tray_log()
+    time.sleep(0.5)                        # the first snapshot reaches the menu
+    return icon
+
+
+def test_pick_models_from_the_menu(start_daemon, short_tmp: Path, desktop: Desktop) -> None:
+    specs = affine_specs(short_tmp, 1.0)
+    for name in ("alpha", "beta", "gamma"):
+        (specs / f"{name}.yaml").write_text(affine_spec("w.safetensors"))
+    profiles = short_tmp / "profiles"
+    profiles.mkdir()
+    (profiles / "default.yaml").write_text("roles:\n  embedder:\n    prefer: [alpha, beta]\n")
+    daemon = start_daemon(specs, config={"profiles_dir": str(profiles)})
+    tray = desktop.start_tray(daemon.socket)
+    icon = _tray_ready(desktop, tray)
+
+    with daemon.client() as client:
+        items = _menu(client)
+        labels = [i.label for i in items]
+        assert labels[2:7] == ["embedder", "alpha (available)", "beta (available)", "Other models",
+                               "gamma (available)"], labels
+        # a role's candidate: it becomes the role's model (kept) and loads
+        shot = ARTIFACTS / "tray-menu.png"
+        _pick(desktop, icon, items, Action("choose", ("embedder", "beta")), screenshot=shot)
+        wait_until(lambda: client.get("beta").state == pb.READY, timeout=30)
+        role = client.list_profiles().roles[0]
+        assert (role.model, role.chosen) == ("beta", "beta")
+        assert client.get("alpha").state == pb.AVAILABLE
+        # a model in no role: picking it loads it
+        time.sleep(0.5)
+        items = _menu(client)
+        assert next(i for i in items if i.label.startswith("beta")).checked is True
+        _pick(desktop, icon, items, Action("load", ("gamma",)))
+        wait_until(lambda: client.get("gamma").state == pb.READY, timeout=30)
+        # Pause unloads everything
+        time.sleep(0.5)
+        _pick(desktop, icon, _menu(client), Action("pause"))
+        wait_until(lambda: not client.status().resident, timeout=30)
+
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        menu_area = image.convert("L").crop((image.width - 320, 30, image.width, 300))
+        assert menu_area.getextrema()[1] > 200, "the screenshot shows no open menu"
+
+
+def test_download_from_the_menu_then_notify_and_cancel(start_daemon, short_tmp: Path, hub: Hub,
+                                                      desktop: Desktop) -> None:
+    hub.add_repo("org/small", {"model.safetensors": os.urandom(2**20), "config.json": b"{}"})
+    hub.add_repo("org/slow", {"model.safetensors": os.urandom(32 * 2**20), "config.json": b"{}"})
+    hub.rate["model.safetensors"] = 4 * 2**20
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    for name in ("small", "slow"):
+        (specs / f"{name}.yaml").write_text(f"provider: sentence-transformers\nsource: {{hf: org/{name}}}\n")
+    daemon = start_daemon(specs, env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": None})
+    tray = desktop.start_tray(daemon.socket)
+    icon = _tray_ready(desktop, tray)
+
+    with daemon.client() as client:
+        # the tray asks for the sizes of models not downloaded yet; the daemon keeps them
+        wait_until(lambda: all(m.files.bytes_total for m in client.list().models), timeout=20)
+        items = _menu(client)
+        downloads = next(i for i in items if i.label == "Downloads")
+        offer = next(i for i in downloads.submenu if i.action == Action("pull", ("small",)))
+        assert offer.label == "Download small (1.0 MiB)", offer.label
+        desktop.open_menu(icon)
+        time.sleep(0.3)
+        inside = selectable(list(downloads.submenu)).index(offer)
+        desktop.keys(*["Down"] * _position(items, "Downloads"), "Right", *["Down"] * inside, "Return")
+        wait_until(lambda: client.get("small").files.state == "verified", timeout=30)
+        wait_until(lambda: any(n["title"] == "Download finished" for n in desktop.notes()), timeout=10)
+        assert any("small" in n["body"] for n in desktop.notes() if n["title"] == "Download finished")
+
+        # a download someone else started shows up under Downloads with Cancel
+        puller = subprocess.Popen(daemon.warm_command() + ["pull", "slow"], env=daemon.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: client.status().jobs, timeout=20)
+            time.sleep(0.5)
+            items = _menu(client)
+            downloads = next(i for i in items if i.label == "Downloads")
+            assert downloads.submenu[0].label.startswith("slow ")
+            desktop.open_menu(icon)
+            time.sleep(0.3)
+            desktop.keys(*["Down"] * _position(items, "Downloads"), "Right", "Right", "Return")  # > slow > Cancel
+            wait_until(lambda: any(n["title"] == "Download cancelled" for n in desktop.notes()), timeout=20)
+            assert client.get("slow").files.state in ("partial", "missing")
+            assert puller.wait(timeout=20) != 0
+        finally:
+            puller.kill()
+            puller.wait()
+
+
+def test_reconnects_after_the_daemon_restarts(start_daemon, short_tmp: Path, desktop: Desktop) -> None:
+    specs = affine_specs(short_tmp, 1.0)
+    (specs / "alpha.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    tray = desktop.start_tray(daemon.socket)
+    _tray_ready(desktop, tray)
+    daemon.kill()
+    wait_until(lambda: "daemon unreachable" in desktop.tray_log(), timeout=20)
+    again = start_daemon(specs)
+    wait_until(lambda: desktop.tray_log().count("connected to warmd") >= 2, timeout=30)
+    assert tray.poll() is None
+    icon = desktop.tray_icon()
+    with again.client() as client:
+        _pick(desktop, icon, _menu(client), Action("load", ("alpha",)))
+        wait_until(lambda: client.get("alpha").state == pb.READY, timeout=30)
+
+
+def test_without_a_tray_or_a_display_it_says_so(short_tmp: Path) -> None:
+    with Desktop(short_tmp) as desk:              # an X server but no tray in it
+        out = subprocess.run([sys.executable, "-m", "warm.tray.app", "--host-timeout", "1"], env=desk.env,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no system tray" in out.stderr, out.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-m", "warm.tray.app"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "needs a graphical session" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
