@@ -107,9 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", default=[], help="event kind prefix, e.g. catalog. (repeatable)")
     p.add_argument("--model", default="")
     p.set_defaults(run=cmd_watch)
-    p = sub.add_parser("service", help="start warmd at login: install | uninstall | status")
+    p = sub.add_parser("service", help="start warmd and warm-tray at login: install | uninstall | status")
     p.add_argument("action", choices=["install", "uninstall", "status"])
-    p.add_argument("--no-enable", action="store_true", help="only write or remove the file")
+    p.add_argument("--no-enable", action="store_true", help="only write or remove the files")
+    p.add_argument("--no-tray", action="store_true", help="install: the daemon only, no warm-tray at login")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", parents=[common, as_json], help="the daemon: version, paths, resident models")
     p.set_defaults(run=cmd_status)
@@ -377,14 +378,16 @@ def cmd_service(args: argparse.Namespace) -> int:
             print(json.dumps(info))
         else:
             for key, value in info.items():
-                out.print(f"[bold]{key:>9}[/bold]  {'unknown' if value is None else value}")
+                out.print(f"[bold]{key:>14}[/bold]  {'unknown' if value is None else value}")
         return 0
-    act = service.install if args.action == "install" else service.uninstall
-    path, said = act(enable=not args.no_enable)
-    if args.json:
-        print(json.dumps({"file": str(path), "result": said}))
+    if args.action == "install":
+        files, said = service.install(enable=not args.no_enable, tray=not args.no_tray)
     else:
-        out.print(f"{args.action}: {path}: {said}")
+        files, said = service.uninstall(enable=not args.no_enable)
+    if args.json:
+        print(json.dumps({"files": [str(f) for f in files], "result": said}))
+    else:
+        out.print(f"{args.action}: {', '.join(map(str, files)) or 'nothing to remove'}: {said}")
     return 0
 
 

@@ -1,9 +1,11 @@
-"""`warm service install | uninstall | status`: start warmd at login, for the current user, no root.
+"""`warm service install | uninstall | status`: start warmd (and warm-tray) at login, for the current user,
+no root.
 
-Linux: a systemd user unit (Type=notify, Restart=on-failure). macOS: a LaunchAgent (RunAtLoad, KeepAlive on
-failure). Windows: a launcher in the Startup folder. The templates are in packaging/ (shipped as
-`warm/templates`, a link to it).
-The files are written, then the service manager is asked to enable and start them unless `enable=False`.
+Linux: a systemd user unit for the daemon (Type=notify, Restart=on-failure) and an XDG autostart entry for
+the tray. macOS: LaunchAgents for both (RunAtLoad, KeepAlive on failure). Windows: launchers in the Startup
+folder. The templates are in packaging/ (shipped as `warm/templates`, a link to it). The files are written,
+then the service manager is asked to enable and start the daemon unless `enable=False`; the tray starts
+with the next graphical login.
 """
 from __future__ import annotations
 
@@ -17,79 +19,126 @@ from pathlib import Path
 
 from warmd import paths
 
+UNIT = "warmd.service"
+
 
 @dataclass(frozen=True)
-class Target:
-    """Where one platform's service file goes, and from which template."""
+class Entry:
+    """One file that starts a program at login, and the template it is written from."""
 
-    platform: str                 # linux | darwin | win32
+    program: str                  # warmd | warm-tray
     file: Path
     template: str                 # path inside packaging/
 
 
-def target(home: Path | None = None, platform: str = sys.platform) -> Target:
+def entries(home: Path | None = None, platform: str = sys.platform) -> tuple[str, list[Entry]]:
+    """(platform family, [the daemon's entry, the tray's entry]) for this user."""
     home = home or Path.home()
     if platform.startswith("linux"):
         config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-        return Target("linux", config / "systemd" / "user" / "warmd.service", "linux/warmd.service")
+        return "linux", [Entry("warmd", config / "systemd" / "user" / UNIT, f"linux/{UNIT}"),
+                         Entry("warm-tray", config / "autostart" / "warm-tray.desktop", "linux/warm-tray.desktop")]
     if platform == "darwin":
-        return Target("darwin", home / "Library" / "LaunchAgents" / "dev.warmd.warmd.plist",
-                      "macos/dev.warmd.warmd.plist")
-    appdata = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
-    return Target("win32", appdata / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / "warmd.cmd",
-                  "windows/warmd.cmd")
+        agents = home / "Library" / "LaunchAgents"
+        return "darwin", [Entry("warmd", agents / "dev.warmd.warmd.plist", "macos/dev.warmd.warmd.plist"),
+                          Entry("warm-tray", agents / "dev.warmd.tray.plist", "macos/dev.warmd.tray.plist")]
+    startup = (Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming") / "Microsoft" / "Windows"
+               / "Start Menu" / "Programs" / "Startup")
+    return "win32", [Entry("warmd", startup / "warmd.cmd", "windows/warmd.cmd"),
+                     Entry("warm-tray", startup / "warm-tray.cmd", "windows/warm-tray.cmd")]
 
 
-def warmd_executable() -> str:
-    """The `warmd` next to this Python (a virtualenv's bin/), else the one on PATH."""
-    beside = Path(sys.executable).with_name("warmd.exe" if os.name == "nt" else "warmd")
-    return str(beside) if beside.exists() else (shutil.which("warmd") or "warmd")
+def executable(program: str) -> str:
+    """`program` next to this Python (a virtualenv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).with_name(f"{program}.exe" if os.name == "nt" else program)
+    return str(beside) if beside.exists() else (shutil.which(program) or program)
 
 
-def render(t: Target) -> str:
-    text = (resources.files("warm") / "templates" / t.template).read_text(encoding="utf-8")
-    return text.replace("{warmd}", warmd_executable()).replace("{log}", str(paths.default_log_dir() / "launchd.log"))
+def render(entry: Entry) -> str:
+    text = (resources.files("warm") / "templates" / entry.template).read_text(encoding="utf-8")
+    logs = paths.default_log_dir()
+    return (text.replace("{warmd}", executable("warmd")).replace("{warm_tray}", executable("warm-tray"))
+            .replace("{log}", str(logs / "launchd.log")).replace("{tray_log}", str(logs / "warm-tray.log")))
 
 
-def install(home: Path | None = None, platform: str = sys.platform, enable: bool = True) -> tuple[Path, str]:
-    """Write the service file and (with `enable`) enable and start it. Returns (file, what happened)."""
-    t = target(home, platform)
-    t.file.parent.mkdir(parents=True, exist_ok=True)
-    t.file.write_text(render(t), encoding="utf-8")
-    if not enable:
-        return t.file, "written (not enabled)"
-    return t.file, _manage(t, "enable")
+def install(home: Path | None = None, platform: str = sys.platform, enable: bool = True,
+            tray: bool = True) -> tuple[list[Path], str]:
+    """Write the login entries (the tray's only with `tray`) and, with `enable`, enable and start the daemon.
+
+    Returns:
+        The files written, and what the service manager said.
+    """
+    family, found = entries(home, platform)
+    written = []
+    for entry in found if tray else found[:1]:
+        entry.file.parent.mkdir(parents=True, exist_ok=True)
+        entry.file.write_text(render(entry), encoding="utf-8")
+        written.append(entry.file)
+    return written, _manage(family, found, "enable") if enable else "written (not enabled)"
 
 
-def uninstall(home: Path | None = None, platform: str = sys.platform, enable: bool = True) -> tuple[Path, str]:
-    """Stop and disable the service (with `enable`), then remove its file."""
-    t = target(home, platform)
-    said = _manage(t, "disable") if enable and t.file.exists() else "not managed"
-    t.file.unlink(missing_ok=True)
-    return t.file, said
+def uninstall(home: Path | None = None, platform: str = sys.platform,
+              enable: bool = True) -> tuple[list[Path], str]:
+    """Stop and disable the daemon (with `enable`), then remove every login entry."""
+    family, found = entries(home, platform)
+    said = _manage(family, found, "disable") if enable and found[0].file.exists() else "not managed"
+    removed = [e.file for e in found if e.file.exists()]
+    for path in removed:
+        path.unlink()
+    return removed, said
 
 
 def status(home: Path | None = None, platform: str = sys.platform) -> dict[str, object]:
-    """Installed (the file), enabled (the service manager's word, when it can be asked), logs."""
-    t = target(home, platform)
+    """Installed (the files), enabled (the service manager's word, when it can be asked), running (the
+    daemon answers on its socket; the tray has a process), and where the logs are."""
+    family, (daemon, tray) = entries(home, platform)
     enabled: object = None
-    if t.platform == "linux" and t.file.exists() and shutil.which("systemctl"):
-        out = subprocess.run(["systemctl", "--user", "is-enabled", "warmd.service"], capture_output=True, text=True)
+    if family == "linux" and daemon.file.exists() and shutil.which("systemctl"):
+        out = subprocess.run(["systemctl", "--user", "is-enabled", UNIT], capture_output=True, text=True)
         enabled = out.stdout.strip() == "enabled" if out.returncode in (0, 1) and out.stdout.strip() else None
-    return {"platform": t.platform, "file": str(t.file), "installed": t.file.exists(), "enabled": enabled,
+    return {"platform": family, "file": str(daemon.file), "installed": daemon.file.exists(), "enabled": enabled,
+            "running": _daemon_pid() is not None, "pid": _daemon_pid(),
+            "tray_file": str(tray.file), "tray_installed": tray.file.exists(), "tray_running": _tray_running(),
             "log_file": str(paths.default_log_dir() / "warmd.log"),
-            "journal": "journalctl --user -u warmd" if t.platform == "linux" else ""}
+            "journal": "journalctl --user -u warmd" if family == "linux" else ""}
 
 
-def _manage(t: Target, action: str) -> str:
-    if t.platform == "linux":
-        commands = [["systemctl", "--user", "daemon-reload"],
-                    ["systemctl", "--user", action, "--now", "warmd.service"]]
-    elif t.platform == "darwin":
+def _daemon_pid() -> int | None:
+    from warm.client import Client
+    from warmd.errors import WarmdError
+
+    try:
+        with Client(timeout=1.0) as client:
+            return client.status().pid
+    except WarmdError:
+        return None
+
+
+def _tray_running() -> bool | None:
+    """Whether a warm-tray process of this user runs (Linux: from /proc; elsewhere unknown)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.stat().st_uid != os.getuid():
+                continue
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"warm-tray") for a in args[:2]) or b"warm.tray.app" in args[:3]:
+            return True
+    return False
+
+
+def _manage(family: str, found: list[Entry], action: str) -> str:
+    if family == "linux":
+        commands = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", action, "--now", UNIT]]
+    elif family == "darwin":
         verb = "load" if action == "enable" else "unload"
-        commands = [["launchctl", verb, "-w", str(t.file)]]
+        commands = [["launchctl", verb, "-w", str(e.file)] for e in found if e.file.exists()]
     else:
-        return "the Startup folder starts it at the next login"
+        return "the Startup folder starts them at the next login"
     for command in commands:
         if shutil.which(command[0]) is None:
             return f"{command[0]} not found; {action} it by hand"

@@ -1,0 +1,2 @@
+@rem Startup-folder launcher for warm-tray, written by `warm service install`.
+@start "" "{warm_tray}"
