@@ -170,6 +170,10 @@ def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path
     daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=8 * 2**20)
     started: list[str] = []
     errors: list[WarmdError] = []
+    full = BIG + len(b'{"a": 1}')
+    with daemon.client() as c:               # the size before any download: ls never asks, GetModel does
+        assert c.list().models[0].files.bytes_total == 0
+        assert c.get("big").files.bytes_total == full and c.list().models[0].files.bytes_total == full
 
     def pull() -> None:
         with daemon.client() as c:
@@ -181,6 +185,10 @@ def test_cancel_keeps_partial_for_resume(start_daemon, hub: Hub, short_tmp: Path
     worker = threading.Thread(target=pull)
     worker.start()
     wait_until(lambda: started and any(p.stat().st_size > BIG * 0.3 for p in _parts(daemon)))
+    with daemon.client() as c:               # a late client sees the transfer and how far it is
+        job = c.status().jobs[0]
+    assert (job.id, job.kind, job.model, job.progress.total) == (started[0], "download", "big", full)
+    assert job.progress.done > 0
     assert daemon.warm("cancel", started[0]).returncode == 0
     worker.join(timeout=30)
     assert errors and errors[0].code is Code.CANCELLED

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from models import affine_spec, affine_specs
-from waiting import wait_until
+from waiting import error_code, wait_until
 from warm import Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 KIB = 1024
 
@@ -66,7 +67,33 @@ def test_role_resolution_profile_switch_and_restart(start_daemon, short_tmp: Pat
     again = start_daemon(specs, config=config, root=short_tmp)
     listing = json.loads(again.warm("profile", "list", "--json").stdout)
     assert listing["active"] == "gaming" and listing["profiles"] == ["gaming", "work"]
-    assert listing["roles"] == [{"role": "embedder", "model": "small"}]
+    assert listing["roles"] == [{"role": "embedder", "model": "small", "candidates": ["small"]}]
+
+
+def test_choosing_a_roles_model_loads_it_and_is_kept(start_daemon, short_tmp: Path) -> None:
+    specs, profiles = _setup(short_tmp)
+    (profiles / "default.yaml").write_text("roles:\n  embedder:\n    prefer: [small, other, big]\n")
+    config = {"profiles_dir": str(profiles), "cpu_budget": f"{1024 * KIB}"}
+    daemon = start_daemon(specs, config=config)
+    with daemon.client() as c:
+        assert c.resolve_role("embedder").model == "small"
+        choice = c.choose_role("embedder", "big")
+        assert (choice.model, choice.chosen, list(choice.candidates)) == ("big", "big", ["small", "other", "big"])
+        wait_until(lambda: c.get("big").state == pb.READY)
+        assert c.resolve_role("embedder").model == "big"
+        with pytest.raises(WarmdError) as info:
+            c.choose_role("embedder", "missing")
+        assert info.value.code is Code.INVALID_ARGUMENT and "candidates: small, other, big" in info.value.message
+        assert error_code(lambda: c.choose_role("nope", "big")) is Code.INVALID_ARGUMENT
+    daemon.terminate()
+
+    again = start_daemon(specs, config=config, root=short_tmp)
+    shown = again.warm("profile", "list")
+    assert "big (chosen)" in shown.stdout, shown.stdout
+    cleared = json.loads(again.warm("profile", "choose", "embedder", "--json").stdout)
+    assert cleared[0]["model"] == "small" and "chosen" not in cleared[0]
+    assert again.warm("profile", "choose", "embedder", "nope").returncode != 0
+
 
 
 def test_a_pinned_model_leaves_no_room_and_the_role_falls_back(start_daemon, short_tmp: Path) -> None:
