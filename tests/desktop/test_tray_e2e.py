@@ -46,6 +46,9 @@ def _position(items: list, action: Action | str) -> int:
     return next(i for i, item in enumerate(selectable(items)) if action in (item.action, item.label)) + 1
 
 
+SETTLE_S = 0.6          # the tray re-reads the daemon 0.1 s after an event; its menu follows
+
+
 def _pick(desk: Desktop, icon: str, items: list, action: Action, screenshot: Path | None = None) -> None:
     desk.open_menu(icon)
     time.sleep(0.3)
@@ -71,7 +74,11 @@ def test_pick_models_from_the_menu(start_daemon, short_tmp: Path, desktop: Deskt
     profiles.mkdir()
     (profiles / "default.yaml").write_text("roles:\n  embedder:\n    prefer: [alpha, beta]\n")
     daemon = start_daemon(specs, config={"profiles_dir": str(profiles)})
-    tray = desktop.start_tray(daemon.socket)
+    opener = short_tmp / "bin"                 # the desktop's opener, recording what it was asked to open
+    opener.mkdir()
+    (opener / "xdg-open").write_text(f"#!/bin/sh\necho \"$1\" >> {short_tmp / 'opened'}\n")
+    (opener / "xdg-open").chmod(0o755)
+    tray = desktop.start_tray(daemon.socket, env={"PATH": f"{opener}:{os.environ['PATH']}"})
     icon = _tray_ready(desktop, tray)
 
     with daemon.client() as client:
@@ -87,15 +94,22 @@ def test_pick_models_from_the_menu(start_daemon, short_tmp: Path, desktop: Deskt
         assert (role.model, role.chosen) == ("beta", "beta")
         assert client.get("alpha").state == pb.AVAILABLE
         # a model in no role: picking it loads it
-        time.sleep(0.5)
+        time.sleep(SETTLE_S)
         items = _menu(client)
         assert next(i for i in items if i.label.startswith("beta")).checked is True
         _pick(desktop, icon, items, Action("load", ("gamma",)))
         wait_until(lambda: client.get("gamma").state == pb.READY, timeout=30)
         # Pause unloads everything
-        time.sleep(0.5)
+        time.sleep(SETTLE_S)
         _pick(desktop, icon, _menu(client), Action("pause"))
         wait_until(lambda: not client.status().resident, timeout=30)
+        time.sleep(SETTLE_S)
+        _pick(desktop, icon, _menu(client), Action("open_logs"))
+        wait_until(lambda: (short_tmp / "opened").exists(), timeout=10)
+        assert (short_tmp / "opened").read_text().strip() == client.status().log_file
+        time.sleep(SETTLE_S)
+        _pick(desktop, icon, _menu(client), Action("quit"))
+        tray.wait(timeout=20)
 
     from PIL import Image
 
@@ -137,7 +151,7 @@ def test_download_from_the_menu_then_notify_and_cancel(start_daemon, short_tmp: 
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: client.status().jobs, timeout=20)
-            time.sleep(0.5)
+            time.sleep(SETTLE_S)
             items = _menu(client)
             downloads = next(i for i in items if i.label == "Downloads")
             assert downloads.submenu[0].label.startswith("slow ")
@@ -163,6 +177,7 @@ def test_reconnects_after_the_daemon_restarts(start_daemon, short_tmp: Path, des
     again = start_daemon(specs)
     wait_until(lambda: desktop.tray_log().count("connected to warmd") >= 2, timeout=30)
     assert tray.poll() is None
+    time.sleep(SETTLE_S)
     icon = desktop.tray_icon()
     with again.client() as client:
         _pick(desktop, icon, _menu(client), Action("load", ("alpha",)))

@@ -77,9 +77,9 @@ class Desktop:
         out = subprocess.run(["xdotool", *args], env=self.env, capture_output=True, text=True, timeout=20)
         return out.stdout
 
-    def windows(self, classname: str) -> list[str]:
-        """Visible windows by WM_CLASS instance (warm-tray's is its program name; its title is the tooltip)."""
-        return self.xdotool("search", "--onlyvisible", "--classname", f"^{classname}$").split()
+    def windows(self, classname: str, visible: bool = True) -> list[str]:
+        """Windows by WM_CLASS instance (warm-tray's is its program name; its title is the tooltip)."""
+        return self.xdotool("search", *(["--onlyvisible"] if visible else []), "--classname", f"^{classname}$").split()
 
     def geometry(self, window: str) -> tuple[int, int, int, int]:
         values = dict(line.split("=") for line in
@@ -88,12 +88,11 @@ class Desktop:
 
     def tray_icon(self, timeout: float = 30) -> str:
         """The warm-tray icon's window, once it is embedded in the tray (inside trayer's panel)."""
-        panel = self.geometry(self.windows("panel")[0])
-
         found: list[str] = []
 
         def embedded() -> bool:
-            for window in self.windows("warm-tray"):
+            panel = self.geometry(self.windows("panel")[0])      # it grows as icons arrive
+            for window in self.windows("warm-tray", visible=False):   # embedded plugs may not count as viewable
                 x, y, _, _ = self.geometry(window)
                 if panel[0] <= x < panel[0] + panel[2] and panel[1] <= y < panel[1] + panel[3]:
                     found.append(window)
@@ -102,7 +101,9 @@ class Desktop:
         try:
             wait_until(embedded, timeout=timeout)
         except AssertionError:
-            raise AssertionError(f"the tray icon did not appear in the tray; its log:\n{self.tray_log()}") from None
+            seen = {w: self.geometry(w) for w in self.xdotool("search", "--classname", "warm-tray|panel").split()}
+            raise AssertionError(f"the tray icon did not appear in the tray (windows: {seen}); its log:\n"
+                                 f"{self.tray_log()}") from None
         return found[0]
 
     def open_menu(self, icon: str) -> str:
