@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Profiles:
                  store: Store) -> None:
         self.folder, self.state_file, self.picks_file = folder, state_file, picks_file
         self.catalog, self.scheduler, self.store = catalog, scheduler, store
+        self._picks_lock = threading.Lock()        # picks are read, changed and written back whole
 
     # ---- reading -------------------------------------------------------------------------------
     def active(self) -> str:
@@ -110,15 +112,18 @@ class Profiles:
                 preferred model qualifies (the message lists why each was passed over).
         """
         profile = profile or self.active()
-        rules = self.roles(profile)
-        if role not in rules:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
-                             f"(roles: {', '.join(rules) or 'none'})")
-        choice = self._choose(role, rules[role], self.picks(profile).get(role, ""))
+        choice = self._choose(role, self._rule(profile, role), self.picks(profile).get(role, ""))
         if not choice.model:
             why = "; ".join(f"{m}: {r}" for m, r in choice.passed_over)
             raise WarmdError(Code.UNAVAILABLE, f"no model can play {role!r} in profile {profile!r}: {why}")
         return choice
+
+    def _rule(self, profile: str, role: str) -> dict:
+        rules = self.roles(profile)
+        if role not in rules:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
+                             f"(roles: {', '.join(rules) or 'none'})")
+        return rules[role]
 
     def _choose(self, role: str, rule: dict, pick: str = "") -> Choice:
         candidates = [str(name) for name in rule["prefer"]]
@@ -190,36 +195,34 @@ class Profiles:
                 `unavailable` when the model cannot play it now (the reason is in the message).
         """
         profile = self.active()
-        rules = self.roles(profile)
-        if role not in rules:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"profile {profile!r} has no role {role!r} "
-                             f"(roles: {', '.join(rules) or 'none'})")
-        candidates = [str(name) for name in rules[role]["prefer"]]
+        rule = self._rule(profile, role)
+        candidates = [str(name) for name in rule["prefer"]]
         if model and model not in candidates:
             raise WarmdError(Code.INVALID_ARGUMENT, f"{model!r} is not a candidate for {role!r} in profile "
                              f"{profile!r} (candidates: {', '.join(candidates)}); add it to the role's `prefer`")
-        why = self._disqualified(model, rules[role]) if model else None
+        why = self._disqualified(model, rule) if model else None
         if why is not None:
             raise WarmdError(Code.UNAVAILABLE, f"{model!r} cannot play {role!r} now: {why}")
         self._save_pick(profile, role, model)
-        choice = self._choose(role, rules[role], model)
+        choice = self._choose(role, rule, model)
         if choice.model:
             self.scheduler.start_load(choice.model, reason="role")
         return choice
 
     def _save_pick(self, profile: str, role: str, model: str) -> None:
-        try:
-            everything = json.loads(self.picks_file.read_text())
-            everything = everything if isinstance(everything, dict) else {}
-        except (OSError, ValueError):
-            everything = {}
-        picks = everything.setdefault(profile, {})
-        if model:
-            picks[role] = model
-        else:
-            picks.pop(role, None)
-        self.picks_file.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.picks_file, json.dumps(everything, indent=1, sort_keys=True))
+        with self._picks_lock:
+            try:
+                everything = json.loads(self.picks_file.read_text())
+                everything = everything if isinstance(everything, dict) else {}
+            except (OSError, ValueError):
+                everything = {}
+            picks = everything.setdefault(profile, {})
+            if model:
+                picks[role] = model
+            else:
+                picks.pop(role, None)
+            self.picks_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.picks_file, json.dumps(everything, indent=1, sort_keys=True))
 
     def choices(self, profile: str) -> list[Choice]:
         picks = self.picks(profile)
