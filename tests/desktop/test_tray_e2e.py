@@ -53,7 +53,6 @@ def _pick(desk: Desktop, icon: str, items: list, action: Action, screenshot: Pat
     desk.open_menu(icon)
     time.sleep(0.3)
     if screenshot is not None:
-        ARTIFACTS.mkdir(exist_ok=True)
         desk.screenshot(screenshot)
     desk.keys(*["Down"] * _position(items, action), "Return")
 
@@ -157,7 +156,10 @@ def test_download_from_the_menu_then_notify_and_cancel(start_daemon, short_tmp: 
             assert downloads.submenu[0].label.startswith("slow ")
             desktop.open_menu(icon)
             time.sleep(0.3)
-            desktop.keys(*["Down"] * _position(items, "Downloads"), "Right", "Right", "Return")  # > slow > Cancel
+            desktop.keys(*["Down"] * _position(items, "Downloads"), "Right", "Right")      # > slow > Cancel
+            time.sleep(0.3)
+            desktop.screenshot(ARTIFACTS / "tray-downloads.png")
+            desktop.keys("Return")
             wait_until(lambda: any(n["title"] == "Download cancelled" for n in desktop.notes()), timeout=20)
             assert client.get("slow").files.state in ("partial", "missing")
             assert puller.wait(timeout=20) != 0

@@ -116,6 +116,7 @@ class Desktop:
     def screenshot(self, path: Path) -> None:
         from PIL import ImageGrab
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         ImageGrab.grab(xdisplay=self.env["DISPLAY"]).save(path)
 
     def keys(self, *keys: str) -> None:
