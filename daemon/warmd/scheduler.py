@@ -115,6 +115,7 @@ class ModelView:
     state: str                       # available | loading | ready | unloading | failed
     resident: Resident | None
     error: WarmdError | None
+    pinned: bool | None = None       # `warm pin`/`unpin` over the spec's pin (None: the spec decides)
 
 
 class Scheduler:
@@ -629,13 +630,14 @@ class Scheduler:
         with self._lock:
             slot = self._slots.get(name) or _Slot()
             retiring = next((r for r in self._retiring if r.spec.name == name), None)
+            pinned = self._pins.get(name)
             if slot.current is not None:
-                return ModelView("ready", slot.current, slot.error)
+                return ModelView("ready", slot.current, slot.error, pinned)
             if slot.loading is not None:
-                return ModelView("loading", None, slot.error)
+                return ModelView("loading", None, slot.error, pinned)
             if retiring is not None:
-                return ModelView("unloading", retiring, None)
-            return ModelView("failed" if slot.error else "available", None, slot.error)
+                return ModelView("unloading", retiring, None, pinned)
+            return ModelView("failed" if slot.error else "available", None, slot.error, pinned)
 
     def resident(self) -> list[Resident]:
         with self._lock:

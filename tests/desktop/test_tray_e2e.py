@@ -103,6 +103,17 @@ def test_pick_models_from_the_menu(start_daemon, short_tmp: Path, desktop: Deskt
         _pick(desktop, icon, _menu(client), Action("pause"))
         wait_until(lambda: not client.status().resident, timeout=30)
         time.sleep(SETTLE_S)
+        # per model: Models > alpha > Pin
+        items = _menu(client)
+        models = next(i for i in items if i.label == "Models")
+        alpha = next(i for i in models.submenu if i.label.startswith("alpha"))
+        desktop.open_menu(icon)
+        time.sleep(0.3)
+        desktop.keys(*["Down"] * _position(items, "Models"), "Right", *["Down"] * selectable(
+            list(models.submenu)).index(alpha), "Right", *["Down"] * (_position(list(alpha.submenu), "Pin") - 1),
+            "Return")
+        wait_until(lambda: client.get("alpha").pin, timeout=10)
+        time.sleep(SETTLE_S)
         _pick(desktop, icon, _menu(client), Action("open_logs"))
         wait_until(lambda: (short_tmp / "opened").exists(), timeout=10)
         assert (short_tmp / "opened").read_text().strip() == client.status().log_file

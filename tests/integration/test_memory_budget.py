@@ -42,5 +42,6 @@ def test_cpu_budget_evicts_lru_and_pins_hold(start_daemon, short_tmp: Path) -> N
         assert int(cpu["budget"]) == 400 * KIB and int(cpu["used"]) == 300 * KIB   # `memory` of a and c
 
         assert daemon.warm("unpin", "c").returncode == 0
+        assert c.get("a").pin and not c.get("c").pin       # the model shows the pin in force, not the spec's
         c.infer("b", {"x": X})              # c is unpinned and idle now: it makes room
         assert sorted(m.name for m in c.status().resident) == ["a", "b"]

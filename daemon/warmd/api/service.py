@@ -349,7 +349,7 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
     model = pb.Model(
         name=spec.name, version=spec.version, description=spec.description, tags=list(spec.tags),
         task=spec.task, provider=spec.provider, source=spec.source.describe(), device=spec.device,
-        precision=spec.precision, pin=spec.pin,
+        precision=spec.precision, pin=spec.pin if view.pinned is None else view.pinned,
         keep_alive_s=default_keep_alive if spec.keep_alive is None else spec.keep_alive,
         preload=spec.preload, file=str(spec.file), signature=spec.signature, state=_STATES[view.state],
         inputs=[tensor_spec(d) for d in spec.inputs], outputs=[tensor_spec(d) for d in spec.outputs])
