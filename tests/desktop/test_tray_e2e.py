@@ -184,17 +184,22 @@ def test_reconnects_after_the_daemon_restarts(start_daemon, short_tmp: Path, des
     (specs / "alpha.yaml").write_text(affine_spec("w.safetensors"))
     daemon = start_daemon(specs)
     tray = desktop.start_tray(daemon.socket)
-    _tray_ready(desktop, tray)
+    icon = _tray_ready(desktop, tray)
+    tooltip = lambda: desktop.xdotool("getwindowname", icon).strip()   # noqa: E731 - GTK titles the icon window
+    wait_until(lambda: tooltip().startswith("warmd: no model loaded"), timeout=10)
     daemon.kill()
-    wait_until(lambda: "daemon unreachable" in desktop.tray_log(), timeout=20)
+    wait_until(lambda: "warmd is not reachable; retrying in" in tooltip(), timeout=20)
     again = start_daemon(specs)
     wait_until(lambda: desktop.tray_log().count("connected to warmd") >= 2, timeout=30)
     assert tray.poll() is None
+    retries = [float(line.rsplit("retrying in ", 1)[1].split()[0]) for line in desktop.tray_log().splitlines()
+               if "retrying in" in line]
+    assert retries[:3] == sorted(retries[:3]) and retries[0] == 0.5      # the waits grow: 0.5, 1, 2 ...
     time.sleep(SETTLE_S)
-    icon = desktop.tray_icon()
     with again.client() as client:
         _pick(desktop, icon, _menu(client), Action("load", ("alpha",)))
         wait_until(lambda: client.get("alpha").state == pb.READY, timeout=30)
+        wait_until(lambda: tooltip() == "warmd: alpha ready", timeout=10)
 
 
 def test_without_a_tray_or_a_display_it_says_so(short_tmp: Path) -> None:
