@@ -205,8 +205,9 @@ class Tray:
 
     def _ask_sizes(self, client: Client) -> None:
         """Models not downloaded yet show their size: GetModel asks the source once (the state keeps it)."""
-        unknown = [m.name for m in self.state.models.values()
-                   if self.state.downloadable(m) and not m.files.bytes_total]
+        with self._lock:
+            unknown = [m.name for m in self.state.models.values()
+                       if self.state.downloadable(m) and not m.files.bytes_total]
         for name in unknown:
             model = client.get(name)
             if model.files.bytes_total:
