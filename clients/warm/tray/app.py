@@ -134,6 +134,7 @@ class Tray:
         self._dirty = threading.Event()
         self._shown: Status | None = None
         self._notified: dict[str, float] = {}           # model -> when the last notification about it went out
+        self._sized: set[str] = set()                   # models whose size was asked for on this connection
         self.icon = pystray.Icon("warm-tray", icons.draw(self.state.status()), self.state.status().title,
                                  pystray.Menu(self._items))
 
@@ -160,6 +161,7 @@ class Tray:
                 events = client.watch()              # subscribed before the snapshot: no event falls between
                 self._snapshot(client)
                 log.info("connected to warmd at %s", client.target)
+                self._sized.clear()                      # a restarted daemon has forgotten what it was asked
                 self._dirty.set()                        # the refresher then asks for unknown sizes
                 delay = BACKOFF_S[0]
                 for event in events:
@@ -204,10 +206,12 @@ class Tray:
         self._render()
 
     def _ask_sizes(self, client: Client) -> None:
-        """Models not downloaded yet show their size: GetModel asks the source once (the state keeps it)."""
+        """Models not downloaded yet show their size: GetModel asks the source (up to 2 s) and the daemon
+        remembers the answer, so each model is asked once per connection, not at every refresh."""
         with self._lock:
-            unknown = [m.name for m in self.state.models.values()
-                       if self.state.downloadable(m) and not m.files.bytes_total]
+            unknown = [m.name for m in self.state.models.values() if self.state.downloadable(m)
+                       and not m.files.bytes_total and m.name not in self._sized]
+        self._sized.update(unknown)
         for name in unknown:
             model = client.get(name)
             if model.files.bytes_total:

@@ -80,11 +80,7 @@ class TrayState:
                  status: pb.StatusResponse) -> None:
         """Replace what the daemon owns with a fresh read (after connecting, or when events say so)."""
         self.connected, self.retry_in = True, 0.0
-        sizes = {name: m.files.bytes_total for name, m in self.models.items()}
         self.models = {m.name: m for m in listing.models}
-        for name, m in self.models.items():           # a size asked for once (GetModel) outlives refreshes
-            if not m.files.bytes_total and sizes.get(name):
-                m.files.bytes_total = sizes[name]
         self.roles, self.profiles, self.active_profile = list(profiles.roles), list(profiles.profiles), profiles.active
         self.downloads = {j.id: Download(j.id, j.model, j.progress.done, j.progress.total)
                           for j in status.jobs if j.kind == "download"}

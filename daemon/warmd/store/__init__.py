@@ -123,7 +123,7 @@ class Store:
         (never offline). 0 when unknown."""
         if spec.source.kind not in ("hf", "url") or self.offline or hub.hf_offline():
             return 0
-        return self.downloads.size(spec) or self.downloads.probe_size(spec, wait_s)
+        return self.downloads.probe_size(spec, wait_s)
 
     # ---- fetching ------------------------------------------------------------------------------
     def ensure(self, spec: ModelSpec) -> Path:

@@ -110,9 +110,11 @@ class Downloads:
         return self._sizes.get(_key(spec.source), 0)
 
     def probe_size(self, spec: ModelSpec, wait_s: float) -> int:
-        """Ask the source how big the spec's files are (hub listing, HTTP HEAD), waiting at most `wait_s`;
-        an answer arriving later is kept for the next call. 0 when unknown."""
+        """The full size of the spec's files: known from a listing, else asked of the source (hub listing,
+        HTTP HEAD) waiting at most `wait_s`; an answer arriving later is kept for the next call. 0 when unknown."""
         key = _key(spec.source)
+        if key in self._sizes:
+            return self._sizes[key]
         with self._lock:
             probe = self._probes.get(key)
             if probe is None or (probe.done() and probe.exception() is not None):
