@@ -26,7 +26,7 @@ import yaml
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
-from warmd.spec import ModelSpec, SpecFileError, parse_spec_file
+from warmd.spec import ModelSpec, SpecFileError, did_you_mean, parse_spec_file
 from warmd.store import local
 from warmd.watch import Watches
 
@@ -67,6 +67,19 @@ class Catalog:
     def get(self, name: str) -> ModelSpec | None:
         with self._lock:
             return self._specs.get(name)
+
+    def require(self, name: str, listed_by: str = "`warm ls` lists them") -> ModelSpec:
+        """The spec named `name`.
+
+        Raises:
+            WarmdError: `model_not_found`, naming the nearest model name when one is close and how to list them.
+        """
+        with self._lock:
+            spec = self._specs.get(name)
+            names = list(self._specs)
+        if spec is None:
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}{did_you_mean(name, names)}; {listed_by}")
+        return spec
 
     def specs(self) -> list[ModelSpec]:
         with self._lock:

@@ -300,10 +300,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return found
 
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _model(self, spec: ModelSpec) -> pb.Model:
         view = self.scheduler.view(spec.name)
