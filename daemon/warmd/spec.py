@@ -303,11 +303,24 @@ def explain(err: jsonschema.ValidationError) -> tuple[str, list[Any]]:
     if err.validator == "pattern":
         form = err.schema.get("description") or err.schema["pattern"]
         return f"{err.instance!r} is not in the expected form: {form}", where
+    if err.validator == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        if "number" in wanted:
+            wanted = [t for t in wanted if t != "integer"]      # every integer is a number
+        kinds = " or ".join(dict.fromkeys(_YAML_TYPES.get(t, t) for t in wanted))
+        # A mapping's description says what goes in it; a scalar's restates the field.
+        described = f"; {err.schema['description']}" if "object" in wanted and err.schema.get("description") else ""
+        return f"{err.instance!r} is not {kinds}{described}", where
     if err.validator == "enum":
         choices = err.validator_value
         return (f"{err.instance!r} is not one of {', '.join(map(str, choices))}"
                 f"{did_you_mean(err.instance, choices)}", where)
     return err.message, where
+
+
+# JSON Schema's types as a YAML author knows them.
+_YAML_TYPES = {"object": "a mapping (key: value)", "array": "a list ([a, b], or lines starting with -)",
+               "boolean": "true or false", "string": "text", "integer": "a whole number", "number": "a number"}
 
 
 def did_you_mean(word: object, choices: Iterable[object]) -> str:
