@@ -25,18 +25,31 @@ from warmd.spec import ModelSpec, Source
 MAX_FILES = 10_000
 
 
-def inputs(spec: ModelSpec, providers: Mapping[str, Any]) -> list[Path]:
+def inputs(spec: ModelSpec, providers: Mapping[str, Any], located: dict[Source, Path | None] | None = None,
+           ) -> list[Path]:
     """The local files and folders a model is built from: its source (path or package) and the files
     its provider's options name. Remote, hub and url sources have none here (a digest or a commit
-    pins those)."""
+    pins those).
+
+    Args:
+        spec: the model.
+        providers: provider classes by name (for `option_files`).
+        located: package folders already found during this scan, filled in as they are found.
+    Returns:
+        The paths, which need not exist.
+    """
     found: list[Path] = []
+    located = {} if located is None else located
     if spec.source.kind == "path":
         found.append(Path(spec.source.ref))
     elif spec.source.kind == "package":
-        try:
-            found.append(package_path(spec.source))
-        except WarmdError:
-            pass                 # not installed (yet): nothing to watch; installing it changes the fingerprint
+        if spec.source not in located:
+            try:
+                located[spec.source] = package_path(spec.source)
+            except WarmdError:
+                located[spec.source] = None    # not installed (yet): installing it changes the fingerprint
+        if located[spec.source] is not None:
+            found.append(located[spec.source])  # type: ignore[arg-type]
     provider = providers.get(spec.provider)
     if provider is not None:
         found += provider.option_files(spec)
