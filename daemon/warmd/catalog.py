@@ -107,7 +107,7 @@ class Catalog:
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
             self._announce(old_specs, specs, old_rejected, rejected)
-            if self._thread is not None:
+            if self._thread is not None and not self._stop.is_set():   # started, and not stopping
                 self._watch(inputs)
 
     def revalidate(self) -> None:
