@@ -146,8 +146,7 @@ class Catalog:
         specs: dict[str, ModelSpec] = {}
         rejected: dict[Path, SpecFileError] = {}
         last_good = {s.file: s for s in old_specs.values()}
-        fingerprints: dict[tuple[Path, ...], str] = {}     # 100 specs of one package find and stat it once
-        located: dict = {}
+        scan = local.Scan(self.providers)
         inputs: list[Path] = []
         for path, state in states.items():
             spec = state.spec
@@ -161,10 +160,8 @@ class Catalog:
                     path, f"model name {spec.name!r} is already defined by {specs[spec.name].file.name}; "
                     "names must be unique", field="name")
                 continue
-            paths = tuple(local.inputs(spec, self.providers, located))
-            content = fingerprints.get(paths)
-            if content is None:
-                content = fingerprints[paths] = local.fingerprint(list(paths))
+            paths = scan.inputs(spec)
+            content = scan.fingerprint(paths)
             if spec.content != content:
                 spec = dataclasses.replace(spec, content=content)
                 if state.error is None:

@@ -59,10 +59,10 @@ def test_inputs_are_the_source_and_the_torch_factory_file(tmp_path: Path, monkey
     spec_file = tmp_path / "m.yaml"
     spec_file.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'net.py:build'}\n")
     spec = parse_spec_file(spec_file, tmp_path, [tmp_path], PROVIDERS)
-    assert local.inputs(spec, PROVIDERS) == [tmp_path / "w.safetensors", tmp_path / "net.py"]
+    assert local.Scan(PROVIDERS).inputs(spec) == (tmp_path / "w.safetensors", tmp_path / "net.py")
     spec_file.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'pkg.net:build'}\n")
     spec = parse_spec_file(spec_file, tmp_path, [tmp_path], PROVIDERS)
-    assert local.inputs(spec, PROVIDERS) == [tmp_path / "w.safetensors"]    # an installed module: not ours
+    assert local.Scan(PROVIDERS).inputs(spec) == (tmp_path / "w.safetensors",)    # an installed module: not ours
 
     site = tmp_path / "site"
     (site / "mypkg" / "model").mkdir(parents=True)
@@ -70,9 +70,9 @@ def test_inputs_are_the_source_and_the_torch_factory_file(tmp_path: Path, monkey
     monkeypatch.syspath_prepend(str(site))
     spec_file.write_text("provider: sentence-transformers\nsource: {package: mypkg, subdir: model}\n")
     spec = parse_spec_file(spec_file, tmp_path, [tmp_path], PROVIDERS)
-    assert local.inputs(spec, PROVIDERS) == [site / "mypkg" / "model"]
+    assert local.Scan(PROVIDERS).inputs(spec) == (site / "mypkg" / "model",)
     spec_file.write_text("provider: sentence-transformers\nsource: {package: not_installed_pkg}\n")
-    assert local.inputs(parse_spec_file(spec_file, tmp_path, [tmp_path], PROVIDERS), PROVIDERS) == []
+    assert local.Scan(PROVIDERS).inputs(parse_spec_file(spec_file, tmp_path, [tmp_path], PROVIDERS)) == ()
 
 
 def test_watches_wake_only_for_paths_that_matter(tmp_path: Path) -> None:

@@ -25,35 +25,46 @@ from warmd.spec import ModelSpec, Source
 MAX_FILES = 10_000
 
 
-def inputs(spec: ModelSpec, providers: Mapping[str, Any], located: dict[Source, Path | None] | None = None,
-           ) -> list[Path]:
-    """The local files and folders a model is built from: its source (path or package) and the files
-    its provider's options name. Remote, hub and url sources have none here (a digest or a commit
-    pins those).
+class Scan:
+    """One rescan's look at the models' local inputs: each package is found once and each set of inputs
+    fingerprinted once (100 specs of one package cost one lookup and one walk).
 
     Args:
-        spec: the model.
-        providers: provider classes by name (for `option_files`).
-        located: package folders already found during this scan, filled in as they are found.
-    Returns:
-        The paths, which need not exist.
+        providers: provider classes by name (for their `option_files`).
     """
-    found: list[Path] = []
-    located = {} if located is None else located
-    if spec.source.kind == "path":
-        found.append(Path(spec.source.ref))
-    elif spec.source.kind == "package":
-        if spec.source not in located:
+
+    def __init__(self, providers: Mapping[str, Any]) -> None:
+        self.providers = providers
+        self._located: dict[Source, Path | None] = {}
+        self._fingerprints: dict[tuple[Path, ...], str] = {}
+
+    def inputs(self, spec: ModelSpec) -> tuple[Path, ...]:
+        """The local files and folders a model is built from (they need not exist): its source (path or
+        package) and the files its provider's options name. Remote, hub and url sources have none here
+        (a digest or a commit pins those)."""
+        found: list[Path] = []
+        if spec.source.kind == "path":
+            found.append(Path(spec.source.ref))
+        elif spec.source.kind == "package":
+            folder = self._package(spec.source)
+            found += [folder] if folder is not None else []
+        provider = self.providers.get(spec.provider)
+        if provider is not None:
+            found += provider.option_files(spec)
+        return tuple(found)
+
+    def fingerprint(self, paths: tuple[Path, ...]) -> str:
+        if paths not in self._fingerprints:
+            self._fingerprints[paths] = fingerprint(list(paths))
+        return self._fingerprints[paths]
+
+    def _package(self, src: Source) -> Path | None:
+        if src not in self._located:
             try:
-                located[spec.source] = package_path(spec.source)
+                self._located[src] = package_path(src)
             except WarmdError:
-                located[spec.source] = None    # not installed (yet): installing it changes the fingerprint
-        if located[spec.source] is not None:
-            found.append(located[spec.source])  # type: ignore[arg-type]
-    provider = providers.get(spec.provider)
-    if provider is not None:
-        found += provider.option_files(spec)
-    return found
+                self._located[src] = None     # not installed (yet): installing it changes the fingerprint
+        return self._located[src]
 
 
 def fingerprint(paths: list[Path]) -> str:
