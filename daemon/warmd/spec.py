@@ -1,7 +1,8 @@
 """ModelSpec: the schema of one spec file, its validation and its canonical signature.
 
 A spec file is the single source of truth for a model. Parsing is strict: anything unexpected is an
-error that names the file, the field and the line, so a person can fix it in one look.
+error that names the file, the field and the line, so a person can fix it in one look; a misspelt key,
+value or provider also names the nearest known one (`explain`, shared with the providers' options).
 """
 from __future__ import annotations
 
