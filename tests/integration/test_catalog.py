@@ -149,7 +149,7 @@ def test_a_specs_folder_lost_while_serving_is_reported_by_ls_and_status_alike(st
 
 def test_editing_a_served_models_weights_or_factory_reloads_it(start_daemon, short_tmp: Path) -> None:
     specs = _specs(short_tmp)
-    (specs / "a.yaml").write_text(affine_spec("w.safetensors"))
+    (specs / "a.yaml").write_text(affine_spec("w.safetensors", load_delay=3.0))     # a reload takes 3 s
     daemon = start_daemon(specs)
     with daemon.client() as c:
         first = c.infer("a", {"x": X})
@@ -160,6 +160,7 @@ def test_editing_a_served_models_weights_or_factory_reloads_it(start_daemon, sho
         write_affine_weights(specs / "w.safetensors", 3.0)
         changed = events.expect("catalog.changed", "a", timeout=WATCHED_WITHIN_S)
         assert changed.message.startswith("local files changed")
+        assert _y(c) == 1.0                                 # the old version serves while the new one loads
         events.expect("model.loaded", "a", timeout=30)
         second = c.infer("a", {"x": X})
         assert second.outputs["y"][0, 0] == 3.0
