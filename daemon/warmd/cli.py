@@ -50,8 +50,13 @@ def _validate(paths: list[Path]) -> int:
     from warmd.spec import SpecFileError, parse_spec_file
 
     settings = load_settings()
-    files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if is_spec_file(f)]
-    failed = 0
+    files, failed = [], 0
+    for p in paths:
+        found = [f for f in sorted(p.iterdir()) if is_spec_file(f)] if p.is_dir() else [p] if is_spec_file(p) else []
+        if not found:        # a path that checks nothing is a mistake to say, not a quiet success
+            failed += 1
+            print(f"error {p}: {_nothing_to_check(p)}")
+        files += found
     for f in files:
         try:
             spec = parse_spec_file(f, f.parent, settings.path_roots, PROVIDERS)
@@ -60,6 +65,12 @@ def _validate(paths: list[Path]) -> int:
             failed += 1
             print(f"error {err} [{err.code.value}]")
     return 1 if failed else 0
+
+
+def _nothing_to_check(path: Path) -> str:
+    if path.is_dir():
+        return "has no spec files (*.yaml, *.yml)"
+    return "is not a spec file (*.yaml, *.yml)" if path.exists() else "does not exist"
 
 
 if __name__ == "__main__":

@@ -57,9 +57,7 @@ class Inference:
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
         """
-        spec = self.scheduler.catalog.get(model)
-        if spec is None:          # not counted: statistics and gates exist only for catalog models
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
+        spec = self.scheduler.catalog.require(model)   # not counted: statistics exist only for catalog models
         t0 = time.perf_counter_ns()
         gate = self._gate(model)
         try:

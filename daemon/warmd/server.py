@@ -68,10 +68,9 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
+        self._check_specs_folder()
         self._take_lock()
         try:
-            if self.settings.specs_dir == paths.default_specs_dir():
-                self.settings.specs_dir.mkdir(parents=True, exist_ok=True)   # a fresh install starts empty
             self.plugins.start()
             self.catalog.start()
             self._listen()
@@ -88,6 +87,21 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _check_specs_folder(self) -> None:
+        """The default folder is made on first start (a fresh install starts empty); a folder the user
+        named must exist: a mistyped --specs is said at once, not served as an empty catalog."""
+        folder = self.settings.specs_dir
+        if folder == paths.default_specs_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.listdir(folder)
+        except FileNotFoundError:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"the specs folder {folder} does not exist; create it "
+                             f"(mkdir -p {folder}) or pass --specs with the folder that holds your spec files") from None
+        except OSError as exc:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"the specs folder {folder} cannot be read: {exc.strerror}; "
+                             "pass --specs with a readable folder") from None
 
     def _take_lock(self) -> None:
         """Refuse to start while another daemon holds this socket: grpc would silently steal it."""

@@ -140,3 +140,42 @@ def test_bundled_specs_are_valid() -> None:
     assert files
     for f in files:
         parse_spec_file(f, bundled, [bundled], PROVIDERS)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "---\n", "# only a comment\n"])
+def test_an_empty_file_says_so(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert info.value.message.startswith("empty file") and "NoneType" not in str(info.value)
+    assert "`provider:` and `source:`" in info.value.message
+
+
+def test_misspelt_keys_name_the_nearest_known_one_only_when_one_is_near(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'a:b', strikt: true}\n")
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert (info.value.field, info.value.line) == ("options.strikt", 3)
+    assert info.value.message == "unknown key 'strikt' (did you mean 'strict'?)"
+    path.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'a:b'}\nzzz: 1\n")
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert info.value.message.startswith("unknown key 'zzz'; allowed here: description, device, inputs,")
+
+
+def test_warmd_validate_says_when_a_path_checks_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from warmd.cli import main
+
+    good = tmp_path / "m.yaml"
+    good.write_text("provider: sentence-transformers\nsource: {package: pkg}\n")
+    assert main(["validate", str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok    {good}: m (sentence-transformers")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["validate", str(tmp_path / "speks"), str(tmp_path / "notes.txt"), str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"error {tmp_path / 'speks'}: does not exist",
+        f"error {tmp_path / 'notes.txt'}: is not a spec file (*.yaml, *.yml)",
+        f"error {tmp_path / 'empty'}: has no spec files (*.yaml, *.yml)"]

@@ -46,6 +46,7 @@ def test_settings_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(WarmdError, match="keep_alvie") as info:
         load_settings(cfg, env={})
     assert info.value.code is Code.INVALID_ARGUMENT
+    assert "unknown key(s) 'keep_alvie' (did you mean 'keep_alive'?); known: " in info.value.message
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int32", "int64", "float16", "float32", "float64", "bool"])

@@ -53,9 +53,6 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         if request.state:
             models = [m for m in models if m.state == request.state]
         rejected = [spec_error(e) for e in self.catalog.rejected()]
-        if self.catalog.folder_error:
-            rejected.append(pb.SpecError(file=str(self.catalog.root), code=Code.SPEC_INVALID.value,
-                                         message=self.catalog.folder_error))
         discovered = []
         if request.include_discovered:
             named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
@@ -303,10 +300,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return found
 
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _model(self, spec: ModelSpec) -> pb.Model:
         view = self.scheduler.view(spec.name)
@@ -363,7 +357,10 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"
     elif view.error is not None:
-        model.error_code, model.error = view.error.code.value, view.error.message
+        stale = r is not None and r.spec.signature != spec.signature     # serving, but not this version
+        model.error_code = view.error.code.value
+        model.error = (f"the load of its new version failed, still serving the previous version: "
+                       f"{view.error.message}" if stale else view.error.message)
     return model
 
 

@@ -233,9 +233,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- helpers -------------------------------------------------------------------------------
     def _spec(self, name: str, version: str = "") -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; RepositoryIndex lists them")
+        spec = self.catalog.require(name, listed_by="RepositoryIndex lists them")
         if version and version != spec.version:
             raise WarmdError(Code.MODEL_NOT_FOUND, f"model {name!r} has version {spec.version or '(none)'!r}, "
                              f"not {version!r}; leave the version empty for the current one")

@@ -4,6 +4,7 @@ A provider is one module with one `Provider` subclass. The scheduler decides wha
 a provider only does what it is told:
 
     validate_options(options)      -> problems with the spec's `options` (class method; no torch)
+    option_files(spec)             -> local files the options name that shape the model (class method)
     supports(spec, device)         -> whether it can run this spec on this device (class method)
     estimate(spec, files)          -> bytes it expects to occupy, from file headers (class method)
     Provider(spec, files, device)  -> an unloaded instance for one model
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 import jsonschema
 
 from warmd.errors import Code, WarmdError
-from warmd.spec import ModelSpec, TensorDecl
+from warmd.spec import ModelSpec, TensorDecl, by_importance, explain
 
 if TYPE_CHECKING:   # numpy is imported on first use, keeping the daemon's start-up short
     import numpy as np
@@ -125,9 +126,15 @@ class Provider(abc.ABC):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
-        """Yield (message, path within options) for every problem; nothing when valid."""
-        for err in _validator(cls).iter_errors(options):
-            yield err.message, list(err.absolute_path)
+        """Yield (message, path within options) for every problem, the most telling first; nothing when valid."""
+        for err in by_importance(_validator(cls).iter_errors(options)):
+            yield explain(err)
+
+    @classmethod
+    def option_files(cls, spec: ModelSpec) -> list[Path]:
+        """Local files the spec's options name whose content is part of the model (torch: a factory
+        module next to the spec). The catalog watches them with the source: an edit reloads the model."""
+        return []
 
     @classmethod
     def supports(cls, spec: ModelSpec, device: str) -> bool:

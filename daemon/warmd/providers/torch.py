@@ -43,7 +43,8 @@ class TorchProvider(Provider):
         "additionalProperties": False,
         "required": ["factory"],
         "properties": {
-            "factory": {"type": "string", "pattern": r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$"},
+            "factory": {"type": "string", "pattern": r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$",
+                        "description": "\"package.module:callable\" or \"file.py:callable\" (a file next to the spec)"},
             "args": {"type": "object"},
             "weights": {"type": "string", "minLength": 1},
             "strict": {"type": "boolean"},
@@ -57,6 +58,11 @@ class TorchProvider(Provider):
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         return safetensors_bytes([weights_file(spec, files)], spec.precision)
+
+    @classmethod
+    def option_files(cls, spec: ModelSpec) -> list[Path]:
+        target = spec.options["factory"].rpartition(":")[0]
+        return [spec.file.parent / target] if target.endswith(".py") else []
 
     def load(self) -> int:
         import torch

