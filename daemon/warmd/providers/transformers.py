@@ -86,10 +86,23 @@ class TransformersProvider(Provider):
                                  for toks, scores, idx, mask in zip(tokens, best.values, best.indices,
                                                                     batch["attention_mask"].cpu().tolist())])
 
-    def _encode(self, texts: list[str]) -> Any:
+    def _encode(self, texts: list[str], new_tokens: int = 0) -> Any:
+        """Tokenize, refusing inputs that (with `new_tokens` to generate) exceed the model's context: past
+        it, position embeddings run out (an IndexError deep inside the model)."""
         limit = self.spec.options.get("max_length")
         batch = self.tokenizer(texts, padding=True, truncation=limit is not None or None, max_length=limit,
                                return_tensors="pt")
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        length = int(batch["input_ids"].shape[1])
+        if isinstance(context, int) and length + new_tokens > context:
+            if new_tokens:
+                room = f"ask for at most {context - length} new tokens" if length < context else "shorten the prompt"
+                raise bad_input(f"the prompt ({length} tokens) plus max_new_tokens ({new_tokens}) exceeds the "
+                                f"context length of model {self.spec.name!r} ({context} tokens, "
+                                f"max_position_embeddings in its config.json); {room}")
+            raise bad_input(f"the input is {length} tokens, over the context length of model {self.spec.name!r} "
+                            f"({context} tokens, max_position_embeddings in its config.json); shorten it, or set "
+                            "options.max_length in the spec to truncate inputs")
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _generate(self, request: InferRequest) -> InferResult:
@@ -147,7 +160,7 @@ class TransformersProvider(Provider):
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         stopper = Stop()
-        batch = self._encode(request.text)
+        batch = self._encode(request.text, new_tokens=max_new)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": float(p.get("top_p", 1.0))} \
             if temperature > 0 else {"do_sample": False}
         output = self.model.generate(
