@@ -169,6 +169,14 @@ class Catalog:
                 except Exception:
                     log.exception("catalog listener failed on %s", name)
 
+    def check_free(self, name: str) -> Path:
+        """The file a new spec `name` would be written to. Raises `invalid_argument` when the name is taken."""
+        target = self.root / f"{name}.yaml"
+        if self.get(name) is not None or target.exists():
+            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
+                             "pass another name")
+        return target
+
     def write_spec(self, name: str, body: dict) -> Path:
         """Write a new spec file `<name>.yaml`, validated before it appears (temp file, then rename).
 
@@ -176,10 +184,7 @@ class Catalog:
             WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
                 when the content does not validate.
         """
-        target = self.root / f"{name}.yaml"
-        if self.get(name) is not None or target.exists():
-            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
-                             "pass another name")
+        target = self.check_free(name)
         text = f"# written by `warm add`; edit freely\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False)
         tmp = self.root / f".{name}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
         tmp.write_text(text, encoding="utf-8")

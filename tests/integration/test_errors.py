@@ -97,11 +97,9 @@ def test_v2_stream_keeps_going_after_provider_failures(start_daemon, short_tmp: 
     daemon = start_daemon(_specs(short_tmp))
 
     def request(model: str, first: float, dtype=np.float32, width: int = 4) -> v2.ModelInferRequest:  # type: ignore[no-untyped-def]
-        from warmd import tensors
-
         arr = np.full((1, width), first, dtype)
         r = v2.ModelInferRequest(model_name=model, id=f"{model}-{first}")
-        r.inputs.add(name="x", datatype=tensors.dtype_name(arr.dtype), shape=list(arr.shape))
+        r.inputs.add(name="x", datatype={np.float32: "FP32", np.int64: "INT64"}[dtype], shape=list(arr.shape))
         r.raw_input_contents.append(arr.tobytes())
         return r
 
@@ -165,3 +163,17 @@ def test_a_huge_text_is_refused_at_once_and_memory_comes_back(start_daemon, shor
         after = rss_bytes(daemon.proc.pid) / 2**20
         assert c.infer("minilm", text=["hello"]).outputs["embedding"].shape == (1, 384)
     assert after - before < 64, (before, after)                 # it grew by ~900 MiB and kept it
+
+
+def test_a_request_over_max_message_bytes_names_the_limit_and_the_setting(start_daemon, short_tmp: Path) -> None:
+    daemon = start_daemon(_specs(short_tmp), config={"max_message_bytes": "1MiB"})
+    big = np.zeros((2**16, 4), np.float32)                               # 1 MiB of values, over the limit
+    with daemon.client() as c:
+        err = _failure(lambda: c.infer("affine", {"x": big}))
+        assert err.code is Code.INVALID_ARGUMENT, err                    # it was `busy`
+        assert "max_message_bytes" in err.message and "1.0 MiB (1048576 bytes)" in err.message, err.message
+        assert "request" in err.message
+        assert c.infer("affine", {"x": big[:1000]}).outputs["y"].shape == (1000, 4)
+    np.save(short_tmp / "big.npy", big)
+    cli = daemon.warm("infer", "affine", "--input", f"x=@{short_tmp / 'big.npy'}")
+    assert cli.returncode == 1 and "[invalid_argument]" in cli.stderr and "max_message_bytes" in cli.stderr, cli.stderr
