@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import affine_spec, affine_specs
 from waiting import free_port
 from warm import Client, Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 
 
@@ -134,6 +135,22 @@ def test_errors_carry_stable_codes(start_daemon, short_tmp: Path) -> None:
         assert out.signature.name == "affine" and out.signature.device == "cpu"
         assert c.get("nofiles").error_code == "weights_missing"
         assert c.status().torch_imported
+
+
+def test_a_refused_rm_leaves_the_model_loaded(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 2.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    with daemon.client() as c:
+        c.load("affine")
+        loaded_at = c.get("affine").residency.loaded_at
+        with pytest.raises(WarmdError) as info:
+            c.remove("affine")                                  # a local source: nothing to delete
+        assert info.value.code is Code.INVALID_ARGUMENT and "local source" in info.value.message
+        assert daemon.warm("rm", "affine").returncode == 1
+        model = c.get("affine")
+        assert model.state == pb.READY and model.residency.loaded_at == loaded_at   # it was unloaded
+        assert (specs / "w.safetensors").is_file()
 
 
 def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:

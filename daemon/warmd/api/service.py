@@ -75,6 +75,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def RemoveModel(self, request: pb.RemoveModelRequest, context: grpc.ServicerContext) -> pb.RemoveModelResponse:
         spec = self._spec(request.name)
         others = [s for s in self.catalog.specs() if s.name != spec.name]
+        self.store.check_removable(spec, others)       # a refused rm leaves the model loaded
         self.scheduler.unload(spec.name, reason="removed", wait_s=self.settings.drain_timeout)
         if self.scheduler.view(spec.name).resident is not None:
             raise WarmdError(Code.BUSY, f"{spec.name!r} still has requests in flight; retry when they finish")
