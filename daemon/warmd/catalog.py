@@ -23,7 +23,7 @@ from watchdog.observers import Observer
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
-from warmd.spec import ModelSpec, SpecFileError, parse_spec_file
+from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, parse_spec_file
 
 log = logging.getLogger(__name__)
 SAFETY_RESCAN_S = 5.0      # also rescans when no file event came (folder deleted and recreated, NFS)
@@ -170,7 +170,14 @@ class Catalog:
                     log.exception("catalog listener failed on %s", name)
 
     def check_free(self, name: str) -> Path:
-        """The file a new spec `name` would be written to. Raises `invalid_argument` when the name is taken."""
+        """The file a new spec `name` would be written to.
+
+        Raises:
+            WarmdError: `invalid_argument` for a name that is not a model name or is taken.
+        """
+        if not NAME_PATTERN.match(name):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a model name: lowercase letters, digits, "
+                             ". _ -, at most 64, starting with a letter or digit")
         target = self.root / f"{name}.yaml"
         if self.get(name) is not None or target.exists():
             raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "

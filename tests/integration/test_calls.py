@@ -51,10 +51,11 @@ def test_generation_streams_tokens_and_matches_the_unary_result(start_daemon, sh
         stop = texts[2] if texts[2].strip() else texts[3]
         cut = c.infer("gpt", text=["hello there"], parameters={"max_new_tokens": 12, "stop": stop}).json
         assert cut["stopped"] == "stop" and stop not in cut["text"] and final.json["text"].startswith(cut["text"])
-        for bad in ({"max_new_tokens": -1}, {"max_new_tokens": "lots"}):
-            with pytest.raises(WarmdError) as info:
+        for bad in ({"max_new_tokens": -1}, {"max_new_tokens": "lots"}, {"temperature": "hot"}, {"top_p": 2},
+                    {"stop": [1]}):
+            with pytest.raises(WarmdError) as info:               # temperature, top_p, stop were internal
                 c.infer("gpt", text=["x"], parameters=bad)
-            assert info.value.code is Code.INVALID_ARGUMENT and "max_new_tokens" in info.value.message
+            assert info.value.code is Code.INVALID_ARGUMENT and next(iter(bad)) in info.value.message, info.value
     cli = daemon.warm("infer", "gpt", "--text", "hello there", "--param", "max_new_tokens=12", "--stream")
     assert cli.returncode == 0 and cli.stdout.strip() == final.json["text"].strip()
 

@@ -177,3 +177,24 @@ def test_a_request_over_max_message_bytes_names_the_limit_and_the_setting(start_
     np.save(short_tmp / "big.npy", big)
     cli = daemon.warm("infer", "affine", "--input", f"x=@{short_tmp / 'big.npy'}")
     assert cli.returncode == 1 and "[invalid_argument]" in cli.stderr and "max_message_bytes" in cli.stderr, cli.stderr
+
+
+def test_other_user_mistakes_are_invalid_argument_and_change_nothing(start_daemon, short_tmp: Path) -> None:
+    from multiprocessing import shared_memory
+
+    specs = _specs(short_tmp)
+    daemon = start_daemon(specs)
+    block = shared_memory.SharedMemory(create=True, size=4096)
+    try:
+        with daemon.client() as c:
+            for name in ("a/b", "../up", "Upper"):                       # "a/b" was internal: FileNotFoundError
+                err = _failure(lambda: c.add("hf://org/model", name=name))
+                assert err.code is Code.INVALID_ARGUMENT and "not a model name" in err.message, (name, err)
+            err = _failure(lambda: c.register_region("r", "/" + block.name, 16, offset=-8))
+            assert err.code is Code.INVALID_ARGUMENT and "offset" in err.message, err
+            c.register_region("r", "/" + block.name, 16)                  # the refused one left nothing behind
+    finally:
+        block.close()
+        block.unlink()
+    assert sorted(p.name for p in specs.glob("*.yaml")) == ["affine.yaml", "faulty.yaml", "undeclared.yaml"]
+    assert not list(short_tmp.glob("*.yaml*")) and not list(specs.glob(".*"))

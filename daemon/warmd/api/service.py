@@ -92,10 +92,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
             raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
-        if self.store.offline or hub.hf_offline():
-            raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
         name = request.name or spec_name(repo)
         self.catalog.check_free(name)                  # refused before the hub is asked
+        if self.store.offline or hub.hf_offline():
+            raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
         body = hub.suggest_spec(repo, request.revision or "main")
         path = self.catalog.write_spec(name, body)
         return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])

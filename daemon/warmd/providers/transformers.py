@@ -113,11 +113,14 @@ class TransformersProvider(Provider):
         if len(request.text) != 1:
             raise bad_input("text-generation takes one prompt per request")
         p = request.parameters
-        stop = [p["stop"]] if isinstance(p.get("stop"), str) else list(p.get("stop") or [])
-        max_new = _int_param(p, "max_new_tokens", 64, 1, 32768)
-        temperature = float(p.get("temperature", 0.0))
+        stop = [p["stop"]] if isinstance(p.get("stop"), str) else p.get("stop") or []
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise bad_input(f"parameter 'stop' must be a string or a list of non-empty strings, got {stop!r}")
+        max_new = _number_param(p, "max_new_tokens", 64, 1, 32768)
+        temperature = _number_param(p, "temperature", 0.0, 0.0, 100.0, float)
+        top_p = _number_param(p, "top_p", 1.0, 0.0, 1.0, float)
         if "seed" in p:
-            torch.manual_seed(_int_param(p, "seed", 0, 0, 2**63 - 1))
+            torch.manual_seed(_number_param(p, "seed", 0, 0, 2**63 - 1))
         ctx = request.context
         pieces: list[str] = []
 
@@ -161,7 +164,7 @@ class TransformersProvider(Provider):
 
         stopper = Stop()
         batch = self._encode(request.text, new_tokens=max_new)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(p.get("top_p", 1.0))} \
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
             if temperature > 0 else {"do_sample": False}
         output = self.model.generate(
             **batch, max_new_tokens=max_new, streamer=Stream(),
@@ -189,8 +192,11 @@ class TransformersProvider(Provider):
         release_module(ref, self.device)
 
 
-def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
+def _number_param(params: dict, name: str, default: float, low: float, high: float, kind: type = int) -> Any:
+    """A numeric parameter within [low, high]: an integer (`kind` int) or any number (`kind` float)."""
     value = params.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise bad_input(f"parameter {name!r} must be an integer from {low} to {high}, got {value!r}")
-    return value
+    allowed = (int,) if kind is int else (int, float)
+    if not isinstance(value, allowed) or isinstance(value, bool) or not low <= value <= high:
+        what = "an integer" if kind is int else "a number"
+        raise bad_input(f"parameter {name!r} must be {what} from {low} to {high}, got {value!r}")
+    return kind(value)
