@@ -187,7 +187,7 @@ def test_other_user_mistakes_are_invalid_argument_and_change_nothing(start_daemo
     block = shared_memory.SharedMemory(create=True, size=4096)
     try:
         with daemon.client() as c:
-            for name in ("a/b", "../up", "Upper"):                       # "a/b" was internal: FileNotFoundError
+            for name in ("a/b", "../up", "Upper"):               # online, "a/b" was internal: FileNotFoundError
                 err = _failure(lambda: c.add("hf://org/model", name=name))
                 assert err.code is Code.INVALID_ARGUMENT and "not a model name" in err.message, (name, err)
             err = _failure(lambda: c.register_region("r", "/" + block.name, 16, offset=-8))
