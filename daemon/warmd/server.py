@@ -136,7 +136,7 @@ class Daemon:
         limit = self.settings.max_message_bytes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=(self.drain, *interceptors),
+            interceptors=(*interceptors, self.drain),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(

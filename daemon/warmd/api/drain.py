@@ -29,6 +29,8 @@ class Drain(grpc.ServerInterceptor):
         self._changed = threading.Condition()
         self._running = 0
         self._refusal: WarmdError | None = None
+        # Per method, built once: the servicers' handlers never change (so this interceptor goes last).
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def close(self, drain_timeout: float) -> None:
         """From now on new calls are refused, saying how long the calls under way have."""
@@ -46,8 +48,13 @@ class Drain(grpc.ServerInterceptor):
             return self._running
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
-        handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_METHODS):
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = self._wrap(details.method, continuation(details))
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        if handler is None or method.startswith(OPEN_METHODS):
             return handler          # health answers NOT_SERVING by itself while the daemon drains
         attr, build = _KINDS[(handler.request_streaming, handler.response_streaming)]
         inner = getattr(handler, attr)
