@@ -26,7 +26,7 @@ import yaml
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
-from warmd.spec import ModelSpec, SpecFileError, did_you_mean, parse_spec_file
+from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, did_you_mean, parse_spec_file
 from warmd.store import local
 from warmd.watch import Watches
 
@@ -203,6 +203,21 @@ class Catalog:
             log.info("catalog.cleared %s: %s", path, message)
             self.bus.publish("catalog.cleared", model=defined, file=str(path), message=message)
 
+    def check_free(self, name: str) -> Path:
+        """The file a new spec `name` would be written to.
+
+        Raises:
+            WarmdError: `invalid_argument` for a name that is not a model name or is taken.
+        """
+        if not NAME_PATTERN.match(name):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a model name: lowercase letters, digits, "
+                             ". _ -, at most 64, starting with a letter or digit")
+        target = self.root / f"{name}.yaml"
+        if self.get(name) is not None or target.exists():
+            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
+                             "pass another name")
+        return target
+
     def write_spec(self, name: str, body: dict) -> Path:
         """Write a new spec file `<name>.yaml`, validated before it appears (temp file, then rename).
 
@@ -210,10 +225,7 @@ class Catalog:
             WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
                 when the content does not validate.
         """
-        target = self.root / f"{name}.yaml"
-        if self.get(name) is not None or target.exists():
-            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
-                             "pass another name")
+        target = self.check_free(name)
         text = f"# written by `warm add`; edit freely\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False)
         tmp = self.root / f".{name}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
         tmp.write_text(text, encoding="utf-8")

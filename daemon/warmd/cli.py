@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -40,7 +41,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp,
                              log_level=args.log_level, offline=args.offline)
     setup_logging(settings)
-    return Daemon(settings).run()
+    daemon = Daemon(settings)
+    status = daemon.run()
+    if daemon.drain.running():
+        # A call still inside a provider that never looks at its cancellation (a huge embedding batch) runs
+        # on an RPC thread Python would wait for at exit. The drain is over and everything is cleaned up.
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 def _validate(paths: list[Path]) -> int:

@@ -87,11 +87,11 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value).strip().lower() in ("1", "true", "yes", "on")
     if name in ("keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
         return parse_duration(value)
-    if name in ("max_message_bytes", "rpc_threads"):
+    if name == "rpc_threads":
         return int(value)
     if name in ("cpu_budget", "gpu_budget", "host_tier_budget"):
         return _budget(value)
-    if name == "gpu_reserve":
+    if name in ("gpu_reserve", "max_message_bytes"):
         return parse_size(value)
     if name == "simulated_gpus":
         items = value.split(",") if isinstance(value, str) else value

@@ -65,8 +65,9 @@ class SharedMemoryRegistry:
         if not _KEY.match(key) or key.strip("/") in (".", ".."):
             raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory key {key!r} must be a POSIX shared-memory "
                              "name like /frames (letters, digits, . _ -; no other slashes)")
-        if byte_size <= 0:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"region {name!r}: byte_size must be positive")
+        if byte_size <= 0 or offset < 0:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"region {name!r}: byte_size must be positive and offset "
+                             f"not negative (got byte_size {byte_size}, offset {offset})")
         with self._lock:
             if (owner, name) in self._regions:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory region {name!r} is already registered; "

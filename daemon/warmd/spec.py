@@ -25,6 +25,9 @@ from warmd.units import parse_duration, parse_size
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_EXPANDED_NODES = 10_000
+# ~25k tokens of English at ~4 characters a token: past the context of sentence embedders (256-512 tokens)
+# and small LLMs (2k-8k), while a 10 MiB paste is refused before the tokenizer spends seconds and memory on it.
+DEFAULT_MAX_INPUT_CHARS = 100_000
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name` pattern
 
 
@@ -81,6 +84,7 @@ class ModelSpec:
     max_queue: int = 64                         # requests waiting; beyond that `busy` at once
     max_batch: int = 1                          # dynamic batching: requests joined into one call (1 = off)
     max_delay_ms: float = 5.0                   # how long a batch's first request waits for others
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longest text per input; longer is refused before tokenizing
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
     # Fingerprint of the local files the model is built from (path/package sources, a torch factory
@@ -218,6 +222,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
         max_in_flight=data.get("max_in_flight", 4), max_queue=data.get("max_queue", 64),
         max_batch=data.get("max_batch", 1), max_delay_ms=float(data.get("max_delay_ms", 5.0)),
+        max_input_chars=data.get("max_input_chars", DEFAULT_MAX_INPUT_CHARS),
         inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
     )
 

@@ -21,6 +21,13 @@ MAX_DIMS = 16
 MAX_ELEMENTS = 2**40
 
 
+def dtype_name(dtype: np.dtype) -> str:
+    """The protocol's name of a numpy dtype (numpy's own name for one the protocol lacks)."""
+    dtype = np.dtype(dtype)
+    dtype = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    return _NAMES.get(dtype, str(dtype))
+
+
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
     """Encode an array. Raises `invalid_argument` for a dtype the protocol has no name for."""
     dtype, data = encode(name, array)

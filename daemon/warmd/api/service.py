@@ -72,6 +72,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def RemoveModel(self, request: pb.RemoveModelRequest, context: grpc.ServicerContext) -> pb.RemoveModelResponse:
         spec = self._spec(request.name)
         others = [s for s in self.catalog.specs() if s.name != spec.name]
+        self.store.check_removable(spec, others)       # a refused rm leaves the model loaded
         self.scheduler.unload(spec.name, reason="removed", wait_s=self.settings.drain_timeout)
         if self.scheduler.view(spec.name).resident is not None:
             raise WarmdError(Code.BUSY, f"{spec.name!r} still has requests in flight; retry when they finish")
@@ -88,10 +89,11 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
             raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
+        name = request.name or spec_name(repo)
+        self.catalog.check_free(name)                  # refused before the hub is asked
         if self.store.offline or hub.hf_offline():
             raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
         body = hub.suggest_spec(repo, request.revision or "main")
-        name = request.name or spec_name(repo)
         path = self.catalog.write_spec(name, body)
         return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
 

@@ -14,7 +14,7 @@ import grpc
 from warmd import __version__
 from warmd.api.auth import caller
 from warmd.api.calls import call_context
-from warmd.api.errors import mapped, mapped_stream
+from warmd.api.errors import as_error, mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
 from warmd.inference import Inference
@@ -85,8 +85,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         for request in requests:
             try:
                 yield v2.ModelStreamInferResponse(infer_response=self._infer(request, owner, ctx))
-            except WarmdError as err:      # one bad request does not end the stream
-                yield v2.ModelStreamInferResponse(error_message=f"[{err.code.value}] {err.message}")
+            except Exception as exc:  # noqa: BLE001 - one bad request (or bug) does not end the stream
+                yield v2.ModelStreamInferResponse(error_message=_error_message(as_error("ModelStreamInfer", exc)))
 
     def _infer(self, request: v2.ModelInferRequest, owner: str, ctx: CallContext) -> v2.ModelInferResponse:
         spec = self._spec(request.model_name, request.model_version)
@@ -238,6 +238,10 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             raise WarmdError(Code.MODEL_NOT_FOUND, f"model {name!r} has version {spec.version or '(none)'!r}, "
                              f"not {version!r}; leave the version empty for the current one")
         return spec
+
+
+def _error_message(err: WarmdError) -> str:
+    return f"[{err.code.value}] {err.message}"
 
 
 def _param(value: v2.InferParameter) -> Any:

@@ -257,6 +257,54 @@ def module_bytes(module: Any) -> int:
     return total
 
 
+def conform_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request's tensors checked against the spec's declared `inputs`, before the provider runs.
+
+    A declared input's shape must fit its declaration (-1 = any size). A dtype other than the declared one
+    is converted when every value converts exactly (FP16 into FP32, INT32 into INT64, UINT8 into FP16...);
+    otherwise the input is refused, as Triton refuses any mismatch. BF16 arrives as exact float32 values.
+
+    Returns:
+        The tensors, declared ones in their declared dtype.
+    Raises:
+        WarmdError: `invalid_argument` naming the input, its dtype or shape and the declaration.
+    """
+    declared = {d.name: d for d in spec.inputs if d.dtype != "BYTES"}
+    conformed = dict(tensors)
+    for name, array in tensors.items():
+        decl = declared.get(name)
+        if decl is not None:
+            check_shape(decl, array)
+            conformed[name] = _as_declared(spec, decl, array)
+    return conformed
+
+
+def _as_declared(spec: ModelSpec, decl: TensorDecl, array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    from warmd import tensors as codec
+
+    want = np.dtype("<f4") if decl.dtype == "BF16" else codec.NUMPY_DTYPES[decl.dtype]
+    if array.dtype == want:
+        return array
+    if np.can_cast(array.dtype, want, "safe"):
+        return array.astype(want)
+    given = codec.dtype_name(array.dtype)
+    exact = [n for n, dt in codec.NUMPY_DTYPES.items() if dt != want and np.can_cast(dt, want, "safe")]
+    raise bad_input(f"input {decl.name!r} is {given}; model {spec.name!r} declares {decl.dtype} (its spec's "
+                    f"inputs), and {given} values do not all convert to {decl.dtype} exactly; send {decl.dtype}"
+                    + (f" (or {', '.join(exact)}, which convert exactly)" if exact else ""))
+
+
+def check_texts(spec: ModelSpec, texts: list[str]) -> None:
+    """Refuse a text longer than the spec's `max_input_chars`, before any tokenizer sees it."""
+    for i, text in enumerate(texts):
+        if len(text) > spec.max_input_chars:
+            raise bad_input(f"text {i} is {len(text)} characters; model {spec.name!r} takes at most "
+                            f"{spec.max_input_chars} (max_input_chars in its spec): shorten or split it, "
+                            "or raise max_input_chars")
+
+
 def check_shape(decl: TensorDecl, array: np.ndarray) -> None:
     """Refuse an input whose rank or fixed dimensions differ from the spec's declaration (-1 = any)."""
     shape = array.shape

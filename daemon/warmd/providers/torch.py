@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from warmd.errors import Code, WarmdError
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
-                                  move_module, release_module, safetensors_bytes, torch_dtype)
+from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
+                                  release_module, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,6 @@ class TorchProvider(Provider):
         if missing:
             raise bad_input(f"missing input(s) {', '.join(missing)}; model {self.spec.name!r} takes "
                             f"{', '.join(d.name for d in self.spec.inputs)}")
-        for decl in self.spec.inputs:
-            check_shape(decl, request.tensors[decl.name])
         return [(d.name, request.tensors[d.name]) for d in self.spec.inputs]
 
     def _to_tensor(self, name: str, arr: np.ndarray):  # type: ignore[no-untyped-def]

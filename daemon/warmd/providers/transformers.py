@@ -86,10 +86,23 @@ class TransformersProvider(Provider):
                                  for toks, scores, idx, mask in zip(tokens, best.values, best.indices,
                                                                     batch["attention_mask"].cpu().tolist())])
 
-    def _encode(self, texts: list[str]) -> Any:
+    def _encode(self, texts: list[str], new_tokens: int = 0) -> Any:
+        """Tokenize, refusing inputs that (with `new_tokens` to generate) exceed the model's context: past
+        it, position embeddings run out (an IndexError deep inside the model)."""
         limit = self.spec.options.get("max_length")
         batch = self.tokenizer(texts, padding=True, truncation=limit is not None or None, max_length=limit,
                                return_tensors="pt")
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        length = int(batch["input_ids"].shape[1])
+        if isinstance(context, int) and length + new_tokens > context:
+            if new_tokens:
+                room = f"ask for at most {context - length} new tokens" if length < context else "shorten the prompt"
+                raise bad_input(f"the prompt ({length} tokens) plus max_new_tokens ({new_tokens}) exceeds the "
+                                f"context length of model {self.spec.name!r} ({context} tokens, "
+                                f"max_position_embeddings in its config.json); {room}")
+            raise bad_input(f"the input is {length} tokens, over the context length of model {self.spec.name!r} "
+                            f"({context} tokens, max_position_embeddings in its config.json); shorten it, or set "
+                            "options.max_length in the spec to truncate inputs")
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _generate(self, request: InferRequest) -> InferResult:
@@ -100,11 +113,14 @@ class TransformersProvider(Provider):
         if len(request.text) != 1:
             raise bad_input("text-generation takes one prompt per request")
         p = request.parameters
-        stop = [p["stop"]] if isinstance(p.get("stop"), str) else list(p.get("stop") or [])
-        max_new = _int_param(p, "max_new_tokens", 64, 1, 32768)
-        temperature = float(p.get("temperature", 0.0))
+        stop = [p["stop"]] if isinstance(p.get("stop"), str) else p.get("stop") or []
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise bad_input(f"parameter 'stop' must be a string or a list of non-empty strings, got {stop!r}")
+        max_new = _number_param(p, "max_new_tokens", 64, 1, 32768)
+        temperature = _number_param(p, "temperature", 0.0, 0.0, 100.0, float)
+        top_p = _number_param(p, "top_p", 1.0, 0.0, 1.0, float)
         if "seed" in p:
-            torch.manual_seed(_int_param(p, "seed", 0, 0, 2**63 - 1))
+            torch.manual_seed(_number_param(p, "seed", 0, 0, 2**63 - 1))
         ctx = request.context
         pieces: list[str] = []
 
@@ -147,8 +163,8 @@ class TransformersProvider(Provider):
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         stopper = Stop()
-        batch = self._encode(request.text)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(p.get("top_p", 1.0))} \
+        batch = self._encode(request.text, new_tokens=max_new)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
             if temperature > 0 else {"do_sample": False}
         output = self.model.generate(
             **batch, max_new_tokens=max_new, streamer=Stream(),
@@ -176,8 +192,11 @@ class TransformersProvider(Provider):
         release_module(ref, self.device)
 
 
-def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
+def _number_param(params: dict, name: str, default: float, low: float, high: float, kind: type = int) -> Any:
+    """A numeric parameter within [low, high]: an integer (`kind` int) or any number (`kind` float)."""
     value = params.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise bad_input(f"parameter {name!r} must be an integer from {low} to {high}, got {value!r}")
-    return value
+    allowed = (int,) if kind is int else (int, float)
+    if not isinstance(value, allowed) or isinstance(value, bool) or not low <= value <= high:
+        what = "an integer" if kind is int else "a number"
+        raise bad_input(f"parameter {name!r} must be {what} from {low} to {high}, got {value!r}")
+    return kind(value)

@@ -157,11 +157,9 @@ class Store:
                              f"are off (downloads: never); run `warm pull {spec.name}`")
         return self.downloads.start(spec)
 
-    def remove(self, spec: ModelSpec, others: list[ModelSpec]) -> tuple[int, list[Path]]:
-        """Delete the spec's downloaded files, keeping anything another spec still uses.
+    def check_removable(self, spec: ModelSpec, others: list[ModelSpec]) -> None:
+        """Raise what `remove` would refuse, changing nothing (so a refused `warm rm` does not unload).
 
-        Returns:
-            (bytes freed, paths deleted).
         Raises:
             WarmdError: `invalid_argument` for local sources (warmd never deletes your own files) and for
                 files another spec uses at the same revision.
@@ -171,6 +169,27 @@ class Store:
             users = [o.name for o in others if o.source.kind == "url" and o.source.sha256 == src.sha256]
             if users:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same file; remove them first")
+            return
+        if src.kind != "hf":
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it")
+        commit = hub.cached_commit(src)
+        users = [o.name for o in others if o.source.kind == "hf" and o.source.ref == src.ref
+                 and hub.cached_commit(o.source) == commit]
+        if commit is not None and users:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same files "
+                             f"({src.ref}@{commit[:12]}); remove them first")
+
+    def remove(self, spec: ModelSpec, others: list[ModelSpec]) -> tuple[int, list[Path]]:
+        """Delete the spec's downloaded files, keeping anything another spec still uses.
+
+        Returns:
+            (bytes freed, paths deleted).
+        Raises:
+            WarmdError: what `check_removable` refuses.
+        """
+        self.check_removable(spec, others)
+        src = spec.source
+        if src.kind == "url":
             folder = url_path(self.data_dir, src).parent
             files = [p for p in folder.iterdir()] if folder.is_dir() else []
             freed = sum(p.stat().st_size for p in files)
@@ -179,17 +198,11 @@ class Store:
             if folder.is_dir():
                 folder.rmdir()
             return freed, files
-        if src.kind != "hf":
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it")
         commit = hub.cached_commit(src)
         if commit is None:
             return 0, []
-        same_repo = [o for o in others if o.source.kind == "hf" and o.source.ref == src.ref]
-        keep = {c for o in same_repo if (c := hub.cached_commit(o.source))}
-        if commit in keep:
-            users = [o.name for o in same_repo if hub.cached_commit(o.source) == commit]
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same files "
-                             f"({src.ref}@{commit[:12]}); remove them first")
+        keep = {c for o in others if o.source.kind == "hf" and o.source.ref == src.ref
+                and (c := hub.cached_commit(o.source))}
         freed, removed = hub.remove(src, commit, keep)
         self.downloads.manifest_path(src, commit).unlink(missing_ok=True)
         return freed, removed
