@@ -241,6 +241,27 @@ def test_grpcurl_lists_both_apis_through_reflection(start_daemon) -> None:
     assert live.returncode == 0 and '"live": true' in live.stdout
 
 
+def test_grpcurl_over_tcp_finds_health_without_a_token_and_nothing_else(start_daemon) -> None:
+    """Reflection describes public schemas only: open on TCP like health; every other call needs a token."""
+    port = free_port()
+    daemon = start_daemon(args=("--tcp", f"127.0.0.1:{port}"))
+    grpcurl = [str(Path(sys.executable).with_name("grpcurl")), "-plaintext", f"127.0.0.1:{port}"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*grpcurl, *args], capture_output=True, text=True, timeout=30)
+
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    described = run("describe", "grpc.health.v1.Health")
+    assert described.returncode == 0 and "rpc Check" in described.stdout
+    health = run("grpc.health.v1.Health/Check")
+    assert health.returncode == 0 and '"status": "SERVING"' in health.stdout
+    index = run("inference.GRPCInferenceService/RepositoryIndex")
+    assert index.returncode != 0 and "Unauthenticated" in index.stderr
+    assert daemon.proc.poll() is None
+
+
 def test_shared_memory_from_warmds_own_api(start_daemon, short_tmp: Path) -> None:
     from multiprocessing import shared_memory
 
