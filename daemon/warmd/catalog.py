@@ -5,16 +5,21 @@ of models with the old by name: added, changed, removed. A file that used to hol
 fails validation keeps its last good spec active (a broken save never takes a working model away) and
 shows its error beside it. Editor swap and temp files are not spec files: only `*.yaml`/`*.yml` whose
 name does not start with `.` or `#` count.
+
+An override (a V2 load's `config`) replaces some fields of one model's spec, on top of whatever its file
+says, until it is cleared, the model's spec goes away, or the daemon stops; every reader of the catalog
+sees the spec with it applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -50,6 +55,7 @@ class Catalog:
         self._files: dict[Path, _FileState] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._rejected: dict[Path, SpecFileError] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}    # model name -> ModelSpec fields over its file
         self._listeners: list[ChangeListener] = []
         self._lock = threading.Lock()          # guards the maps above
         self._scan_lock = threading.Lock()     # one rescan at a time
@@ -75,6 +81,23 @@ class Catalog:
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
+    def overrides(self, name: str) -> dict[str, Any]:
+        """The fields overriding model `name`'s spec file (empty: none)."""
+        with self._lock:
+            return dict(self._overrides.get(name, {}))
+
+    def override(self, name: str, fields: Mapping[str, Any]) -> None:
+        """Replace `fields` (ModelSpec field names) of model `name`'s spec; empty `fields` clears the override.
+        Listeners hear of the change like of an edited file (a changed signature means a reload)."""
+        with self._lock:
+            if self._overrides.get(name, {}) == dict(fields):
+                return
+            if fields:
+                self._overrides[name] = dict(fields)
+            else:
+                self._overrides.pop(name, None)
+        self.rescan()
+
     # ---- scanning ------------------------------------------------------------------------------
     def rescan(self) -> None:
         """Bring the catalog in line with the folder and notify listeners of every difference."""
@@ -86,6 +109,7 @@ class Catalog:
             specs, rejected = self._assemble(states, old_specs)
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
+                self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected)
 
     def revalidate(self) -> None:
@@ -133,6 +157,10 @@ class Catalog:
                 spec = last_good.get(path)      # keep serving the last good version of this file
             if spec is None:
                 continue
+            with self._lock:
+                fields = self._overrides.get(spec.name)
+            if fields:
+                spec = dataclasses.replace(spec, **fields)
             if spec.name in specs:
                 rejected[path] = SpecFileError(
                     path, f"model name {spec.name!r} is already defined by {specs[spec.name].file.name}; "
