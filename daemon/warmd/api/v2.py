@@ -120,14 +120,14 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _inputs(self, spec: ModelSpec, request: v2.ModelInferRequest, owner: str,
                 on_device: bool) -> tuple[dict[str, Any], list[str]]:
         if request.raw_input_contents:
-            if len(request.raw_input_contents) != len(request.inputs):
-                raise WarmdError(Code.INVALID_ARGUMENT, f"{len(request.raw_input_contents)} raw_input_contents "
-                                 f"for {len(request.inputs)} inputs; send one per input, in order, or none")
             typed = next((t.name for t in request.inputs if t.contents.ListFields()), None)
             if typed is not None:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"contents field must not be specified when using "
                                  f"raw_input_contents for {typed!r} for model {spec.name!r}; send every input "
                                  "raw or every input typed")
+            if len(request.raw_input_contents) != len(request.inputs):
+                raise WarmdError(Code.INVALID_ARGUMENT, f"{len(request.raw_input_contents)} raw_input_contents "
+                                 f"for {len(request.inputs)} inputs; send one per input, in order, or none")
         byte_tensors = {d.name for d in spec.inputs if d.dtype == "BYTES"}
         arrays: dict[str, Any] = {}
         text: list[str] = []

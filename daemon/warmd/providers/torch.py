@@ -158,7 +158,8 @@ class TorchProvider(Provider):
             tensor = torch.from_numpy(np.array(arr, copy=True))
         if tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
-        return tensor if self.device == "cpu" else tensor.to(self.device, non_blocking=True)
+        # To the model's device (a no-op where it is); asynchronous only from host memory to a GPU.
+        return tensor.to(self.device, non_blocking=not tensor.is_cuda)
 
     def _name_outputs(self, result: Any, on_device: frozenset[str]) -> dict[str, Any]:
         names = [d.name for d in self.spec.outputs] or ["output"]
