@@ -240,9 +240,9 @@ def _on_device(device_id: int) -> Iterator[Any]:
 
 
 def _open(name: str, raw_handle: bytes, device_id: int, byte_size: int) -> int:
-    from cuda.bindings import driver
-
     with _on_device(device_id) as runtime:
+        from cuda.bindings import driver
+
         handle = runtime.cudaIpcMemHandle_t()
         ctypes.memmove(handle.getPtr(), raw_handle, HANDLE_BYTES)   # the struct's 64 bytes, in any release
         pointer = int(_call(runtime.cudaIpcOpenMemHandle(handle, runtime.cudaIpcMemLazyEnablePeerAccess),

@@ -17,67 +17,34 @@ from typing import Iterator
 import pytest
 
 from conftest import DaemonProcess
-from tritonclient_run import PYTHON, triton
-from waiting import wait_until
+from triton_repository import TRITON, build_repository, run, start
+from tritonclient_run import triton
 
-TRITON = Path(__file__).resolve().parent.parent / "triton"
-EXAMPLES = TRITON / "examples"
 MODELS = ["densenet_onnx", "inception_graphdef", "simple", "simple_dyna_sequence", "simple_identity",
           "simple_int8", "simple_sequence", "simple_string"]
 
-# example -> (arguments, the line it prints when it passes)
+# example -> the line it prints when it passes
 PASSING = {
-    "grpc_client.py": ((), "PASS"),
-    "grpc_explicit_byte_content_client.py": ((), "PASS: explicit string"),
-    "grpc_explicit_int8_content_client.py": ((), "PASS: explicit int8"),
-    "grpc_explicit_int_content_client.py": ((), "PASS: explicit int"),
-    "simple_grpc_aio_infer_client.py": ((), "PASS: grpc aio infer"),
-    "simple_grpc_aio_sequence_stream_infer_client.py": ((), "PASS: grpc aio sequence stream"),
-    "simple_grpc_async_infer_client.py": ((), "PASS: Async infer"),
-    "simple_grpc_custom_args_client.py": ((), "PASS: CustomArgs"),
-    "simple_grpc_infer_client.py": ((), "PASS: infer"),
-    "simple_grpc_keepalive_client.py": ((), "PASS: KeepAlive"),
-    "simple_grpc_sequence_stream_infer_client.py": ((), "PASS: Sequence"),
-    "simple_grpc_sequence_sync_infer_client.py": ((), "PASS: Sequence"),
-    "simple_grpc_shm_client.py": ((), "PASS: system shared memory"),
-    "simple_grpc_shm_string_client.py": ((), "PASS: system shared memory"),
-    "simple_grpc_string_infer_client.py": ((), "PASS: string"),
+    "grpc_client.py": "PASS",
+    "grpc_explicit_byte_content_client.py": "PASS: explicit string",
+    "grpc_explicit_int8_content_client.py": "PASS: explicit int8",
+    "grpc_explicit_int_content_client.py": "PASS: explicit int",
+    "simple_grpc_aio_infer_client.py": "PASS: grpc aio infer",
+    "simple_grpc_aio_sequence_stream_infer_client.py": "PASS: grpc aio sequence stream",
+    "simple_grpc_async_infer_client.py": "PASS: Async infer",
+    "simple_grpc_custom_args_client.py": "PASS: CustomArgs",
+    "simple_grpc_infer_client.py": "PASS: infer",
+    "simple_grpc_keepalive_client.py": "PASS: KeepAlive",
+    "simple_grpc_sequence_stream_infer_client.py": "PASS: Sequence",
+    "simple_grpc_sequence_sync_infer_client.py": "PASS: Sequence",
+    "simple_grpc_shm_client.py": "PASS: system shared memory",
+    "simple_grpc_shm_string_client.py": "PASS: system shared memory",
+    "simple_grpc_string_infer_client.py": "PASS: string",
 }
 # The sequence examples' -d runs need simple_string_dyna_sequence (a QA model of Triton's) besides the
 # example repository's simple_dyna_sequence.
 DYNA = ["simple_grpc_aio_sequence_stream_infer_client.py", "simple_grpc_sequence_stream_infer_client.py",
         "simple_grpc_sequence_sync_infer_client.py"]
-
-
-def build_repository(root: Path) -> tuple[Path, Path]:
-    """Copy the example repository's specs and the provider plugin under `root`; write the empty weights.
-
-    Returns:
-        (specs folder, plugins folder).
-    """
-    from safetensors.torch import save_file
-
-    specs, plugins = root / "specs", root / "plugins"
-    shutil.copytree(TRITON / "repository", specs)
-    shutil.copytree(TRITON / "plugins", plugins)
-    save_file({}, str(specs / "empty.safetensors"))    # the models hold no weights
-    return specs, plugins
-
-
-def start(root: Path, specs: Path, plugins: Path) -> DaemonProcess:
-    """A daemon serving `specs`, once every one of them is in the catalog (plugin providers included)."""
-    daemon = DaemonProcess(root, specs, [], {"plugins_dir": str(plugins)})
-    daemon.wait_ready()
-    wanted = sorted(p.stem for p in specs.glob("*.yaml"))
-    with daemon.client() as c:
-        wait_until(lambda: sorted(m.name for m in c.list().models) == wanted, timeout=20)
-    return daemon
-
-
-def run(daemon: DaemonProcess, example: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run one of Triton's examples, unchanged, in the tritonclient environment against `daemon`."""
-    return subprocess.run([str(PYTHON), str(EXAMPLES / example), "-u", f"unix:{daemon.socket}", *args],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +64,8 @@ def _passed(result: subprocess.CompletedProcess, line: str) -> bool:
 
 @pytest.mark.parametrize("example", sorted(PASSING))
 def test_example_passes(daemon: DaemonProcess, example: str) -> None:
-    args, line = PASSING[example]
-    result = run(daemon, example, *args)
-    assert _passed(result, line), f"{example} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr}"
+    result = run(daemon, example)
+    assert _passed(result, PASSING[example]), f"{example} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr}"
 
 
 def test_reuse_infer_objects_client_validates_every_round(daemon: DaemonProcess) -> None:
@@ -176,7 +142,6 @@ def test_sequence_examples_with_dynamic_sequences() -> None:
         try:
             for example in DYNA:
                 result = run(served, example, "-d")
-                line = PASSING[example][1]
-                assert _passed(result, line), f"{example} -d:\n{result.stdout[-3000:]}\n{result.stderr}"
+                assert _passed(result, PASSING[example]), f"{example} -d:\n{result.stdout[-3000:]}\n{result.stderr}"
         finally:
             served.terminate()
