@@ -182,7 +182,8 @@ def main() -> int:
     lines = ["# Open Inference Protocol (tritonclient) against warmd's own API",
              "",
              f"`.venv/bin/python bench/v2.py --calls {args.calls} --big-calls {args.big_calls} --cuda-calls "
-             f"{args.cuda_calls} --rounds {args.rounds}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
+             f"{args.cuda_calls} --rounds {args.rounds}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"{time.strftime('%Y-%m-%d')}; "
              "Unix socket, sequential calls, rounds alternating between clients",
              "",
              "| path | p50 ms | p99 ms | ratio (p50) |",

@@ -65,7 +65,8 @@ def _passed(result: subprocess.CompletedProcess, line: str) -> bool:
 @pytest.mark.parametrize("example", sorted(PASSING))
 def test_example_passes(daemon: DaemonProcess, example: str) -> None:
     result = run(daemon, example)
-    assert _passed(result, PASSING[example]), f"{example} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr}"
+    assert _passed(result, PASSING[example]), \
+        f"{example} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr}"
 
 
 def test_reuse_infer_objects_client_validates_every_round(daemon: DaemonProcess) -> None:

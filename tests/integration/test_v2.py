@@ -337,7 +337,8 @@ def test_load_config_override_maps_what_a_spec_has_and_refuses_the_rest(start_da
             client.get_model_config("simple").config))
         fetched["maxBatchSize"] = 4          # a tool sends the config back with one change
         out["round_trip"] = load(json.dumps(fetched))
-        out["mapped"] = load(json.dumps({"max_batch_size": 16, "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+        out["mapped"] = load(json.dumps({"max_batch_size": 16,
+                                         "dynamic_batching": {"max_queue_delay_microseconds": 2000},
                                          "instance_group": [{"kind": "KIND_CPU"}]}))
         out["input"] = load(json.dumps({"input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}))
         out["unknown"] = load(json.dumps({"optimization": {"priority": "PRIORITY_MAX"}}))

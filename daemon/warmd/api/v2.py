@@ -16,13 +16,12 @@ from typing import Any, Iterator
 
 import grpc
 
-from warmd import __version__
+from warmd import __version__, cudashm
 from warmd.api import model_config
 from warmd.api.auth import caller
 from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
 from warmd.catalog import Catalog
-from warmd.cudashm import CudaSharedMemoryRegistry
 from warmd.errors import Code, WarmdError
 from warmd.inference import Inference
 from warmd.providers import CallContext, InferRequest, InferResult
@@ -45,8 +44,8 @@ _REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLO
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, catalog: Catalog, scheduler: Scheduler, inference: Inference,
-                 shm: SharedMemoryRegistry, cuda_shm: CudaSharedMemoryRegistry, drain_timeout: float) -> None:
+    def __init__(self, catalog: Catalog, scheduler: Scheduler, inference: Inference, shm: SharedMemoryRegistry,
+                 cuda_shm: cudashm.CudaSharedMemoryRegistry, drain_timeout: float) -> None:
         self.catalog, self.scheduler, self.inference, self.shm = catalog, scheduler, inference, shm
         self.cuda_shm, self.drain_timeout = cuda_shm, drain_timeout
 
@@ -145,7 +144,6 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _input(self, tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None, owner: str,
                on_device: bool) -> Any:
         """One input as an array (numpy, or a torch tensor on the GPU when `on_device`)."""
-        from warmd import cudashm
         from warmd import tensors as codec   # numpy: imported on the first request
 
         what = f"input {tensor.name!r}"
@@ -164,7 +162,6 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _outputs(self, request: v2.ModelInferRequest, result: InferResult, owner: str,
                  response: v2.ModelInferResponse) -> None:
-        from warmd import cudashm
         from warmd import tensors as codec
 
         wanted = list(request.outputs) or [v2.ModelInferRequest.InferRequestedOutputTensor(name=n)
