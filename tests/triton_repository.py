@@ -1,5 +1,5 @@
-"""Triton's example model repository as warmd specs (tests/triton), a daemon serving it, and Triton's client
-examples run against it unchanged, in the tritonclient environment (see tests/tritonclient_run.py)."""
+"""Triton's example model repository as warmd specs (tests/from_triton), a daemon serving it, and Triton's
+client examples run against it unchanged, in the tritonclient environment (see tests/tritonclient_run.py)."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,8 @@ from conftest import DaemonProcess
 from tritonclient_run import PYTHON
 from waiting import wait_until
 
-TRITON = Path(__file__).resolve().parent / "triton"
+# Not "triton": tests/ is on sys.path, and torch takes a folder of that name for OpenAI's Triton compiler.
+TRITON = Path(__file__).resolve().parent / "from_triton"
 EXAMPLES = TRITON / "examples"
 
 

@@ -1,8 +1,8 @@
-"""Triton's own gRPC client examples, unchanged (tests/triton/examples, pinned: see its README), against
-Triton's example model repository written as warmd specs (tests/triton/repository, plus the provider plugin
-in tests/triton/plugins), all over the daemon's Unix socket (`-u unix:/path`), run by tritonclient 2.73.0 in
-its own environment. Each example prints its own PASS; the documented differences (README, Open Inference
-Protocol) are asserted as what they print instead.
+"""Triton's own gRPC client examples, unchanged (tests/from_triton/examples, pinned: see its README),
+against Triton's example model repository written as warmd specs (tests/from_triton/repository, plus the
+provider plugin in tests/from_triton/plugins), all over the daemon's Unix socket (`-u unix:/path`), run by
+tritonclient 2.73.0 in its own environment. Each example prints its own PASS; the documented differences
+(README, Open Inference Protocol) are asserted as what they print instead.
 
 One daemon serves the module, as one Triton serves Triton's own runs of these examples.
 """
