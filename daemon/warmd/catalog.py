@@ -9,6 +9,10 @@ working model away) and shows its error beside it. Every `catalog.rejected` of a
 the file is fixed, deleted or renamed away, by a `catalog.cleared` for it. An unreadable or missing specs
 folder is a rejected "file" of its own (the folder). Editor swap and temp files are not spec files: only
 `*.yaml`/`*.yml` whose name does not start with `.` or `#` count.
+
+An override (a V2 load's `config`) replaces some fields of one model's spec, on top of whatever its file
+says, until it is cleared, the model's spec goes away, or the daemon stops; every reader of the catalog
+sees the spec with it applied.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -55,6 +59,7 @@ class Catalog:
         self._files: dict[Path, _FileState] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._rejected: dict[Path, SpecFileError] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}    # model name -> ModelSpec fields over its file
         self._listeners: list[ChangeListener] = []
         self._lock = threading.Lock()          # guards the maps above
         self._scan_lock = threading.Lock()     # one rescan at a time
@@ -93,6 +98,23 @@ class Catalog:
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
+    def overrides(self, name: str) -> dict[str, Any]:
+        """The fields overriding model `name`'s spec file (empty: none)."""
+        with self._lock:
+            return dict(self._overrides.get(name, {}))
+
+    def override(self, name: str, fields: Mapping[str, Any]) -> None:
+        """Replace `fields` (ModelSpec field names) of model `name`'s spec; empty `fields` clears the override.
+        Listeners hear of the change like of an edited file (a changed signature means a reload)."""
+        with self._lock:
+            if self._overrides.get(name, {}) == dict(fields):
+                return
+            if fields:
+                self._overrides[name] = dict(fields)
+            else:
+                self._overrides.pop(name, None)
+        self.rescan()
+
     # ---- scanning ------------------------------------------------------------------------------
     def rescan(self) -> None:
         """Bring the catalog in line with the folder and notify listeners of every difference."""
@@ -106,6 +128,7 @@ class Catalog:
                 rejected[self.root] = folder_error
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
+                self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected)
             if self._thread is not None and not self._stop.is_set():   # started, and not stopping
                 self._watch(inputs)
@@ -166,6 +189,10 @@ class Catalog:
                 spec = dataclasses.replace(spec, content=content)
                 if state.error is None:
                     state.spec = spec           # kept with the file's state: the next rescan starts from it
+            with self._lock:
+                fields = self._overrides.get(spec.name)
+            if fields:                          # over the file's spec, never kept in the file's state
+                spec = dataclasses.replace(spec, **fields)
             inputs += paths
             specs[spec.name] = spec
         return specs, rejected, inputs

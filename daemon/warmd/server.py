@@ -33,6 +33,7 @@ from warmd.plugins import Plugins
 from warmd.roles import Profiles
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
+from warmd.cudashm import CudaSharedMemoryRegistry
 from warmd.shm import SharedMemoryRegistry
 from warmd.store import Store
 from warmd.v1 import warmd_pb2, warmd_pb2_grpc
@@ -63,6 +64,7 @@ class Daemon:
                                  settings.data_dir / "role_picks.json", self.catalog, self.scheduler, self.store)
         self.metrics: Metrics | None = None
         self.shm = SharedMemoryRegistry()
+        self.cuda_shm = CudaSharedMemoryRegistry()
         self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
         self.health = health.HealthServicer()
         self.drain = Drain()
@@ -157,8 +159,8 @@ class Daemon:
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
                          self.shm, self.tokens, self.plugins, self.profiles), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
-            server)
+            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.cuda_shm,
+                             self.settings.drain_timeout), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
                  inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,

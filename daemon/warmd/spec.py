@@ -93,11 +93,14 @@ class ModelSpec:
 
     @functools.cached_property
     def signature(self) -> str:
-        """sha256 over what decides the loaded weights and code; an edit that changes it means a reload."""
+        """sha256 over what makes this model answer as it does: the loaded weights and code, and the declared
+        inputs and outputs (two models of one source that take other tensors differ). An edit that changes
+        it means a reload."""
         loaded = {
             "source": self.source.__dict__, "provider": self.provider, "options": self.options,
             "device": self.device, "precision": self.precision, "version": self.version,
             "content": self.content,
+            "inputs": [vars(d) for d in self.inputs], "outputs": [vars(d) for d in self.outputs],
         }
         canonical = json.dumps(loaded, sort_keys=True, separators=(",", ":"), default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -236,10 +236,16 @@ def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub
 
 
 def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
+    daemon, payload = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
     result = daemon.warm("load", "big")
     assert result.returncode == 1 and "[weights_missing]" in result.stderr and "warm pull big" in result.stderr
     assert hub.connections == 0
+    pulled = daemon.warm("pull", "big")          # the one way `never` downloads: asked for by name
+    assert pulled.returncode == 0, pulled.stderr
+    with daemon.client() as c:
+        assert c.get("big").files.state == "verified"
+    snapshot = next((Path(daemon.env["HF_HOME"]) / "hub" / "models--org--big" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors").read_bytes() == payload
 
 
 @pytest.fixture

@@ -223,7 +223,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             if name in request.output_regions:
                 ref = request.output_regions[name]
                 dtype, data = tensors.encode(name, result.tensors[name])
-                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, data, f"output {name!r}")
+                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, tensors.raw(dtype, data),
+                               f"output {name!r}")
                 outputs.append(pb.Tensor(name=name, dtype=dtype, shape=data.shape, region=ref))
             else:
                 outputs.append(tensors.to_proto(name, result.tensors[name]))

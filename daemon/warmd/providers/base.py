@@ -93,12 +93,18 @@ class CallContext:
 
 @dataclass
 class InferRequest:
-    """What a provider gets: named arrays, texts, free-form parameters, and the call's context."""
+    """What a provider gets: named arrays, texts, free-form parameters, and the call's context.
+
+    BYTES tensors are numpy object arrays of `bytes`. A provider whose class sets `device_tensors` may get
+    torch tensors on a GPU as well (CUDA shared memory, read in place: never write into them), and is asked
+    to return the outputs named in `device_outputs` as torch tensors on its device (no copy to the host).
+    """
 
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     text: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     context: CallContext = field(default_factory=CallContext)
+    device_outputs: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -120,6 +126,8 @@ class Provider(abc.ABC):
     # Whether requests can be joined along their first dimension (or texts) and outputs split back
     # (dynamic batching, spec `max_batch`).
     batchable: ClassVar[bool] = False
+    # Whether it takes torch tensors on a GPU as inputs and honours `InferRequest.device_outputs`.
+    device_tensors: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
         self.spec, self.files, self.device = spec, files, device

@@ -10,7 +10,8 @@ options:
 Inputs are passed to forward() positionally, in the order the spec's `inputs` declares (or the order
 the request gives); a forward() with a `context` parameter also gets the call's CallContext (report
 progress, stop when cancelled). A tensor result is named by the spec's first output (default "output"); a tuple
-or dict result maps onto the declared outputs.
+or dict result maps onto the declared outputs. Inputs that arrive as CUDA tensors (CUDA shared memory) are
+used where they are, and outputs asked for on the device stay there.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class TorchProvider(Provider):
     name = "torch"
     parkable = True
     batchable = True
+    device_tensors = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -124,7 +126,7 @@ class TorchProvider(Provider):
         extra = {"context": request.context} if self._takes_context else {}
         with torch.inference_mode():
             result = self.module(*args, **extra)
-        return InferResult(tensors=self._name_outputs(result))
+        return InferResult(tensors=self._name_outputs(result, request.device_outputs))
 
     def to_host(self) -> None:
         self.module = move_module(self.module, self.device, to_host=True)
@@ -154,13 +156,16 @@ class TorchProvider(Provider):
         import numpy as np
         import torch
 
-        # Requests arrive as read-only views of the message; torch wants writable memory, so copy once.
-        tensor = torch.from_numpy(np.array(arr, copy=True))
+        if isinstance(arr, torch.Tensor):       # CUDA shared memory: the caller's own memory, read in place
+            tensor = arr
+        else:   # requests arrive as read-only views of the message; torch wants writable memory: copy once
+            tensor = torch.from_numpy(np.array(arr, copy=True))
         if tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
-        return tensor if self.device == "cpu" else tensor.to(self.device, non_blocking=True)
+        # To the model's device (a no-op where it is); asynchronous only from host memory to a GPU.
+        return tensor.to(self.device, non_blocking=not tensor.is_cuda)
 
-    def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
+    def _name_outputs(self, result: Any, on_device: frozenset[str]) -> dict[str, Any]:
         names = [d.name for d in self.spec.outputs] or ["output"]
         if isinstance(result, dict):
             items = list(result.items())
@@ -169,15 +174,17 @@ class TorchProvider(Provider):
             items = list(zip(names, result))
         else:
             items = [(names[0], result)]
-        return {name: _to_numpy(value) for name, value in items}
+        return {name: _output(value, name in on_device) for name, value in items}
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _output(value: Any, on_device: bool) -> Any:
+    """An output as numpy, or (asked for on the device) as a torch tensor where it is."""
     import torch
 
     if value.dtype in (torch.bfloat16, torch.float16):
-        value = value.float()   # numpy has no bfloat16; callers get exact float32 values
-    return value.detach().cpu().numpy()
+        value = value.float()   # numpy has no bfloat16; callers get exact float32 values (on a GPU too)
+    value = value.detach()
+    return value if on_device and value.is_cuda else value.cpu().numpy()
 
 
 def read_through(path: Path) -> None:

@@ -133,17 +133,21 @@ class Store:
         except WarmdError as err:
             if err.code is not Code.WEIGHTS_MISSING or spec.source.kind not in ("hf", "url"):
                 raise
-        job, future = self.pull(spec)
+        job, future = self.pull(spec, on_demand=True)
         try:
             return future.result()
         finally:
             self.downloads.leave(job.id)
 
-    def pull(self, spec: ModelSpec) -> tuple[Job, Future]:
+    def pull(self, spec: ModelSpec, on_demand: bool = False) -> tuple[Job, Future]:
         """Start (or join) the download of the spec's files; call `downloads.leave(job.id)` when done waiting.
 
+        Args:
+            spec: the model.
+            on_demand: the download is a load's or a request's (first use), not an explicit pull: the
+                `downloads: never` policy refuses it.
         Raises:
-            WarmdError: `network_forbidden` offline; `weights_missing` when the policy is `never`;
+            WarmdError: `network_forbidden` offline; `weights_missing` on demand when the policy is `never`;
                 `invalid_argument` for sources that are never downloaded (path, package).
         """
         src = spec.source
@@ -152,7 +156,7 @@ class Store:
         if self.offline or hub.hf_offline():
             raise WarmdError(Code.NETWORK_FORBIDDEN, f"the daemon is offline (--offline or HF_HUB_OFFLINE) and "
                              f"{src.describe()} is not (completely) on disk; start it online or copy the files in")
-        if self.policy == "never":
+        if on_demand and self.policy == "never":
             raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} is not on disk and automatic downloads "
                              f"are off (downloads: never); run `warm pull {spec.name}`")
         return self.downloads.start(spec)
