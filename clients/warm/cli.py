@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -18,7 +17,7 @@ from rich.text import Text
 
 from warm import inputs, output
 from warm.client import Client, InferResult
-from warm.output import err_console, note, out, print_json, say, to_data
+from warm.output import note, out, print_json, say, to_data
 from warm.progress import JobProgress
 from warmd import __version__
 from warmd.errors import Code, WarmdError

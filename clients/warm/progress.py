@@ -2,8 +2,9 @@
 (on a model that is not loaded yet) share.
 
 A download is one line when it starts and one when it is done, with a live bar (bytes, rate, time left) in
-between on a terminal (into a pipe or a file, a bar would only add lines); each phase of a load is one line (`minilm: locating package:...`, `minilm: loading onto cpu (~87.4 MiB)`). stdout is left
-to the command's result.
+between on a terminal (into a pipe or a file, a bar would only add lines); each phase of a load is one line
+(`minilm: locating package:...`, `minilm: loading onto cpu (~86.6 MiB)`). stdout is left to the command's
+result.
 """
 from __future__ import annotations
 

@@ -45,9 +45,9 @@ def _url_daemon(start_daemon, hub: Hub, root: Path, scale: float):  # type: igno
     specs.mkdir()
     write_factory(specs)
     url = f"{hub.endpoint}/org/affine/resolve/main/model.safetensors"
-    (specs / "affine.yaml").write_text(
-        f"provider: torch\ndevice: cpu\nsource: {{url: '{url}', sha256: {hashlib.sha256(weights.read_bytes()).hexdigest()}}}\n"
-        "options: {factory: 'testmodels.py:Affine'}\n")
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (specs / "affine.yaml").write_text(f"provider: torch\ndevice: cpu\nsource: {{url: '{url}', sha256: {sha256}}}\n"
+                                       "options: {factory: 'testmodels.py:Affine'}\n")
     return start_daemon(specs, env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": None})
 
 
