@@ -160,8 +160,8 @@ def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
     assert daemon.warm("load", "affine", "--keep-alive", "-1").returncode == 0
     ps = json.loads(daemon.warm("ps", "--json").stdout)
     assert [m["name"] for m in ps] == ["affine"]
-    assert int(ps[0]["residency"]["measured_bytes"]) == 4 * (16 + 4)    # int64 is a string in JSON
-    assert int(ps[0]["residency"]["estimated_bytes"]) == 4 * (16 + 4)
+    assert ps[0]["residency"]["measured_bytes"] == 4 * (16 + 4)         # int64 is a JSON number
+    assert ps[0]["residency"]["estimated_bytes"] == 4 * (16 + 4)
     result = daemon.warm("infer", "affine", "--input", "x=[[1,2,3,4]]", "--json")
     assert json.loads(result.stdout)["outputs"]["y"]["data"] == [[3.0, 6.0, 9.0, 12.0]]
     assert daemon.warm("unload", "affine").returncode == 0
