@@ -312,6 +312,26 @@ def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path
     assert "download.started" in events and "download.finished" in events and events[-1] == "model.loaded"
 
 
+def test_a_torch_model_from_the_hub_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    """A hub snapshot's files are links into blobs/: the weights check goes by name, not by link target."""
+    from models import write_affine_weights, write_factory
+
+    import numpy as np
+
+    write_affine_weights(short_tmp / "w.safetensors", 3.0)
+    hub.add_repo("org/affine", {"model.safetensors": (short_tmp / "w.safetensors").read_bytes()})
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    (specs / "affine.yaml").write_text("provider: torch\ndevice: cpu\nsource: {hf: org/affine}\n"
+                                       "options: {factory: 'testmodels.py:Affine'}\n"
+                                       "outputs: [{name: y, dtype: FP32, shape: [-1, 4]}]\n")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        y = c.infer("affine", {"x": np.ones((1, 4), np.float32)}).outputs["y"]
+    assert y.tolist() == [[3.0, 3.0, 3.0, 3.0]]
+
+
 def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
     import hashlib
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import logging
 import sys
 import weakref
@@ -201,8 +202,9 @@ def weights_file(spec: ModelSpec, files: Path) -> Path:
     if files.is_file():
         return files
     name = spec.options.get("weights", "model.safetensors")
-    path = (files / name).resolve()
-    if not path.is_relative_to(files.resolve()):
+    # Checked by name, not by resolving links: a Hugging Face snapshot's files are links into its blobs/.
+    path = Path(os.path.normpath(files / name))
+    if not path.is_relative_to(os.path.normpath(files)):
         raise WarmdError(Code.SPEC_INVALID, f"options.weights {name!r} points outside the model's files")
     if not path.is_file():
         raise WarmdError(Code.WEIGHTS_MISSING, f"weights file {path} does not exist; "
