@@ -81,3 +81,16 @@ def test_the_affine_console_example_prints_what_the_readme_says(bundled) -> None
     assert "`.venv/bin/warm infer affine --input x='[[1,2,3,4]]'` prints\n`[[3. 5. 7. 9.]]`" in section("Two commands")
     run = bundled.warm("infer", "affine", "--input", "x=[[1,2,3,4]]")
     assert run.returncode == 0 and run.stdout.splitlines()[1] == "[[3. 5. 7. 9.]]", run.stderr
+
+
+def test_the_v2_example_runs_in_tritonclients_environment(bundled, short_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    from tritonclient_run import PYTHON
+
+    (code,) = blocks(section("The API"), "python")
+    runtime = short_tmp / "xdg"                      # the default socket's place, linked to this daemon's socket
+    (runtime / "warmd").mkdir(parents=True)
+    (runtime / "warmd" / "warmd.sock").symlink_to(bundled.socket)
+    done = subprocess.run([str(PYTHON), "-c", code], env={**bundled.env, "XDG_RUNTIME_DIR": str(runtime)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[[3.", "3.", "3.", "3.]]"]
