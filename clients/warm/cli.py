@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", parents=[common, as_json], help="unload a model and delete its downloaded files")
     p.add_argument("name")
     p.set_defaults(run=cmd_rm)
-    p = sub.add_parser("add", parents=[common, as_json], help="write a spec for hf://ORG/NAME from its metadata")
-    p.add_argument("source", metavar="hf://ORG/NAME")
+    p = sub.add_parser("add", parents=[common, as_json],
+                       help="write a spec for hf://ORG/NAME (from its metadata) or ollama://NAME:TAG (Ollama's store)")
+    p.add_argument("source", metavar="hf://ORG/NAME|ollama://NAME:TAG")
     p.add_argument("--revision", default="")
     p.add_argument("--name", default="")
     p.set_defaults(run=cmd_add)
@@ -148,11 +149,19 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         for r in listing.rejected:
             bad.add_row(r.file, str(r.line or ""), r.field, r.code, r.message)
         out.print(bad)
-    if listing.discovered:
+    in_hub = [d for d in listing.discovered if d.source != "ollama"]
+    if in_hub:
         out.print("\n[bold]In the Hugging Face cache, no spec[/bold] (`warm add hf://REPO` writes one):")
         found = Table("REPO", "ON DISK", "REVISIONS", box=None)
-        for d in listing.discovered:
+        for d in in_hub:
             found.add_row(d.repo_id, format_size(d.size_on_disk), ", ".join(r[:12] for r in d.revisions))
+        out.print(found)
+    in_ollama = [d for d in listing.discovered if d.source == "ollama"]
+    if in_ollama:
+        out.print("\n[bold]In Ollama's store, no spec[/bold] (`warm add ollama://NAME:TAG` writes one):")
+        found = Table("NAME", "SIZE", "MANIFEST", box=None)
+        for d in in_ollama:
+            found.add_row(d.repo_id, format_size(d.size_on_disk), d.path)
         out.print(found)
     return 0
 
@@ -303,12 +312,13 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     resident = client.status().resident
     if args.json:
         return _print_json_list(resident)
-    table = Table("NAME", "DEVICE", "TIER", "SIZE", "ESTIMATED", "PINNED", "IN FLIGHT", "LAST USED", "EXPIRES",
-                  box=None)
+    table = Table("NAME", "DEVICE", "TIER", "LAYERS", "SIZE", "ESTIMATED", "PINNED", "IN FLIGHT", "LAST USED",
+                  "EXPIRES", box=None)
     now = time.time()
     for m in resident:
         r = m.residency
-        table.add_row(m.name, r.device, r.tier, format_size(r.measured_bytes), format_size(r.estimated_bytes),
+        layers = f"{r.gpu_layers}/{r.total_layers} on GPU" if r.total_layers and r.device.startswith("cuda") else ""
+        table.add_row(m.name, r.device, r.tier, layers, format_size(r.measured_bytes), format_size(r.estimated_bytes),
                       "yes" if r.pinned else "", str(r.in_flight), f"{now - r.last_used:.0f}s ago",
                       "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
     out.print(table)

@@ -74,6 +74,7 @@ class Measured:
     device: int = 0
     host: int = 0
     parts: dict[str, int] = field(default_factory=dict)    # "CPU_Mapped model" -> bytes
+    errors: list[str] = field(default_factory=list)        # what llama.cpp logged as errors meanwhile
 
     def add(self, buffer: str, kind: str, mib: float) -> None:
         size = round(mib * MIB)
@@ -179,6 +180,8 @@ class LogCapture:
         measured = self._measured
         if measured is not None and (m := _BUFFER.search(text)):
             measured.add(m.group(1), m.group(2), float(m.group(3)))
+        if measured is not None and level == 4:
+            measured.errors.append(text.strip())
         if text.strip():
             # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
             log.log({3: logging.WARNING, 4: logging.ERROR}.get(level, logging.DEBUG), "%s", text.rstrip())

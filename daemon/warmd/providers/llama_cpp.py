@@ -40,7 +40,7 @@ import logging
 import random
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from warmd import chat
 from warmd.errors import Code, WarmdError
@@ -82,6 +82,12 @@ class LlamaCppProvider(Provider):
             "normalize": {"type": "boolean"},
         },
     }
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+        yield from super().validate_options(options)
+        if options.get("cache_type", "f16") in ("q8_0", "q4_0") and not options.get("flash_attn"):
+            yield "a quantized cache_type (q8_0, q4_0) needs flash_attn: true (llama.cpp's rule)", ["cache_type"]
 
     # ---- before a load -------------------------------------------------------------------------
     @classmethod
@@ -321,7 +327,7 @@ def _dry_run(path: str, mtime_ns: int, settings: Settings) -> int:
         mparams.no_alloc, mparams.n_gpu_layers, mparams.load_mode = True, 0, llama_cpp.LLAMA_LOAD_MODE_NONE
         model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
         if not model:
-            raise WarmdError(Code.PROVIDER_FAILED, f"llama.cpp cannot read {path} (see the daemon's log)")
+            raise WarmdError(Code.PROVIDER_FAILED, f"llama.cpp cannot read {path}: {'; '.join(measured.errors[-2:])}")
         try:
             cparams = llama_cpp.llama_context_default_params()
             for name, value in settings.llama_kwargs(0, "cpu").items():
@@ -336,7 +342,8 @@ def _dry_run(path: str, mtime_ns: int, settings: Settings) -> int:
                 cparams.kv_unified = True
             ctx = llama_cpp.llama_init_from_model(model, cparams)
             if not ctx:
-                raise WarmdError(Code.PROVIDER_FAILED, f"llama.cpp cannot make a context for {path}")
+                raise WarmdError(Code.PROVIDER_FAILED, f"llama.cpp cannot make a context for {path}: "
+                                 f"{'; '.join(measured.errors[-2:])}")
             llama_cpp.llama_free(ctx)
         finally:
             llama_cpp.llama_model_free(model)
@@ -403,8 +410,9 @@ def _grammar(response_format: Any) -> Any:
         try:
             _grammars[key] = (LlamaGrammar.from_json_schema(key, verbose=False) if schema is not None
                               else LlamaGrammar.from_string(JSON_GBNF, verbose=False))
-        except (ValueError, RuntimeError, KeyError, TypeError, NotImplementedError) as exc:
-            raise bad_input(f"response_format.schema cannot be turned into a grammar: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the schema converter asserts, raises KeyError, ValueError...
+            raise bad_input(f"response_format.schema cannot be turned into a grammar: "
+                            f"{type(exc).__name__}: {exc}") from None
     return _grammars[key]
 
 
