@@ -73,14 +73,14 @@ class TransformersProvider(Provider):
         return module_bytes(self.model)
 
     def infer(self, request: InferRequest) -> InferResult:
+        if self.spec.task == "chat":
+            return self._chat(request)
         if not request.text:
             raise bad_input(f"model {self.spec.name!r} takes text: pass one or more texts")
         import torch
 
         if self.spec.task == "text-generation":
             return self._generate(request)
-        if self.spec.task == "chat":
-            return self._chat(request)
         with torch.inference_mode():
             batch = self._encode(request.text)
             out = self.model(**batch)
