@@ -234,3 +234,27 @@ def test_a_corrupted_ollama_blob_is_refused(start_daemon, short_tmp: Path, ggufs
         assert info.value.code is Code.MODEL_NOT_FOUND
     missing = daemon.warm("add", "ollama://nothere:7b")
     assert missing.returncode == 1 and "weights_missing" in missing.stderr
+
+
+def test_gguf_from_the_hub_by_pattern_and_from_a_url(start_daemon, short_tmp: Path, ggufs: Path, hub) -> None:
+    import hashlib
+
+    q4, q8 = (ggufs / "tiny.gguf").read_bytes(), (ggufs / "other.gguf").read_bytes()
+    hub.add_repo("org/tiny-GGUF", {"tiny.Q4_K_M.gguf": q4, "tiny.Q8_0.gguf": q8, "README.md": b"# tiny\n"})
+    sha = hashlib.sha256(q8).hexdigest()
+    daemon = _daemon(start_daemon, short_tmp, ggufs, {
+        "hubbed": "provider: llama-cpp\ntask: chat\ndevice: cpu\noptions: {n_ctx: 512}\n"
+                  "source: {hf: org/tiny-GGUF, allow_patterns: ['*Q4_K_M.gguf']}\n",
+        "fetched": f"provider: llama-cpp\ntask: chat\ndevice: cpu\noptions: {{n_ctx: 512}}\n"
+                   f"source: {{url: '{hub.lfs_endpoint}/lfs/{sha}', sha256: {sha}}}\n",
+        "local": gguf_spec(ggufs / "tiny.gguf", options="n_ctx: 512")},
+        env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": None})
+    talk = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 12, "seed": 5}
+    with daemon.client() as c:
+        from_hub = c.infer("hubbed", parameters=talk).json         # first use downloads only the Q4_K_M file
+        assert from_hub == c.infer("local", parameters=talk).json   # the same bytes as the local file
+        assert hub.served_bytes("tiny.Q8_0.gguf") == 0
+        assert c.get("hubbed").files.bytes_on_disk == len(q4)
+        streamed = "".join(ch.text for ch in c.infer_stream("fetched", parameters=talk) if ch.text)
+        assert streamed == c.infer("fetched", parameters=talk).json["text"]
+        assert c.get("fetched").files.state == "verified"
