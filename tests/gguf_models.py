@@ -150,3 +150,9 @@ def write_ollama_store(root: Path, gguf_path: Path, name: str = "tiny", tag: str
     folder.mkdir(parents=True, exist_ok=True)
     (folder / tag).write_text(json.dumps(manifest))
     return blobs / f"sha256-{layers[0]['digest'].split(':')[1]}"
+
+
+if __name__ == "__main__":       # `python tests/gguf_models.py OUT.gguf`: a tiny chat model to try warmd with
+    import sys
+
+    print(write_tiny_llama(Path(sys.argv[1]).expanduser()))
