@@ -12,7 +12,9 @@ neither side answers from a cached prefix) and runs warmd and in-process alterna
 Both sides' OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE), so the idle one does not spin on the
 CPUs the other is measured on. Tokens/s is the decode rate after the first token ((tokens - 1) / (last - first)). Goal: warmd >= 0.95x the
 in-process tokens/s, time-to-first-token overhead <= 5 ms p50. Load: `warm load` (estimate from the header,
-dry run, load) against `Llama(...)`, each of a file already in the page cache. On a GPU (`--device cuda:0`,
+dry run, load) against `Llama(...)`, each of a file already in the page cache. Cancel: close a stream
+after 3 tokens and time a 1-token call queued behind it (max_in_flight 1), less that call's own time
+(goal: well under 100 ms). On a GPU (`--device cuda:0`,
 a CUDA build of llama-cpp-python) both sides offload every layer.
 """
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main() -> int:
     ours: dict[str, list[float]] = {"ttft": [], "tps": [], "load": []}
     theirs: dict[str, list[float]] = {"ttft": [], "tps": [], "load": []}
     floor: dict[str, list[float]] = {"ttft": [], "tps": []}
+    cancel: dict[str, list[float]] = {"cancel": [], "call": []}
     with workdir() as root:
         model = write_tiny_llama(root / "bench.gguf", SHAPE)
         specs = root / "specs"
@@ -90,6 +93,19 @@ def main() -> int:
                         target["ttft"].append(ttft)
                         target["tps"].append(tps)
                 llm.close()
+                for trial in range(args.trials):    # cancel: the slot (max_in_flight 1) serves again
+                    one = {"max_new_tokens": 1, "temperature": 0.0}
+                    t0 = time.perf_counter()
+                    c.infer("llm", text=[f"call {trial}"], parameters=one)
+                    cancel["call"].append(time.perf_counter() - t0)
+                    stream = c.infer_stream("llm", text=[f"long {trial}"], parameters={"max_new_tokens": 1500})
+                    for i, _ in enumerate(stream):
+                        if i == 2:
+                            break
+                    t0 = time.perf_counter()
+                    stream.close()
+                    c.infer("llm", text=[f"next {trial}"], parameters=one)    # queued until the slot frees
+                    cancel["cancel"].append(time.perf_counter() - t0 - cancel["call"][-1])
 
     def p50(values: list[float]) -> float:
         return statistics.median(values)
@@ -111,6 +127,9 @@ def main() -> int:
              f"{vs_floor:.3f}x |",
              f"| floor: `Llama.generate()` first token, ms | {p50(floor['ttft']) * 1e3:.2f} | "
              f"{p50(ours['ttft']) * 1e3:.2f} | | +{(p50(ours['ttft']) - p50(floor['ttft'])) * 1e3:.2f} ms |",
+             f"| cancel mid-stream until the slot serves again, ms (a 1-token call's time taken off) | | "
+             f"{p50(cancel['cancel']) * 1e3:.1f} | {percentile(cancel['cancel'], 99) * 1e3:.1f} | "
+             f"{p50(cancel['cancel']) / p50([1 / t for t in ours['tps']]):.1f}x a decode step |",
              f"| load, ms (`warm load` / `Llama()`) | {p50(theirs['load']) * 1e3:.1f} | {p50(ours['load']) * 1e3:.1f} "
              f"| {max(ours['load']) * 1e3:.1f} (max) | {p50(ours['load']) / p50(theirs['load']):.2f}x |", "",
              f"Goals: tokens/s >= 0.95x ({'met' if ratio >= 0.95 else 'missed'}: {ratio:.3f}x); time-to-first-token "

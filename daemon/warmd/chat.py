@@ -27,7 +27,8 @@ from typing import Any, Mapping
 from warmd.errors import Code, WarmdError
 
 ROLES = ("system", "user", "assistant", "tool")
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+CHAT_KEYS = ("messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
+             "response_format")
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,13 @@ def messages(params: Mapping[str, Any], texts: list[str]) -> list[dict[str, Any]
     """The conversation: `messages`, then each text as a user message.
 
     Raises:
-        WarmdError: `invalid_argument` for a missing or malformed conversation.
+        WarmdError: `invalid_argument` for a missing or malformed conversation, or a parameter a chat
+            request does not have (a misspelt `max_token` would otherwise be ignored).
     """
+    unknown = sorted(set(params) - set(CHAT_KEYS))
+    if unknown:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"unknown chat parameter(s) {', '.join(unknown)}; a chat request "
+                         f"takes {', '.join(CHAT_KEYS)}")
     given = params.get("messages", [])
     if not isinstance(given, list):
         raise _bad("messages", "a list of {role, content} objects", given)

@@ -52,7 +52,7 @@ def test_messages_come_from_parameters_then_texts() -> None:
     got = chat.messages({"messages": [{"role": "system", "content": "s"}]}, ["u"])
     assert got == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     for bad in ({"messages": "hi"}, {"messages": [{"role": "robot", "content": "x"}]},
-                {"messages": [{"role": "user"}]}, {}):
+                {"messages": [{"role": "user"}]}, {}, {"messages": [], "max_token": 5}):
         with pytest.raises(WarmdError) as info:
             chat.messages(bad, [])
         assert info.value.code is Code.INVALID_ARGUMENT

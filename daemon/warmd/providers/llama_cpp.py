@@ -103,8 +103,8 @@ class LlamaCppProvider(Provider):
         compute = _dry_run(str(path), path.stat().st_mtime_ns, settings)
         # the output rows (logits, or embeddings) of one sequence; the dry run does not size them
         outputs = (head.n_vocab + head.n_embd) * 4 * (settings.n_batch if settings.embedding else 1)
-        host_arrays = (settings.n_batch * head.n_vocab + settings.n_ctx) * 4
-        return gguf_memory.Footprint(weights=head.weights, kv=kv, compute=compute + outputs, host_arrays=host_arrays)
+        return gguf_memory.Footprint(weights=head.weights, kv=kv, compute=compute + outputs,
+                                     host_arrays=settings.host_arrays(head))
 
     @classmethod
     def layers(cls, spec: ModelSpec, files: Path) -> Layers | None:
@@ -116,8 +116,7 @@ class LlamaCppProvider(Provider):
         wanted = spec.options.get("n_gpu_layers", "auto")
         count = len(sizes) if wanted in ("auto", -1) else min(int(wanted), len(sizes))
         return Layers(sizes=sizes, host=head.weights - head.output_bytes - sum(head.layer_bytes)
-                      + (settings.n_batch * head.n_vocab + settings.n_ctx) * 4,
-                      wanted=count, flexible=wanted == "auto")
+                      + settings.host_arrays(head), wanted=count, flexible=wanted == "auto")
 
     # ---- load / unload -------------------------------------------------------------------------
     def load(self) -> int:
@@ -174,7 +173,7 @@ class LlamaCppProvider(Provider):
                 return self._embed(request.text)
         if self.spec.task == "chat":
             conversation = chat.messages(request.parameters, request.text)
-            sampling = chat.sampling(_request_sampling(request.parameters), self.defaults)
+            sampling = chat.sampling(request.parameters, self.defaults)
             prompt = chat.render(self.template, conversation, bos_token=self._bos, eos_token=self._eos)
             with self._turn(request):
                 tokens = self.llm.tokenize(prompt.encode(), add_bos=not (self._bos and prompt.startswith(self._bos)),
@@ -183,7 +182,7 @@ class LlamaCppProvider(Provider):
             return InferResult(json=chat.result(text, stopped, len(tokens), produced))
         if len(request.text) != 1:
             raise bad_input("text-generation takes one prompt per request (`text`)")
-        sampling = chat.sampling(_request_sampling(request.parameters), self.defaults, max_name="max_new_tokens")
+        sampling = chat.sampling(request.parameters, self.defaults, max_name="max_new_tokens")
         with self._turn(request):
             tokens = self.llm.tokenize(request.text[0].encode(), add_bos=True, special=False)
             text, produced, stopped = self._generate(tokens, sampling, request)
@@ -291,6 +290,10 @@ class Settings:
     def of(cls, spec: ModelSpec, files: Path) -> "Settings":
         return cls(spec, _header(model_file(spec, files)).n_ctx_train, source_defaults(spec).n_ctx)
 
+    def host_arrays(self, head: gguf_memory.Header) -> int:
+        """llama-cpp-python's own host arrays: logits rows (n_batch x n_vocab float32) and token ids."""
+        return (self.n_batch * head.n_vocab + self.n_ctx) * 4
+
     def key(self) -> tuple:
         return (self.n_ctx, self.n_batch, self.n_ubatch, self.flash_attn, self.cache_type, self.embedding)
 
@@ -379,10 +382,6 @@ def source_defaults(spec: ModelSpec):  # type: ignore[no-untyped-def]
     from warmd.store import ollama
 
     return ollama.defaults(spec.source) if spec.source.kind == "ollama" else ollama.Defaults()
-
-
-def _request_sampling(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k != "messages"}
 
 
 def _header(path: Path) -> gguf_memory.Header:

@@ -31,6 +31,8 @@ from warmd.errors import Code, WarmdError
 from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
                                   release_module, torch_dtype)
 
+# greedy unless asked; when sampling, plain temperature (and top_p 1): generate()'s own defaults
+_DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
 TASKS = ("chat", "text-generation", "feature-extraction", "text-classification", "token-classification")
 
 
@@ -112,7 +114,7 @@ class TransformersProvider(Provider):
         if len(request.text) != 1:
             raise bad_input("text-generation takes one prompt per request")
         p = request.parameters
-        s = chat.sampling({"temperature": 0.0, "top_k": 0, "min_p": 0.0, **p}, max_name="max_new_tokens")
+        s = chat.sampling(p, _DEFAULTS, max_name="max_new_tokens")
         batch = self._encode(request.text)
         text, produced, stopped = self._run(batch, s, s.max_tokens or 64, request)
         return InferResult(json={"text": text, "tokens": produced, "stopped": stopped,
@@ -121,8 +123,7 @@ class TransformersProvider(Provider):
 
     def _chat(self, request: InferRequest) -> InferResult:
         conversation = chat.messages(request.parameters, request.text)
-        params = {k: v for k, v in request.parameters.items() if k != "messages"}
-        s = chat.sampling({"temperature": 0.0, "top_k": 0, "min_p": 0.0, **params})
+        s = chat.sampling(request.parameters, _DEFAULTS)
         if s.response_format is not None:
             raise bad_input("the transformers provider has no grammar for response_format; serve the model "
                             "as GGUF with provider llama-cpp for structured output")
