@@ -91,8 +91,10 @@ def test_text_generation_and_the_context_limit_name_n_ctx(start_daemon, short_tm
 
 
 def test_cancel_mid_stream_frees_the_slot_between_two_tokens(start_daemon, short_tmp: Path, ggufs: Path) -> None:
+    # threads: 1 - on a 2-CPU machine shared with other work, llama.cpp's 2-thread OpenMP team for the
+    # prompt waits at its barriers for a descheduled partner (200-400 ms with two CPU hogs, 10 ms with one thread)
     daemon = _daemon(start_daemon, short_tmp, ggufs, {"chat": gguf_spec(
-        ggufs / "tiny.gguf", options="n_ctx: 4096", extra="max_in_flight: 1\nmax_queue: 0\n")})
+        ggufs / "tiny.gguf", options="n_ctx: 4096, threads: 1", extra="max_in_flight: 1\nmax_queue: 0\n")})
     with daemon.client() as c:
         c.load("chat")
         stream = c.infer_stream("chat", text=["go on"], parameters={"max_tokens": 4000})
