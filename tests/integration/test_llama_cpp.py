@@ -260,3 +260,7 @@ def test_gguf_from_the_hub_by_pattern_and_from_a_url(start_daemon, short_tmp: Pa
         streamed = "".join(ch.text for ch in c.infer_stream("fetched", parameters=talk) if ch.text)
         assert streamed == c.infer("fetched", parameters=talk).json["text"]
         assert c.get("fetched").files.state == "verified"
+    for name, text in (("hubbed", from_hub["text"]), ("fetched", streamed)):
+        cli = daemon.warm("infer", name, "--text", "hello there", "--param", "max_tokens=12", "--param", "seed=5",
+                          "--stream")
+        assert cli.returncode == 0 and cli.stdout.rstrip("\n") == text, cli.stderr
