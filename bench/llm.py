@@ -1,16 +1,18 @@
 """A GGUF model through warmd against llama-cpp-python in-process: tokens/s, time to first token, load time.
 
-    .venv/bin/python bench/llm.py [--trials 10] [--tokens 64] [--device cpu|cuda:0]
+    .venv/bin/python bench/llm.py [--trials 10] [--tokens 64] [--device cpu|cuda:0] [--threads N]
 
 Model: a llama-architecture GGUF written by tests/gguf_models.py (8 layers, hidden 512, F32, ~100 MB),
-the same file, prompt, seed, thread count and sampling on both sides. Each trial uses its own prompt (so
-neither side answers from a cached prefix) and runs warmd and in-process alternately, in one run:
+the same file, seed, thread count and sampling on every side, and prompts of the same length. Each trial
+and each side has its own prompt (so none answers from a cached prefix: llama-cpp-python reuses the KV
+cache of a matching prefix), and the sides run alternately, in one run:
 - warmd: `warm.Client.infer_stream` (InferStream over the Unix socket), task text-generation; time to first
   token = first text chunk; tokens from the result's usage;
 - in-process: `Llama.create_completion(stream=True)`, what a program embedding llama-cpp-python does;
 - the floor: `Llama.generate()`, llama-cpp-python's bare token loop (no detokenizing, no stop strings).
 Both sides' OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE), so the idle one does not spin on the
-CPUs the other is measured on. Tokens/s is the decode rate after the first token ((tokens - 1) / (last - first)). Goal: warmd >= 0.95x the
+CPUs the other is measured on. Tokens/s is the decode rate after the first token ((tokens - 1) / (last - first)); its ratio is the
+median of the per-trial ratios (the sides of a trial run back to back). Goal: warmd >= 0.95x the
 in-process tokens/s, time-to-first-token overhead <= 5 ms p50. Load: `warm load` (estimate from the header,
 dry run, load) against `Llama(...)`, each of a file already in the page cache. Cancel: close a stream
 after 3 tokens and time a 1-token call queued behind it (max_in_flight 1), less that call's own time
@@ -31,7 +33,6 @@ from common import percentile, process, wait_for, workdir, write_report
 from gguf_models import TinyLlama, write_tiny_llama
 
 SHAPE = TinyLlama(layers=8, hidden=512, ff=1536, heads=8, kv_heads=4, seed=5)
-THREADS = 2
 # llama.cpp's OpenMP workers spin after each step by default: the idle side would steal the CPUs of the
 # side being measured. Both sides wait passively (set before llama_cpp is imported, and given to the daemon).
 os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -39,9 +40,12 @@ os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="llama.cpp threads, the same on every side (default: half the cores, llama-cpp-python's "
+                        "n_threads, leaving the client and the RPC a core)")
     args = parser.parse_args()
     import llama_cpp
     from warm import Client
@@ -57,32 +61,35 @@ def main() -> int:
         specs.mkdir()
         (specs / "llm.yaml").write_text(
             f"provider: llama-cpp\ntask: text-generation\ndevice: {args.device}\nsource: {{path: {model}}}\n"
-            f"options: {{n_ctx: 2048, threads: {THREADS}, n_gpu_layers: {-1 if gpu else 0}}}\nkeep_alive: -1\n"
+            f"options: {{n_ctx: 2048, threads: {args.threads}, n_gpu_layers: {-1 if gpu else 0}}}\nkeep_alive: -1\n"
             "max_in_flight: 1\n")
         (root / "config.yaml").write_text(f"path_roots: [{root}]\n")
         sock = root / "w.sock"
-        kwargs = dict(n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, n_gpu_layers=-1 if gpu else 0,
+        kwargs = dict(n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, n_gpu_layers=-1 if gpu else 0,
                       verbose=False)
         with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(sock),
                       "--config", str(root / "config.yaml")], root, "warmd.log"):
             with Client(sock, timeout=120) as c:
                 wait_for(lambda: c.status())
-                for trial in range(3):           # loads: each side, a file in the page cache
+                for trial in range(6):           # loads: each side, a file in the page cache; the first warms up
                     t0 = time.perf_counter()
                     c.load("llm")
-                    ours["load"].append(time.perf_counter() - t0)
+                    loaded = time.perf_counter() - t0
                     c.unload("llm")
                     t0 = time.perf_counter()
                     llama_cpp.Llama(model_path=str(model), **kwargs).close()
-                    theirs["load"].append(time.perf_counter() - t0)
+                    if trial:
+                        ours["load"].append(loaded)
+                        theirs["load"].append(time.perf_counter() - t0)
                 c.load("llm")
                 llm = llama_cpp.Llama(model_path=str(model), **kwargs)
                 params = {"max_new_tokens": args.tokens, "temperature": 0.0, "seed": 1}
                 for trial in range(args.trials + 1):
-                    prompt = f"trial {trial} once upon a time there was a good word"
-                    sides = [("warmd", lambda: _warmd(c, prompt, params)),
-                             ("in-process", lambda: _in_process(llm, prompt, args.tokens)),
-                             ("generate", lambda: _generate(llm, prompt, args.tokens))]
+                    # each side its own prompt of the same length: no side reuses another's cached prefix
+                    prompt = "{} trial " + str(trial) + " once upon a time there was a good word"
+                    sides = [("warmd", lambda: _warmd(c, prompt.format("good"), params)),
+                             ("in-process", lambda: _in_process(llm, prompt.format("bad"), args.tokens)),
+                             ("generate", lambda: _generate(llm, prompt.format("one"), args.tokens))]
                     for side, run in sides if trial % 2 else reversed(sides):
                         ttft, tps, n = run()
                         if trial == 0:
@@ -110,23 +117,26 @@ def main() -> int:
     def p50(values: list[float]) -> float:
         return statistics.median(values)
 
-    ratio = p50(ours["tps"]) / p50(theirs["tps"])
+    # paired: each trial's sides ran back to back, so a slow stretch of a shared machine hits both
+    ratio = p50([a / b for a, b in zip(ours["tps"], theirs["tps"])])
     overhead = (p50(ours["ttft"]) - p50(theirs["ttft"])) * 1e3
-    vs_floor = p50(ours["tps"]) / p50(floor["tps"])
+    vs_floor = p50([a / b for a, b in zip(ours["tps"], floor["tps"])])
     lines = ["# GGUF generation: warmd against llama-cpp-python in-process", "",
-             f"`.venv/bin/python bench/llm.py --trials {args.trials} --tokens {args.tokens} --device {args.device}` on "
+             f"`.venv/bin/python bench/llm.py --trials {args.trials} --tokens {args.tokens} --device {args.device} "
+             f"--threads {args.threads}` on "
              f"{platform.machine()}, {os.cpu_count()} CPUs, llama-cpp-python {llama_cpp.__version__}, "
              f"{time.strftime('%Y-%m-%d')}; model {SHAPE.layers} layers x {SHAPE.hidden} (F32, "
-             f"{model_mib(SHAPE):.0f} MiB), {THREADS} threads, greedy, {args.tokens} tokens per call", "",
-             "| what | in-process p50 | warmd p50 | warmd p99 | ratio (p50) |", "|---|---|---|---|---|",
+             f"{model_mib(SHAPE):.0f} MiB), {args.threads} threads, greedy, {args.tokens} tokens per call", "",
+             "| what | in-process p50 | warmd p50 | warmd p99 | ratio (p50 of per-trial ratios) |",
+             "|---|---|---|---|---|",
              f"| decode tokens/s | {p50(theirs['tps']):.1f} | {p50(ours['tps']):.1f} | "
              f"{percentile(ours['tps'], 1):.1f} (p1) | {ratio:.3f}x |",
              f"| time to first token, ms | {p50(theirs['ttft']) * 1e3:.2f} | {p50(ours['ttft']) * 1e3:.2f} | "
-             f"{percentile(ours['ttft'], 99) * 1e3:.2f} | +{overhead:.2f} ms |",
+             f"{percentile(ours['ttft'], 99) * 1e3:.2f} | {overhead:+.2f} ms |",
              f"| floor: `Llama.generate()` token loop, tokens/s | {p50(floor['tps']):.1f} | {p50(ours['tps']):.1f} | | "
              f"{vs_floor:.3f}x |",
              f"| floor: `Llama.generate()` first token, ms | {p50(floor['ttft']) * 1e3:.2f} | "
-             f"{p50(ours['ttft']) * 1e3:.2f} | | +{(p50(ours['ttft']) - p50(floor['ttft'])) * 1e3:.2f} ms |",
+             f"{p50(ours['ttft']) * 1e3:.2f} | | {(p50(ours['ttft']) - p50(floor['ttft'])) * 1e3:+.2f} ms |",
              f"| cancel mid-stream until the slot serves again, ms (a 1-token call's time taken off) | | "
              f"{p50(cancel['cancel']) * 1e3:.1f} | {percentile(cancel['cancel'], 99) * 1e3:.1f} | "
              f"{p50(cancel['cancel']) / p50([1 / t for t in ours['tps']]):.1f}x a decode step |",
