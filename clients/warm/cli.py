@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -140,14 +141,20 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     table = Table("NAME", "STATE", "FILES", "ON DISK", "TASK", "PROVIDER", "DEVICE", "SIZE", "SOURCE", box=None)
     for m in listing.models:
         source = m.source + (f" ({m.files.revision[:12]})" if m.files.revision else "")
-        table.add_row(m.name, _state(m), m.files.state, format_size(m.files.bytes_on_disk), m.task,
-                      m.provider, m.residency.device or m.device, _size(m), source)
+        # Cells are data, not markup: "[spec_invalid]" must show, not vanish as a style tag.
+        table.add_row(*map(escape, (m.name, _state(m), m.files.state, format_size(m.files.bytes_on_disk), m.task,
+                                    m.provider, m.residency.device or m.device, _size(m), source)))
     out.print(table)
+    rejected_files = {r.file for r in listing.rejected}
+    for m in listing.models:
+        if m.state == pb.READY and m.error:      # a new version was rejected or failed to load
+            out.print(Text(f"{m.name}: still serving the previous version; the latest edit of {m.file} was "
+                           "rejected (below)" if m.file in rejected_files else f"{m.name}: {m.error}"))
     if listing.rejected:
         out.print("\n[bold red]Rejected spec files[/bold red] (fix them; the daemon picks up the change):")
         bad = Table("FILE", "LINE", "FIELD", "CODE", "ERROR", box=None)
         for r in listing.rejected:
-            bad.add_row(r.file, str(r.line or ""), r.field, r.code, r.message)
+            bad.add_row(*map(escape, (r.file, str(r.line or ""), r.field, r.code, r.message)))
         out.print(bad)
     in_hub = [d for d in listing.discovered if d.source != "ollama"]
     if in_hub:

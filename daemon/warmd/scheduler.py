@@ -596,9 +596,9 @@ class Scheduler:
         with self._lock:
             slot = self._slots.get(name)
             resident = slot.current if slot else None
-            if resident is None and self.catalog.get(name) is None:
-                raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-            if resident is not None:
+            if resident is None:
+                self.catalog.require(name)      # model_not_found, unless the catalog has it
+            else:
                 self._retire_locked(resident, reason)
         if resident is not None:
             self._drain(resident)
@@ -724,10 +724,7 @@ class Scheduler:
             resident.unloaded.wait(max(0.0, deadline - time.monotonic()))
 
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _keep_alive(self, spec: ModelSpec) -> float:
         return self.default_keep_alive if spec.keep_alive is None else spec.keep_alive

@@ -23,16 +23,35 @@ class Desktop:
         self.env: dict[str, str] = {}
 
     def __enter__(self) -> "Desktop":
+        # Xvfb -displayfd picks a free display; on a machine where other test runs start and kill X servers
+        # at the same time, two can race for one display's lock and one loses its socket. So the display
+        # counts only once a client (xdotool) has talked to it, and a lost race starts another server.
+        for _ in range(3):
+            display = self._start_xvfb()
+            self.env = {**os.environ, "DISPLAY": f":{display}", "NO_AT_BRIDGE": "1", "GDK_BACKEND": "x11"}
+            self.env.pop("WAYLAND_DISPLAY", None)
+            try:
+                wait_until(self._answers, timeout=10, interval=0.1)
+                return self
+            except AssertionError:
+                self.__exit__()
+                self._procs.clear()
+        raise AssertionError(f"no X server answered (see {self.folder / 'xvfb.log'})")
+
+    def _start_xvfb(self) -> str:
         read, write = os.pipe()
-        self._start(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                    "xvfb", pass_fds=(write,))
+        # -noreset: the server would otherwise reset whenever its last client leaves (each xdotool call)
+        self._start(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp",
+                     "-noreset"], "xvfb", pass_fds=(write,))
         os.close(write)
         with os.fdopen(read) as pipe:
             display = pipe.readline().strip()     # Xvfb writes the display number once it accepts clients
         assert display, "Xvfb did not start (see xvfb.log)"
-        self.env = {**os.environ, "DISPLAY": f":{display}", "NO_AT_BRIDGE": "1", "GDK_BACKEND": "x11"}
-        self.env.pop("WAYLAND_DISPLAY", None)
-        return self
+        return display
+
+    def _answers(self) -> bool:
+        return subprocess.run(["xdotool", "getdisplaygeometry"], env=self.env, capture_output=True,
+                              timeout=20).returncode == 0
 
     def __exit__(self, *exc: object) -> None:
         for proc in reversed(self._procs):
@@ -49,9 +68,17 @@ class Desktop:
         return proc
 
     def start_trayer(self) -> None:
-        self._start(["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "32",
-                     "--SetDockType", "true", "--transparent", "false", "--tint", "0x303030"], "trayer")
-        wait_until(lambda: self.windows("panel"), timeout=10)
+        trayer = ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "32",
+                  "--SetDockType", "true", "--transparent", "false", "--tint", "0x303030"]
+        proc = self._start(trayer, "trayer")
+        deadline = time.monotonic() + 60
+        while not self.windows("panel"):
+            if time.monotonic() > deadline:
+                raise AssertionError("trayer's panel did not appear; trayer.log:\n"
+                                     + (self.folder / "trayer.log").read_text(errors="replace"))
+            if proc.poll() is not None:           # it gave up early (e.g. the display was not ready): again
+                proc = self._start(trayer, "trayer")
+            time.sleep(0.05)
 
     def start_tray(self, socket: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """warm-tray for the daemon at `socket`, in a session bus with notifications recorded."""
@@ -110,7 +137,7 @@ class Desktop:
         """Right-click the icon; returns the menu's window."""
         before = set(self.windows("warm-tray"))
         self.xdotool("mousemove", "--window", icon, "10", "10", "click", "3")
-        wait_until(lambda: set(self.windows("warm-tray")) - before, timeout=10)
+        wait_until(lambda: set(self.windows("warm-tray")) - before, timeout=30)
         return (set(self.windows("warm-tray")) - before).pop()
 
     def screenshot(self, path: Path) -> None:

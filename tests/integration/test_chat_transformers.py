@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models import write_tiny_transformer
+from models import CONTEXT, write_tiny_transformer
 from warm import Code, WarmdError
 
 TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}assistant:"
@@ -27,7 +27,8 @@ def test_transformers_chat_answers_the_chat_request_shape(start_daemon, short_tm
     specs.mkdir()
     (specs / "chat.yaml").write_text(f"provider: transformers\ntask: chat\ndevice: cpu\nsource: {{path: {gpt_chat}}}\n")
     (specs / "bare.yaml").write_text(f"provider: transformers\ntask: chat\ndevice: cpu\nsource: {{path: {gpt_chat}}}\n"
-                                     "options: {chat_template: 'user says {{ messages[-1].content }} then'}\n")
+                                     "options: {chat_template: 'user says {{ messages[-1].content }} then'}\n"
+                                     "max_input_chars: 50\n")
     daemon = start_daemon(specs, config={"path_roots": [str(gpt_chat.parent)]})
     talk = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
             "max_tokens": 10}
@@ -46,6 +47,11 @@ def test_transformers_chat_answers_the_chat_request_shape(start_daemon, short_tm
         with pytest.raises(WarmdError) as info:
             c.infer("chat", parameters={**talk, "response_format": {"type": "json_object"}})
         assert info.value.code is Code.INVALID_ARGUMENT and "llama-cpp" in info.value.message
+        with pytest.raises(WarmdError) as info:          # a message's content is bounded like a text
+            c.infer("bare", parameters={"messages": [{"role": "user", "content": "x" * 51}]})
+        assert info.value.code is Code.INVALID_ARGUMENT and "messages[0] content is 51 characters" in \
+            info.value.message and "max_input_chars" in info.value.message
         with pytest.raises(WarmdError) as info:
-            c.infer("chat", parameters={"messages": [{"role": "user", "content": "x"}], "max_tokens": 600})
-        assert info.value.code is Code.INVALID_ARGUMENT and "n_ctx" in info.value.message
+            c.infer("chat", parameters={"messages": [{"role": "user", "content": "x"}], "max_tokens": CONTEXT})
+        assert info.value.code is Code.INVALID_ARGUMENT and f"context length of model 'chat' ({CONTEXT} tokens" \
+            in info.value.message and "max_tokens" in info.value.message

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from hubserver import Hub, minilm_files
-from waiting import error_code, wait_until
+from waiting import error_code, free_port, wait_until
 from warm import Code, WarmdError
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -236,10 +236,16 @@ def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub
 
 
 def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
+    daemon, payload = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
     result = daemon.warm("load", "big")
     assert result.returncode == 1 and "[weights_missing]" in result.stderr and "warm pull big" in result.stderr
     assert hub.connections == 0
+    pulled = daemon.warm("pull", "big")          # the one way `never` downloads: asked for by name
+    assert pulled.returncode == 0, pulled.stderr
+    with daemon.client() as c:
+        assert c.get("big").files.state == "verified"
+    snapshot = next((Path(daemon.env["HF_HOME"]) / "hub" / "models--org--big" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors").read_bytes() == payload
 
 
 @pytest.fixture
@@ -413,6 +419,49 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
         [found] = c.list(discovered=True).discovered
     assert found.repo_id == MINILM and found.size_on_disk > 90_000_000
     assert "all-MiniLM-L6-v2" in daemon.warm("ls").stdout
+
+
+def test_no_network_is_unavailable_naming_the_host_and_offline(start_daemon, short_tmp: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"                     # nothing listens there
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "hubbed", "org/model")
+    (specs / "fetched.yaml").write_text(f"provider: onnx\nsource: {{url: '{endpoint}/m.onnx', sha256: '{'0' * 64}'}}\n")
+    daemon = start_daemon(specs, env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": None})
+    with daemon.client() as c:
+        assert not c.list().rejected
+        calls = {"add": lambda: c.add("hf://org/other"), "pull hf": lambda: c.pull("hubbed"),
+                 "pull url": lambda: c.pull("fetched"), "first use": lambda: c.infer("hubbed", text=["x"])}
+        for what, call in calls.items():
+            with pytest.raises(WarmdError) as info:
+                call()
+            assert info.value.code is Code.UNAVAILABLE, (what, info.value)          # add was internal: ConnectError
+            assert endpoint in info.value.message and "--offline" in info.value.message, (what, info.value)
+    assert not list(specs.glob("other*.yaml"))
+    cli = daemon.warm("pull", "hubbed")
+    assert cli.returncode == 1 and "[unavailable]" in cli.stderr and "127.0.0.1" in cli.stderr, cli.stderr
+
+
+def test_missing_repo_or_revision_is_invalid_argument(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    hub.add_repo("org/there", {"config.json": b"{}"}, library_name="transformers", pipeline_tag="text-generation")
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "gone", "org/gone")
+    (specs / "oldrev.yaml").write_text("provider: transformers\ntask: text-generation\n"
+                                       "source: {hf: org/there, revision: v9}\n")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        calls = {"no repository org/absent": lambda: c.add("hf://org/absent"),
+                 "no repository org/gone": lambda: c.pull("gone"), "no revision 'v9'": lambda: c.pull("oldrev")}
+        for what, call in calls.items():
+            with pytest.raises(WarmdError) as info:                          # add was internal: RepositoryNotFound
+                call()
+            assert info.value.code is Code.INVALID_ARGUMENT, (what, info.value)
+            assert what in info.value.message and hub.endpoint in info.value.message, (what, info.value)
+        before = len(hub.requests)
+        with pytest.raises(WarmdError) as info:
+            c.add("hf://org/there", name="gone")                             # the name is taken
+        assert info.value.code is Code.INVALID_ARGUMENT and len(hub.requests) == before   # the hub was not asked
 
 
 def test_stall_is_dropped_and_resumed_patterns_and_token(start_daemon, hub: Hub, short_tmp: Path) -> None:

@@ -83,3 +83,18 @@ def test_the_store_verifies_in_place_and_never_deletes(store: Path, tmp_path: Pa
     with pytest.raises(WarmdError) as info:
         files.local(spec)
     assert info.value.code is Code.WEIGHTS_DIGEST_MISMATCH
+
+
+def test_the_manifest_is_the_local_input_so_a_re_pull_changes_the_fingerprint(store: Path, tmp_path: Path) -> None:
+    from warmd.providers import PROVIDERS
+    from warmd.store import local
+
+    spec = ModelSpec(name="tiny", file=tmp_path / "tiny.yaml", source=Source("ollama", "tiny:1b"), provider="llama-cpp")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "1b"
+    scan = local.Scan(PROVIDERS)
+    assert scan.inputs(spec) == (manifest,)
+    before = local.fingerprint([manifest])
+    newer = tmp_path / "newer.gguf"
+    newer.write_bytes(b"GGUF" + bytes(61))
+    write_ollama_store(store, newer, name="tiny", tag="1b")          # `ollama pull` of a newer version
+    assert local.fingerprint([manifest]) != before

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from warm.tray.state import Action, Item, TrayState, selectable
+from warm.tray.state import SEPARATOR, Action, Item, TrayState, outline, selectable
 from warmd.v1 import warmd_pb2 as pb
 
 MIB = 2**20
@@ -146,3 +146,14 @@ def test_importing_the_tray_needs_no_display() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_outline_shows_checks_disabled_items_and_submenus_on_one_line() -> None:
+    items = [Item("alpha (ready)", Action("unload", ("alpha",)), checked=True),
+             Item("beta (available)", Action("load", ("beta",)), checked=False), SEPARATOR,
+             Item("Models", submenu=(Item("alpha", submenu=(Item("Load", enabled=False), Item("Pin"))),)),
+             Item("Quit tray", Action("quit"))]
+    assert outline(items) == ("[x] alpha (ready) | [ ] beta (available) | - | Models {alpha {(Load) | Pin}} | "
+                              "Quit tray")
+    changed = [Item("alpha (ready)", checked=False), *items[1:]]
+    assert outline(changed) != outline(items)       # a check mark alone changes what the tray logs

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from warm.client import Client
-from warm.tray.state import Action, Item, Status, TrayState
+from warm.tray.state import Action, Item, Status, TrayState, outline
 from warmd import paths
 from warmd.errors import Code, WarmdError
 
@@ -133,6 +133,7 @@ class Tray:
         self._stopping = threading.Event()
         self._dirty = threading.Event()
         self._shown: Status | None = None
+        self._shown_menu = ""
         self._notified: dict[str, float] = {}           # model -> when the last notification about it went out
         self._sized: set[str] = set()                   # models whose size was asked for on this connection
         self.icon = pystray.Icon("warm-tray", icons.draw(self.state.status()), self.state.status().title,
@@ -223,12 +224,15 @@ class Tray:
     # ---- showing -------------------------------------------------------------------------------
     def _render(self) -> None:
         with self._lock:
-            status = self.state.status()
+            status, menu = self.state.status(), outline(self.state.menu())
         if status != self._shown:
             self._shown = status
             self.icon.icon = self._icons.draw(status)
             self.icon.title = status.title[:120]       # some trays cap tooltips
         self.icon.update_menu()
+        if menu != self._shown_menu:
+            self._shown_menu = menu
+            log.info("menu: %s", menu)
 
     def _items(self) -> list[Any]:
         with self._lock:

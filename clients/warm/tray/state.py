@@ -256,6 +256,20 @@ def _percent(done: int, total: int) -> str:
     return f"{done / total:.0%}" if total else format_size(done)
 
 
+def outline(items: list[Item] | tuple[Item, ...]) -> str:
+    """The menu on one line, as the tray logs it whenever it changes: what a test waits for before it
+    navigates the real menu (labels, check marks, disabled items in parentheses, submenus in braces)."""
+    parts = []
+    for i in items:
+        if i.separator:
+            parts.append("-")
+            continue
+        mark = "" if i.checked is None else "[x] " if i.checked else "[ ] "
+        label = mark + (i.label if i.enabled else f"({i.label})")
+        parts.append(label + (" {" + outline(i.submenu) + "}" if i.submenu else ""))
+    return " | ".join(parts)
+
+
 def selectable(items: list[Item]) -> list[Item]:
     """The items keyboard navigation visits, in order (enabled, not separators): how the tests find an
     item's position in the real menu."""

@@ -53,13 +53,11 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         if request.state:
             models = [m for m in models if m.state == request.state]
         rejected = [spec_error(e) for e in self.catalog.rejected()]
-        if self.catalog.folder_error:
-            rejected.append(pb.SpecError(file=str(self.catalog.root), code=Code.SPEC_INVALID.value,
-                                         message=self.catalog.folder_error))
         discovered = []
         if request.include_discovered:
             named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
-            in_ollama = {str(ollama.Name.parse(s.source.ref)) for s in self.catalog.specs() if s.source.kind == "ollama"}
+            in_ollama = {str(ollama.Name.parse(s.source.ref)) for s in self.catalog.specs()
+                         if s.source.kind == "ollama"}
             discovered = [pb.Discovered(**d) for d in hub.discover(named) + ollama.discover(in_ollama)]
         return pb.ListModelsResponse(models=models, rejected=rejected, discovered=discovered)
 
@@ -76,6 +74,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def RemoveModel(self, request: pb.RemoveModelRequest, context: grpc.ServicerContext) -> pb.RemoveModelResponse:
         spec = self._spec(request.name)
         others = [s for s in self.catalog.specs() if s.name != spec.name]
+        self.store.check_removable(spec, others)       # a refused rm leaves the model loaded
         self.scheduler.unload(spec.name, reason="removed", wait_s=self.settings.drain_timeout)
         if self.scheduler.view(spec.name).resident is not None:
             raise WarmdError(Code.BUSY, f"{spec.name!r} still has requests in flight; retry when they finish")
@@ -91,19 +90,21 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
         if request.source.startswith(("ollama://", "ollama:")):
             wanted = request.source.removeprefix("ollama://").removeprefix("ollama:")
-            body = ollama.suggest_spec(wanted)        # read from the store on this machine: no network
             parsed = ollama.Name.parse(wanted)
             name = request.name or spec_name(f"{parsed.model}-{parsed.tag}")
+            self.catalog.check_free(name)                  # refused before the store is read
+            body = ollama.suggest_spec(wanted)        # read from the store on this machine: no network
             path = self.catalog.write_spec(name, body)
             return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
             raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name or "
                              "ollama://name:tag")
+        name = request.name or spec_name(repo)
+        self.catalog.check_free(name)                  # refused before the hub is asked
         if self.store.offline or hub.hf_offline():
             raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
         body = hub.suggest_spec(repo, request.revision or "main")
-        name = request.name or spec_name(repo)
         path = self.catalog.write_spec(name, body)
         return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
 
@@ -233,7 +234,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             if name in request.output_regions:
                 ref = request.output_regions[name]
                 dtype, data = tensors.encode(name, result.tensors[name])
-                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, data, f"output {name!r}")
+                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, tensors.raw(dtype, data),
+                               f"output {name!r}")
                 outputs.append(pb.Tensor(name=name, dtype=dtype, shape=data.shape, region=ref))
             else:
                 outputs.append(tensors.to_proto(name, result.tensors[name]))
@@ -312,10 +314,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return found
 
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _model(self, spec: ModelSpec) -> pb.Model:
         view = self.scheduler.view(spec.name)
@@ -372,7 +371,10 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"
     elif view.error is not None:
-        model.error_code, model.error = view.error.code.value, view.error.message
+        stale = r is not None and r.spec.signature != spec.signature     # serving, but not this version
+        model.error_code = view.error.code.value
+        model.error = (f"the load of its new version failed, still serving the previous version: "
+                       f"{view.error.message}" if stale else view.error.message)
     return model
 
 

@@ -33,6 +33,7 @@ from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input
 
 # greedy unless asked; when sampling, plain temperature (and top_p 1): generate()'s own defaults
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
+_UNKNOWN_CONTEXT = 2048    # chat's default length limit for a model whose config has no max_position_embeddings
 TASKS = ("chat", "text-generation", "feature-extraction", "text-classification", "token-classification")
 
 
@@ -104,19 +105,45 @@ class TransformersProvider(Provider):
                                  for toks, scores, idx, mask in zip(tokens, best.values, best.indices,
                                                                     batch["attention_mask"].cpu().tolist())])
 
-    def _encode(self, texts: list[str]) -> Any:
+    def _encode(self, texts: list[str], new_tokens: int = 0) -> Any:
+        """Tokenize, refusing inputs that (with `new_tokens` to generate) exceed the model's context."""
         limit = self.spec.options.get("max_length")
         batch = self.tokenizer(texts, padding=True, truncation=limit is not None or None, max_length=limit,
                                return_tensors="pt")
+        self._check_context(int(batch["input_ids"].shape[1]), new_tokens)
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _context(self) -> int | None:
+        """The model's context length in tokens (max_position_embeddings), when its config says."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        return context if isinstance(context, int) else None
+
+    def _check_context(self, length: int, new_tokens: int = 0, asked: str = "max_new_tokens") -> None:
+        """Refuse `length` input tokens (and `new_tokens` to generate, the parameter `asked`) past the
+        model's context, before running: past it, position embeddings run out (an IndexError deep inside
+        the model).
+
+        Raises:
+            WarmdError: `invalid_argument` naming the context length and what fits.
+        """
+        context = self._context()
+        if context is None or length + new_tokens <= context:
+            return
+        where = (f"the context length of model {self.spec.name!r} ({context} tokens, max_position_embeddings in "
+                 "its config.json)")
+        if not new_tokens:
+            raise bad_input(f"the input is {length} tokens, over {where}; shorten it, or set options.max_length "
+                            "in the spec to truncate inputs")
+        room = f"ask for at most {context - length} new tokens" if length < context else "shorten the prompt"
+        raise bad_input(f"the prompt ({length} tokens) plus {asked} ({new_tokens}) exceeds {where}; {room}")
 
     def _generate(self, request: InferRequest) -> InferResult:
         if len(request.text) != 1:
             raise bad_input("text-generation takes one prompt per request")
-        p = request.parameters
-        s = chat.sampling(p, _DEFAULTS, max_name="max_new_tokens")
-        batch = self._encode(request.text)
-        text, produced, stopped = self._run(batch, s, s.max_tokens or 64, request)
+        s = chat.sampling(request.parameters, _DEFAULTS, max_name="max_new_tokens")
+        max_new = s.max_tokens or 64
+        batch = self._encode(request.text, new_tokens=max_new)
+        text, produced, stopped = self._run(batch, s, max_new, request)
         return InferResult(json={"text": text, "tokens": produced, "stopped": stopped,
                                  "usage": {"prompt_tokens": int(batch["input_ids"].shape[1]),
                                            "completion_tokens": produced}})
@@ -131,13 +158,12 @@ class TransformersProvider(Provider):
         prompt = chat.render(self.template, conversation, bos_token=tok.bos_token or "",
                              eos_token=tok.eos_token or "")
         batch = {k: v.to(self.device) for k, v in tok(prompt, add_special_tokens=False, return_tensors="pt").items()}
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        room = limit - int(batch["input_ids"].shape[1])
-        if room <= 0 or (s.max_tokens or 0) > room:
-            raise bad_input(f"the prompt is {int(batch['input_ids'].shape[1])} tokens and max_tokens "
-                            f"{s.max_tokens}; the model's context (n_ctx, max_position_embeddings) holds {limit}")
-        text, produced, stopped = self._run(batch, s, s.max_tokens or room, request)
-        return InferResult(json=chat.result(text, stopped, int(batch["input_ids"].shape[1]), produced))
+        length = int(batch["input_ids"].shape[1])
+        # without max_tokens: until the end of the turn or of the context
+        max_new = s.max_tokens or max(1, (self._context() or _UNKNOWN_CONTEXT) - length)
+        self._check_context(length, max_new, asked="max_tokens")
+        text, produced, stopped = self._run(batch, s, max_new, request)
+        return InferResult(json=chat.result(text, stopped, length, produced))
 
     def _run(self, batch: Any, s: chat.Sampling, max_new: int, request: InferRequest) -> tuple[str, int, str]:
         """generate() with streaming, stop strings (held back, never sent) and cancellation between tokens;
