@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", parents=[common, as_json], help="unload a model and delete its downloaded files")
     p.add_argument("name")
     p.set_defaults(run=cmd_rm)
-    p = sub.add_parser("add", parents=[common, as_json], help="write a spec for hf://ORG/NAME from its metadata")
-    p.add_argument("source", metavar="hf://ORG/NAME")
+    p = sub.add_parser("add", parents=[common, as_json],
+                       help="write a spec for hf://ORG/NAME (from its metadata) or ollama://NAME:TAG (Ollama's store)")
+    p.add_argument("source", metavar="hf://ORG/NAME|ollama://NAME:TAG")
     p.add_argument("--revision", default="")
     p.add_argument("--name", default="")
     p.set_defaults(run=cmd_add)
@@ -170,11 +171,19 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         for r in listing.rejected:
             _row(bad, r.file, str(r.line or ""), r.field, r.code, r.message)
         out.print(bad)
-    if listing.discovered:
+    in_hub = [d for d in listing.discovered if d.source != "ollama"]
+    if in_hub:
         out.print("\n[bold]In the Hugging Face cache, no spec[/bold] (`warm add hf://REPO` writes one):")
         found = Table("REPO", "ON DISK", "REVISIONS", box=None)
-        for d in listing.discovered:
+        for d in in_hub:
             _row(found, d.repo_id, format_size(d.size_on_disk), ", ".join(r[:12] for r in d.revisions))
+        out.print(found)
+    in_ollama = [d for d in listing.discovered if d.source == "ollama"]
+    if in_ollama:
+        out.print("\n[bold]In Ollama's store, no spec[/bold] (`warm add ollama://NAME:TAG` writes one):")
+        found = Table("NAME", "SIZE", "MANIFEST", box=None)
+        for d in in_ollama:
+            _row(found, d.repo_id, format_size(d.size_on_disk), d.path)
         out.print(found)
     if not listing.models:
         _hint_empty(client, filtered=bool(args.task or args.tag or args.state))
@@ -347,12 +356,13 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     resident = client.status().resident
     if args.json:
         return print_json(list(resident))
-    table = Table("NAME", "DEVICE", "TIER", "SIZE", "ESTIMATED", "PINNED", "IN FLIGHT", "LAST USED", "EXPIRES",
-                  box=None)
+    table = Table("NAME", "DEVICE", "TIER", "LAYERS", "SIZE", "ESTIMATED", "PINNED", "IN FLIGHT", "LAST USED",
+                  "EXPIRES", box=None)
     now = time.time()
     for m in resident:
         r = m.residency
-        _row(table, m.name, r.device, r.tier, format_size(r.measured_bytes), format_size(r.estimated_bytes),
+        layers = f"{r.gpu_layers}/{r.total_layers} on GPU" if r.total_layers and r.device.startswith("cuda") else ""
+        _row(table, m.name, r.device, r.tier, layers, format_size(r.measured_bytes), format_size(r.estimated_bytes),
              "yes" if r.pinned else "", str(r.in_flight), f"{now - r.last_used:.0f}s ago",
              "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
     out.print(table)

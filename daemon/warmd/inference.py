@@ -85,7 +85,7 @@ class Inference:
         gate = self._gate(model)
         try:
             request.tensors = conform_inputs(spec, request.tensors)
-            check_texts(spec, request.text)
+            check_texts(spec, request.text, request.parameters.get("messages"))
             self._admit(spec, gate, request)
             queued = time.perf_counter_ns() - t0
             try:

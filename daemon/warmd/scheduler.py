@@ -15,7 +15,10 @@ Rules held here:
 - when a GPU's free memory falls under its reserve because another program grew, idle models are evicted
   until the reserve is back;
 - a model evicted from a GPU is *parked* in pinned host memory when the host tier has room (its own LRU
-  budget), so bringing it back is a host-to-device copy, not a disk read.
+  budget), so bringing it back is a host-to-device copy, not a disk read;
+- a model that splits layer by layer (llama-cpp, `Provider.layers`) goes wholly onto a GPU when it fits;
+  when it does not and its spec says `n_gpu_layers: auto`, idle models on the GPU are evicted and as many
+  layers as then fit are offloaded; the rest, and what always stays on the host, count against the CPU.
 Requests for resident models take the lock only to count themselves in and out; loads and unloads run
 outside the lock, so a load never blocks requests for other models.
 
@@ -40,6 +43,7 @@ from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
 from warmd.providers import Provider
+from warmd.providers.base import Layers
 from warmd.spec import ModelSpec
 from warmd.store import Store
 from warmd.units import format_size
@@ -47,6 +51,17 @@ from warmd.units import format_size
 log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 0.25
 EVICT_WAIT_S = 30.0      # how long a load waits for the models it evicted to be unloaded
+
+
+@dataclass(frozen=True)
+class _HostShare:
+    """The reservation key of a split model's host share, beside its load job's own."""
+
+    job: Job
+
+    @property
+    def id(self) -> str:
+        return self.job.id + "/host"
 
 
 class _StaleLoad(WarmdError):
@@ -70,6 +85,8 @@ class Resident:
     retiring: bool = False
     retire_reason: str = ""
     tier: str = "device"      # "device", or "host" while parked in host memory
+    host_bytes: int = 0       # a split model on a GPU: what it holds in host memory (counted on the CPU)
+    offloaded: tuple[int, int] = (0, 0)    # a split model: (layers on the GPU, layers in all)
     moving: bool = False      # between tiers: neither serves nor can be evicted
     unloaded: threading.Event = field(default_factory=threading.Event)
     freed: threading.Event = field(default_factory=threading.Event)   # device memory given back
@@ -232,17 +249,60 @@ class Scheduler:
         job.check()
         cls = self.providers[spec.provider]
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
-        device = self._admit(spec, estimated, job)     # reserved until _install or _load_failed
+        split = cls.layers(spec, files) if spec.memory is None else None
+        if split is None:
+            device, on_gpu = self._admit(spec, estimated, job), None   # reserved until _install or _load_failed
+        else:
+            device, on_gpu, estimated = self._admit_split(spec, estimated, split, job)
         if not cls.supports(spec, device.torch_device):
             raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device.name}")
-        job.progress("load", 1, 3, message=f"loading onto {device.name} (~{format_size(estimated)})")
+        job.progress("load", 1, 3, message=f"loading onto {device.name} (~{format_size(estimated)})"
+                     + (f", {on_gpu} of {len(split.sizes)} layers" if split is not None and device.is_gpu else ""))
         provider = cls(spec, files, device.torch_device)
+        if device.is_gpu:
+            provider.gpu_layers = on_gpu
         measured = provider.load()
         job.check()
         job.progress("ready", 3, 3)
         return Resident(spec=spec, provider=provider, device=device.name, estimated_bytes=estimated,
                         measured_bytes=measured, pinned=self._pins.get(spec.name, spec.pin),
-                        keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive)
+                        keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive,
+                        host_bytes=provider.host_bytes if device.is_gpu else 0,
+                        offloaded=provider.offloaded or (0, 0))
+
+    def _admit_split(self, spec: ModelSpec, total: int, split: Layers, job: Job) -> tuple[Device, int, int]:
+        """Place a model that splits layer by layer; returns (device, layers on it, bytes on it).
+
+        Wholly on a GPU when its wanted layers fit there (evicting as any load does); otherwise, with
+        `n_gpu_layers: auto`, as many layers as the GPU holds once its idle models are evicted, or the CPU
+        when not one fits. The host share is reserved on the CPU under the same job.
+        Raises:
+            WarmdError: `insufficient_memory` as `_admit`, for either share.
+        """
+        gpus = [d for d in devices.candidates(spec.device, self.devices) if d.is_gpu]
+        if not gpus:
+            return self._admit(spec, total, job), 0, total
+        try:
+            device, on_gpu = self._admit(spec, total - split.host_bytes(split.wanted), job), split.wanted
+        except WarmdError as err:
+            if err.code is not Code.INSUFFICIENT_MEMORY or not split.flexible:
+                raise
+            with self._lock:   # the GPU with the most room once its idle models are gone
+                room, device = max(((self._free_locked(d) + sum(r.bytes for r in self._idle_locked(d)), d)
+                                    for d in gpus), key=lambda pair: pair[0])
+            on_gpu = split.fitting(total, room)
+            if on_gpu == 0:
+                return self._admit(spec, total, job, only="cpu"), 0, total
+            log.info("%s: %d of %d layers fit on %s; the rest stays in host memory", spec.name, on_gpu,
+                     len(split.sizes), device.name)
+            device = self._admit(spec, total - split.host_bytes(on_gpu), job, only=device.name)
+        try:
+            self._admit(spec, split.host_bytes(on_gpu), _HostShare(job), only="cpu")
+        except BaseException:
+            with self._lock:
+                self._reserved.pop(job.id, None)
+            raise
+        return device, on_gpu, total - split.host_bytes(on_gpu)
 
     # ---- host tier -----------------------------------------------------------------------------
     def _parked(self, spec: ModelSpec) -> Resident | None:
@@ -393,6 +453,7 @@ class Scheduler:
     def _used_locked(self, device: str) -> int:
         residents = [s.current for s in self._slots.values() if s.current is not None] + self._retiring
         return (sum(r.bytes for r in residents if r.device == device and not r.freed.is_set())
+                + sum(r.host_bytes for r in residents if device == "cpu" and not r.unloaded.is_set())
                 + sum(n for d, n in self._reserved.values() if d == device))
 
     def room_for(self, spec: ModelSpec, need: int) -> int:
@@ -416,15 +477,18 @@ class Scheduler:
             free = min(free, outside - device.reserve)
         return free
 
-    def _victims_locked(self, device: Device, gap: int, partial: bool = False) -> list[Resident] | None:
-        """The least recently used idle, unpinned models on `device` that free `gap` bytes; None if they
-        cannot (or, with `partial`, as many as there are)."""
-        idle = sorted((s.current for s in self._slots.values()
+    def _idle_locked(self, device: Device) -> list[Resident]:
+        """The idle, unpinned models on `device`, least recently used first (what eviction may take)."""
+        return sorted((s.current for s in self._slots.values()
                        if s.current is not None and s.current.device == device.name and not s.current.pinned
                        and s.current.in_flight == 0 and s.waiters == 0 and s.current.serving),
                       key=lambda r: r.last_used)
+
+    def _victims_locked(self, device: Device, gap: int, partial: bool = False) -> list[Resident] | None:
+        """The least recently used idle, unpinned models on `device` that free `gap` bytes; None if they
+        cannot (or, with `partial`, as many as there are)."""
         chosen, freed = [], 0
-        for resident in idle:
+        for resident in self._idle_locked(device):
             if freed >= gap:
                 break
             chosen.append(resident)
@@ -468,6 +532,7 @@ class Scheduler:
             if slot.loading is future:
                 slot.loading, slot.job = None, None
             self._reserved.pop(job.id, None)
+            self._reserved.pop(_HostShare(job).id, None)
             self._changed.notify_all()
             old, overshoot = None, ([], [])
             returning = slot.current is resident     # back from the host tier, not a new load
@@ -509,6 +574,7 @@ class Scheduler:
     def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
         with self._lock:
             self._reserved.pop(job.id, None)
+            self._reserved.pop(_HostShare(job).id, None)
             self._changed.notify_all()
             slot = self._slots.setdefault(spec.name, _Slot())
             if slot.loading is future:

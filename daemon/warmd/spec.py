@@ -35,8 +35,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package | remote
-    ref: str                                    # repo id, URL, path, package name, or V2 endpoint
+    kind: str                                   # hf | url | path | package | remote | ollama
+    ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -72,7 +72,7 @@ class ModelSpec:
     version: str = "1"
     description: str = ""
     tags: tuple[str, ...] = ()
-    task: str = "custom"
+    task: str = "custom"                        # chat: see warmd.chat
     options: Mapping[str, Any] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "fp32"
@@ -373,6 +373,8 @@ def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
                       ignore_patterns=tuple(src.get("ignore_patterns", ())))
     if "url" in src:
         return Source("url", src["url"], sha256=src["sha256"], mirrors=tuple(src.get("mirrors", ())))
+    if "ollama" in src:
+        return Source("ollama", src["ollama"])
     if "remote" in src:
         return Source("remote", src["remote"], model=src.get("model", ""), token_env=src.get("token_env", ""))
     if "package" in src:

@@ -27,7 +27,7 @@ from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
-from warmd.store import Store, hub
+from warmd.store import Store, hub, ollama
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
 
@@ -56,7 +56,9 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         discovered = []
         if request.include_discovered:
             named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
-            discovered = [pb.Discovered(**d) for d in hub.discover(named)]
+            in_ollama = {str(ollama.Name.parse(s.source.ref)) for s in self.catalog.specs()
+                         if s.source.kind == "ollama"}
+            discovered = [pb.Discovered(**d) for d in hub.discover(named) + ollama.discover(in_ollama)]
         return pb.ListModelsResponse(models=models, rejected=rejected, discovered=discovered)
 
     @mapped
@@ -86,9 +88,18 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
+        if request.source.startswith(("ollama://", "ollama:")):
+            wanted = request.source.removeprefix("ollama://").removeprefix("ollama:")
+            parsed = ollama.Name.parse(wanted)
+            name = request.name or spec_name(f"{parsed.model}-{parsed.tag}")
+            self.catalog.check_free(name)                  # refused before the store is read
+            body = ollama.suggest_spec(wanted)        # read from the store on this machine: no network
+            path = self.catalog.write_spec(name, body)
+            return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
+            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name or "
+                             "ollama://name:tag")
         name = request.name or spec_name(repo)
         self.catalog.check_free(name)                  # refused before the hub is asked
         if self.store.offline or hub.hf_offline():
@@ -355,7 +366,7 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
         model.residency.CopyFrom(pb.Residency(
             device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
             loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight,
-            pinned=r.pinned, tier=r.shown_tier))
+            pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1]))
     if file_error is not None:
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"

@@ -1,6 +1,7 @@
 """Model files on disk: where a spec's source lives locally, checked, and fetched when allowed.
 
-`Store.local(spec)` never touches the network: it finds complete files or raises. `Store.ensure(spec)`
+`Store.local(spec)` never touches the network: it finds complete files or raises. An `ollama:` source is
+the model blob in Ollama's own store, read in place and checked against the sha256 it is named by. `Store.ensure(spec)`
 downloads what is missing (hub and url sources) unless the daemon is offline (`network_forbidden`) or
 its download policy is `never` (`weights_missing`).
 """
@@ -16,7 +17,7 @@ from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.jobs import Job
 from warmd.spec import ModelSpec, Source
-from warmd.store import hub
+from warmd.store import hub, ollama
 from warmd.store.downloads import Downloads, url_path
 from warmd.store.fetch import part_path
 from warmd.store.local import package_path
@@ -61,6 +62,10 @@ class Store:
                 raise WarmdError(Code.WEIGHTS_MISSING, f"{path} does not exist (spec {spec.file})")
         elif src.kind == "package":
             path = package_path(src)
+        elif src.kind == "ollama":
+            found = ollama.model(src)
+            self.verify(found.blob, found.sha256)
+            return found.blob
         elif src.kind == "hf":
             path = self._hf_local(src)
         else:
@@ -100,6 +105,14 @@ class Store:
             blobs = hub.repo_dir(src.ref) / "blobs"
             partial = sum(p.stat().st_size for p in blobs.glob("*.part")) if blobs.is_dir() else 0
             return FilesState("partial" if partial else "missing", partial, commit, self.downloads.size(spec))
+        if src.kind == "ollama":
+            try:
+                found = ollama.model(src)
+            except WarmdError:
+                return FilesState("missing", 0)
+            size = found.blob.stat().st_size
+            return FilesState("verified" if self.is_verified(found.blob, found.sha256) else "complete", size,
+                              bytes_total=size)
         if src.kind == "remote":
             from warmd.providers.remote import health
 
@@ -175,7 +188,8 @@ class Store:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same file; remove them first")
             return
         if src.kind != "hf":
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it")
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it"
+                             + (" (`ollama rm` does)" if src.kind == "ollama" else ""))
         commit = hub.cached_commit(src)
         users = [o.name for o in others if o.source.kind == "hf" and o.source.ref == src.ref
                  and hub.cached_commit(o.source) == commit]
@@ -210,6 +224,12 @@ class Store:
         freed, removed = hub.remove(src, commit, keep)
         self.downloads.manifest_path(src, commit).unlink(missing_ok=True)
         return freed, removed
+
+    def is_verified(self, path: Path, sha256: str) -> bool:
+        """Whether `path` was checked against `sha256` at its current size and mtime (no hashing here)."""
+        st = path.stat()
+        with self._lock:
+            return self._verified.get((str(path), st.st_size, st.st_mtime_ns)) == sha256
 
     def verify(self, path: Path, sha256: str) -> None:
         """Check a file's sha256; raise `weights_digest_mismatch` (never substitute) when it differs."""

@@ -1,4 +1,5 @@
-"""A model's local inputs: the files of its `path` or `package` source and the files its provider's
+"""A model's local inputs: the files of its `path` or `package` source, the manifest of its `ollama`
+source (which names the blobs by digest: a re-pulled tag is a new manifest), and the files its provider's
 options name (a torch factory module), with a cheap fingerprint of what they hold.
 
 Rules held here:
@@ -21,6 +22,7 @@ from typing import Any, Iterator, Mapping
 
 from warmd.errors import Code, WarmdError
 from warmd.spec import ModelSpec, Source
+from warmd.store import ollama
 
 MAX_FILES = 10_000
 
@@ -39,15 +41,17 @@ class Scan:
         self._fingerprints: dict[tuple[Path, ...], str] = {}
 
     def inputs(self, spec: ModelSpec) -> tuple[Path, ...]:
-        """The local files and folders a model is built from (they need not exist): its source (path or
-        package) and the files its provider's options name. Remote, hub and url sources have none here
-        (a digest or a commit pins those)."""
+        """The local files and folders a model is built from (they need not exist): its source (path,
+        package, or an Ollama manifest) and the files its provider's options name. Remote, hub and url
+        sources have none here (a digest or a commit pins those)."""
         found: list[Path] = []
         if spec.source.kind == "path":
             found.append(Path(spec.source.ref))
         elif spec.source.kind == "package":
             folder = self._package(spec.source)
             found += [folder] if folder is not None else []
+        elif spec.source.kind == "ollama":
+            found.append(ollama.Name.parse(spec.source.ref).manifest(ollama.root()))
         provider = self.providers.get(spec.provider)
         if provider is not None:
             found += provider.option_files(spec)
