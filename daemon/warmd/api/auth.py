@@ -7,6 +7,9 @@ ones before it:
     infer  + running models (which loads them on demand) and shared-memory regions
     admin  + pull, load, unload, rm, add, pin, and managing tokens
 
+Every RPC of both services is placed in `METHOD_SCOPES`; one that is not (added to a .proto, forgotten
+here) needs `admin`, so a forgotten entry fails closed.
+
 The daemon keeps only each token's SHA-256 (`tokens.json` next to the token file, 0600). The owner token
 (the token file, written once for the local user's own TCP clients) has `admin`. A missing or unknown
 (revoked) token is UNAUTHENTICATED; a known token outside its scope is PERMISSION_DENIED.
@@ -34,22 +37,31 @@ OWNER = "owner"
 # files), never a model, a file or a setting.
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 _WARMD, _V2 = "/warmd.v1.Warmd/", "/inference.GRPCInferenceService/"
-# Calls that need more than `read` (everything else, reflection included, is `read`).
-METHOD_SCOPES = {
-    **{_WARMD + m: "infer" for m in ("Infer", "RegisterRegion", "UnregisterRegion")},
-    **{_V2 + m: "infer" for m in ("ModelInfer", "ModelStreamInfer", "SystemSharedMemoryRegister",
-                                  "SystemSharedMemoryUnregister", "CudaSharedMemoryRegister",
-                                  "CudaSharedMemoryUnregister")},
-    **{_WARMD + m: "admin" for m in ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel",
-                                     "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken",
-                                     "UseProfile", "ChooseRoleModel")},
-    **{_V2 + m: "admin" for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
+# The scope of every RPC, by tier. A method missing here (a new RPC nobody placed yet) needs `admin`: the
+# table fails closed. tests/integration/test_tokens.py checks it against the methods the .proto files define.
+_READ = {
+    _WARMD: ("ListModels", "GetModel", "Status", "Watch", "ResolveRole", "ListProfiles"),
+    _V2: ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+          "ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus", "CudaSharedMemoryStatus"),
 }
+_INFER = {
+    _WARMD: ("Infer", "InferStream", "RegisterRegion", "UnregisterRegion"),
+    _V2: ("ModelInfer", "ModelStreamInfer", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+          "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"),
+}
+_ADMIN = {
+    _WARMD: ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel", "AddModel", "PinModel",
+             "CreateToken", "ListTokens", "RevokeToken", "UseProfile", "ChooseRoleModel"),
+    _V2: ("RepositoryModelLoad", "RepositoryModelUnload"),
+}
+METHOD_SCOPES = {service + method: scope for scope, table in (("read", _READ), ("infer", _INFER), ("admin", _ADMIN))
+                 for service, methods in table.items() for method in methods}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def required_scope(method: str) -> str:
-    return METHOD_SCOPES.get(method, "read")
+    """The scope `method` ("/package.Service/Method") needs; `admin` for one the table does not name."""
+    return METHOD_SCOPES.get(method, "admin")
 
 
 def allows(scope: str, needed: str) -> bool:
