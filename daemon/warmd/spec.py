@@ -35,7 +35,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package | remote | ollama
+    kind: str                                   # one of source_kinds(); its handler: warmd.store.sources
     ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
@@ -47,11 +47,10 @@ class Source:
     token_env: str = ""                         # remote: environment variable holding its bearer token
 
     def describe(self) -> str:
-        if self.kind == "hf":
-            return f"hf:{self.ref}@{self.revision}"
-        if self.kind == "package":
-            return f"package:{self.ref}/{self.subdir}" if self.subdir else f"package:{self.ref}"
-        return f"{self.kind}:{self.ref}"
+        """The source in one line, as its kind writes it ("hf:org/name@main")."""
+        from warmd.store.sources import handler     # the store's handlers import this module
+
+        return handler(self).describe(self)
 
 
 @dataclass(frozen=True)

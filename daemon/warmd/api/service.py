@@ -28,6 +28,7 @@ from warmd.scheduler import ModelView, Resident, Scheduler
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
 from warmd.store import Store, hub, ollama
+from warmd.store.sources import KINDS, handler
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
 
@@ -55,10 +56,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         rejected = [spec_error(e) for e in self.catalog.rejected()]
         discovered = []
         if request.include_discovered:
-            named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
-            in_ollama = {str(ollama.Name.parse(s.source.ref)) for s in self.catalog.specs()
-                         if s.source.kind == "ollama"}
-            discovered = [pb.Discovered(**d) for d in hub.discover(named) + ollama.discover(in_ollama)]
+            specs = self.catalog.specs()
+            discovered = [pb.Discovered(**d) for kind in KINDS.values() for d in kind.discover(specs)]
         return pb.ListModelsResponse(models=models, rejected=rejected, discovered=discovered)
 
     @mapped
@@ -131,11 +130,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                 yield pb.Event(time=time.time(), kind="download.finished", model=spec.name,
                                message="already on disk")
                 return
-            job, future = self.store.pull(spec)
-            try:
+            with self.store.pull(spec) as (job, future):     # the last caller to leave early cancels it
                 finished = yield from _follow(sub, future, context, "download.finished", job.id)
-            finally:
-                self.store.downloads.leave(job.id)   # the last caller to leave early cancels it
             if not finished:      # the transfer ended between our subscribe and our join
                 yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, job_id=job.id)
         finally:
@@ -390,7 +386,7 @@ def tensor_spec(d: TensorDecl) -> pb.TensorSpec:
 def signature(r: Resident) -> pb.ModelSignature:
     src = r.spec.source
     return pb.ModelSignature(name=r.spec.name, version=r.spec.version, signature=r.spec.signature,
-                             source=src.describe(), revision=src.revision if src.kind == "hf" else "",
+                             source=src.describe(), revision=handler(src).revision(src),
                              precision=r.spec.precision, device=r.device)
 
 

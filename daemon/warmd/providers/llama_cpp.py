@@ -380,9 +380,9 @@ def model_file(spec: ModelSpec, files: Path) -> Path:
 
 def source_defaults(spec: ModelSpec):  # type: ignore[no-untyped-def]
     """The template and parameters the source brings (Ollama's layers), or empty ones."""
-    from warmd.store import ollama
+    from warmd.store.sources import handler
 
-    return ollama.defaults(spec.source) if spec.source.kind == "ollama" else ollama.Defaults()
+    return handler(spec.source).defaults(spec.source)
 
 
 def _header(path: Path) -> gguf_memory.Header:
