@@ -66,6 +66,10 @@ class CallContext:
         self._on_cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
+    def stream_to(self, sink: Callable[[str, Any], None]) -> None:
+        """Send what `progress()` and `emit()` report to `sink(kind, value)` from now on (a streaming caller)."""
+        self._sink = sink
+
     def cancel(self) -> None:
         with self._lock:
             self.cancelled.set()
