@@ -131,6 +131,16 @@ class Client:
                 on_event(event)
         return self.get(name)
 
+    def plan_load(self, name: str) -> pb.LoadPlan:
+        """What loading `name` would do now, without doing it: the device, the bytes, and which models
+        would be parked or unloaded first and why. Fails as the load would (e.g. `insufficient_memory`)."""
+        return self._call(self._stub.PlanLoad, pb.PlanLoadRequest(name=name))
+
+    def evictions(self, model: str = "") -> list[pb.Eviction]:
+        """The residency log, oldest first: evictions, parks, discards, expiries and pressure reliefs,
+        each with its reason and figures (only `model`'s when given)."""
+        return list(self._call(self._stub.ListEvictions, pb.ListEvictionsRequest(model=model)).evictions)
+
     def pull(self, name: str, *, on_event: Callable[[pb.Event], None] | None = None) -> pb.Model:
         """Download a model's files (joining a transfer already under way) and wait until they are verified.
 
@@ -145,7 +155,8 @@ class Client:
         return self.get(name)
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a running job; a download keeps its partial files for the next attempt."""
+        """Cancel a running job (`status().jobs`): a load stops at its next step; a download keeps its
+        partial files for the next attempt."""
         self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def remove(self, name: str) -> pb.RemoveModelResponse:
