@@ -101,16 +101,16 @@ class Follower:
     def get(self, timeout: float) -> pb.Event | None:
         """The next event (None on timeout or after `wake`), in publishing order."""
         self._catch_up()
-        if not self._pending:
+        while True:
+            while self._pending:
+                event = self._pending.pop(0)
+                if event.seq not in self._seen:
+                    self._seen.add(event.seq)
+                    return event
             event = self.sub.get(timeout)
-            if event is not None:
-                self._pending.append(event)
-        while self._pending:
-            event = self._pending.pop(0)
-            if event.seq not in self._seen:
-                self._seen.add(event.seq)
-                return event
-        return None
+            if event is None:
+                return None
+            self._pending.append(event)
 
     def wake(self) -> None:
         self.sub.wake()

@@ -326,3 +326,23 @@ def test_lru_setting_evicts_by_recency_alone(tmp_path: Path) -> None:
         assert [m.policy for _, m in scheduler.evictions()] == ["lru"]
     finally:
         scheduler.shutdown(5)
+
+
+def test_a_load_waiting_for_memory_stops_at_once_when_cancelled(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "busy", 2)
+    _use(scheduler, "busy")
+    worker = threading.Thread(target=lambda: _use(scheduler, "busy", hold_s=3.0))
+    worker.start()
+    wait_until(lambda: scheduler.view("busy").resident.in_flight == 1)
+    _model(write, "new", 2)
+    job, future = scheduler.start_load("new")
+    assert scheduler.plan_load("new").action == "loading"
+    time.sleep(0.3)                                  # waiting for `busy` to finish its request
+    t0 = time.monotonic()
+    scheduler.jobs.cancel(job.id)
+    with pytest.raises(WarmdError) as info:
+        future.result(timeout=5)
+    assert info.value.code is Code.CANCELLED and time.monotonic() - t0 < 1.0
+    assert ("load", "new", "new") not in Recording.log and not _unloaded("busy")
+    worker.join()

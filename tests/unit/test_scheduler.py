@@ -211,8 +211,9 @@ def test_a_load_is_a_job_that_can_be_cancelled(world) -> None:  # type: ignore[n
     write("m", value=1, load_s=0.6)
     job, future = scheduler.start_load("m")
     assert [(j.id, j.kind, j.model) for j in scheduler.jobs.running()] == [(job.id, "load", "m")]
+    wait_until(lambda: job.last is not None and job.last.phase == "load")    # the provider is loading
     events = scheduler.jobs.follow(job)       # joins late: what the job published so far comes first
-    assert events.get(timeout=2).kind == "model.loading"
+    assert [events.get(timeout=2).kind for _ in range(2)] == ["model.loading", "job.progress"]
     scheduler.jobs.cancel(job.id)
     with pytest.raises(WarmdError) as info:
         future.result(timeout=5)
