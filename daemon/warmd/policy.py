@@ -65,7 +65,7 @@ class Demand:
 
     def used(self, now: float) -> "Demand":
         """One more request at `now`."""
-        return replace(self, score=self._decayed(now) + 1.0, at=now)
+        return Demand(self._decayed(now) + 1.0, now, self.load_s, self.unpark_s)   # on every request: no replace()
 
     def rate(self, now: float) -> float:
         """Requests per second lately (the decayed count over its mean age)."""
