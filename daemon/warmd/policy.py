@@ -180,7 +180,8 @@ class Move:
     rate: float = 0.0              # requests per second lately
     back_s: float = 0.0            # seconds to bring it back after this move
     measured: bool = False         # back_s measured (else estimated from bytes)
-    cost: float = 0.0              # expected extra loading seconds per minute: rate x back_s x 60
+    cost: float = 0.0              # expected extra loading seconds per minute it adds: rate x 60 x (back_s,
+                                   # less the unpark a discarded model would have cost)
     idle_s: float = 0.0
     why: str = ""                  # one line for people
 
@@ -369,7 +370,7 @@ def _leave_device(snap: Snapshot, victim: Facts, reason: str, for_model: str, ho
                   keep: int | None) -> list[Move]:
     """Park `victim` (discarding parked models for it when that is worth it) or unload it."""
     if host.accepts(victim):
-        others = [p for p in host.parked if p.key != keep and p.name != for_model]
+        others = [p for p in host.parked if p.key != keep and p.name != for_model and p.idle]
         discards = _choose(snap, others, victim.bytes - host.free, _discard_cost) or []
         room = host.free + sum(p.bytes for p in discards) >= victim.bytes
         worth = snap.eviction == "lru" or _discard_cost(victim) >= sum(_discard_cost(p) for p in discards)
@@ -379,26 +380,28 @@ def _leave_device(snap: Snapshot, victim: Facts, reason: str, for_model: str, ho
             moves = [_move(snap, p, "discard", reason, p.load_s, p.load_measured, for_model,
                            f"discarded from the host tier to park {victim.name}") for p in discards]
             return moves + [_move(snap, victim, "park", reason, victim.unpark_s, victim.unpark_measured,
-                                  for_model, _why(snap, victim, reason, for_model, "parked in host memory"))]
+                                  for_model, _why(snap, victim, reason, for_model, "parked in host memory",
+                                                  victim.unpark_s))]
     return [_move(snap, victim, "unload", reason, victim.load_s, victim.load_measured, for_model,
-                  _why(snap, victim, reason, for_model, "unloaded"))]
+                  _why(snap, victim, reason, for_model, "unloaded", victim.load_s))]
 
 
 def _move(snap: Snapshot, r: Facts, action: Literal["park", "unload", "discard"], reason: str, back_s: float,
           measured: bool, for_model: str = "", why: str = "") -> Move:
+    # what the move adds to its next return: from disk instead of from where it is now
+    extra = back_s - (r.unpark_s if action == "discard" else 0.0)
     return Move(key=r.key, name=r.name, action=action, reason=reason, device=r.device, bytes=r.bytes,
                 policy=snap.eviction, for_model=for_model, rate=r.rate, back_s=back_s, measured=measured,
-                cost=r.rate * back_s * 60, idle_s=max(0.0, snap.now - r.last_used), why=why)
+                cost=r.rate * max(0.0, extra) * 60, idle_s=max(0.0, snap.now - r.last_used), why=why)
 
 
-def _why(snap: Snapshot, r: Facts, reason: str, for_model: str, done: str) -> str:
+def _why(snap: Snapshot, r: Facts, reason: str, for_model: str, done: str, back_s: float) -> str:
     cause = (f"for {for_model}" if for_model else
              f"{r.device} under its reserve (another program's memory)" if reason == "pressure" else
              f"{r.device} over its budget")
     if snap.eviction == "lru":
         return f"{done} {cause}: least recently used (idle {snap.now - r.last_used:.0f} s)"
-    return (f"{done} {cause}: cheapest to lose, {r.rate * 60:.2f} requests/min x "
-            f"{r.unpark_s if done.startswith('parked') else r.load_s:.2f} s to bring back")
+    return f"{done} {cause}: cheapest to lose, {r.rate * 60:.2f} requests/min x {back_s:.2f} s to bring back"
 
 
 def _changing(snap: Snapshot, devices: Iterable[str]) -> bool:
