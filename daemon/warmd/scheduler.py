@@ -65,6 +65,7 @@ EVICT_WAIT_S = 30.0      # how long a load waits for busy models and for work un
 WAIT_POLL_S = 0.25       # a waiting load looks again (devices, cancellation) at least this often
 LOG_SIZE = 256           # evictions kept for `warm ps --history`
 _LEAVING = (State.DRAINING, State.UNLOADING, State.DISCARDING)
+_MOVING_OUT = (State.PARKING, *_LEAVING)
 
 
 class _StaleLoad(WarmdError):
@@ -367,8 +368,9 @@ class Scheduler:
                 victims = self._commit_locked(plan.moves)
                 log.info("evicting %s from %s to make room for %s", ", ".join(m.name for m in plan.moves),
                          plan.device, spec.name)
-                self._changed.wait_for(lambda: not any(v.state.holds_device and v.device == plan.device
-                                                       for v in victims),
+                # until their moves are over (not until their memory is free: a parked victim may be
+                # wanted back at once, and then the next pass plans again)
+                self._changed.wait_for(lambda: not any(v.state in _MOVING_OUT for v in victims),
                                        timeout=max(0.0, deadline - time.monotonic()))
 
     def _sample(self) -> dict[str, int | None]:
