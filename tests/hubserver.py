@@ -148,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _revision(self, repo_id: str, rev: str) -> None:
         repo = self.hub.find(repo_id, rev)
+        if repo_id not in self.hub.repos:      # as the real hub answers for a missing (or hidden) repo
+            return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if repo is None:
             return self._json(404, {"error": f"Revision Not Found for url: {repo_id}@{rev}"},
                               {"X-Error-Code": "RevisionNotFound"})

@@ -42,6 +42,18 @@ FACTORY = textwrap.dedent('''
             return x * 2
 
 
+    class Faulty(torch.nn.Module):
+        """y = x, except when the first value asks for a failure: 1 runs out of memory, 2 is a plain bug."""
+
+        def forward(self, x):
+            kind = int(x.flatten()[0]) if x.numel() else 0
+            if kind == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if kind == 2:
+                raise KeyError("no entry 'oops' in the lookup table")
+            return x
+
+
     def mlp(sizes=(64, 128, 10)):
         layers = []
         for a, b in zip(sizes, sizes[1:]):
@@ -135,6 +147,9 @@ def write_tokenizer(folder: Path) -> None:
     transformers.BertTokenizerFast(vocab=str(vocab)).save_pretrained(str(folder))
 
 
+CONTEXT = 32768     # the tiny GPT-2's context length (n_positions), in tokens
+
+
 def write_tiny_transformer(folder: Path, kind: str, seed: int = 0) -> None:
     """A tiny random transformers model saved as safetensors with a real tokenizer: kind "gpt2" (causal
     LM), "bert" (encoder) or "bert-classifier" (3 labels)."""
@@ -146,8 +161,10 @@ def write_tiny_transformer(folder: Path, kind: str, seed: int = 0) -> None:
     write_tokenizer(folder)
     vocab = len((folder / "vocab.txt").read_text().split())
     if kind == "gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=2, n_head=2,
-                                         bos_token_id=2, eos_token_id=None)   # runs to max_new_tokens
+        # A context past the 20000 tokens the cancel and deadline tests ask for (warmd refuses a request
+        # beyond it); it runs to max_new_tokens.
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2,
+                                         bos_token_id=2, eos_token_id=None)
         model = transformers.GPT2LMHeadModel(config)
         with torch.no_grad():      # special tokens score 0, so greedy decoding picks words (visible text)
             model.transformer.wte.weight[:5] = 0

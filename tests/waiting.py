@@ -1,5 +1,5 @@
 """Small helpers for tests (and benchmarks) that talk to a running daemon: polling for a condition with a
-deadline (never a bare sleep-and-hope), a call's outcome, a free loopback port."""
+deadline (never a bare sleep-and-hope), a call's outcome, a free loopback port, a process's memory."""
 from __future__ import annotations
 
 import socket
@@ -44,3 +44,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid`, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))

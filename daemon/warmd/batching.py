@@ -3,7 +3,9 @@ provider call of up to `max_batch` requests, their tensors (or texts) joined alo
 the outputs split back. Results are those of unbatched calls for models whose rows are independent (the
 usual case: the batch dimension is what `max_batch` asserts).
 
-Only requests with the same input names, dtypes, trailing shapes and parameters share a batch.
+Only requests with the same input names, dtypes, devices, trailing shapes, parameters and outputs asked for
+on the device share a batch. Tensors are numpy arrays, or torch tensors on a GPU (CUDA shared memory), joined
+and split where they are.
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ class _Item:
         return len(self.request.text) if first is None else int(first.shape[0])
 
     def key(self) -> tuple:
-        tensors = tuple(sorted((n, str(a.dtype), a.shape[1:]) for n, a in self.request.tensors.items()))
-        return tensors, bool(self.request.text), json.dumps(self.request.parameters, sort_keys=True, default=str)
+        tensors = tuple(sorted((n, str(a.dtype), str(getattr(a, "device", "cpu")), tuple(a.shape[1:]))
+                               for n, a in self.request.tensors.items()))
+        return (tensors, bool(self.request.text), json.dumps(self.request.parameters, sort_keys=True, default=str),
+                self.request.device_outputs)
 
 
 class Batcher:
@@ -73,8 +77,6 @@ class Batcher:
                             item.future.set_exception(exc)
 
     def _run(self, items: list[_Item]) -> None:
-        import numpy as np
-
         live = [i for i in items if not i.request.context.cancelled.is_set()]
         for item in items:
             if item not in live:
@@ -84,8 +86,9 @@ class Batcher:
         first = live[0].request
         try:
             joined = InferRequest(
-                tensors={n: np.concatenate([i.request.tensors[n] for i in live]) for n in first.tensors},
-                text=[t for i in live for t in i.request.text], parameters=first.parameters)
+                tensors={n: _join([i.request.tensors[n] for i in live]) for n in first.tensors},
+                text=[t for i in live for t in i.request.text], parameters=first.parameters,
+                device_outputs=first.device_outputs)
             keep_alive = next((i.keep_alive for i in live if i.keep_alive is not None), None)
             with self.scheduler.acquire(self.model, keep_alive=keep_alive) as resident:
                 result = resident.provider.infer(joined)
@@ -99,6 +102,26 @@ class Batcher:
             item.future.set_result((resident, share))
 
 
+def _is_torch(array: Any) -> bool:
+    return type(array).__module__.startswith("torch")
+
+
+def _join(arrays: list[Any]) -> Any:
+    import numpy as np
+
+    if _is_torch(arrays[0]):
+        import torch
+
+        return torch.cat(arrays)
+    return np.concatenate(arrays)
+
+
+def _cut(array: Any, rows: list[int]) -> list[Any]:
+    import numpy as np
+
+    return list(array.split(rows)) if _is_torch(array) else np.split(array, np.cumsum(rows)[:-1])
+
+
 def _split(result: InferResult, rows: list[int]) -> list[InferResult]:
     import numpy as np
 
@@ -108,7 +131,7 @@ def _split(result: InferResult, rows: list[int]) -> list[InferResult]:
         raise WarmdError(Code.PROVIDER_FAILED, f"output(s) {', '.join(bad) or 'json'} do not have the batch as "
                          f"their first dimension ({total} rows); remove max_batch from the spec")
     cuts = np.cumsum(rows)[:-1]
-    tensors = {n: np.split(a, cuts) for n, a in result.tensors.items()}
+    tensors = {n: _cut(a, rows) for n, a in result.tensors.items()}
     jsons: list[Any] = [None] * len(rows) if result.json is None else \
         [result.json[a:b] for a, b in zip([0, *cuts], [*cuts, total])]
     return [InferResult(tensors={n: parts[k] for n, parts in tensors.items()}, json=jsons[k])

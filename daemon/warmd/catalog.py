@@ -1,29 +1,38 @@
-"""The set of specs in the specs folder, kept current by watching it.
+"""The set of specs in the specs folder, kept current by watching it and every model's local files.
 
-A rescan reads every spec file (re-parsing only files whose bytes changed), then compares the new set
-of models with the old by name: added, changed, removed. A file that used to hold a valid spec and now
-fails validation keeps its last good spec active (a broken save never takes a working model away) and
-shows its error beside it. Editor swap and temp files are not spec files: only `*.yaml`/`*.yml` whose
-name does not start with `.` or `#` count.
+A rescan reads every spec file (re-parsing only files whose bytes changed), fingerprints each model's
+local inputs (its path or package source, a torch factory module: sizes, mtimes, inodes, see
+warmd.store.local), then compares the new set of models with the old by name: added, changed, removed.
+An edited weights file or factory module is a changed model, like an edited spec. A file that used to
+hold a valid spec and now fails validation keeps its last good spec active (a broken save never takes a
+working model away) and shows its error beside it. Every `catalog.rejected` of a file is followed, once
+the file is fixed, deleted or renamed away, by a `catalog.cleared` for it. An unreadable or missing specs
+folder is a rejected "file" of its own (the folder). Editor swap and temp files are not spec files: only
+`*.yaml`/`*.yml` whose name does not start with `.` or `#` count.
+
+An override (a V2 load's `config`) replaces some fields of one model's spec, on top of whatever its file
+says, until it is cleared, the model's spec goes away, or the daemon stops; every reader of the catalog
+sees the spec with it applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
-from warmd.spec import ModelSpec, SpecFileError, parse_spec_file
+from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, did_you_mean, parse_spec_file
+from warmd.store import local
+from warmd.watch import Watches
 
 log = logging.getLogger(__name__)
 SAFETY_RESCAN_S = 5.0      # also rescans when no file event came (folder deleted and recreated, NFS)
@@ -50,43 +59,79 @@ class Catalog:
         self._files: dict[Path, _FileState] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._rejected: dict[Path, SpecFileError] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}    # model name -> ModelSpec fields over its file
         self._listeners: list[ChangeListener] = []
         self._lock = threading.Lock()          # guards the maps above
         self._scan_lock = threading.Lock()     # one rescan at a time
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._observer: Observer | None = None
+        self._watches = Watches(self._dirty)
         self._thread: threading.Thread | None = None
-        self.folder_error = ""
 
     # ---- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> ModelSpec | None:
         with self._lock:
             return self._specs.get(name)
 
+    def require(self, name: str, listed_by: str = "`warm ls` lists them") -> ModelSpec:
+        """The spec named `name`.
+
+        Raises:
+            WarmdError: `model_not_found`, naming the nearest model name when one is close and how to list them.
+        """
+        with self._lock:
+            spec = self._specs.get(name)
+            names = list(self._specs)
+        if spec is None:
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}{did_you_mean(name, names)}; {listed_by}")
+        return spec
+
     def specs(self) -> list[ModelSpec]:
         with self._lock:
             return sorted(self._specs.values(), key=lambda s: s.name)
 
     def rejected(self) -> list[SpecFileError]:
+        """Rejected spec files, and the specs folder itself while it cannot be read."""
         with self._lock:
             return sorted(self._rejected.values(), key=lambda e: str(e.file))
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
+    def overrides(self, name: str) -> dict[str, Any]:
+        """The fields overriding model `name`'s spec file (empty: none)."""
+        with self._lock:
+            return dict(self._overrides.get(name, {}))
+
+    def override(self, name: str, fields: Mapping[str, Any]) -> None:
+        """Replace `fields` (ModelSpec field names) of model `name`'s spec; empty `fields` clears the override.
+        Listeners hear of the change like of an edited file (a changed signature means a reload)."""
+        with self._lock:
+            if self._overrides.get(name, {}) == dict(fields):
+                return
+            if fields:
+                self._overrides[name] = dict(fields)
+            else:
+                self._overrides.pop(name, None)
+        self.rescan()
+
     # ---- scanning ------------------------------------------------------------------------------
     def rescan(self) -> None:
         """Bring the catalog in line with the folder and notify listeners of every difference."""
         with self._scan_lock:
-            files = self._spec_files()
+            files, folder_error = self._spec_files()
             states = {p: self._file_state(p) for p in files}
             with self._lock:
                 old_specs, old_rejected = self._specs, self._rejected
-            specs, rejected = self._assemble(states, old_specs)
+            specs, rejected, inputs = self._assemble(states, old_specs)
+            if folder_error is not None:
+                rejected[self.root] = folder_error
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
+                self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected)
+            if self._thread is not None and not self._stop.is_set():   # started, and not stopping
+                self._watch(inputs)
 
     def revalidate(self) -> None:
         """Parse every file again (the set of providers changed: a plugin came or went), then rescan."""
@@ -94,18 +139,14 @@ class Catalog:
             self._files = {}
         self.rescan()
 
-    def _spec_files(self) -> list[Path]:
+    def _spec_files(self) -> tuple[list[Path], SpecFileError | None]:
         try:
             entries = sorted(self.root.iterdir())
-            self.folder_error = ""
         except OSError as exc:
-            # An unreadable or missing folder means "no specs", said loudly, not a crash.
-            message = f"specs folder {self.root} cannot be read: {exc.strerror}"
-            if message != self.folder_error:
-                log.error("%s", message)
-            self.folder_error = message
-            return []
-        return [p for p in entries if is_spec_file(p)]
+            # An unreadable or missing folder means "no specs", said loudly (a rejected folder), not a crash.
+            return [], SpecFileError(self.root, f"the specs folder cannot be read: {exc.strerror}; "
+                                     "create it or make it readable (the daemon picks it up)")
+        return [p for p in entries if is_spec_file(p)], None
 
     def _file_state(self, path: Path) -> _FileState:
         try:
@@ -122,10 +163,14 @@ class Catalog:
             return _FileState(digest, error=err)
 
     def _assemble(self, states: dict[Path, _FileState], old_specs: dict[str, ModelSpec],
-                  ) -> tuple[dict[str, ModelSpec], dict[Path, SpecFileError]]:
+                  ) -> tuple[dict[str, ModelSpec], dict[Path, SpecFileError], list[Path]]:
+        """The specs by name (each with the fingerprint of its local inputs), the rejected files, and
+        every model's local inputs."""
         specs: dict[str, ModelSpec] = {}
         rejected: dict[Path, SpecFileError] = {}
         last_good = {s.file: s for s in old_specs.values()}
+        scan = local.Scan(self.providers)
+        inputs: list[Path] = []
         for path, state in states.items():
             spec = state.spec
             if state.error is not None:
@@ -138,8 +183,19 @@ class Catalog:
                     path, f"model name {spec.name!r} is already defined by {specs[spec.name].file.name}; "
                     "names must be unique", field="name")
                 continue
+            paths = scan.inputs(spec)
+            content = scan.fingerprint(paths)
+            if spec.content != content:
+                spec = dataclasses.replace(spec, content=content)
+                if state.error is None:
+                    state.spec = spec           # kept with the file's state: the next rescan starts from it
+            with self._lock:
+                fields = self._overrides.get(spec.name)
+            if fields:                          # over the file's spec, never kept in the file's state
+                spec = dataclasses.replace(spec, **fields)
+            inputs += paths
             specs[spec.name] = spec
-        return specs, rejected
+        return specs, rejected, inputs
 
     def _announce(self, old: dict[str, ModelSpec], new: dict[str, ModelSpec],
                   old_rejected: dict[Path, SpecFileError], rejected: dict[Path, SpecFileError]) -> None:
@@ -157,9 +213,7 @@ class Catalog:
             elif after is None:
                 kind, message = "catalog.removed", f"{before.file.name} no longer defines it"
             else:
-                reload = before.signature != after.signature
-                kind, message = "catalog.changed", ("weights or options changed" if reload
-                                                    else "metadata changed")
+                kind, message = "catalog.changed", _change(before, after)
             spec = after or before
             log.info("%s %s: %s", kind, name, message)
             self.bus.publish(kind, model=name, file=str(spec.file), message=message)
@@ -168,6 +222,28 @@ class Catalog:
                     listener(before, after)
                 except Exception:
                     log.exception("catalog listener failed on %s", name)
+        for path in sorted(set(old_rejected) - set(rejected)):
+            defined = next((s.name for s in new.values() if s.file == path), "")
+            message = (f"accepted again: defines {defined!r}" if defined else
+                       "the specs folder can be read again" if path == self.root else
+                       "deleted" if not path.exists() else "no longer a spec file")
+            log.info("catalog.cleared %s: %s", path, message)
+            self.bus.publish("catalog.cleared", model=defined, file=str(path), message=message)
+
+    def check_free(self, name: str) -> Path:
+        """The file a new spec `name` would be written to.
+
+        Raises:
+            WarmdError: `invalid_argument` for a name that is not a model name or is taken.
+        """
+        if not NAME_PATTERN.match(name):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a model name: lowercase letters, digits, "
+                             ". _ -, at most 64, starting with a letter or digit")
+        target = self.root / f"{name}.yaml"
+        if self.get(name) is not None or target.exists():
+            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
+                             "pass another name")
+        return target
 
     def write_spec(self, name: str, body: dict) -> Path:
         """Write a new spec file `<name>.yaml`, validated before it appears (temp file, then rename).
@@ -176,10 +252,7 @@ class Catalog:
             WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
                 when the content does not validate.
         """
-        target = self.root / f"{name}.yaml"
-        if self.get(name) is not None or target.exists():
-            raise WarmdError(Code.INVALID_ARGUMENT, f"a model named {name!r} or the file {target} exists; "
-                             "pass another name")
+        target = self.check_free(name)
         text = f"# written by `warm add`; edit freely\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False)
         tmp = self.root / f".{name}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
         tmp.write_text(text, encoding="utf-8")
@@ -194,18 +267,15 @@ class Catalog:
 
     # ---- watching ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Scan now, then watch the folder in the background."""
-        self.rescan()
-        self._ensure_watch()
+        """Scan now, then watch the folder and the models' local inputs in the background."""
         self._thread = threading.Thread(target=self._loop, name="catalog", daemon=True)
+        self.rescan()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=2)
+        self._watches.stop()
         if self._thread is not None:
             self._thread.join(timeout=2)
 
@@ -217,7 +287,6 @@ class Catalog:
             if woke:
                 self._settle()
             try:
-                self._ensure_watch()
                 self.rescan()
             except Exception:
                 log.exception("catalog rescan failed; will retry")
@@ -229,26 +298,20 @@ class Catalog:
         while time.monotonic() < deadline and self._dirty.wait(timeout=self.debounce_s):
             self._dirty.clear()
 
-    def _ensure_watch(self) -> None:
-        alive = self._observer is not None and self._observer.is_alive() and self._observer.emitters
-        if alive or not self.root.is_dir():
-            return
-        if self._observer is not None:
-            self._observer.stop()
-        observer = Observer()
-        observer.schedule(_Poke(self._dirty), str(self.root), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+    def _watch(self, inputs: list[Path]) -> None:
+        """The specs folder's entries, and each local input: a folder as deep as it goes, or a file."""
+        deep = sorted({p for p in inputs if p.is_dir()})
+        files = sorted({p for p in inputs if p not in deep})
+        self._watches.update([self.root], deep, files)
 
 
-class _Poke(FileSystemEventHandler):
-    def __init__(self, flag: threading.Event) -> None:
-        self.flag = flag
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in ("opened", "closed_no_write"):
-            self.flag.set()
+def _change(before: ModelSpec, after: ModelSpec) -> str:
+    """What a catalog.changed is about, in the words of its event."""
+    if before.signature == after.signature:
+        return "metadata changed"
+    if dataclasses.replace(before, content=after.content) == after:
+        return "local files changed (weights or factory module); reloading if loaded"
+    return "weights or options changed"
 
 
 def is_spec_file(path: Path) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -40,7 +41,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp,
                              log_level=args.log_level, offline=args.offline)
     setup_logging(settings)
-    return Daemon(settings).run()
+    daemon = Daemon(settings)
+    status = daemon.run()
+    if daemon.drain.running():
+        # A call still inside a provider that never looks at its cancellation (a huge embedding batch) runs
+        # on an RPC thread Python would wait for at exit. The drain is over and everything is cleaned up.
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 def _validate(paths: list[Path]) -> int:
@@ -50,8 +58,13 @@ def _validate(paths: list[Path]) -> int:
     from warmd.spec import SpecFileError, parse_spec_file
 
     settings = load_settings()
-    files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if is_spec_file(f)]
-    failed = 0
+    files, failed = [], 0
+    for p in paths:
+        found = [f for f in sorted(p.iterdir()) if is_spec_file(f)] if p.is_dir() else [p] if is_spec_file(p) else []
+        if not found:        # a path that checks nothing is a mistake to say, not a quiet success
+            failed += 1
+            print(f"error {p}: {_nothing_to_check(p)}")
+        files += found
     for f in files:
         try:
             spec = parse_spec_file(f, f.parent, settings.path_roots, PROVIDERS)
@@ -60,6 +73,12 @@ def _validate(paths: list[Path]) -> int:
             failed += 1
             print(f"error {err} [{err.code.value}]")
     return 1 if failed else 0
+
+
+def _nothing_to_check(path: Path) -> str:
+    if path.is_dir():
+        return "has no spec files (*.yaml, *.yml)"
+    return "is not a spec file (*.yaml, *.yml)" if path.exists() else "does not exist"
 
 
 if __name__ == "__main__":

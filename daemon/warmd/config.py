@@ -11,6 +11,7 @@ import yaml
 
 from warmd import paths
 from warmd.errors import Code, WarmdError
+from warmd.spec import did_you_mean
 from warmd.units import parse_duration, parse_size
 
 
@@ -94,11 +95,11 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value).strip().lower() in ("1", "true", "yes", "on")
     if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
         return parse_duration(value)
-    if name in ("max_message_bytes", "rpc_threads"):
+    if name == "rpc_threads":
         return int(value)
     if name in ("cpu_budget", "gpu_budget", "host_tier_budget"):
         return _budget(value)
-    if name == "gpu_reserve":
+    if name in ("gpu_reserve", "max_message_bytes"):
         return parse_size(value)
     if name == "simulated_gpus":
         items = value.split(",") if isinstance(value, str) else value
@@ -171,9 +172,9 @@ def _read_config_file(path: Path, names: set[str]) -> dict[str, Any]:
         raise WarmdError(Code.INVALID_ARGUMENT, f"cannot read config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise WarmdError(Code.INVALID_ARGUMENT, f"config file {path} must be a mapping of settings")
-    unknown = set(data) - names
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
+        named = ", ".join(f"{k!r}{did_you_mean(k, names)}" for k in unknown)
         raise WarmdError(Code.INVALID_ARGUMENT,
-                         f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(names))}")
+                         f"config file {path}: unknown key(s) {named}; known: {', '.join(sorted(names))}")
     return data

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 
 import grpc
 
+from warmd.units import format_size
+
 METADATA_KEY = "warmd-error-code"
+# gRPC refuses an oversized message itself, before any servicer sees it: RESOURCE_EXHAUSTED with these
+# details, "SERVER:" when the daemon's limit (max_message_bytes) was hit, "CLIENT:" when the caller's own.
+_TOO_BIG = re.compile(r"(SERVER|CLIENT): (Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
 
 
 class Code(str, enum.Enum):
@@ -38,6 +44,14 @@ class Code(str, enum.Enum):
     @property
     def status(self) -> grpc.StatusCode:
         return _STATUS[self]
+
+    # print(code), str(code) and f"{code}" give the stable string, not "Code.MODEL_NOT_FOUND" (the
+    # default of a str mixin enum since Python 3.11 for str(), 3.12 for format()).
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 _STATUS: dict[Code, grpc.StatusCode] = {
@@ -104,8 +118,24 @@ def from_rpc_error(err: grpc.RpcError) -> WarmdError:
     """Turn a failed call back into a WarmdError, reading the code from trailing metadata."""
     trailing = dict(err.trailing_metadata() or ())
     value = trailing.get(METADATA_KEY)
+    details = err.details() or ""
+    too_big = _TOO_BIG.search(details) if not value and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    if too_big is not None:
+        return _too_big(*too_big.groups())
     try:
         code = Code(value) if value else _FROM_STATUS.get(err.code(), Code.INTERNAL)
     except ValueError:  # a newer daemon's code this client does not know
         code = Code.INTERNAL
-    return WarmdError(code, err.details() or err.code().name.lower())
+    return WarmdError(code, details or err.code().name.lower())
+
+
+def _too_big(side: str, direction: str, size: str, limit: str) -> WarmdError:
+    """A message over a size limit: `invalid_argument` naming the limit and the setting that raises it."""
+    message = "request" if (side == "SERVER") == (direction == "Received") else "response"
+    if side == "SERVER":
+        whose = ("the daemon's limit", "raise max_message_bytes in warmd's config (or WARMD_MAX_MESSAGE_BYTES)")
+    else:
+        whose = ("this client's limit", "use a client with a larger grpc.max_*_message_length")
+    return WarmdError(Code.INVALID_ARGUMENT, f"the {message} is {format_size(int(size))} ({size} bytes), over "
+                      f"{whose[0]} of {format_size(int(limit))} ({limit} bytes); {whose[1]}, or pass big tensors "
+                      "through shared memory (register_region)")

@@ -1,8 +1,19 @@
 """Running a model: one path for every API (warmd.v1 Infer and InferStream, V2 ModelInfer and
 ModelStreamInfer). It admits calls per model (`max_in_flight` running, `max_queue` waiting, beyond that
-`busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports."""
+`busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports.
+
+It is also the error boundary of every provider: inputs are checked against the spec before a provider
+sees them (declared dtypes and shapes, `max_input_chars`), and whatever a provider raises leaves as a
+stable code, never `internal`: inputs that do not fit the model are `invalid_argument`, running out of
+memory is `insufficient_memory`, anything else is `provider_failed` with the exception's message.
+Every failure is counted with its code (statistics, metrics).
+"""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -11,10 +22,22 @@ from typing import Callable
 from warmd.batching import Batcher
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
+from warmd.providers.base import check_texts, conform_inputs
 from warmd.scheduler import Resident, Scheduler
 from warmd.spec import ModelSpec
 
+log = logging.getLogger(__name__)
 QUEUE_POLL_S = 0.05     # how often a queued call looks at its cancellation and deadline
+# A request this big (text characters or tensor bytes) leaves freed heap behind (tokenizers, decoded
+# messages) that glibc keeps unless asked: after one, the heap is trimmed (~1 ms) so the RSS comes back.
+TRIM_AFTER_BYTES = 64 * 2**10
+# What runtimes say when the inputs do not fit the model: torch's shape and dtype errors, a forward() that
+# takes another number of inputs, an index past an embedding, ONNX Runtime's INVALID_ARGUMENT status.
+_INPUT_MISMATCH = re.compile(
+    r"shape|size of tensor|must match the size|dtype|scalar type|input type|expected input|not implemented "
+    r"for '|index out of range|dimension out of range|positional argument|unexpected keyword argument|"
+    r"invalid_argument|invalid rank|invalid dimensions", re.IGNORECASE)
+_OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 
 
 @dataclass
@@ -57,12 +80,12 @@ class Inference:
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
         """
-        spec = self.scheduler.catalog.get(model)
-        if spec is None:          # not counted: statistics and gates exist only for catalog models
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {model!r}; `warm ls` lists them")
+        spec = self.scheduler.catalog.require(model)   # not counted: statistics exist only for catalog models
         t0 = time.perf_counter_ns()
         gate = self._gate(model)
         try:
+            request.tensors = conform_inputs(spec, request.tensors)
+            check_texts(spec, request.text, request.parameters.get("messages"))
             self._admit(spec, gate, request)
             queued = time.perf_counter_ns() - t0
             try:
@@ -78,11 +101,20 @@ class Inference:
                 with gate.changed:
                     gate.running -= 1
                     gate.changed.notify()
-        except WarmdError as err:
-            self._record(model, request, t0, ok=False, code=err.code.value)
-            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: every provider failure gets its code here
+            # Raised from here, not kept in a local: a frame holding the error its traceback holds is a cycle
+            # that keeps the request (a 10 MiB text) alive until the garbage collector runs.
+            raise self._failed(spec, request, t0, exc) from None
+        finally:
+            _trim_after(request)
         self._record(model, request, t0, ok=True, queued_ns=queued)
         return resident, result
+
+    def _failed(self, spec: ModelSpec, request: InferRequest, t0: int, exc: Exception) -> WarmdError:
+        """Count a failed call and return its error (a provider's exception classified)."""
+        err = exc if isinstance(exc, WarmdError) else provider_error(spec, request, exc)
+        self._record(spec.name, request, t0, ok=False, code=err.code.value)
+        return err
 
     def _gate(self, model: str) -> _Gate:
         with self._lock:
@@ -151,3 +183,58 @@ class Inference:
     def stats(self, model: str) -> ModelStats:
         with self._lock:
             return ModelStats(**vars(self._stats.get(model, ModelStats())))
+
+
+def provider_error(spec: ModelSpec, request: InferRequest, exc: Exception) -> WarmdError:
+    """What a provider raised, as a stable code with a message a person can act on.
+
+    Returns:
+        `insufficient_memory` for an out-of-memory error (torch.OutOfMemoryError, MemoryError, "CUDA out of
+        memory"); `invalid_argument` when the runtime says the inputs do not fit the model (naming what was
+        given and what the spec declares); `provider_failed` with the exception's message otherwise.
+    """
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or _OUT_OF_MEMORY.search(str(exc)):
+        return WarmdError(Code.INSUFFICIENT_MEMORY, f"model {spec.name!r} ran out of memory on this request "
+                          f"({what}); send a smaller batch or shorter inputs, or make room (`warm ps` shows "
+                          "what is resident)")
+    if isinstance(exc, (RuntimeError, TypeError, ValueError, IndexError)) and _INPUT_MISMATCH.search(str(exc)):
+        return WarmdError(Code.INVALID_ARGUMENT, f"model {spec.name!r} cannot take these inputs ({what}); given "
+                          f"{_given(request)}; the spec declares {_declared(spec)}")
+    log.warning("%s provider failed running %s", spec.provider, spec.name, exc_info=exc)
+    return WarmdError(Code.PROVIDER_FAILED, f"{spec.provider} failed running {spec.name!r}: {what}")
+
+
+def _given(request: InferRequest) -> str:
+    from warmd import tensors as codec
+
+    parts = [f"{n} {codec.dtype_name(a.dtype)} {list(a.shape)}" for n, a in request.tensors.items()]
+    if request.text:
+        parts.append(f"{len(request.text)} text(s)")
+    return ", ".join(parts) or "nothing"
+
+
+def _declared(spec: ModelSpec) -> str:
+    return ", ".join(f"{d.name} {d.dtype} {list(d.shape)}" for d in spec.inputs) or \
+        "no inputs (add `inputs:` to it to have requests checked before the model runs)"
+
+
+def _trim_after(request: InferRequest) -> None:
+    """Give freed heap back to the system after a big request (glibc only): what the provider freed (a
+    tokenizer's buffers, ~20 MiB for 95k characters) stays in the process otherwise."""
+    size = sum(len(t) for t in request.text) + sum(a.nbytes for a in request.tensors.values())
+    if size >= TRIM_AFTER_BYTES and _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()

@@ -13,6 +13,12 @@ Decisions (each the one place its rule lives):
   chosen on a device (the cheapest set, see below); while memory held by busy models or by loads, copies
   and unloads under way may still come back, the plan is to wait; else `insufficient_memory`, naming what
   is missing and which models are pinned or busy.
+- `place`, a model that splits layer by layer between a GPU and host memory (llama.cpp, `Want.split`):
+  its wanted layers go onto a GPU as above, the rest (and what always stays on the host) count against
+  the CPU's budget (`HOST`), both shares planned together; when its layers do not fit and may be fewer
+  (`n_gpu_layers: auto`), it takes the GPU with the most room once its idle models are evicted and as many
+  layers as fit there (the CPU alone when not one does), rather than waiting (an impatient want: the
+  executor's wait for its whole is over) or failing. A fixed count that does not fit is refused.
 - `trim`: a load that measured bigger than its estimate evicts idle models until the budget holds.
 - `expire`: idle, unpinned models whose keep_alive has passed are unloaded (parked ones discarded).
 - `relieve`: on a GPU whose driver-reported free memory fell under its reserve (another program grew),
@@ -36,10 +42,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping
 
 from warmd.residents import State
 from warmd.units import format_size
+
+if TYPE_CHECKING:
+    from warmd.providers.base import Layers
 
 HALF_LIFE_S = 300.0            # a request counts half after this long
 DISK_BYTES_PER_S = 1.0e9       # estimate of a load from disk before one was measured (cold-ish disk)
@@ -48,6 +57,7 @@ HOST_BYTES_PER_S = 2.0e10      # estimate of bringing a parked model back (pinne
 MEASURE_WEIGHT = 0.5           # a new measurement's weight against the remembered one
 MIN_BACK_S = 0.1               # shorter times to bring a model back count as this much (they are noise)
 EVICTIONS = ("cost", "lru")
+HOST = "cpu"                   # the device a split model's host share counts on
 # Memory in these states comes back (or settles) by itself soon: a load that does not fit waits for it.
 _CHANGING = frozenset({State.LOADING, State.PARKING, State.UNPARKING, State.DRAINING, State.UNLOADING})
 _LEAVING = frozenset({State.PARKING, State.UNPARKING, State.DRAINING, State.UNLOADING})
@@ -114,6 +124,7 @@ class Facts:
     load_measured: bool = False
     unpark_s: float = 0.0            # seconds to bring it back from the host tier
     unpark_measured: bool = False
+    host_bytes: int = 0              # a model split between a GPU and the host: its share on HOST
 
     @property
     def idle(self) -> bool:
@@ -148,7 +159,9 @@ class Snapshot:
     eviction: str = "cost"
 
     def used(self, device: str) -> int:
-        return sum(r.bytes for r in self.residents if r.device == device and r.state.holds_device)
+        """Bytes held on `device`: its residents', and on HOST the host shares of split models."""
+        return sum(r.bytes * (r.device == device) + r.host_bytes * (device == HOST)
+                   for r in self.residents if r.state.holds_device)
 
     def host_used(self) -> int:
         return sum(r.bytes for r in self.residents if r.state.holds_host)
@@ -191,9 +204,11 @@ class Want:
     """A model to place: its name, the bytes it needs, the devices it may use (from its spec)."""
 
     name: str
-    need: int
+    need: int                      # a split model: its GPU and host shares together
     devices: tuple[str, ...]
     unpark: int | None = None      # the key of its parked version, when it comes back from the host tier
+    split: Layers | None = None    # how it may split between a GPU and host memory, layer by layer
+    patient: bool = True           # a flexible split waits for room for all its layers (False: takes what fits)
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,9 @@ class Plan:
     free: int = 0                  # on `device`, before the moves
     moves: tuple[Move, ...] = ()
     message: str = ""              # wait/refuse: what is missing, which models are pinned or busy
+    gpu_layers: int = 0            # a split model: the layers going onto `device` when it is a GPU...
+    total_layers: int = 0          # ... of this many (0: not a split model)
+    host_bytes: int = 0            # ... and its share held on HOST (`need` is its share on `device`)
 
 
 # ---- decisions ----------------------------------------------------------------------------------
@@ -211,29 +229,61 @@ def place(snap: Snapshot, want: Want) -> Plan:
     """Where `want` goes, and what must leave first.
 
     Returns:
-        `fits` (reserve on `device` now), `evict` (carry out `moves`, then place again), `wait` (memory
-        that may come back is held by busy models or by work under way), or `refuse` (`message` says why).
+        `fits` (reserve on `device` now; a split model also `host_bytes` on HOST), `evict` (carry out
+        `moves`, then place again), `wait` (memory that may come back is held by busy models or by work
+        under way), or `refuse` (`message` says why).
     """
-    options = sorted(want.devices, key=snap.free, reverse=True)    # most free budget first
+    gpus = tuple(d for d in want.devices if snap.devices[d].gpu)
+    if want.split is None or not gpus:
+        return _place(snap, want.name, want.need, want.devices, want.unpark)
+    return _place_split(snap, want, want.split, gpus)
+
+
+def _place(snap: Snapshot, name: str, need: int, devices: Iterable[str], unpark: int | None = None) -> Plan:
+    options = sorted(devices, key=snap.free, reverse=True)    # most free budget first
     for device in options:
-        if want.need <= snap.free(device):
-            return Plan("fits", device, want.need, snap.free(device))
+        if need <= snap.free(device):
+            return Plan("fits", device, need, snap.free(device))
     host = _HostTier(snap)
     candidates = []
     for device in options:
-        gap = want.need - snap.free(device)
-        moves = _evict(snap, device, gap, "evicted", want.name, host.copy(), want.unpark)
+        gap = need - snap.free(device)
+        moves = _evict(snap, device, gap, "evicted", name, host.copy(), unpark)
         if moves is not None:
             candidates.append((device, moves))
     if candidates:
         # lru: the device with the most free budget that can make room; cost: the cheapest room
         device, moves = candidates[0] if snap.eviction == "lru" else min(
             candidates, key=lambda c: sum(m.cost for m in c[1]))
-        return Plan("evict", device, want.need, snap.free(device), tuple(moves))
-    message = insufficient(snap, want.name, want.need, options)
+        return Plan("evict", device, need, snap.free(device), tuple(moves))
+    message = insufficient(snap, name, need, options)
     if _changing(snap, options) or _busy(snap, options):
-        return Plan("wait", need=want.need, message=message)
-    return Plan("refuse", need=want.need, message=message)
+        return Plan("wait", need=need, message=message)
+    return Plan("refuse", need=need, message=message)
+
+
+def _place_split(snap: Snapshot, want: Want, split: Layers, gpus: tuple[str, ...]) -> Plan:
+    """A model that splits layer by layer: its GPU share and its host share, planned together."""
+    layers, on_gpu = len(split.sizes), split.wanted
+    device = _place(snap, want.name, want.need - split.host_bytes(on_gpu), gpus)
+    if split.flexible and (device.kind == "refuse" or (device.kind == "wait" and not want.patient)):
+        # fewer layers: as many as the GPU with the most room (once its idle models are gone) holds
+        room = {d: snap.free(d) + sum(r.bytes for r in _evictable(snap, d, want.name)) for d in gpus}
+        best = max(gpus, key=lambda d: room[d])
+        on_gpu = split.fitting(want.need, room[best])
+        if on_gpu == 0:       # not one layer: all of it on the CPU
+            return replace(_place(snap, want.name, want.need, (HOST,)), total_layers=layers)
+        device = _place(snap, want.name, want.need - split.host_bytes(on_gpu), (best,))
+    host = _place(snap, want.name, split.host_bytes(on_gpu), (HOST,))
+    shares = {"gpu_layers": on_gpu, "total_layers": layers, "host_bytes": host.need}
+    blocked = next((p for kind in ("refuse", "wait") for p in (device, host) if p.kind == kind), None)
+    if blocked is not None:
+        fewer = "" if split.flexible else " (or offload fewer layers)"
+        return Plan(blocked.kind, need=device.need, message=f"{on_gpu} of {layers} layers on a GPU{fewer}: "
+                    + blocked.message, **shares)  # type: ignore[arg-type]
+    moves = device.moves + host.moves
+    return Plan("evict" if moves else "fits", device.device, device.need, device.free, moves,
+                **shares)  # type: ignore[arg-type]
 
 
 def trim(snap: Snapshot, device: str, loaded: str) -> tuple[Move, ...] | None:
@@ -317,15 +367,19 @@ def _evict(snap: Snapshot, device: str, gap: int, reason: str, for_model: str, h
            keep: int | None = None, partial: bool = False) -> list[Move] | None:
     """Moves freeing `gap` bytes on `device` (parks where the host tier takes them, else unloads);
     None when its idle models cannot (with `partial`: as many as there are)."""
-    idle = [r for r in snap.on(device) if r.state is State.SERVING and r.idle and not r.pinned
-            and r.name != for_model]
-    chosen = _choose(snap, idle, gap, lambda r: _device_cost(host, r), partial)
+    chosen = _choose(snap, _evictable(snap, device, for_model), gap, lambda r: _device_cost(host, r), partial)
     if chosen is None:
         return None
     moves: list[Move] = []
     for victim in chosen:
         moves += _leave_device(snap, victim, reason, for_model, host, keep)
     return moves
+
+
+def _evictable(snap: Snapshot, device: str, for_model: str) -> list[Facts]:
+    """What eviction may take on `device`: idle, unpinned, serving models other than `for_model`."""
+    return [r for r in snap.on(device) if r.state is State.SERVING and r.idle and not r.pinned
+            and r.name != for_model]
 
 
 def _choose(snap: Snapshot, items: list[Facts], gap: int, cost, partial: bool = False) -> list[Facts] | None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,9 @@
 
 Every version of a model the scheduler holds (or is about to hold) is one `Resident` in exactly one
 `State`. What a state holds decides the accounting: device bytes count against the device's budget,
-host bytes against the host tier's.
+host bytes against the host tier's. A model split between a GPU and host memory layer by layer (llama.cpp)
+holds `host_bytes` on the CPU besides: they count against the CPU's budget in every state that holds its
+device (such a model is never parked: llama.cpp cannot move a loaded model between devices).
 
     state        device  host   meaning
     LOADING      yes     -      bytes reserved on its device while the provider loads from disk
@@ -111,6 +113,8 @@ class Resident:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     in_flight: int = 0
+    host_bytes: int = 0                   # split between a GPU and the host: what it keeps in host memory
+    offloaded: tuple[int, int] = (0, 0)   # split: (layers on the GPU, layers in all); planned, then loaded
     reason: str = ""                      # why it left SERVING (shown on its events)
     eviction: Move | None = None          # the policy's decision, when the policy evicted it
     pending_retire: str = ""              # a retirement to carry out once a copy lands

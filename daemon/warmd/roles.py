@@ -30,10 +30,12 @@ from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
 from warmd.paths import write_atomic
 from warmd.scheduler import Scheduler
+from warmd.spec import did_you_mean
 from warmd.store import Store
 from warmd.units import format_size, parse_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RULE_KEYS = ("prefer", "task", "max_memory")
 DEFAULT = "default"
 
 
@@ -94,9 +96,11 @@ class Profiles:
             roles = body.get("roles", {}) if isinstance(body, dict) else None
             if not isinstance(roles, dict):
                 raise ValueError("the top level must be a mapping with `roles:`")
+            _known_keys(body, ("roles",), "at the top level")      # a typo must not mean "no roles"
             for role, rule in roles.items():
                 if not isinstance(rule, dict) or not isinstance(rule.get("prefer"), list) or not rule["prefer"]:
                     raise ValueError(f"role {role!r} needs `prefer: [model, ...]`")
+                _known_keys(rule, _RULE_KEYS, f"in role {role!r}")
                 if "max_memory" in rule:
                     rule["max_memory"] = parse_size(rule["max_memory"])
             return roles
@@ -227,3 +231,10 @@ class Profiles:
     def choices(self, profile: str) -> list[Choice]:
         picks = self.picks(profile)
         return [self._choose(role, rule, picks.get(role, "")) for role, rule in self.roles(profile).items()]
+
+
+def _known_keys(mapping: dict, known: tuple[str, ...], where: str) -> None:
+    """Refuse a key a profile does not know (it would be ignored without a word), naming the nearest."""
+    for key in mapping:
+        if key not in known:
+            raise ValueError(f"unknown key {key!r} {where}{did_you_mean(key, known)}; known: {', '.join(known)}")

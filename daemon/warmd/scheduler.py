@@ -18,7 +18,10 @@ Rules held here (with policy.py):
 - when a GPU's free memory falls under its reserve because another program grew, idle models are evicted
   until the reserve is back;
 - a model evicted from a GPU is parked in pinned host memory when the host tier has room, so bringing it
-  back is a host-to-device copy, not a disk read.
+  back is a host-to-device copy, not a disk read;
+- a model that splits layer by layer (llama-cpp, `Provider.layers`) is placed by the policy as a GPU share
+  and a host share (counted on the CPU); a load that waited its bound for room for all its layers asks
+  again impatiently, and an `n_gpu_layers: auto` model then takes the layers that fit (policy.py).
 
 How: each decision is one pass — sample the devices (NVML) outside the lock, then under the lock snapshot
 the ledger, ask the policy, and commit its plan (state transitions, reservations, events, threads
@@ -41,7 +44,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping
 
 from warmd import devices, policy
@@ -52,6 +55,7 @@ from warmd.events import EventBus
 from warmd.jobs import Job, Jobs
 from warmd.policy import Demand, Move
 from warmd.providers import Provider
+from warmd.providers.base import Layers
 from warmd.residents import Resident, State
 from warmd.spec import ModelSpec
 from warmd.store import Store
@@ -104,6 +108,9 @@ class DryRun:
     moves: tuple[Move, ...] = ()
     download: bool = False           # the files are missing: the load downloads them first
     message: str = ""
+    gpu_layers: int = 0              # a split model: layers it would put on the GPU, of `total_layers`,
+    total_layers: int = 0
+    host_bytes: int = 0              # and what it would keep in host memory
 
 
 class Scheduler:
@@ -237,18 +244,23 @@ class Scheduler:
         job.check()
         cls = self.providers[spec.provider]
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
-        resident = self._admit(spec, estimated, job, lambda device: Resident(
-            spec=spec, device=device, estimated_bytes=estimated, parkable=cls.parkable,
+        split = cls.layers(spec, files) if spec.memory is None else None
+        resident = self._admit(spec, estimated, job, lambda plan: Resident(
+            spec=spec, device=plan.device, estimated_bytes=plan.need, parkable=cls.parkable,
+            host_bytes=plan.host_bytes, offloaded=(plan.gpu_layers, plan.total_layers),
             pinned=self._pins.get(spec.name, spec.pin),
-            keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive))
+            keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive), split=split)
         assert resident is not None
         device = self.devices[resident.device]
         try:
             if not cls.supports(spec, device.torch_device):
                 raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device.name}")
-            job.progress("load", 1, 3, message=f"loading onto {device.name} (~{format_size(estimated)})")
+            job.progress("load", 1, 3, message=f"loading onto {device.name} "
+                         f"(~{format_size(resident.estimated_bytes)}{_layers(*resident.offloaded)})")
             t0 = time.monotonic()
             provider = cls(spec, files, device.torch_device)
+            if split is not None and device.is_gpu:
+                provider.gpu_layers = resident.offloaded[0]
             measured = provider.load()
         except BaseException:
             with self._lock:
@@ -256,6 +268,8 @@ class Scheduler:
             raise
         with self._lock:
             resident.provider, resident.measured_bytes = provider, measured
+            resident.host_bytes = provider.host_bytes if device.is_gpu else 0
+            resident.offloaded = provider.offloaded or (0, 0)
             self._measured_locked(spec.name, "load", time.monotonic() - t0)
         if job.cancelled:        # loaded, but nobody wants it any more
             with self._lock:
@@ -327,10 +341,11 @@ class Scheduler:
             self._retire_locked(resident, reason)
 
     # ---- memory --------------------------------------------------------------------------------
-    def _admit(self, spec: ModelSpec, need: int, job: Job, reserve: Callable[[str], Resident] | None = None,
-               unpark: Resident | None = None) -> Resident | None:
-        """Place the model and hold its bytes (a new LOADING resident from `reserve(device)`, or `unpark`
-        moved to UNPARKING), carrying out the evictions the policy plans first.
+    def _admit(self, spec: ModelSpec, need: int, job: Job, reserve: Callable[[policy.Plan], Resident] | None = None,
+               unpark: Resident | None = None, split: Layers | None = None) -> Resident | None:
+        """Place the model and hold its bytes (a new LOADING resident from `reserve(plan)`, or `unpark`
+        moved to UNPARKING), carrying out the evictions the policy plans first. A `split` model that waited
+        its bound for room for all its layers asks once more, impatiently (with `auto`, fewer layers).
 
         Returns:
             The resident holding the bytes; None when `unpark` left the host tier meanwhile.
@@ -340,7 +355,7 @@ class Scheduler:
         """
         allowed = ((unpark.device,) if unpark is not None
                    else tuple(d.name for d in devices.candidates(spec.device, self.devices)))
-        want = policy.Want(spec.name, need, allowed, unpark.key if unpark is not None else None)
+        want = policy.Want(spec.name, need, allowed, unpark.key if unpark is not None else None, split)
         deadline = time.monotonic() + EVICT_WAIT_S
         while True:
             job.check()
@@ -354,13 +369,17 @@ class Scheduler:
                     if unpark is not None:
                         self._move(unpark, State.UNPARKING)
                         return unpark
-                    resident = reserve(plan.device)  # type: ignore[misc]
+                    resident = reserve(plan)  # type: ignore[misc]
                     self._residents.append(resident)
                     return resident
                 if plan.kind == "wait" and not late:
                     # memory held by loads or copies in flight, or by models answering requests, can be
                     # evicted soon: wait for a change (bounded), then look again
                     self._changed.wait(timeout=min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+                    continue
+                if plan.kind == "wait" and split is not None and split.flexible and want.patient:
+                    # waited long enough for all its layers: what fits now, within a new bound
+                    want, deadline = replace(want, patient=False), time.monotonic() + EVICT_WAIT_S
                     continue
                 if plan.kind != "evict" or late:
                     raise WarmdError(Code.INSUFFICIENT_MEMORY, plan.message or policy.insufficient(
@@ -380,7 +399,8 @@ class Scheduler:
         return {name: d.free_outside(used[name]) for name, d in self.devices.items()}
 
     def _used_locked(self, device: str) -> int:
-        return sum(r.bytes for r in self._residents if r.device == device and r.state.holds_device)
+        return sum(r.bytes * (r.device == device) + r.host_bytes * (device == policy.HOST)
+                   for r in self._residents if r.state.holds_device)
 
     def _snapshot_locked(self, free: Mapping[str, int | None]) -> policy.Snapshot:
         now = time.time()
@@ -388,7 +408,7 @@ class Scheduler:
         residents = tuple(policy.facts(
             r.key, r.spec.name, r.device, r.state, r.bytes, self._demand.get(r.spec.name, Demand()), now,
             pinned=r.pinned, in_flight=r.in_flight, waiters=waiting.get(id(r), 0), last_used=r.last_used,
-            expires_at=r.expires_at, parkable=r.parkable) for r in self._residents)
+            expires_at=r.expires_at, parkable=r.parkable, host_bytes=r.host_bytes) for r in self._residents)
         facts = {name: policy.DeviceFacts(name, d.budget, d.reserve, d.is_gpu, free.get(name))
                  for name, d in self.devices.items()}
         return policy.Snapshot(now, facts, residents, self.host_tier_budget, self.eviction)
@@ -435,7 +455,7 @@ class Scheduler:
             if slot.loading is not None and slot.loading_signature == spec.signature:
                 return DryRun(name, "loading", message=f"a load of {name} is under way; a load joins it")
             parked = current if same and current.state in (State.PARKED, State.PARKING) else None  # type: ignore[union-attr]
-        download = False
+        download, split = False, None
         if parked is not None:
             need, allowed, action = parked.bytes, (parked.device,), "unpark"
         else:
@@ -448,12 +468,14 @@ class Scheduler:
             cls = self.providers[spec.provider]
             need = spec.memory if spec.memory is not None else (
                 cls.estimate(spec, files) if files is not None else self.store.state(spec).bytes_total)
+            if spec.memory is None and files is not None:
+                split = cls.layers(spec, files)
             allowed = tuple(d.name for d in devices.candidates(spec.device, self.devices))
             action = "load"
         free = self._sample()
         with self._lock:
             plan = policy.place(self._snapshot_locked(free), policy.Want(name, need, allowed,
-                                                                         parked.key if parked else None))
+                                                                         parked.key if parked else None, split))
         if plan.kind == "refuse":
             raise WarmdError(Code.INSUFFICIENT_MEMORY, plan.message)
         return _dry_run(name, action if plan.kind != "wait" else "wait", plan, download)
@@ -514,13 +536,16 @@ class Scheduler:
         future.set_result(resident)
 
     def _trim_locked(self, resident: Resident, free: Mapping[str, int | None]) -> None:
-        """After a load measured bigger than estimated: evict idle models until the budget holds."""
-        moves = policy.trim(self._snapshot_locked(free), resident.device, resident.spec.name)
-        if moves is None:
-            log.warning("%s is over its budget after loading %s and nothing idle can be evicted",
-                        resident.device, resident.spec.name)
-            return
-        self._commit_locked(moves)
+        """After a load measured bigger than estimated: evict idle models until the budget holds (on its
+        device, and on the CPU for a split model's host share)."""
+        shares = [resident.device] + ([policy.HOST] if resident.host_bytes and resident.device != policy.HOST else [])
+        for device in shares:
+            moves = policy.trim(self._snapshot_locked(free), device, resident.spec.name)
+            if moves is None:
+                log.warning("%s is over its budget after loading %s and nothing idle can be evicted",
+                            device, resident.spec.name)
+                continue
+            self._commit_locked(moves)
 
     def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
         with self._lock:
@@ -546,9 +571,9 @@ class Scheduler:
         with self._lock:
             slot = self._slots.get(name)
             resident = slot.current if slot else None
-            if resident is None and self.catalog.get(name) is None:
-                raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-            if resident is not None:
+            if resident is None:
+                self.catalog.require(name)      # model_not_found, unless the catalog has it
+            else:
                 self._retire_locked(resident, reason)
                 self._changed.wait_for(lambda: resident.state is State.GONE, timeout=wait_s)
 
@@ -669,10 +694,7 @@ class Scheduler:
 
     # ---- helpers -------------------------------------------------------------------------------
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _keep_alive(self, spec: ModelSpec) -> float:
         return self.default_keep_alive if spec.keep_alive is None else spec.keep_alive
@@ -693,10 +715,19 @@ def _dry_run(name: str, action: str, plan: policy.Plan, download: bool) -> DryRu
         message = f"would wait (up to {EVICT_WAIT_S:.0f} s) for busy models or work under way: {plan.message}"
     else:
         verb = "brings it back from the host tier to" if action == "unpark" else "loads it onto"
-        message = f"{first}{verb} {plan.device} ({format_size(plan.need)}; {format_size(max(0, plan.free))} free)"
+        split = (_layers(plan.gpu_layers, plan.total_layers)
+                 + (f", {format_size(plan.host_bytes)} in host memory" if plan.host_bytes else ""))
+        message = (f"{first}{verb} {plan.device} ({format_size(plan.need)}{split}; "
+                   f"{format_size(max(0, plan.free))} free)")
         if plan.moves:
             message += " after: " + "; ".join(f"{m.action} {m.name} ({format_size(m.bytes)})" for m in plan.moves)
-    return DryRun(name, action, plan.device, plan.need, plan.free, plan.moves, download, message)
+    return DryRun(name, action, plan.device, plan.need, plan.free, plan.moves, download, message,
+                  plan.gpu_layers, plan.total_layers, plan.host_bytes)
+
+
+def _layers(on_gpu: int, layers: int) -> str:
+    """`, 3 of 5 layers on a GPU` for a model split layer by layer (0 of them: it runs on the CPU)."""
+    return f", {on_gpu} of {layers} layers on a GPU" if layers else ""
 
 
 def eviction_proto(when: float, move: Move | None) -> pb.Eviction | None:

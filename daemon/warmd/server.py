@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from warmd import __version__, devices, paths
 from warmd.api.auth import TokenAuth, TokenStore
+from warmd.api.drain import Drain
 from warmd.api.service import WarmdService
 from warmd.api.v2 import InferenceService
 from warmd.catalog import Catalog
@@ -32,12 +34,14 @@ from warmd.plugins import Plugins
 from warmd.roles import Profiles
 from warmd.providers import PROVIDERS
 from warmd.scheduler import Scheduler
+from warmd.cudashm import CudaSharedMemoryRegistry
 from warmd.shm import SharedMemoryRegistry
 from warmd.store import Store
 from warmd.v1 import warmd_pb2, warmd_pb2_grpc
 from warmd.v2 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("warmd")
+STOP_WAIT_S = 2.0     # after the drain: how long the servers may take to cancel what is left
 
 
 class Daemon:
@@ -64,18 +68,19 @@ class Daemon:
                                  settings.data_dir / "role_picks.json", self.catalog, self.scheduler, self.store)
         self.metrics: Metrics | None = None
         self.shm = SharedMemoryRegistry()
+        self.cuda_shm = CudaSharedMemoryRegistry()
         self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
         self.health = health.HealthServicer()
+        self.drain = Drain()
         self.servers: list[grpc.Server] = []
         self._stop = threading.Event()
         self._lock: filelock.BaseFileLock | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
+        self._check_specs_folder()
         self._take_lock()
         try:
-            if self.settings.specs_dir == paths.default_specs_dir():
-                self.settings.specs_dir.mkdir(parents=True, exist_ok=True)   # a fresh install starts empty
             self.plugins.start()
             self.catalog.start()
             self._listen()
@@ -92,6 +97,21 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _check_specs_folder(self) -> None:
+        """The default folder is made on first start (a fresh install starts empty); a folder the user
+        named must exist: a mistyped --specs is said at once, not served as an empty catalog."""
+        folder = self.settings.specs_dir
+        if folder == paths.default_specs_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            os.listdir(folder)
+        except FileNotFoundError:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"the specs folder {folder} does not exist; create it "
+                             f"(mkdir -p {folder}) or pass --specs with the folder that holds your spec files") from None
+        except OSError as exc:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"the specs folder {folder} cannot be read: {exc.strerror}; "
+                             "pass --specs with a readable folder") from None
 
     def _take_lock(self) -> None:
         """Refuse to start while another daemon holds this socket: grpc would silently steal it."""
@@ -136,15 +156,15 @@ class Daemon:
         limit = self.settings.max_message_bytes
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=interceptors,
+            interceptors=(*interceptors, self.drain),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
                          self.shm, self.tokens, self.plugins, self.profiles), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.settings.drain_timeout),
-            server)
+            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.cuda_shm,
+                             self.settings.drain_timeout), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
                  inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -161,18 +181,25 @@ class Daemon:
                  len(self.catalog.rejected()), self.settings.specs_dir)
 
     def _shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), unload everything."""
-        log.info("stopping: draining requests for up to %.0fs", self.settings.drain_timeout)
+        """Refuse new calls ("warmd is shutting down"), let those under way finish within drain_timeout,
+        cancel what is left, unload everything."""
+        drain = self.settings.drain_timeout
+        deadline = time.monotonic() + drain
+        log.info("stopping: draining requests for up to %.0fs", drain)
         sd_notify(b"STOPPING=1")
         self.health.enter_graceful_shutdown()
+        self.drain.close(drain)
         self.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
-        for event in [srv.stop(grace=self.settings.drain_timeout) for srv in self.servers]:
-            event.wait()
+        if not self.drain.wait_idle(drain):
+            log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
+                        self.drain.running(), drain)
+        for event in [srv.stop(grace=None) for srv in self.servers]:
+            event.wait(STOP_WAIT_S)
         self.catalog.stop()
         self.plugins.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        self.scheduler.shutdown(timeout_s=self.settings.drain_timeout)
+        self.scheduler.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
         log.info("stopped")
 
     def _cleanup(self) -> None:
@@ -180,7 +207,8 @@ class Daemon:
             srv.stop(grace=None)
         self.shm.close()
         if self._lock is not None and self._lock.is_locked:
-            for path in (self.settings.socket, self._pid_file()):
+            # The lock file goes too, while held: filelock (>= 4.3.1) retries a lock on an unlinked file.
+            for path in (self.settings.socket, self._pid_file(), Path(self._lock.lock_file)):
                 path.unlink(missing_ok=True)
             self._lock.release()
 

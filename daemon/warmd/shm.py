@@ -20,7 +20,6 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from warmd.errors import Code, WarmdError
 
@@ -65,8 +64,9 @@ class SharedMemoryRegistry:
         if not _KEY.match(key) or key.strip("/") in (".", ".."):
             raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory key {key!r} must be a POSIX shared-memory "
                              "name like /frames (letters, digits, . _ -; no other slashes)")
-        if byte_size <= 0:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"region {name!r}: byte_size must be positive")
+        if byte_size <= 0 or offset < 0:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"region {name!r}: byte_size must be positive and offset "
+                             f"not negative (got byte_size {byte_size}, offset {offset})")
         with self._lock:
             if (owner, name) in self._regions:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory region {name!r} is already registered; "
@@ -111,17 +111,21 @@ class SharedMemoryRegistry:
                 return [self.get(owner, name)]
             return [r for (o, _), r in self._regions.items() if o == owner]
 
+    def has(self, owner: str, name: str) -> bool:
+        with self._lock:
+            return (owner, name) in self._regions
+
     def read(self, owner: str, name: str, offset: int, byte_size: int, what: str) -> memoryview:
         """The bytes of a window of `owner`'s region `name` (checked), for decoding an input in place."""
         return self.get(owner, name).window(offset, byte_size, what)
 
-    def write(self, owner: str, name: str, offset: int, byte_size: int, data: Any, what: str) -> None:
-        """Copy a contiguous array into a window of `owner`'s region `name`; it must fit."""
+    def write(self, owner: str, name: str, offset: int, byte_size: int, raw: memoryview, what: str) -> None:
+        """Copy a tensor's wire bytes (`tensors.raw`) into a window of `owner`'s region `name`; they must fit."""
         window = self.get(owner, name).window(offset, byte_size, what)
-        if data.nbytes > len(window):
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{what} needs {data.nbytes} bytes; its shared-memory window "
+        if raw.nbytes > len(window):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{what} needs {raw.nbytes} bytes; its shared-memory window "
                              f"holds {len(window)}")
-        window[:data.nbytes] = data.reshape(-1).view("u1").data
+        window[:raw.nbytes] = raw
 
     def get(self, owner: str, name: str) -> Region:
         region = self._regions.get((owner, name))

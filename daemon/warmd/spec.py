@@ -1,10 +1,12 @@
 """ModelSpec: the schema of one spec file, its validation and its canonical signature.
 
 A spec file is the single source of truth for a model. Parsing is strict: anything unexpected is an
-error that names the file, the field and the line, so a person can fix it in one look.
+error that names the file, the field and the line, so a person can fix it in one look; a misspelt key,
+value or provider also names the nearest known one (`explain`, shared with the providers' options).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import jsonschema
 import yaml
@@ -23,6 +25,9 @@ from warmd.units import parse_duration, parse_size
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_EXPANDED_NODES = 10_000
+# ~25k tokens of English at ~4 characters a token: past the context of sentence embedders (256-512 tokens)
+# and small LLMs (2k-8k), while a 10 MiB paste is refused before the tokenizer spends seconds and memory on it.
+DEFAULT_MAX_INPUT_CHARS = 100_000
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name` pattern
 
 
@@ -30,8 +35,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package | remote
-    ref: str                                    # repo id, URL, path, package name, or V2 endpoint
+    kind: str                                   # hf | url | path | package | remote | ollama
+    ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -67,7 +72,7 @@ class ModelSpec:
     version: str = "1"
     description: str = ""
     tags: tuple[str, ...] = ()
-    task: str = "custom"
+    task: str = "custom"                        # chat: see warmd.chat
     options: Mapping[str, Any] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "fp32"
@@ -79,15 +84,23 @@ class ModelSpec:
     max_queue: int = 64                         # requests waiting; beyond that `busy` at once
     max_batch: int = 1                          # dynamic batching: requests joined into one call (1 = off)
     max_delay_ms: float = 5.0                   # how long a batch's first request waits for others
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longest text per input; longer is refused before tokenizing
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
+    # Fingerprint of the local files the model is built from (path/package sources, a torch factory
+    # module): set by the catalog (warmd.store.local), so editing a weights file is a new version too.
+    content: str = ""
 
     @functools.cached_property
     def signature(self) -> str:
-        """sha256 over what decides the loaded weights and code; an edit that changes it means a reload."""
+        """sha256 over what makes this model answer as it does: the loaded weights and code, and the declared
+        inputs and outputs (two models of one source that take other tensors differ). An edit that changes
+        it means a reload."""
         loaded = {
             "source": self.source.__dict__, "provider": self.provider, "options": self.options,
             "device": self.device, "precision": self.precision, "version": self.version,
+            "content": self.content,
+            "inputs": [vars(d) for d in self.inputs], "outputs": [vars(d) for d in self.outputs],
         }
         canonical = json.dumps(loaded, sort_keys=True, separators=(",", ":"), default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()
@@ -170,14 +183,17 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
     except UnicodeDecodeError as exc:
         raise SpecFileError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     node, data = _load_yaml(path, text)
+    if data is None:
+        raise SpecFileError(path, "empty file (nothing but comments or blank lines); a spec needs at least "
+                            "`provider:` and `source:` (README, Spec format)", line=1)
     if not isinstance(data, dict):
         raise SpecFileError(path, "a spec must be a YAML mapping (key: value lines), "
                             f"not {type(data).__name__}", line=1)
 
-    errors = sorted(_validator().iter_errors(data),
-                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = by_importance(_validator().iter_errors(data))
     if errors:
-        raise _schema_error(path, node, errors[0])
+        message, where = explain(errors[0])
+        raise SpecFileError(path, message, field=".".join(map(str, where)), line=_line_of(node, where))
 
     name = data.get("name", path.stem)
     if "name" not in data and not NAME_PATTERN.match(name):
@@ -186,8 +202,8 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
 
     provider_cls = providers.get(data["provider"])
     if provider_cls is None:
-        raise SpecFileError(path, f"unknown provider {data['provider']!r}; installed: "
-                            f"{', '.join(sorted(providers))}", field="provider",
+        raise SpecFileError(path, f"unknown provider {data['provider']!r}{did_you_mean(data['provider'], providers)}"
+                            f"; installed: {', '.join(sorted(providers))}", field="provider",
                             line=_line_of(node, ["provider"]), code=Code.UNSUPPORTED_PROVIDER)
     options = data.get("options", {})
     for message, opt_path in provider_cls.validate_options(options):
@@ -209,6 +225,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
         max_in_flight=data.get("max_in_flight", 4), max_queue=data.get("max_queue", 64),
         max_batch=data.get("max_batch", 1), max_delay_ms=float(data.get("max_delay_ms", 5.0)),
+        max_input_chars=data.get("max_input_chars", DEFAULT_MAX_INPUT_CHARS),
         inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
     )
 
@@ -263,25 +280,72 @@ def _duplicate_key(node: yaml.Node, seen: set[int]) -> tuple[str, int] | None:
     return None
 
 
-def _schema_error(path: Path, node: yaml.Node | None, err: jsonschema.ValidationError) -> SpecFileError:
+def by_importance(errors: Iterable[jsonschema.ValidationError]) -> list[jsonschema.ValidationError]:
+    """Schema errors in the order to show them: the shallowest first, and at one depth an unknown key
+    before anything else (a misspelt key also makes a required one look missing; the typo is the fix)."""
+    return sorted(errors, key=lambda e: (len(e.absolute_path), e.validator != "additionalProperties",
+                                         list(map(str, e.absolute_path))))
+
+
+def explain(err: jsonschema.ValidationError) -> tuple[str, list[Any]]:
+    """A message a person can act on for one schema error, and the path of the offending value (for an
+    unknown key, the key itself). Used for the spec and for every provider's `options`.
+
+    Args:
+        err: one error from a jsonschema validator.
+    Returns:
+        (message, path within the validated document).
+    """
     where = list(err.absolute_path)
-    message = err.message
-    if "propertyNames" in err.schema_path:
-        message = f"{err.instance!r} does not go with this kind of source"
-        where.append(err.instance)
-    elif err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        where.append(extra[0])
-        allowed = ", ".join(sorted(err.schema.get("properties", {})))
-        message = f"unknown key {extra[0]!r}; allowed here: {allowed}"
-    elif err.validator == "oneOf" and where == ["source"]:
-        message = "give exactly one of hf, url, path, package"
-    elif err.validator == "pattern":
-        message = f"{err.instance!r} is not in the expected form ({err.schema['pattern']})"
-    elif err.validator == "enum":
-        message = f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
-    dotted = ".".join(map(str, where))
-    return SpecFileError(path, message, field=dotted, line=_line_of(node, where))
+    if err.validator == "additionalProperties":
+        known = _keys_allowed(err.schema, err.instance)
+        key = sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)[0]
+        hint = did_you_mean(key, known) or f"; allowed here: {', '.join(sorted(known))}"
+        return f"unknown key {key!r}{hint}", [*where, key]
+    if "propertyNames" in err.schema_path:      # a known source key that belongs to another kind of source
+        known = list(err.validator_value)
+        return (f"{err.instance!r} does not go with a {known[0]} source{did_you_mean(err.instance, known)}; "
+                f"its keys: {', '.join(known)}", [*where, err.instance])
+    if err.validator == "oneOf" and "allOf" in err.schema:
+        kinds = [rule["if"]["required"][0] for rule in err.schema["allOf"]]
+        return f"give exactly one of {', '.join(kinds)}", where
+    if err.validator == "pattern":
+        form = err.schema.get("description") or err.schema["pattern"]
+        return f"{err.instance!r} is not in the expected form: {form}", where
+    if err.validator == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        if "number" in wanted:
+            wanted = [t for t in wanted if t != "integer"]      # every integer is a number
+        kinds = " or ".join(dict.fromkeys(_YAML_TYPES.get(t, t) for t in wanted))
+        # A mapping's description says what goes in it; a scalar's restates the field.
+        described = f"; {err.schema['description']}" if "object" in wanted and err.schema.get("description") else ""
+        return f"{err.instance!r} is not {kinds}{described}", where
+    if err.validator == "enum":
+        choices = err.validator_value
+        return (f"{err.instance!r} is not one of {', '.join(map(str, choices))}"
+                f"{did_you_mean(err.instance, choices)}", where)
+    return err.message, where
+
+
+# JSON Schema's types as a YAML author knows them.
+_YAML_TYPES = {"object": "a mapping (key: value)", "array": "a list ([a, b], or lines starting with -)",
+               "boolean": "true or false", "string": "text", "integer": "a whole number", "number": "a number"}
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """" (did you mean 'x'?)" naming the choice closest to a misspelt word, or "" when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _keys_allowed(node_schema: dict[str, Any], instance: Mapping[str, Any]) -> list[str]:
+    """The keys a mapping may hold; for a source, only those of the kind it names (`if`/`then` rules)."""
+    for rule in node_schema.get("allOf", ()):
+        if all(k in instance for k in rule.get("if", {}).get("required", [None])):
+            names = rule.get("then", {}).get("propertyNames", {}).get("enum")
+            if names:
+                return list(names)
+    return list(node_schema.get("properties", {}))
 
 
 def _line_of(node: yaml.Node | None, where: list[Any]) -> int:
@@ -309,6 +373,8 @@ def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
                       ignore_patterns=tuple(src.get("ignore_patterns", ())))
     if "url" in src:
         return Source("url", src["url"], sha256=src["sha256"], mirrors=tuple(src.get("mirrors", ())))
+    if "ollama" in src:
+        return Source("ollama", src["ollama"])
     if "remote" in src:
         return Source("remote", src["remote"], model=src.get("model", ""), token_env=src.get("token_env", ""))
     if "package" in src:

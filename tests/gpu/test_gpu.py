@@ -12,30 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nvml import has_gpu, nvml_used
 from warm import Code, WarmdError
 
 pytestmark = pytest.mark.gpu
 GIB = 2**30
 
 
-def _nvml_used(index: int = 0) -> int:
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used
-
-
-def _has_gpu() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetCount() > 0
-    except Exception:  # noqa: BLE001 - no driver, no GPU
-        return False
-
-
-if not _has_gpu():
+if not has_gpu():
     pytest.skip("no NVIDIA GPU on this machine", allow_module_level=True)
 
 
@@ -62,16 +46,16 @@ def test_unload_returns_gpu_memory_within_a_second(start_daemon, short_tmp: Path
     with daemon.client() as c:
         c.load("tiny")                     # the CUDA context exists from here on
         c.unload("tiny")
-        baseline = _nvml_used()
+        baseline = nvml_used()
         c.load("big")
-        loaded = _nvml_used()
+        loaded = nvml_used()
         assert loaded - baseline >= 0.9 * GIB
         assert abs(int(c.get("big").residency.measured_bytes) - GIB) < 0.05 * GIB
         c.unload("big")
         deadline = time.monotonic() + 1.0
-        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+        while nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
+        assert nvml_used() <= baseline + 150 * 2**20, (baseline, nvml_used())
 
 
 def test_budget_holds_under_churn(start_daemon, short_tmp: Path) -> None:
@@ -155,11 +139,11 @@ def test_soak_gpu_memory_returns_to_baseline(start_daemon, short_tmp: Path) -> N
         for _ in range(10):
             cycle()
         time.sleep(0.5)
-        baseline = _nvml_used()
+        baseline = nvml_used()
         for _ in range(200):
             cycle()
         time.sleep(0.5)
-        final = _nvml_used()
+        final = nvml_used()
     assert abs(final - baseline) <= 0.05 * baseline, (baseline, final)
 
 
@@ -181,11 +165,11 @@ def test_transformers_generation_streams_on_the_gpu_and_gives_memory_back(start_
 
         generate()        # once first: CUDA libraries and kernels the context keeps (cuBLAS workspaces...)
         time.sleep(0.5)
-        baseline = _nvml_used()
+        baseline = nvml_used()
         chunks = generate()
         texts = [ch.text for ch in chunks if ch.text]
         assert len(texts) >= 8 and chunks[-1].result.json["text"] == "".join(texts)
         deadline = time.monotonic() + 1.0
-        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+        while nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
+        assert nvml_used() <= baseline + 150 * 2**20, (baseline, nvml_used())

@@ -51,12 +51,33 @@ def test_generation_streams_tokens_and_matches_the_unary_result(start_daemon, sh
         stop = texts[2] if texts[2].strip() else texts[3]
         cut = c.infer("gpt", text=["hello there"], parameters={"max_new_tokens": 12, "stop": stop}).json
         assert cut["stopped"] == "stop" and stop not in cut["text"] and final.json["text"].startswith(cut["text"])
-        for bad in ({"max_new_tokens": -1}, {"max_new_tokens": "lots"}):
-            with pytest.raises(WarmdError) as info:
+        for bad in ({"max_new_tokens": -1}, {"max_new_tokens": "lots"}, {"temperature": "hot"}, {"top_p": 2},
+                    {"stop": [1]}):
+            with pytest.raises(WarmdError) as info:               # temperature, top_p, stop were internal
                 c.infer("gpt", text=["x"], parameters=bad)
-            assert info.value.code is Code.INVALID_ARGUMENT and "max_new_tokens" in info.value.message
+            assert info.value.code is Code.INVALID_ARGUMENT and next(iter(bad)) in info.value.message, info.value
     cli = daemon.warm("infer", "gpt", "--text", "hello there", "--param", "max_new_tokens=12", "--stream")
     assert cli.returncode == 0 and cli.stdout.strip() == final.json["text"].strip()
+
+
+def test_generation_past_the_context_is_refused_before_generating(start_daemon, short_tmp: Path,
+                                                                 tiny_models: Path) -> None:
+    import transformers
+
+    from models import CONTEXT
+
+    prompt = len(transformers.AutoTokenizer.from_pretrained(str(tiny_models / "gpt2"))("hello there")["input_ids"])
+    daemon = _daemon(start_daemon, short_tmp, tiny_models)
+    with daemon.client() as c:
+        c.load("gpt")
+        t0 = time.monotonic()
+        with pytest.raises(WarmdError) as info:       # it was `internal: IndexError` once past the positions
+            c.infer("gpt", text=["hello there"], parameters={"max_new_tokens": CONTEXT})
+        assert time.monotonic() - t0 < 2                # refused before generating 32768 tokens
+        assert info.value.code is Code.INVALID_ARGUMENT, info.value
+        assert f"context length of model 'gpt' ({CONTEXT} tokens" in info.value.message
+        assert f"at most {CONTEXT - prompt} new tokens" in info.value.message
+        assert c.infer("gpt", text=["hello there"], parameters={"max_new_tokens": 3}).json["tokens"] == 3
 
 
 def test_cancel_mid_stream_stops_the_model_and_frees_its_slot(start_daemon, short_tmp: Path,

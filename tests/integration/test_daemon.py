@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from models import affine_spec, affine_specs
-from waiting import free_port
+from waiting import free_port, wait_until
 from warm import Client, Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 
 
@@ -136,6 +137,22 @@ def test_errors_carry_stable_codes(start_daemon, short_tmp: Path) -> None:
         assert c.status().torch_imported
 
 
+def test_a_refused_rm_leaves_the_model_loaded(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 2.0)
+    (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
+    daemon = start_daemon(specs)
+    with daemon.client() as c:
+        c.load("affine")
+        loaded_at = c.get("affine").residency.loaded_at
+        with pytest.raises(WarmdError) as info:
+            c.remove("affine")                                  # a local source: nothing to delete
+        assert info.value.code is Code.INVALID_ARGUMENT and "local source" in info.value.message
+        assert daemon.warm("rm", "affine").returncode == 1
+        model = c.get("affine")
+        assert model.state == pb.READY and model.residency.loaded_at == loaded_at   # it was unloaded
+        assert (specs / "w.safetensors").is_file()
+
+
 def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 3.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
@@ -143,8 +160,8 @@ def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
     assert daemon.warm("load", "affine", "--keep-alive", "-1").returncode == 0
     ps = json.loads(daemon.warm("ps", "--json").stdout)
     assert [m["name"] for m in ps] == ["affine"]
-    assert int(ps[0]["residency"]["measured_bytes"]) == 4 * (16 + 4)    # int64 is a string in JSON
-    assert int(ps[0]["residency"]["estimated_bytes"]) == 4 * (16 + 4)
+    assert ps[0]["residency"]["measured_bytes"] == 4 * (16 + 4)         # int64 is a JSON number
+    assert ps[0]["residency"]["estimated_bytes"] == 4 * (16 + 4)
     result = daemon.warm("infer", "affine", "--input", "x=[[1,2,3,4]]", "--json")
     assert json.loads(result.stdout)["outputs"]["y"]["data"] == [[3.0, 6.0, 9.0, 12.0]]
     assert daemon.warm("unload", "affine").returncode == 0
@@ -178,3 +195,40 @@ def test_sigterm_drains_in_flight_requests(start_daemon, short_tmp: Path) -> Non
     assert not daemon.socket.exists()
     log = daemon.log()
     assert "stopping" in log and log.rstrip().endswith("stopped")
+    assert not list(daemon.socket.parent.iterdir())             # no socket, pid file or warmd.sock.lock
+
+
+def test_shutdown_refuses_new_calls_and_exits_within_drain_timeout(start_daemon, short_tmp: Path) -> None:
+    specs = affine_specs(short_tmp, 1.0)
+    (specs / "stuck.yaml").write_text(affine_spec("w.safetensors", delay=60))   # forward() never looks up
+    drain = 2.0
+    daemon = start_daemon(specs, config={"drain_timeout": f"{drain}s"})
+    outcome: list[object] = []
+
+    def call() -> None:
+        with daemon.client(timeout=120) as c:
+            try:
+                outcome.append(c.infer("stuck", {"x": np.ones((1, 4), np.float32)}))
+            except WarmdError as err:
+                outcome.append(err.code)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    with daemon.client(timeout=5) as c:
+        wait_until(lambda: c.get("stuck").residency.in_flight == 1)
+        t0 = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        refusal = None
+        while refusal is None and time.monotonic() - t0 < drain:        # a call during the drain
+            try:
+                c.status()
+            except WarmdError as err:
+                refusal = err
+    assert refusal is not None and refusal.code is Code.UNAVAILABLE, refusal
+    assert "warmd is shutting down" in refusal.message and "not reachable" not in refusal.message
+    assert daemon.proc.wait(timeout=60) == 0
+    exit_s = time.monotonic() - t0
+    assert exit_s < drain + 4, exit_s                            # it waited for the 60 s call before
+    worker.join(timeout=30)
+    assert outcome and outcome[0] in (Code.UNAVAILABLE, Code.CANCELLED), outcome
+    assert not list(daemon.socket.parent.iterdir())              # no socket, pid file or warmd.sock.lock

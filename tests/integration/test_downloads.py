@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from hubserver import Hub, minilm_files
-from waiting import error_code, wait_until
+from waiting import error_code, free_port, wait_until
 from warm import Code, WarmdError
 from warmd.v1 import warmd_pb2 as pb
 
@@ -77,12 +77,11 @@ def test_pull_multi_file_repo_then_serve(start_daemon, hub: Hub, short_tmp: Path
     progress = [e["progress"] for e in events if e.get("kind") == "job.progress" and
                 e["progress"].get("unit") == "bytes"]
     total = sum(len(b) for b in files.values())
-    assert progress and int(progress[-1]["total"]) == total and int(progress[-1]["done"]) == total
+    assert progress and progress[-1]["total"] == total and progress[-1]["done"] == total       # JSON numbers
     per_file = [e.get("message", "") for e in events if e.get("kind") == "job.progress"]
     assert any(m.startswith("model.safetensors ") and m.endswith("/86.7 MiB") for m in per_file), per_file
     model = events[-1]
-    assert model["files"] == {"state": "verified", "bytes_on_disk": str(total), "revision": commit,
-                              "bytes_total": str(total)}
+    assert model["files"] == {"state": "verified", "bytes_on_disk": total, "revision": commit, "bytes_total": total}
 
     snapshot = Path(daemon.env["HF_HOME"]) / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / \
         "snapshots" / commit
@@ -237,10 +236,16 @@ def test_offline_is_network_forbidden_and_opens_no_socket(start_daemon, hub: Hub
 
 
 def test_download_policy_never_only_pulls_on_request(start_daemon, hub: Hub, short_tmp: Path) -> None:
-    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
+    daemon, payload = _big_daemon(start_daemon, hub, short_tmp, config={"downloads": "never"})
     result = daemon.warm("load", "big")
     assert result.returncode == 1 and "[weights_missing]" in result.stderr and "warm pull big" in result.stderr
     assert hub.connections == 0
+    pulled = daemon.warm("pull", "big")          # the one way `never` downloads: asked for by name
+    assert pulled.returncode == 0, pulled.stderr
+    with daemon.client() as c:
+        assert c.get("big").files.state == "verified"
+    snapshot = next((Path(daemon.env["HF_HOME"]) / "hub" / "models--org--big" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors").read_bytes() == payload
 
 
 @pytest.fixture
@@ -306,6 +311,26 @@ def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path
         c.load("minilm-hub", on_event=lambda e: events.append(e.kind))
         assert c.infer("minilm-hub", text=["hi"]).outputs["embedding"].shape == (1, 384)
     assert "download.started" in events and "download.finished" in events and events[-1] == "model.loaded"
+
+
+def test_a_torch_model_from_the_hub_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    """A hub snapshot's files are links into blobs/: the weights check goes by name, not by link target."""
+    from models import write_affine_weights, write_factory
+
+    import numpy as np
+
+    write_affine_weights(short_tmp / "w.safetensors", 3.0)
+    hub.add_repo("org/affine", {"model.safetensors": (short_tmp / "w.safetensors").read_bytes()})
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    (specs / "affine.yaml").write_text("provider: torch\ndevice: cpu\nsource: {hf: org/affine}\n"
+                                       "options: {factory: 'testmodels.py:Affine'}\n"
+                                       "outputs: [{name: y, dtype: FP32, shape: [-1, 4]}]\n")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        y = c.infer("affine", {"x": np.ones((1, 4), np.float32)}).outputs["y"]
+    assert y.tolist() == [[3.0, 3.0, 3.0, 3.0]]
 
 
 def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
@@ -414,6 +439,49 @@ def test_add_writes_a_spec_from_hub_metadata_and_discovered_lists_the_rest(start
         [found] = c.list(discovered=True).discovered
     assert found.repo_id == MINILM and found.size_on_disk > 90_000_000
     assert "all-MiniLM-L6-v2" in daemon.warm("ls").stdout
+
+
+def test_no_network_is_unavailable_naming_the_host_and_offline(start_daemon, short_tmp: Path) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"                     # nothing listens there
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "hubbed", "org/model")
+    (specs / "fetched.yaml").write_text(f"provider: onnx\nsource: {{url: '{endpoint}/m.onnx', sha256: '{'0' * 64}'}}\n")
+    daemon = start_daemon(specs, env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": None})
+    with daemon.client() as c:
+        assert not c.list().rejected
+        calls = {"add": lambda: c.add("hf://org/other"), "pull hf": lambda: c.pull("hubbed"),
+                 "pull url": lambda: c.pull("fetched"), "first use": lambda: c.infer("hubbed", text=["x"])}
+        for what, call in calls.items():
+            with pytest.raises(WarmdError) as info:
+                call()
+            assert info.value.code is Code.UNAVAILABLE, (what, info.value)          # add was internal: ConnectError
+            assert endpoint in info.value.message and "--offline" in info.value.message, (what, info.value)
+    assert not list(specs.glob("other*.yaml"))
+    cli = daemon.warm("pull", "hubbed")
+    assert cli.returncode == 1 and "[unavailable]" in cli.stderr and "127.0.0.1" in cli.stderr, cli.stderr
+
+
+def test_missing_repo_or_revision_is_invalid_argument(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    hub.add_repo("org/there", {"config.json": b"{}"}, library_name="transformers", pipeline_tag="text-generation")
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    _spec(specs, "gone", "org/gone")
+    (specs / "oldrev.yaml").write_text("provider: transformers\ntask: text-generation\n"
+                                       "source: {hf: org/there, revision: v9}\n")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        calls = {"no repository org/absent": lambda: c.add("hf://org/absent"),
+                 "no repository org/gone": lambda: c.pull("gone"), "no revision 'v9'": lambda: c.pull("oldrev")}
+        for what, call in calls.items():
+            with pytest.raises(WarmdError) as info:                          # add was internal: RepositoryNotFound
+                call()
+            assert info.value.code is Code.INVALID_ARGUMENT, (what, info.value)
+            assert what in info.value.message and hub.endpoint in info.value.message, (what, info.value)
+        before = len(hub.requests)
+        with pytest.raises(WarmdError) as info:
+            c.add("hf://org/there", name="gone")                             # the name is taken
+        assert info.value.code is Code.INVALID_ARGUMENT and len(hub.requests) == before   # the hub was not asked
 
 
 def test_stall_is_dropped_and_resumed_patterns_and_token(start_daemon, hub: Hub, short_tmp: Path) -> None:

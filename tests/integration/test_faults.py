@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 
 from models import affine_spec, affine_specs, write_affine_weights
-from waiting import succeeds, wait_until
+from waiting import rss_bytes, succeeds, wait_until
 from warm import Client, Code, WarmdError
 
 KIB = 1024
 X = np.ones((1, 4), np.float32)
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * KIB for line in f if line.startswith("VmRSS:"))
 
 
 def test_32_threads_churn_under_a_tight_budget(start_daemon, short_tmp: Path, figures) -> None:
@@ -104,10 +99,10 @@ def test_soak_500_load_unload_cycles_rss_returns_to_baseline(start_daemon, short
 
         for _ in range(50):            # warm-up: allocator pools, imports, caches reach their size
             cycle()
-        baseline = _rss(daemon.proc.pid)
+        baseline = rss_bytes(daemon.proc.pid)
         for _ in range(500):
             cycle()
-        final = _rss(daemon.proc.pid)
+        final = rss_bytes(daemon.proc.pid)
     drift = (final - baseline) / baseline
     assert drift < 0.05, (baseline, final)
     figures(cycles=500, baseline_mib=round(baseline / 2**20, 1), final_mib=round(final / 2**20, 1),

@@ -2,7 +2,6 @@
 daemon runs and requests are in flight, watching the event stream."""
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from pathlib import Path
@@ -12,47 +11,10 @@ import pytest
 
 from models import affine_spec, write_affine_weights, write_factory
 from warm import Code, WarmdError
+from watching import Events
 
 APPLY_WITHIN_S = 1.5   # the promise is 1 s; slack for a loaded CI machine
 X = np.ones((1, 4), np.float32)
-
-
-class Events:
-    """Collects the daemon's watch stream in a thread."""
-
-    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
-        self.queue: queue.Queue = queue.Queue()
-        self._stream = client.watch()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        try:
-            for event in self._stream:
-                self.queue.put(event)
-        except WarmdError:
-            pass
-
-    def expect(self, kind: str, model: str = "", timeout: float = APPLY_WITHIN_S, file: str = ""):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            try:
-                event = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            seen.append(f"{event.kind}:{event.model or event.file}")
-            if event.kind == kind and (not model or event.model == model) and file in event.file:
-                return event
-        raise AssertionError(f"no {kind} {model or file} within {timeout}s; saw {seen}")
-
-    def catalog_events_during(self, seconds: float) -> list[str]:
-        time.sleep(seconds)
-        out = []
-        while not self.queue.empty():
-            e = self.queue.get()
-            if e.kind.startswith("catalog."):
-                out.append(f"{e.kind}:{e.model or e.file}")
-        return out
 
 
 def _y(client) -> float:  # type: ignore[no-untyped-def]
@@ -97,9 +59,10 @@ def test_write_edit_break_fix_rename_delete(start_daemon, short_tmp: Path) -> No
     assert model.error_code == "spec_invalid" and "still serving the previous version" in model.error
     assert [r.file for r in client.list().rejected] == [str(specs / "a.yaml")]
 
-    # fix: the same content as before the break; no reload needed, the error clears
+    # fix: the same content as before the break; no reload needed, the error clears and the stream says so
     (specs / "a.yaml").write_text(affine_spec("w2.safetensors", load_delay=2.0, delay=0.8))
-    time.sleep(APPLY_WITHIN_S)
+    cleared = events.expect("catalog.cleared", file="a.yaml")
+    assert cleared.model == "a" and "accepted again" in cleared.message
     assert not client.list().rejected and not client.get("a").error
     assert _y(client) == 2.0
 

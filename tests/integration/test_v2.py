@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from models import affine_spec, affine_specs
+from triton_repository import build_repository
 from tritonclient_run import triton
-from waiting import free_port
+from waiting import free_port, wait_until
 
 KIB = 1024
 
@@ -241,6 +242,27 @@ def test_grpcurl_lists_both_apis_through_reflection(start_daemon) -> None:
     assert live.returncode == 0 and '"live": true' in live.stdout
 
 
+def test_grpcurl_over_tcp_finds_health_without_a_token_and_nothing_else(start_daemon) -> None:
+    """Reflection describes public schemas only: open on TCP like health; every other call needs a token."""
+    port = free_port()
+    daemon = start_daemon(args=("--tcp", f"127.0.0.1:{port}"))
+    grpcurl = [str(Path(sys.executable).with_name("grpcurl")), "-plaintext", f"127.0.0.1:{port}"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*grpcurl, *args], capture_output=True, text=True, timeout=30)
+
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    described = run("describe", "grpc.health.v1.Health")
+    assert described.returncode == 0 and "rpc Check" in described.stdout
+    health = run("grpc.health.v1.Health/Check")
+    assert health.returncode == 0 and '"status": "SERVING"' in health.stdout
+    index = run("inference.GRPCInferenceService/RepositoryIndex")
+    assert index.returncode != 0 and "Unauthenticated" in index.stderr
+    assert daemon.proc.poll() is None
+
+
 def test_shared_memory_from_warmds_own_api(start_daemon, short_tmp: Path) -> None:
     from multiprocessing import shared_memory
 
@@ -271,3 +293,116 @@ def test_shared_memory_from_warmds_own_api(start_daemon, short_tmp: Path) -> Non
     finally:
         block.close()
         block.unlink()
+
+
+def test_model_config_is_synthesized_from_the_spec(start_daemon, short_tmp: Path) -> None:
+    specs, plugins = build_repository(short_tmp)
+    daemon = start_daemon(specs, config={"plugins_dir": str(plugins)})
+    wait_until(lambda: "simple_string" in {m.name for m in daemon.client().list().models})
+    out = triton(_url(daemon), """
+        from google.protobuf.json_format import MessageToDict
+        client.load_model("simple")
+        for name in ("simple", "simple_string", "densenet_onnx", "inception_graphdef"):
+            out[name] = MessageToDict(client.get_model_config(name).config, preserving_proto_field_name=True)
+    """)
+    assert out["simple"] == {
+        "name": "simple", "platform": "torch", "backend": "torch", "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": ["16"]},
+                  {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": ["16"]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": ["16"]},
+                   {"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": ["16"]}],
+        "dynamic_batching": {}, "instance_group": [{"name": "simple", "count": 1, "kind": "KIND_CPU"}]}
+    string = out["simple_string"]     # its provider does not batch: no dynamic batching
+    assert string["input"][0]["data_type"] == "TYPE_STRING" and "dynamic_batching" not in string
+    densenet = out["densenet_onnx"]          # no batching: max_batch_size 0 (left out of the dict) and full dims
+    assert "max_batch_size" not in densenet and densenet["input"][0]["dims"] == ["3", "224", "224"]
+    assert out["inception_graphdef"]["output"][0]["name"] == "InceptionV3/Predictions/Softmax"
+
+
+def test_load_config_override_maps_what_a_spec_has_and_refuses_the_rest(start_daemon, short_tmp: Path) -> None:
+    specs, plugins = build_repository(short_tmp)
+    daemon = start_daemon(specs, config={"plugins_dir": str(plugins)})
+    out = triton(_url(daemon), """
+        import json
+        def load(config=None, files=None):
+            try:
+                client.load_model("simple", config=config, files=files)
+                c = client.get_model_config("simple").config
+                return ["OK", c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds,
+                        c.instance_group[0].kind]
+            except InferenceServerException as e:
+                return [e.status(), e.message()]
+        fetched = json.loads(__import__("google.protobuf.json_format", fromlist=["x"]).MessageToJson(
+            client.get_model_config("simple").config))
+        fetched["maxBatchSize"] = 4          # a tool sends the config back with one change
+        out["round_trip"] = load(json.dumps(fetched))
+        out["mapped"] = load(json.dumps({"max_batch_size": 16,
+                                         "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+                                         "instance_group": [{"kind": "KIND_CPU"}]}))
+        out["input"] = load(json.dumps({"input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}))
+        out["unknown"] = load(json.dumps({"optimization": {"priority": "PRIORITY_MAX"}}))
+        out["copies"] = load(json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 2}]}))
+        out["too_big"] = load(json.dumps({"max_batch_size": 100000}))
+        out["name"] = load(json.dumps({"name": "other"}))
+        out["file"] = load("{}", files={"file:1/model.py": b"import os"})
+        out["kept"] = [client.get_model_config("simple").config.max_batch_size]
+        out["plain"] = load()
+    """)
+    assert out["round_trip"] == ["OK", 4, 0, 2]          # 2: KIND_CPU
+    assert out["mapped"] == ["OK", 16, 2000, 2]
+    for case, needle in (("input", "config field 'input' cannot be overridden"), ("unknown", "optimization"),
+                         ("copies", "one copy of a model"), ("too_big", "max_batch to 100000"),
+                         ("name", "names model 'other'"), ("file", "file overrides")):
+        assert out[case][0] == "StatusCode.INVALID_ARGUMENT", (case, out[case])
+        assert out[case][1].startswith("failed to load 'simple': ") and needle in out[case][1], (case, out[case])
+    assert out["kept"] == [16]                            # refused overrides changed nothing
+    assert out["plain"] == ["OK", 8, 0, 2]                # a load without config: back to the spec file
+    assert daemon.proc.poll() is None
+
+
+def test_cuda_shared_memory_without_a_gpu(start_daemon) -> None:
+    """Status and unregister answer (nothing registered); register says there is no device."""
+    daemon = start_daemon()
+    out = triton(_url(daemon), """
+        client.unregister_cuda_shared_memory()
+        client.unregister_cuda_shared_memory("never-registered")
+        out["status"] = list(client.get_cuda_shared_memory_status().regions)
+        try:
+            client.register_cuda_shared_memory("gpu", __import__("base64").b64encode(b"\\0" * 64), 0, 1024)
+        except InferenceServerException as exc:
+            out["register"] = [exc.status(), exc.message()]
+        out["after"] = list(client.get_cuda_shared_memory_status().regions)
+        out["live"] = client.is_server_live()
+    """)
+    assert out["status"] == [] and out["after"] == [] and out["live"]
+    assert out["register"][0] == "StatusCode.FAILED_PRECONDITION" and "CUDA shared memory needs" in out["register"][1]
+
+
+def test_bytes_tensors_reach_a_tensor_model_and_text_models_keep_text(start_daemon, short_tmp: Path) -> None:
+    specs, plugins = build_repository(short_tmp)
+    daemon = start_daemon(specs, config={"plugins_dir": str(plugins)})
+    wait_until(lambda: "simple_identity" in {m.name for m in daemon.client().list().models})
+    blob = np.array([[b"\x00\xff\x80", b"", "é".encode()]], dtype=object)
+    with daemon.client() as c:         # warmd.v1 carries BYTES tensors the same way
+        back = c.infer("simple_identity", {"INPUT0": blob}).outputs["OUTPUT0"]
+    assert back.dtype == object and back.tolist() == blob.tolist()
+    out = triton(_url(daemon), """
+        from tritonclient.grpc import service_pb2
+        typed = service_pb2.ModelInferRequest(model_name="simple_string")
+        for name, values in (("INPUT0", [b"40"] * 16), ("INPUT1", [b"2"] * 16)):
+            typed.inputs.add(name=name, datatype="BYTES", shape=[1, 16]).contents.bytes_contents.extend(values)
+        reply = client._client_stub.ModelInfer(typed)
+        from tritonclient.utils import deserialize_bytes_tensor
+        out["typed"] = [deserialize_bytes_tensor(r).tolist()[0].decode() for r in reply.raw_output_contents]
+        mixed = service_pb2.ModelInferRequest(model_name="simple")
+        mixed.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 1]).contents.int_contents.extend([1])
+        mixed.inputs.add(name="INPUT1", datatype="INT32", shape=[1, 1])
+        mixed.raw_input_contents.extend([b"\\0" * 4, b"\\0" * 4])
+        try:
+            client._client_stub.ModelInfer(mixed)
+        except Exception as exc:
+            out["mixed"] = [str(exc.code()), exc.details()]
+    """)
+    assert out["typed"] == ["42", "38"]
+    assert out["mixed"][0] == "StatusCode.INVALID_ARGUMENT" and "must not be specified" in out["mixed"][1]

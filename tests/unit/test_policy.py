@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from warmd import policy
 from warmd.policy import DeviceFacts, Demand, Snapshot, Want
+from warmd.providers.base import Layers
 from warmd.residents import TRANSITIONS, IllegalTransition, Resident, State
 
 MB = 2**20
@@ -104,6 +106,74 @@ def test_host_tier_discards_lru_or_only_when_parking_saves_more() -> None:
     back = Want("hot", 2 * MB, ("cuda:0",), unpark=1)
     assert _names(policy.place(_snap(parked_hot, victim, host_mb=2, eviction="lru", cuda_0=3), back)) == [
         ("unload", "cold")]
+
+
+# A model that splits layer by layer: 1 MB stays on the host whatever is offloaded, three layers of 2, 3 and
+# 3 MB (offloaded in this order), 1 MB that goes wherever the model runs: 10 MB in all. With k layers on a
+# GPU it takes 10 - 1 - (what is left of the layers) there: k=3: 9 MB, k=2: 6 MB, k=1: 3 MB, k=0: 1 MB.
+TOTAL = 10 * MB
+
+
+def _layers(wanted: int = 3, flexible: bool = True) -> Layers:
+    return Layers(sizes=(2 * MB, 3 * MB, 3 * MB), host=MB, wanted=wanted, flexible=flexible)
+
+
+def _split(plan: policy.Plan) -> tuple[str, str, int, int, float, float]:
+    return plan.kind, plan.device, plan.gpu_layers, plan.total_layers, plan.need / MB, plan.host_bytes / MB
+
+
+def test_a_split_model_that_fits_goes_wholly_onto_the_gpu_its_host_share_onto_the_cpu() -> None:
+    plan = policy.place(_snap(cuda_0=16, cpu=16), Want("m", TOTAL, ("cuda:0",), split=_layers()))
+    assert _split(plan) == ("fits", "cuda:0", 3, 3, 9, 1)
+    plan = policy.place(_snap(cuda_0=16, cpu=16), Want("m", TOTAL, ("cuda:0",), split=_layers(wanted=2)))
+    assert _split(plan) == ("fits", "cuda:0", 2, 3, 6, 4)            # a fixed count that fits
+    plan = policy.place(_snap(cpu=16), Want("m", TOTAL, ("cpu",), split=_layers()))
+    assert _split(plan) == ("fits", "cpu", 0, 0, 10, 0)              # no GPU allowed: all of it on the CPU
+
+
+def test_auto_takes_the_layers_that_fit_once_idle_models_are_evicted() -> None:
+    # 8 MB GPU: 1 MB pinned, 2 MB idle; 5 MB free, 7 MB once the idle model goes: two layers (6 MB)
+    residents = (_r(1, "pinned", 1, pinned=True), _r(2, "idle", 2, used_ago=5))
+    plan = policy.place(_snap(*residents, cuda_0=8, cpu=16), Want("m", TOTAL, ("cuda:0",), split=_layers()))
+    assert _split(plan) == ("evict", "cuda:0", 2, 3, 6, 4) and _names(plan) == [("unload", "idle")]
+    # on two GPUs it takes the one with the most room after evictions, not the one with most free now
+    residents = (_r(1, "idle", 4, device="cuda:1"),)
+    plan = policy.place(_snap(*residents, cuda_0=4, cuda_1=7, cpu=16),
+                        Want("m", TOTAL, ("cuda:0", "cuda:1"), split=_layers()))
+    assert _split(plan) == ("evict", "cuda:1", 2, 3, 6, 4) and _names(plan) == [("unload", "idle")]
+
+
+def test_not_one_layer_fitting_runs_it_on_the_cpu_and_a_fixed_count_must_fit() -> None:
+    plan = policy.place(_snap(cuda_0=2, cpu=16), Want("m", TOTAL, ("cuda:0",), split=_layers()))
+    assert _split(plan) == ("fits", "cpu", 0, 3, 10, 0)
+    plan = policy.place(_snap(cuda_0=8, cpu=16), Want("m", TOTAL, ("cuda:0",), split=_layers(flexible=False)))
+    assert plan.kind == "refuse" and plan.moves == () and plan.gpu_layers == 3
+    assert plan.message.startswith("3 of 3 layers on a GPU (or offload fewer layers): m needs 9.0 MiB. cuda:0:")
+
+
+def test_the_host_share_is_placed_on_the_cpu_budget_with_the_gpu_share() -> None:
+    cpu_idle = _r(1, "cpu-idle", 3, device="cpu", used_ago=5)
+    plan = policy.place(_snap(cpu_idle, cuda_0=16, cpu=3), Want("m", TOTAL, ("cuda:0",), split=_layers()))
+    assert _split(plan) == ("evict", "cuda:0", 3, 3, 9, 1) and _names(plan) == [("unload", "cpu-idle")]
+    # fewer layers would only need more host memory: no room on the CPU is a refusal, not a smaller split
+    plan = policy.place(_snap(_r(1, "cpu-pinned", 3, device="cpu", pinned=True), cuda_0=16, cpu=3),
+                        Want("m", TOTAL, ("cuda:0",), split=_layers()))
+    assert plan.kind == "refuse" and "cpu: 0 B free of a 3.0 MiB budget" in plan.message
+    # what resident split models hold on the host counts there
+    snap = _snap(_r(1, "split", 6, host_bytes=4 * MB), cuda_0=8, cpu=16)
+    assert (snap.used("cpu"), snap.used("cuda:0"), snap.free("cpu")) == (4 * MB, 6 * MB, 12 * MB)
+    assert policy.place(snap, Want("x", 13 * MB, ("cpu",))).kind == "refuse"
+
+
+def test_a_flexible_split_waits_for_busy_models_then_takes_what_fits_now() -> None:
+    busy = _r(1, "busy", 4, in_flight=1)
+    want = Want("m", TOTAL, ("cuda:0",), split=_layers())
+    plan = policy.place(_snap(busy, cuda_0=12, cpu=16), want)       # 8 MB free now, 9 MB once busy is idle
+    assert plan.kind == "wait" and plan.message.startswith("3 of 3 layers on a GPU: m needs 9.0 MiB")
+    plan = policy.place(_snap(busy, cuda_0=12, cpu=16), replace(want, patient=False))
+    assert _split(plan) == ("fits", "cuda:0", 2, 3, 6, 4)
+    fixed = replace(want, split=_layers(flexible=False), patient=False)
+    assert policy.place(_snap(busy, cuda_0=12, cpu=16), fixed).kind == "wait"   # a fixed count keeps waiting
 
 
 def test_trim_evicts_until_the_budget_holds_and_says_when_it_cannot() -> None:

@@ -247,3 +247,22 @@ def test_max_keep_alive_caps_what_requests_ask_and_pins_win(tmp_path: Path) -> N
         assert scheduler.view("p").state == "ready"
     finally:
         scheduler.shutdown(5)
+
+
+def test_a_catalog_override_applies_like_an_edit_and_goes_with_its_spec(world) -> None:  # type: ignore[no-untyped-def]
+    catalog, scheduler, write, specs, _ = world
+    write("m", value=1)
+    _use(scheduler, "m")
+    first = scheduler.view("m").resident
+    assert first is not None
+    catalog.override("m", {"max_batch": 16})               # not part of the signature: applies at once
+    assert catalog.get("m").max_batch == 16 and scheduler.view("m").resident is first
+    assert scheduler.view("m").resident.spec.max_batch == 16
+    catalog.override("m", {"precision": "fp16"})           # part of it: a reload, the file's max_batch again
+    wait_until(lambda: scheduler.view("m").resident is not first and scheduler.view("m").state == "ready")
+    assert catalog.get("m").max_batch == 1 and catalog.get("m").precision == "fp16"
+    assert catalog.overrides("m") == {"precision": "fp16"}
+    (specs / "m.yaml").unlink()
+    catalog.rescan()
+    write("m", value=2)                                    # a new spec of the same name starts clean
+    assert catalog.overrides("m") == {} and catalog.get("m").precision == "fp32"

@@ -122,6 +122,45 @@ def test_signature_changes_with_weights_not_with_description(tmp_path: Path) -> 
     assert _parse(path).signature != first
 
 
+def test_signature_covers_declared_inputs_and_outputs(tmp_path: Path) -> None:
+    """Triton's simple, simple_int8 and simple_string: one kind of source, other tensors: other models."""
+    body = "provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'm.py:f'}\n"
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    signatures = set()
+    for dtype in ("INT32", "INT8", "BYTES"):
+        path = tmp_path / f"{dtype.lower()}.yaml"
+        path.write_text(body + f"inputs: [{{name: INPUT0, dtype: {dtype}, shape: [-1, 16]}}]\n"
+                        f"outputs: [{{name: OUTPUT0, dtype: {dtype}, shape: [-1, 16]}}]\n")
+        signatures.add(_parse(path).signature)
+    path = tmp_path / "renamed.yaml"
+    path.write_text(body + "inputs: [{name: INPUT9, dtype: INT32, shape: [-1, 16]}]\n"
+                    "outputs: [{name: OUTPUT0, dtype: INT32, shape: [-1, 16]}]\n")
+    signatures.add(_parse(path).signature)
+    path = tmp_path / "undeclared.yaml"
+    path.write_text(body)
+    signatures.add(_parse(path).signature)
+    assert len(signatures) == 5
+
+
+@pytest.mark.parametrize("name", ["InceptionV3/Predictions/Softmax", "data_0", "input:0", "x y", "é" * 256])
+def test_tensor_names_take_what_the_protocol_carries(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"provider: sentence-transformers\nsource: {{package: p}}\n"
+                    f"inputs: [{{name: {name!r}, dtype: FP32, shape: [-1]}}]\n")
+    assert _parse(path).inputs[0].name == name
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "tab\there", "bell\x07", "nl at end\n", "c1\x85", "x" * 257])
+def test_tensor_names_refuse_control_characters_and_huge_names(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "m.yaml"
+    quoted = name.encode("unicode_escape").decode().replace('"', '\\"')
+    path.write_text(f'provider: sentence-transformers\nsource: {{package: p}}\n'
+                    f'inputs:\n  - {{name: "{quoted}", dtype: FP32, shape: [-1]}}\n')
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert info.value.field == "inputs.0.name" and info.value.line == 4
+
+
 def test_symlinked_path_source_escaping_root_is_rejected(tmp_path: Path) -> None:
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -140,3 +179,42 @@ def test_bundled_specs_are_valid() -> None:
     assert files
     for f in files:
         parse_spec_file(f, bundled, [bundled], PROVIDERS)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "---\n", "# only a comment\n"])
+def test_an_empty_file_says_so(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert info.value.message.startswith("empty file") and "NoneType" not in str(info.value)
+    assert "`provider:` and `source:`" in info.value.message
+
+
+def test_misspelt_keys_name_the_nearest_known_one_only_when_one_is_near(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'a:b', strikt: true}\n")
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert (info.value.field, info.value.line) == ("options.strikt", 3)
+    assert info.value.message == "unknown key 'strikt' (did you mean 'strict'?)"
+    path.write_text("provider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'a:b'}\nzzz: 1\n")
+    with pytest.raises(SpecFileError) as info:
+        _parse(path)
+    assert info.value.message.startswith("unknown key 'zzz'; allowed here: description, device, inputs,")
+
+
+def test_warmd_validate_says_when_a_path_checks_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from warmd.cli import main
+
+    good = tmp_path / "m.yaml"
+    good.write_text("provider: sentence-transformers\nsource: {package: pkg}\n")
+    assert main(["validate", str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok    {good}: m (sentence-transformers")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["validate", str(tmp_path / "speks"), str(tmp_path / "notes.txt"), str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"error {tmp_path / 'speks'}: does not exist",
+        f"error {tmp_path / 'notes.txt'}: is not a spec file (*.yaml, *.yml)",
+        f"error {tmp_path / 'empty'}: has no spec files (*.yaml, *.yml)"]

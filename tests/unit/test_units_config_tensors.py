@@ -56,6 +56,7 @@ def test_settings_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(WarmdError, match="keep_alvie") as info:
         load_settings(cfg, env={})
     assert info.value.code is Code.INVALID_ARGUMENT
+    assert "unknown key(s) 'keep_alvie' (did you mean 'keep_alive'?); known: " in info.value.message
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int32", "int64", "float16", "float32", "float64", "bool"])
@@ -89,3 +90,19 @@ def test_malformed_tensors_are_invalid_argument(tensor: pb.Tensor, needle: str) 
 def test_every_code_has_a_status() -> None:
     for code in Code:
         assert code.status is not None
+
+
+def test_bytes_tensors_round_trip_as_object_arrays() -> None:
+    array = np.array([[b"he\x00llo", b""], ["é", b"\x00\x01\x02\x03"]], dtype=object)
+    back = tensors.from_proto(tensors.to_proto("x", array))
+    assert back.dtype == object and back.shape == (2, 2)
+    assert back.tolist() == [[b"he\x00llo", b""], ["é".encode(), b"\x00\x01\x02\x03"]]
+    assert tensors.to_proto("x", array).raw[:10] == b"\x06\x00\x00\x00he\x00llo"   # 4-byte LE length, then bytes
+
+
+@pytest.mark.parametrize("raw,needle", [(b"\x05\x00\x00\x00ab", "longer than the data"), (b"\x01\x00", "cut off"),
+                                        (b"\x01\x00\x00\x00a", "needs 2 BYTES elements, got 1")])
+def test_malformed_bytes_tensors_are_invalid_argument(raw: bytes, needle: str) -> None:
+    with pytest.raises(WarmdError, match=needle) as info:
+        tensors.from_proto(pb.Tensor(name="x", dtype="BYTES", shape=[2], raw=raw))
+    assert info.value.code is Code.INVALID_ARGUMENT

@@ -3,7 +3,7 @@
 Over TCP every call needs `authorization: Bearer <token>`. Tokens carry one scope, each tier including the
 ones before it:
 
-    read   list, show, status, watch; V2 health, metadata, index, statistics
+    read   list, show, status, watch; V2 health, metadata, config, index, statistics
     infer  + running models (which loads them on demand) and shared-memory regions
     admin  + pull, load, unload, rm, add, pin, and managing tokens
 
@@ -29,14 +29,18 @@ from warmd.paths import write_atomic
 
 SCOPES = ("read", "infer", "admin")
 OWNER = "owner"
-# Health is answerable without a token so that service managers and load balancers can probe it.
-OPEN_METHODS = ("/grpc.health.v1.Health/",)
+# Health is answerable without a token so that service managers and load balancers can probe it; server
+# reflection too, so that tools (grpcurl) can find health: it describes only the public schemas (the .proto
+# files), never a model, a file or a setting.
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 _WARMD, _V2 = "/warmd.v1.Warmd/", "/inference.GRPCInferenceService/"
-# Calls that need more than `read` (everything else, reflection included, is `read`).
+# The scope each call needs; a call not listed, reflection included, needs `read`.
 METHOD_SCOPES = {
+    **{_WARMD + m: "read" for m in ("PlanLoad", "ListEvictions")},
     **{_WARMD + m: "infer" for m in ("Infer", "RegisterRegion", "UnregisterRegion")},
     **{_V2 + m: "infer" for m in ("ModelInfer", "ModelStreamInfer", "SystemSharedMemoryRegister",
-                                  "SystemSharedMemoryUnregister")},
+                                  "SystemSharedMemoryUnregister", "CudaSharedMemoryRegister",
+                                  "CudaSharedMemoryUnregister")},
     **{_WARMD + m: "admin" for m in ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel",
                                      "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken",
                                      "UseProfile", "ChooseRoleModel")},

@@ -17,9 +17,12 @@ def abort(context: grpc.ServicerContext, err: WarmdError) -> None:
     context.abort(err.code.status, err.message)
 
 
-def _internal(name: str, exc: Exception) -> WarmdError:
-    # Not at_boundary(): a bug's message stays out of the reply; the log has it.
-    log.exception("%s failed", name)
+def as_error(name: str, exc: Exception) -> WarmdError:
+    """`exc` as it leaves servicer method `name`: a WarmdError as it is; anything else is a bug, logged with
+    its traceback and answered `internal` (not at_boundary(): a bug's message stays out of the reply)."""
+    if isinstance(exc, WarmdError):
+        return exc
+    log.error("%s failed", name, exc_info=exc)
     return WarmdError(Code.INTERNAL, f"internal error in {name}: {type(exc).__name__}; "
                       "the daemon log has the details")
 
@@ -31,11 +34,10 @@ def mapped(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except WarmdError as exc:
-            err = exc
         except Exception as exc:  # noqa: BLE001 - the boundary
-            err = _internal(method.__name__, exc)
-        abort(context, err)   # outside the try: abort() raises to end the call
+            # abort() raises to end the call; the error is not kept in a local, where it and its traceback
+            # would form a cycle holding the request until the garbage collector runs.
+            abort(context, as_error(method.__name__, exc))
 
     return wrapper
 
@@ -47,11 +49,7 @@ def mapped_stream(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             yield from method(self, request, context)
-            return
-        except WarmdError as exc:
-            err = exc
         except Exception as exc:  # noqa: BLE001
-            err = _internal(method.__name__, exc)
-        abort(context, err)
+            abort(context, as_error(method.__name__, exc))
 
     return wrapper

@@ -28,7 +28,7 @@ from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler, eviction_proto
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
-from warmd.store import Store, hub
+from warmd.store import Store, hub, ollama
 from warmd.v1 import warmd_pb2 as pb
 from warmd.v1 import warmd_pb2_grpc
 
@@ -54,13 +54,12 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         if request.state:
             models = [m for m in models if m.state == request.state]
         rejected = [spec_error(e) for e in self.catalog.rejected()]
-        if self.catalog.folder_error:
-            rejected.append(pb.SpecError(file=str(self.catalog.root), code=Code.SPEC_INVALID.value,
-                                         message=self.catalog.folder_error))
         discovered = []
         if request.include_discovered:
             named = {s.source.ref for s in self.catalog.specs() if s.source.kind == "hf"}
-            discovered = [pb.Discovered(**d) for d in hub.discover(named)]
+            in_ollama = {str(ollama.Name.parse(s.source.ref)) for s in self.catalog.specs()
+                         if s.source.kind == "ollama"}
+            discovered = [pb.Discovered(**d) for d in hub.discover(named) + ollama.discover(in_ollama)]
         return pb.ListModelsResponse(models=models, rejected=rejected, discovered=discovered)
 
     @mapped
@@ -76,6 +75,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def RemoveModel(self, request: pb.RemoveModelRequest, context: grpc.ServicerContext) -> pb.RemoveModelResponse:
         spec = self._spec(request.name)
         others = [s for s in self.catalog.specs() if s.name != spec.name]
+        self.store.check_removable(spec, others)       # a refused rm leaves the model loaded
         self.scheduler.unload(spec.name, reason="removed", wait_s=self.settings.drain_timeout)
         if self.scheduler.view(spec.name).resident is not None:
             raise WarmdError(Code.BUSY, f"{spec.name!r} still has requests in flight; retry when they finish")
@@ -89,13 +89,23 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
+        if request.source.startswith(("ollama://", "ollama:")):
+            wanted = request.source.removeprefix("ollama://").removeprefix("ollama:")
+            parsed = ollama.Name.parse(wanted)
+            name = request.name or spec_name(f"{parsed.model}-{parsed.tag}")
+            self.catalog.check_free(name)                  # refused before the store is read
+            body = ollama.suggest_spec(wanted)        # read from the store on this machine: no network
+            path = self.catalog.write_spec(name, body)
+            return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
+            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name or "
+                             "ollama://name:tag")
+        name = request.name or spec_name(repo)
+        self.catalog.check_free(name)                  # refused before the hub is asked
         if self.store.offline or hub.hf_offline():
             raise WarmdError(Code.NETWORK_FORBIDDEN, "the daemon is offline; `warm add` asks the hub for metadata")
         body = hub.suggest_spec(repo, request.revision or "main")
-        name = request.name or spec_name(repo)
         path = self.catalog.write_spec(name, body)
         return pb.AddModelResponse(file=str(path), name=name, provider=body["provider"], task=body["task"])
 
@@ -140,7 +150,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         run = self.scheduler.plan_load(request.name)
         return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
                            free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],
-                           download=run.download, policy=self.scheduler.eviction, message=run.message)
+                           download=run.download, policy=self.scheduler.eviction, message=run.message,
+                           gpu_layers=run.gpu_layers, total_layers=run.total_layers, host_bytes=run.host_bytes)
 
     @mapped
     def ListEvictions(self, request: pb.ListEvictionsRequest,
@@ -235,7 +246,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             if name in request.output_regions:
                 ref = request.output_regions[name]
                 dtype, data = tensors.encode(name, result.tensors[name])
-                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, data, f"output {name!r}")
+                self.shm.write(owner, ref.region, ref.offset, ref.byte_size, tensors.raw(dtype, data),
+                               f"output {name!r}")
                 outputs.append(pb.Tensor(name=name, dtype=dtype, shape=data.shape, region=ref))
             else:
                 outputs.append(tensors.to_proto(name, result.tensors[name]))
@@ -314,10 +326,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return found
 
     def _spec(self, name: str) -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; `warm ls` lists them")
-        return spec
+        return self.catalog.require(name)
 
     def _model(self, spec: ModelSpec) -> pb.Model:
         view = self.scheduler.view(spec.name)
@@ -369,12 +378,15 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
         model.residency.CopyFrom(pb.Residency(
             device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
             loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight,
-            pinned=r.pinned, tier=r.shown_tier))
+            pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1]))
     if file_error is not None:
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"
     elif view.error is not None:
-        model.error_code, model.error = view.error.code.value, view.error.message
+        stale = r is not None and r.spec.signature != spec.signature     # serving, but not this version
+        model.error_code = view.error.code.value
+        model.error = (f"the load of its new version failed, still serving the previous version: "
+                       f"{view.error.message}" if stale else view.error.message)
     return model
 
 

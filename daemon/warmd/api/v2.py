@@ -2,19 +2,25 @@
 
 Loads, unloads and inference go through the same scheduler and inference path as warmd.v1, so budgets,
 pins and LRU hold whichever protocol a client speaks. Errors carry the same codes (gRPC status plus the
-`warmd-error-code` trailer).
+`warmd-error-code` trailer); where Triton's clients look for a phrase of Triton's ("failed to load",
+"Request for unknown model", ...), the message carries it.
+
+Tensors: raw contents or typed contents, never both in one request (the protocol's rule). A BYTES input is
+a tensor (an object array of bytes) when the spec declares it with dtype BYTES, else text (UTF-8) for text
+models. A `shared_memory_region` names a system or a CUDA region (one namespace per caller); a CUDA input
+reaches a provider that takes device tensors in place, other providers through one copy to the host.
 """
 from __future__ import annotations
 
-import struct
 from typing import Any, Iterator
 
 import grpc
 
-from warmd import __version__
+from warmd import __version__, cudashm
+from warmd.api import model_config
 from warmd.api.auth import caller
 from warmd.api.calls import call_context
-from warmd.api.errors import mapped, mapped_stream
+from warmd.api.errors import as_error, mapped, mapped_stream
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
 from warmd.inference import Inference
@@ -25,7 +31,8 @@ from warmd.spec import ModelSpec
 from warmd.v2 import inference_pb2 as v2
 from warmd.v2 import inference_pb2_grpc
 
-EXTENSIONS = ["model_repository", "statistics", "system_shared_memory", "parameters"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "system_shared_memory",
+              "cuda_shared_memory", "parameters"]
 SHM_KEYS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
 # Typed contents: which InferTensorContents field holds each datatype.
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -37,10 +44,10 @@ _REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLO
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, catalog: Catalog, scheduler: Scheduler, inference: Inference,
-                 shm: SharedMemoryRegistry, drain_timeout: float) -> None:
+    def __init__(self, catalog: Catalog, scheduler: Scheduler, inference: Inference, shm: SharedMemoryRegistry,
+                 cuda_shm: cudashm.CudaSharedMemoryRegistry, drain_timeout: float) -> None:
         self.catalog, self.scheduler, self.inference, self.shm = catalog, scheduler, inference, shm
-        self.drain_timeout = drain_timeout
+        self.cuda_shm, self.drain_timeout = cuda_shm, drain_timeout
 
     # ---- health and metadata -------------------------------------------------------------------
     @mapped
@@ -73,6 +80,14 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             inputs=[meta(name=d.name, datatype=d.dtype, shape=d.shape) for d in spec.inputs],
             outputs=[meta(name=d.name, datatype=d.dtype, shape=d.shape) for d in spec.outputs])
 
+    @mapped
+    def ModelConfig(self, request: v2.ModelConfigRequest, context: grpc.ServicerContext) -> v2.ModelConfigResponse:
+        return v2.ModelConfigResponse(config=self._config(self._spec(request.name, request.version)))
+
+    def _config(self, spec: ModelSpec) -> v2.ModelConfig:
+        cls = self.scheduler.providers.get(spec.provider)
+        return model_config.synthesize(spec, self.scheduler.view(spec.name), cls is not None and cls.batchable)
+
     # ---- inference -----------------------------------------------------------------------------
     @mapped
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
@@ -85,44 +100,65 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         for request in requests:
             try:
                 yield v2.ModelStreamInferResponse(infer_response=self._infer(request, owner, ctx))
-            except WarmdError as err:      # one bad request does not end the stream
-                yield v2.ModelStreamInferResponse(error_message=f"[{err.code.value}] {err.message}")
+            except Exception as exc:  # noqa: BLE001 - one bad request (or bug) does not end the stream
+                yield v2.ModelStreamInferResponse(error_message=_error_message(as_error("ModelStreamInfer", exc)))
 
     def _infer(self, request: v2.ModelInferRequest, owner: str, ctx: CallContext) -> v2.ModelInferResponse:
         spec = self._spec(request.model_name, request.model_version)
-        tensors, text = self._inputs(request, owner)
+        cls = self.scheduler.providers.get(spec.provider)
+        on_device = cls is not None and cls.device_tensors
+        tensors, text = self._inputs(spec, request, owner, on_device)
         params = {k: _param(v) for k, v in request.parameters.items()}
+        device_outputs = frozenset(o.name for o in request.outputs if on_device and self._cuda_window(o, owner))
         _, result = self.inference.run(spec.name, InferRequest(tensors=tensors, text=text, parameters=params,
-                                                                context=ctx))
+                                                                context=ctx, device_outputs=device_outputs))
         response = v2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
         self._outputs(request, result, owner, response)
         return response
 
-    def _inputs(self, request: v2.ModelInferRequest, owner: str) -> tuple[dict[str, Any], list[str]]:
-        from warmd import tensors as codec   # numpy: imported on the first request
-
-        if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{len(request.raw_input_contents)} raw_input_contents for "
-                             f"{len(request.inputs)} inputs; send one per input, in order, or none")
+    def _inputs(self, spec: ModelSpec, request: v2.ModelInferRequest, owner: str,
+                on_device: bool) -> tuple[dict[str, Any], list[str]]:
+        if request.raw_input_contents:
+            typed = next((t.name for t in request.inputs if t.contents.ListFields()), None)
+            if typed is not None:
+                raise WarmdError(Code.INVALID_ARGUMENT, f"contents field must not be specified when using "
+                                 f"raw_input_contents for {typed!r} for model {spec.name!r}; send every input "
+                                 "raw or every input typed")
+            if len(request.raw_input_contents) != len(request.inputs):
+                raise WarmdError(Code.INVALID_ARGUMENT, f"{len(request.raw_input_contents)} raw_input_contents "
+                                 f"for {len(request.inputs)} inputs; send one per input, in order, or none")
+        byte_tensors = {d.name for d in spec.inputs if d.dtype == "BYTES"}
         arrays: dict[str, Any] = {}
         text: list[str] = []
         for i, tensor in enumerate(request.inputs):
             if tensor.name in arrays:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r} is given twice")
-            if "shared_memory_region" in tensor.parameters:
-                what = f"input {tensor.name!r}"
-                raw: Any = self.shm.read(owner, *self._window(tensor.parameters, what), what)
-            elif request.raw_input_contents:
-                raw = request.raw_input_contents[i]
+            raw = request.raw_input_contents[i] if request.raw_input_contents else None
+            value = self._input(tensor, raw, owner, on_device)
+            if tensor.datatype == "BYTES" and tensor.name not in byte_tensors:
+                text.extend(_text(tensor.name, value))
             else:
-                raw = None
-            if tensor.datatype == "BYTES":
-                text.extend(_strings(tensor, raw))
-            elif raw is not None:
-                arrays[tensor.name] = codec.decode(tensor.name, tensor.datatype, tensor.shape, raw)
-            else:
-                arrays[tensor.name] = _from_contents(tensor)
+                arrays[tensor.name] = value
         return arrays, text
+
+    def _input(self, tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None, owner: str,
+               on_device: bool) -> Any:
+        """One input as an array (numpy, or a torch tensor on the GPU when `on_device`)."""
+        from warmd import tensors as codec   # numpy: imported on the first request
+
+        what = f"input {tensor.name!r}"
+        if "shared_memory_region" in tensor.parameters:
+            region, offset, size = self._window(tensor.parameters, what)
+            if self.cuda_shm.has(owner, region):
+                window = self.cuda_shm.read(owner, region, offset, size, what)
+                if on_device and tensor.datatype != "BYTES":
+                    return cudashm.as_tensor(tensor.name, tensor.datatype, tensor.shape, window)
+                raw = window.cpu().numpy().data      # one copy to the host for a provider that takes numpy
+            else:
+                raw = self.shm.read(owner, region, offset, size, what)
+        if raw is not None:
+            return codec.decode(tensor.name, tensor.datatype, tensor.shape, raw)
+        return _from_contents(tensor)
 
     def _outputs(self, request: v2.ModelInferRequest, result: InferResult, owner: str,
                  response: v2.ModelInferResponse) -> None:
@@ -135,17 +171,30 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             raise WarmdError(Code.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; "
                              f"{request.model_name!r} gives {', '.join(result.tensors)}")
         for out in wanted:
-            dtype, data = codec.encode(out.name, result.tensors[out.name])
-            tensor = response.outputs.add(name=out.name, datatype=dtype, shape=data.shape)
-            if "shared_memory_region" in out.parameters:
-                what = f"output {out.name!r}"
-                self.shm.write(owner, *self._window(out.parameters, what), data, what)
-                for key in SHM_KEYS:
-                    if key in out.parameters:
-                        tensor.parameters[key].CopyFrom(out.parameters[key])
-                response.raw_output_contents.append(b"")   # positions stay aligned with `outputs`
+            value, what = result.tensors[out.name], f"output {out.name!r}"
+            if cudashm.is_tensor(value):     # kept on the GPU for a CUDA window (device_outputs)
+                dtype, shape, raw = cudashm.dtype_name(out.name, value), list(value.shape), value
             else:
-                response.raw_output_contents.append(data.tobytes())
+                dtype, data = codec.encode(out.name, value)
+                shape, raw = list(data.shape), codec.raw(dtype, data)
+            tensor = response.outputs.add(name=out.name, datatype=dtype, shape=shape)
+            if "shared_memory_region" not in out.parameters:
+                response.raw_output_contents.append(bytes(raw))
+                continue
+            window = self._window(out.parameters, what)
+            if self.cuda_shm.has(owner, window[0]):
+                self.cuda_shm.write(owner, *window, raw, what)
+            else:
+                self.shm.write(owner, *window, raw, what)
+            for key in SHM_KEYS:
+                if key in out.parameters:
+                    tensor.parameters[key].CopyFrom(out.parameters[key])
+            response.raw_output_contents.append(b"")   # positions stay aligned with `outputs`
+
+    def _cuda_window(self, out: v2.ModelInferRequest.InferRequestedOutputTensor, owner: str) -> bool:
+        """Whether a requested output goes to one of `owner`'s CUDA regions."""
+        region = out.parameters.get("shared_memory_region")
+        return region is not None and self.cuda_shm.has(owner, region.string_param)
 
     def _window(self, params: Any, what: str) -> tuple[str, int, int]:
         """(region, offset, byte_size) named by a tensor's shared_memory_* parameters."""
@@ -194,19 +243,45 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,
                             context: grpc.ServicerContext) -> v2.RepositoryModelLoadResponse:
-        if request.parameters:
-            raise WarmdError(Code.INVALID_ARGUMENT, "load parameters (config overrides, files) are not supported; "
-                             "warmd loads models from their spec files")
-        spec = self._spec(request.model_name)
-        _, future = self.scheduler.start_load(spec.name)
-        future.result()
+        try:
+            self._load(request.model_name, request.parameters)
+        except WarmdError as err:
+            raise WarmdError(err.code, f"failed to load {request.model_name!r}: {err.message}") from None
         return v2.RepositoryModelLoadResponse()
+
+    def _load(self, name: str, params: Any) -> None:
+        """Load `name`, with the `config` override if given; a refused override changes nothing."""
+        files = sorted(k for k in params if k.startswith("file:"))
+        if files:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"file overrides ({files[0][:40]}...) are refused: warmd never "
+                             "writes model files from a request; put them next to the spec and point its source "
+                             "at them")
+        unknown = sorted(set(params) - {"config"})
+        if unknown:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"unknown load parameter(s) {', '.join(unknown)}; warmd takes "
+                             "`config` (a ModelConfig override in JSON)")
+        spec = self._spec(name)
+        fields: dict[str, Any] = {}
+        if "config" in params:
+            value = params["config"]
+            text = value.bytes_param.decode("utf-8", "replace") if value.WhichOneof("parameter_choice") == \
+                "bytes_param" else value.string_param
+            fields = model_config.override(spec, text, self._config(spec))
+        before = self.catalog.overrides(spec.name)
+        self.catalog.override(spec.name, fields)   # without `config`: back to the spec file, as Triton rereads
+        try:
+            _, future = self.scheduler.start_load(spec.name)
+            future.result()
+        except BaseException:
+            self.catalog.override(spec.name, before)
+            raise
 
     @mapped
     def RepositoryModelUnload(self, request: v2.RepositoryModelUnloadRequest,
                               context: grpc.ServicerContext) -> v2.RepositoryModelUnloadResponse:
         spec = self._spec(request.model_name)
         self.scheduler.unload(spec.name, wait_s=self.drain_timeout)
+        self.catalog.override(spec.name, {})       # a config override lasts until the model's next load or unload
         return v2.RepositoryModelUnloadResponse()
 
     # ---- system shared memory ------------------------------------------------------------------
@@ -222,7 +297,9 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def SystemSharedMemoryRegister(self, request: v2.SystemSharedMemoryRegisterRequest,
                                    context: grpc.ServicerContext) -> v2.SystemSharedMemoryRegisterResponse:
-        self.shm.register(caller(context), request.name, request.key, request.offset, request.byte_size)
+        owner = caller(context)
+        _name_free(owner, request.name, self.cuda_shm.has, "CUDA")
+        self.shm.register(owner, request.name, request.key, request.offset, request.byte_size)
         return v2.SystemSharedMemoryRegisterResponse()
 
     @mapped
@@ -231,15 +308,52 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.shm.unregister(caller(context), request.name)
         return v2.SystemSharedMemoryUnregisterResponse()
 
+    # ---- CUDA shared memory --------------------------------------------------------------------
+    @mapped
+    def CudaSharedMemoryStatus(self, request: v2.CudaSharedMemoryStatusRequest,
+                               context: grpc.ServicerContext) -> v2.CudaSharedMemoryStatusResponse:
+        response = v2.CudaSharedMemoryStatusResponse()
+        for region in self.cuda_shm.status(caller(context), request.name):
+            response.regions[region.name].CopyFrom(v2.CudaSharedMemoryStatusResponse.RegionStatus(
+                name=region.name, device_id=region.device_id, byte_size=region.byte_size))
+        return response
+
+    @mapped
+    def CudaSharedMemoryRegister(self, request: v2.CudaSharedMemoryRegisterRequest,
+                                 context: grpc.ServicerContext) -> v2.CudaSharedMemoryRegisterResponse:
+        owner = caller(context)
+        _name_free(owner, request.name, self.shm.has, "system")
+        self.cuda_shm.register(owner, request.name, request.raw_handle, request.device_id, request.byte_size)
+        return v2.CudaSharedMemoryRegisterResponse()
+
+    @mapped
+    def CudaSharedMemoryUnregister(self, request: v2.CudaSharedMemoryUnregisterRequest,
+                                   context: grpc.ServicerContext) -> v2.CudaSharedMemoryUnregisterResponse:
+        self.cuda_shm.unregister(caller(context), request.name)
+        return v2.CudaSharedMemoryUnregisterResponse()
+
     # ---- helpers -------------------------------------------------------------------------------
     def _spec(self, name: str, version: str = "") -> ModelSpec:
-        spec = self.catalog.get(name)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}; RepositoryIndex lists them")
+        try:
+            spec = self.catalog.require(name, listed_by="RepositoryIndex lists them")
+        except WarmdError as err:     # Triton's phrase first: its clients look for it
+            raise WarmdError(err.code, f"Request for unknown model: {err.message}") from None
         if version and version != spec.version:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"model {name!r} has version {spec.version or '(none)'!r}, "
-                             f"not {version!r}; leave the version empty for the current one")
+            raise WarmdError(Code.MODEL_NOT_FOUND, f"failed to get model version from specified version string "
+                             f"{version!r}: model {name!r} has version {spec.version or '(none)'!r}; leave the "
+                             "version empty for the current one")
         return spec
+
+
+def _error_message(err: WarmdError) -> str:
+    return f"[{err.code.value}] {err.message}"
+
+
+def _name_free(owner: str, name: str, taken: Any, kind: str) -> None:
+    """Refuse a region name the caller already uses for the other kind of shared memory."""
+    if taken(owner, name):
+        raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory region {name!r} is already registered as {kind} "
+                         "shared memory; unregister it first")
 
 
 def _param(value: v2.InferParameter) -> Any:
@@ -253,6 +367,8 @@ def _from_contents(tensor: v2.ModelInferRequest.InferInputTensor) -> Any:
     from warmd import tensors as codec
 
     shape, count = codec.checked_shape(tensor.name, tensor.shape)
+    if tensor.datatype == "BYTES":
+        return codec.bytes_tensor(tensor.name, shape, list(tensor.contents.bytes_contents))
     if tensor.datatype not in _CONTENTS:
         raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: {tensor.datatype} has no typed contents "
                          "field; send it in raw_input_contents (FP16 and BF16 are raw only)")
@@ -268,27 +384,10 @@ def _from_contents(tensor: v2.ModelInferRequest.InferInputTensor) -> Any:
                          f"{tensor.datatype}") from None
 
 
-def _strings(tensor: v2.ModelInferRequest.InferInputTensor, raw: Any) -> list[str]:
-    """BYTES elements as text: typed bytes_contents, or raw 4-byte-length-prefixed elements."""
-    from warmd import tensors as codec
-
-    if raw is None:
-        items = list(tensor.contents.bytes_contents)
-    else:
-        items, data, at = [], bytes(raw), 0
-        while at < len(data):
-            if at + 4 > len(data):
-                raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: BYTES element header cut off")
-            (size,) = struct.unpack_from("<I", data, at)
-            if at + 4 + size > len(data):
-                raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: BYTES element longer than the data")
-            items.append(data[at + 4:at + 4 + size])
-            at += 4 + size
-    _, count = codec.checked_shape(tensor.name, tensor.shape)
-    if len(items) != count:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: shape {list(tensor.shape)} needs {count} "
-                         f"BYTES elements, got {len(items)}")
+def _text(name: str, items: Any) -> list[str]:
+    """BYTES elements as text, for models that take text."""
     try:
-        return [item.decode("utf-8") for item in items]
+        return [item.decode("utf-8") for item in items.reshape(-1)]
     except UnicodeDecodeError:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r}: BYTES elements must be UTF-8 text") from None
+        raise WarmdError(Code.INVALID_ARGUMENT, f"input {name!r}: BYTES elements must be UTF-8 text (declare it "
+                         "in the spec's inputs with dtype BYTES for a model that takes bytes)") from None

@@ -4,10 +4,16 @@ A provider is one module with one `Provider` subclass. The scheduler decides wha
 a provider only does what it is told:
 
     validate_options(options)      -> problems with the spec's `options` (class method; no torch)
+    option_files(spec)             -> local files the options name that shape the model (class method)
     supports(spec, device)         -> whether it can run this spec on this device (class method)
     estimate(spec, files)          -> bytes it expects to occupy, from file headers (class method)
+    layers(spec, files)            -> a Layers when the model can be split between a GPU and the host
+                                      layer by layer (llama.cpp), else None (class method)
     Provider(spec, files, device)  -> an unloaded instance for one model
-        .load()                    -> measured bytes after the load
+        .gpu_layers                -> set by the scheduler before load() for a model with layers():
+                                      how many of them go to the GPU
+        .load()                    -> measured bytes after the load (on its device; a split model
+                                      sets .host_bytes to what it keeps in host memory)
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
 
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 import jsonschema
 
 from warmd.errors import Code, WarmdError
-from warmd.spec import ModelSpec, TensorDecl
+from warmd.spec import ModelSpec, TensorDecl, by_importance, explain
 
 if TYPE_CHECKING:   # numpy is imported on first use, keeping the daemon's start-up short
     import numpy as np
@@ -90,14 +96,43 @@ class CallContext:
         self._sink("text", text)
 
 
+@dataclass(frozen=True)
+class Layers:
+    """How a model splits between a GPU and host memory, layer by layer (llama.cpp's n_gpu_layers).
+
+    `sizes`: bytes each offloadable layer takes, in the order the runtime offloads them; `host`: bytes that
+    stay in host memory however many are offloaded; `wanted`: the layers the spec asks for on a GPU;
+    `flexible`: fewer will do (the spec says `auto`).
+    """
+
+    sizes: tuple[int, ...]
+    host: int
+    wanted: int
+    flexible: bool
+
+    def host_bytes(self, on_gpu: int) -> int:
+        """Host memory the model takes with `on_gpu` layers offloaded."""
+        return self.host + sum(self.sizes[on_gpu:])
+
+    def fitting(self, total: int, room: int) -> int:
+        """The most layers (up to `wanted`) whose device share of a `total`-byte model fits in `room`."""
+        return max((k for k in range(self.wanted + 1) if total - self.host_bytes(k) <= room), default=0)
+
+
 @dataclass
 class InferRequest:
-    """What a provider gets: named arrays, texts, free-form parameters, and the call's context."""
+    """What a provider gets: named arrays, texts, free-form parameters, and the call's context.
+
+    BYTES tensors are numpy object arrays of `bytes`. A provider whose class sets `device_tensors` may get
+    torch tensors on a GPU as well (CUDA shared memory, read in place: never write into them), and is asked
+    to return the outputs named in `device_outputs` as torch tensors on its device (no copy to the host).
+    """
 
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     text: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     context: CallContext = field(default_factory=CallContext)
+    device_outputs: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -119,15 +154,29 @@ class Provider(abc.ABC):
     # Whether requests can be joined along their first dimension (or texts) and outputs split back
     # (dynamic batching, spec `max_batch`).
     batchable: ClassVar[bool] = False
+    # Whether it takes torch tensors on a GPU as inputs and honours `InferRequest.device_outputs`.
+    device_tensors: ClassVar[bool] = False
+    # Set by the scheduler before load() for models with layers(): how many go to the GPU.
+    gpu_layers: int | None = None
+    # Set by load() for a model split between a GPU and the host: bytes it keeps in host memory, and
+    # (layers on the GPU, layers in all).
+    host_bytes: int = 0
+    offloaded: tuple[int, int] | None = None
 
     def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
         self.spec, self.files, self.device = spec, files, device
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
-        """Yield (message, path within options) for every problem; nothing when valid."""
-        for err in _validator(cls).iter_errors(options):
-            yield err.message, list(err.absolute_path)
+        """Yield (message, path within options) for every problem, the most telling first; nothing when valid."""
+        for err in by_importance(_validator(cls).iter_errors(options)):
+            yield explain(err)
+
+    @classmethod
+    def option_files(cls, spec: ModelSpec) -> list[Path]:
+        """Local files the spec's options name whose content is part of the model (torch: a factory
+        module next to the spec). The catalog watches them with the source: an edit reloads the model."""
+        return []
 
     @classmethod
     def supports(cls, spec: ModelSpec, device: str) -> bool:
@@ -138,6 +187,11 @@ class Provider(abc.ABC):
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         """Bytes the model will occupy once loaded; default: its safetensors weights at the spec's precision."""
         return safetensors_bytes(sorted(_safetensors_files(files)), spec.precision)
+
+    @classmethod
+    def layers(cls, spec: ModelSpec, files: Path) -> Layers | None:
+        """How the model splits between a GPU and host memory, for runtimes that offload layer by layer."""
+        return None
 
     @abc.abstractmethod
     def load(self) -> int:
@@ -248,6 +302,59 @@ def module_bytes(module: Any) -> int:
             seen.add(ptr)
             total += t.untyped_storage().nbytes()
     return total
+
+
+def conform_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request's tensors checked against the spec's declared `inputs`, before the provider runs.
+
+    A declared input's shape must fit its declaration (-1 = any size). A dtype other than the declared one
+    is converted when every value converts exactly (FP16 into FP32, INT32 into INT64, UINT8 into FP16...);
+    otherwise the input is refused, as Triton refuses any mismatch. BF16 arrives as exact float32 values.
+
+    Returns:
+        The tensors, declared ones in their declared dtype.
+    Raises:
+        WarmdError: `invalid_argument` naming the input, its dtype or shape and the declaration.
+    """
+    declared = {d.name: d for d in spec.inputs if d.dtype != "BYTES"}
+    conformed = dict(tensors)
+    for name, array in tensors.items():
+        decl = declared.get(name)
+        if decl is not None:
+            check_shape(decl, array)
+            conformed[name] = _as_declared(spec, decl, array)
+    return conformed
+
+
+def _as_declared(spec: ModelSpec, decl: TensorDecl, array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    from warmd import tensors as codec
+
+    want = np.dtype("<f4") if decl.dtype == "BF16" else codec.NUMPY_DTYPES[decl.dtype]
+    if array.dtype == want:
+        return array
+    if np.can_cast(array.dtype, want, "safe"):
+        return array.astype(want)
+    given = codec.dtype_name(array.dtype)
+    exact = [n for n, dt in codec.NUMPY_DTYPES.items() if dt != want and np.can_cast(dt, want, "safe")]
+    raise bad_input(f"input {decl.name!r} is {given}; model {spec.name!r} declares {decl.dtype} (its spec's "
+                    f"inputs), and {given} values do not all convert to {decl.dtype} exactly; send {decl.dtype}"
+                    + (f" (or {', '.join(exact)}, which convert exactly)" if exact else ""))
+
+
+def check_texts(spec: ModelSpec, texts: list[str], messages: Any = None) -> None:
+    """Refuse a text, or a chat message's content (`messages`, the chat task's parameter), longer than the
+    spec's `max_input_chars`, before any tokenizer or chat template sees it."""
+    named = [(f"text {i}", text) for i, text in enumerate(texts)]
+    if isinstance(messages, list):      # a malformed conversation is the chat task's to refuse
+        named += [(f"messages[{i}] content", m["content"]) for i, m in enumerate(messages)
+                  if isinstance(m, Mapping) and isinstance(m.get("content"), str)]
+    for what, text in named:
+        if len(text) > spec.max_input_chars:
+            raise bad_input(f"{what} is {len(text)} characters; model {spec.name!r} takes at most "
+                            f"{spec.max_input_chars} (max_input_chars in its spec): shorten or split it, "
+                            "or raise max_input_chars")
 
 
 def check_shape(decl: TensorDecl, array: np.ndarray) -> None:

@@ -14,7 +14,6 @@ JSON results (labels, generated text of a warmd remote) do not cross V2; only te
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 from pathlib import Path
@@ -102,11 +101,10 @@ class RemoteProvider(Provider):
         for name, array in request.tensors.items():
             dtype, data = codec.encode(name, array)
             call.inputs.add(name=name, datatype=dtype, shape=data.shape)
-            call.raw_input_contents.append(data.tobytes())
+            call.raw_input_contents.append(bytes(codec.raw(dtype, data)))
         if request.text:
             call.inputs.add(name="text", datatype="BYTES", shape=[len(request.text)])
-            call.raw_input_contents.append(b"".join(struct.pack("<I", len(t.encode())) + t.encode()
-                                                    for t in request.text))
+            call.raw_input_contents.append(codec.serialize_bytes(t.encode() for t in request.text))
         for key, value in request.parameters.items():
             _set_param(call.parameters[key], key, value)
         ctx = request.context

@@ -10,13 +10,15 @@ options:
 Inputs are passed to forward() positionally, in the order the spec's `inputs` declares (or the order
 the request gives); a forward() with a `context` parameter also gets the call's CallContext (report
 progress, stop when cancelled). A tensor result is named by the spec's first output (default "output"); a tuple
-or dict result maps onto the declared outputs.
+or dict result maps onto the declared outputs. Inputs that arrive as CUDA tensors (CUDA shared memory) are
+used where they are, and outputs asked for on the device stay there.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import inspect
+import os
 import logging
 import sys
 import weakref
@@ -24,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from warmd.errors import Code, WarmdError
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, check_shape, module_bytes,
-                                  move_module, release_module, safetensors_bytes, torch_dtype)
+from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
+                                  release_module, safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,14 @@ class TorchProvider(Provider):
     name = "torch"
     parkable = True
     batchable = True
+    device_tensors = True
     options_schema = {
         "type": "object",
         "additionalProperties": False,
         "required": ["factory"],
         "properties": {
-            "factory": {"type": "string", "pattern": r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$"},
+            "factory": {"type": "string", "pattern": r"^[A-Za-z0-9_./-]+(\.py)?:[A-Za-z_][A-Za-z0-9_]*$",
+                        "description": "\"package.module:callable\" or \"file.py:callable\" (a file next to the spec)"},
             "args": {"type": "object"},
             "weights": {"type": "string", "minLength": 1},
             "strict": {"type": "boolean"},
@@ -57,6 +61,11 @@ class TorchProvider(Provider):
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         return safetensors_bytes([weights_file(spec, files)], spec.precision)
+
+    @classmethod
+    def option_files(cls, spec: ModelSpec) -> list[Path]:
+        target = spec.options["factory"].rpartition(":")[0]
+        return [spec.file.parent / target] if target.endswith(".py") else []
 
     def load(self) -> int:
         import torch
@@ -118,7 +127,7 @@ class TorchProvider(Provider):
         extra = {"context": request.context} if self._takes_context else {}
         with torch.inference_mode():
             result = self.module(*args, **extra)
-        return InferResult(tensors=self._name_outputs(result))
+        return InferResult(tensors=self._name_outputs(result, request.device_outputs))
 
     def to_host(self) -> None:
         self.module = move_module(self.module, self.device, to_host=True)
@@ -142,21 +151,22 @@ class TorchProvider(Provider):
         if missing:
             raise bad_input(f"missing input(s) {', '.join(missing)}; model {self.spec.name!r} takes "
                             f"{', '.join(d.name for d in self.spec.inputs)}")
-        for decl in self.spec.inputs:
-            check_shape(decl, request.tensors[decl.name])
         return [(d.name, request.tensors[d.name]) for d in self.spec.inputs]
 
     def _to_tensor(self, name: str, arr: np.ndarray):  # type: ignore[no-untyped-def]
         import numpy as np
         import torch
 
-        # Requests arrive as read-only views of the message; torch wants writable memory, so copy once.
-        tensor = torch.from_numpy(np.array(arr, copy=True))
+        if isinstance(arr, torch.Tensor):       # CUDA shared memory: the caller's own memory, read in place
+            tensor = arr
+        else:   # requests arrive as read-only views of the message; torch wants writable memory: copy once
+            tensor = torch.from_numpy(np.array(arr, copy=True))
         if tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
-        return tensor if self.device == "cpu" else tensor.to(self.device, non_blocking=True)
+        # To the model's device (a no-op where it is); asynchronous only from host memory to a GPU.
+        return tensor.to(self.device, non_blocking=not tensor.is_cuda)
 
-    def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
+    def _name_outputs(self, result: Any, on_device: frozenset[str]) -> dict[str, Any]:
         names = [d.name for d in self.spec.outputs] or ["output"]
         if isinstance(result, dict):
             items = list(result.items())
@@ -165,15 +175,17 @@ class TorchProvider(Provider):
             items = list(zip(names, result))
         else:
             items = [(names[0], result)]
-        return {name: _to_numpy(value) for name, value in items}
+        return {name: _output(value, name in on_device) for name, value in items}
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _output(value: Any, on_device: bool) -> Any:
+    """An output as numpy, or (asked for on the device) as a torch tensor where it is."""
     import torch
 
     if value.dtype in (torch.bfloat16, torch.float16):
-        value = value.float()   # numpy has no bfloat16; callers get exact float32 values
-    return value.detach().cpu().numpy()
+        value = value.float()   # numpy has no bfloat16; callers get exact float32 values (on a GPU too)
+    value = value.detach()
+    return value if on_device and value.is_cuda else value.cpu().numpy()
 
 
 def read_through(path: Path) -> None:
@@ -190,8 +202,9 @@ def weights_file(spec: ModelSpec, files: Path) -> Path:
     if files.is_file():
         return files
     name = spec.options.get("weights", "model.safetensors")
-    path = (files / name).resolve()
-    if not path.is_relative_to(files.resolve()):
+    # Checked by name, not by resolving links: a Hugging Face snapshot's files are links into its blobs/.
+    path = Path(os.path.normpath(files / name))
+    if not path.is_relative_to(os.path.normpath(files)):
         raise WarmdError(Code.SPEC_INVALID, f"options.weights {name!r} points outside the model's files")
     if not path.is_file():
         raise WarmdError(Code.WEIGHTS_MISSING, f"weights file {path} does not exist; "

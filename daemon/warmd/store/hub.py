@@ -10,15 +10,17 @@ file bodies go through store.fetch for resume across daemon restarts, which hugg
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from warmd.errors import Code, WarmdError
 from warmd.paths import write_atomic
 from warmd.spec import Source
-from warmd.store.fetch import Digest, part_path
+from warmd.store.fetch import OFFLINE_HINT, Digest, part_path
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,49 @@ def repo_dir(repo_id: str) -> Path:
     return cache_root() / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
+def endpoint() -> str:
+    """The hub warmd talks to: HF_ENDPOINT as huggingface_hub read it, by default https://huggingface.co."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+@contextlib.contextmanager
+def asking(repo: str, revision: str) -> Iterator[None]:
+    """Around a hub API call: its failures as stable codes naming the hub (HF_ENDPOINT) that was asked.
+
+    Raises:
+        WarmdError: `unavailable` when the hub cannot be reached or answers with a server error;
+            `invalid_argument` for a repository or revision it does not have (or hides: private, gated).
+    """
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    # The HTTP library's own base error (httpx's, or httpx2's in huggingface_hub 2) covers connect errors,
+    # timeouts and unresolvable names; HfHubHTTPError derives from it and from OSError.
+    transport = (OSError, *HfHubHTTPError.__bases__)
+    try:
+        yield
+    except RevisionNotFoundError:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"the hub at {endpoint()} has no revision {revision!r} of "
+                         f"{repo}; name a branch, tag or commit it has") from None
+    except RepositoryNotFoundError:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"the hub at {endpoint()} has no repository {repo} (or it is "
+                         "private or gated: log in with `hf auth login` or set HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise WarmdError(Code.UNAVAILABLE, f"the hub at {endpoint()} failed the request for {repo} ({first}); "
+                         "retry later") from None
+    except transport as exc:
+        raise WarmdError(Code.UNAVAILABLE, f"cannot reach the Hugging Face Hub at {endpoint()} for {repo} "
+                         f"({type(exc).__name__}: {exc}); {OFFLINE_HINT}") from None
+
+
 def resolve_commit(src: Source) -> str:
     """Ask the hub which commit `src.revision` is now (a commit hash resolves to itself)."""
     from huggingface_hub import HfApi
 
-    return HfApi().model_info(src.ref, revision=src.revision).sha  # type: ignore[return-value]
+    with asking(src.ref, src.revision):
+        return HfApi().model_info(src.ref, revision=src.revision).sha  # type: ignore[return-value]
 
 
 def list_files(src: Source, commit: str) -> list[RemoteFile]:
@@ -64,8 +104,9 @@ def list_files(src: Source, commit: str) -> list[RemoteFile]:
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
 
-    entries = [e for e in HfApi().list_repo_tree(src.ref, revision=commit, recursive=True)
-               if isinstance(e, RepoFile)]
+    with asking(src.ref, commit):
+        entries = [e for e in HfApi().list_repo_tree(src.ref, revision=commit, recursive=True)
+                   if isinstance(e, RepoFile)]
     chosen = set(filter_repo_objects([e.path for e in entries],
                                      allow_patterns=list(src.allow_patterns) or None,
                                      ignore_patterns=list(src.ignore_patterns) or None))
@@ -228,7 +269,8 @@ def suggest_spec(repo_id: str, revision: str) -> dict:
     """
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(repo_id, revision=revision)
+    with asking(repo_id, revision):
+        info = HfApi().model_info(repo_id, revision=revision)
     library = info.library_name or ""
     if library not in _LIBRARIES and "sentence-transformers" in (info.tags or []):
         library = "sentence-transformers"

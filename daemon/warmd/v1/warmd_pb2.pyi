@@ -57,7 +57,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Residency(_message.Message):
-    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier")
+    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier", "gpu_layers", "total_layers")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class Residency(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     device: str
     estimated_bytes: int
     measured_bytes: int
@@ -76,7 +78,9 @@ class Residency(_message.Message):
     in_flight: int
     pinned: bool
     tier: str
-    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ...) -> None: ...
+    gpu_layers: int
+    total_layers: int
+    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads")
@@ -147,16 +151,18 @@ class DownloadRecord(_message.Message):
     def __init__(self, started: _Optional[float] = ..., finished: _Optional[float] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., result: _Optional[str] = ..., error_code: _Optional[str] = ..., message: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Discovered(_message.Message):
-    __slots__ = ("repo_id", "revisions", "size_on_disk", "path")
+    __slots__ = ("repo_id", "revisions", "size_on_disk", "path", "source")
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
     REVISIONS_FIELD_NUMBER: _ClassVar[int]
     SIZE_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     repo_id: str
     revisions: _containers.RepeatedScalarFieldContainer[str]
     size_on_disk: int
     path: str
-    def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Files(_message.Message):
     __slots__ = ("state", "bytes_on_disk", "revision", "bytes_total")
@@ -528,7 +534,7 @@ class PlanLoadRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class LoadPlan(_message.Message):
-    __slots__ = ("model", "action", "device", "bytes", "free_bytes", "evictions", "download", "policy", "message")
+    __slots__ = ("model", "action", "device", "bytes", "free_bytes", "evictions", "download", "policy", "message", "gpu_layers", "total_layers", "host_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +544,9 @@ class LoadPlan(_message.Message):
     DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HOST_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     action: str
     device: str
@@ -547,7 +556,10 @@ class LoadPlan(_message.Message):
     download: bool
     policy: str
     message: str
-    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ..., download: _Optional[bool] = ..., policy: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    gpu_layers: int
+    total_layers: int
+    host_bytes: int
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ..., download: _Optional[bool] = ..., policy: _Optional[str] = ..., message: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., host_bytes: _Optional[int] = ...) -> None: ...
 
 class ListEvictionsRequest(_message.Message):
     __slots__ = ("model",)

@@ -1,0 +1,61 @@
+"""The README's torch example ("### A torch model, step by step") run as written: its `file=` blocks
+are saved into the default specs folder of a fresh home, a daemon serves that folder, and each `$ `
+line of its console block runs through bash from the checkout; what they print must be what the README
+shows."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+HEADING = "### A torch model, step by step"
+
+
+def _section() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(HEADING) + len(HEADING)
+    end = text.find("\n### ", start)
+    return text[start:end if end != -1 else len(text)]
+
+
+def _blocks(section: str) -> list[tuple[str, str]]:
+    """(info string, body) of each fenced block, in order."""
+    blocks, lines = [], iter(section.splitlines())
+    for line in lines:
+        if line.startswith("```") and line.strip() != "```":
+            info, body = line[3:].strip(), []
+            for inner in lines:
+                if inner.startswith("```"):
+                    break
+                body.append(inner)
+            blocks.append((info, "\n".join(body) + "\n"))
+    return blocks
+
+
+def test_the_torch_example_runs_as_written(start_daemon, short_tmp: Path) -> None:
+    blocks = _blocks(_section())
+    files = {info.split("file=")[1]: body for info, body in blocks if "file=" in info}
+    assert set(files) == {"tiny.py", "make_tiny.py", "tiny.yaml"}
+    [console] = [body for info, body in blocks if info == "console"]
+
+    home = short_tmp / "home"
+    specs = home / ".config" / "warmd" / "specs"        # the README's default folder, in a fresh home
+    specs.mkdir(parents=True)
+    for name, body in files.items():
+        (specs / name).write_text(body)
+    daemon = start_daemon(specs, env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")})
+
+    venv = REPO / ".venv" / "bin"
+    assert (venv / "python").exists() and Path(sys.executable).parent == venv, "run the tests with .venv/bin/python"
+    commands = [line[2:] for line in console.splitlines() if line.startswith("$ ")]
+    shown = [line for line in console.splitlines() if not line.startswith("$ ")]
+    printed = []
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=120,
+                                env={**daemon.env, "WARMD_SOCKET": str(daemon.socket)})
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        printed += result.stdout.splitlines()
+    assert printed == shown
+    assert (specs / "tiny.safetensors").is_file()
