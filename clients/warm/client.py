@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import grpc
+# gRPC's C core writes transport events (a GOAWAY when the daemon stops) to stderr at INFO unless told
+# otherwise; a client reports every failure itself, as a WarmdError. A setting of the user's own wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402 - after the setting above
 
 from warmd import paths
 from warmd.errors import METADATA_KEY, Code, WarmdError, from_rpc_error
@@ -334,9 +338,16 @@ class Client:
     def _error(self, err: grpc.RpcError) -> WarmdError:
         error = from_rpc_error(err)
         from_daemon = any(k == METADATA_KEY for k, _ in (err.trailing_metadata() or ()))
+        if not from_daemon and err.details() == SERVER_STOPPED:
+            return WarmdError(Code.UNAVAILABLE, f"warmd at {self.target} stopped before the call finished (it was "
+                              "shut down or restarted); retry once it is back (`warm status` tells)")
         if err.code() == grpc.StatusCode.UNAVAILABLE and not from_daemon:
             error.message = f"warmd is not reachable at {self.target} ({err.details()}); start it with `warmd serve`"
         return error
+
+
+# What gRPC tells the calls still open when a server stops (after the daemon's drain_timeout).
+SERVER_STOPPED = "Cancelling all calls"
 
 
 def _read_token(path: Path) -> str:
