@@ -29,7 +29,8 @@ _WARMD, _V2 = "/warmd.v1.Warmd/", "/inference.GRPCInferenceService/"
 # The scope of every RPC, by tier. A method missing here (a new RPC nobody placed yet) needs `admin`: the
 # table fails closed. tests/integration/test_tokens.py checks it against the methods the .proto files define.
 _READ = {
-    _WARMD: ("ListModels", "GetModel", "Status", "Watch", "ResolveRole", "ListProfiles"),
+    _WARMD: ("ListModels", "GetModel", "Status", "Watch", "ResolveRole", "ListProfiles", "PlanLoad",
+             "ListEvictions"),
     _V2: ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
           "ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus", "CudaSharedMemoryStatus"),
 }

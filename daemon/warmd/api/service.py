@@ -20,7 +20,7 @@ from warmd.app.views import Discovered
 from warmd.errors import Code, WarmdError
 from warmd.providers import CallContext, InferRequest
 from warmd.roles import Choice
-from warmd.scheduler import Resident
+from warmd.scheduler import Resident, eviction_proto
 from warmd.spec import SpecFileError, TensorDecl
 from warmd.v1 import MODEL_STATES, warmd_pb2_grpc
 from warmd.v1 import warmd_pb2 as pb
@@ -79,6 +79,33 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.CancelJobResponse:
         self.app.cancel(request.job_id)
         return pb.CancelJobResponse(cancelled=True)
+
+    @mapped
+    def PlanLoad(self, request: pb.PlanLoadRequest, context: grpc.ServicerContext) -> pb.LoadPlan:
+        run = self.scheduler.plan_load(request.name)
+        return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
+                           free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],
+                           download=run.download, policy=self.scheduler.eviction, message=run.message,
+                           gpu_layers=run.gpu_layers, total_layers=run.total_layers, host_bytes=run.host_bytes)
+
+    @mapped
+    def ListEvictions(self, request: pb.ListEvictionsRequest,
+                      context: grpc.ServicerContext) -> pb.ListEvictionsResponse:
+        return pb.ListEvictionsResponse(evictions=[eviction_proto(t, m)
+                                                   for t, m in self.scheduler.evictions(request.model)])
+
+    @mapped
+    def PlanLoad(self, request: pb.PlanLoadRequest, context: grpc.ServicerContext) -> pb.LoadPlan:
+        run = self.app.plan_load(request.name)
+        return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
+                           free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],
+                           download=run.download, policy=self.app.settings.eviction, message=run.message,
+                           gpu_layers=run.gpu_layers, total_layers=run.total_layers, host_bytes=run.host_bytes)
+
+    @mapped
+    def ListEvictions(self, request: pb.ListEvictionsRequest,
+                      context: grpc.ServicerContext) -> pb.ListEvictionsResponse:
+        return pb.ListEvictionsResponse(evictions=[eviction_proto(t, m) for t, m in self.app.evictions(request.model)])
 
     @mapped
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.Model:

@@ -35,11 +35,12 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
-from warmd.jobs import Job
+from warmd.jobs import Job, Jobs
 from warmd.plugins import Plugins
 from warmd.providers import PROVIDERS, CallContext, InferRequest, Provider
 from warmd.roles import Choice, Profiles
-from warmd.scheduler import ModelView, Scheduler
+from warmd.policy import Move
+from warmd.scheduler import DryRun, ModelView, Scheduler
 from warmd.spec import ModelSpec
 from warmd.store import Store, hub
 from warmd.store.sources import KINDS, parse_reference
@@ -62,10 +63,13 @@ class App:
         self.providers = dict(PROVIDERS if providers is None else providers)   # plus the plugins', as they come
         self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir], self.providers, self.bus, s.reload_debounce)
         self.plugins = Plugins(s.plugins_dir, self.providers, on_change=self.catalog.revalidate)
-        self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout)
+        self.jobs = Jobs(self.bus)              # every long operation: loads and downloads
+        self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout,
+                           jobs=self.jobs)
         inventory = devices.inventory(s.cpu_budget, s.gpu_budget, s.gpu_reserve, s.simulated_gpus)
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, s.keep_alive, inventory,
-                                   devices.budget_bytes(s.host_tier_budget, inventory["cpu"].total))
+                                   devices.budget_bytes(s.host_tier_budget, inventory["cpu"].total),
+                                   eviction=s.eviction, max_keep_alive=s.max_keep_alive, jobs=self.jobs)
         self.inference = Inference(self.scheduler, self.providers)
         self.profiles = Profiles(s.profiles_dir, s.data_dir / "active_profile", s.data_dir / "role_picks.json",
                                  self.catalog, self.scheduler, self.store)
@@ -135,9 +139,9 @@ class App:
         if self.store.state(spec).state in ("verified", "complete"):
             return Operation.done(spec.name, "download.finished", "already on disk")
         with contextlib.ExitStack() as exits:     # kept by the operation once the transfer is joined
-            sub = exits.enter_context(contextlib.closing(self.bus.subscribe(model=spec.name)))
             job, future = exits.enter_context(self.store.pull(spec))
-            return Operation(spec.name, "download.finished", job, future, sub, exits.pop_all())
+            follower = self.jobs.follow(job)      # by job id: a transfer another spec started too
+            return Operation(spec.name, "download.finished", job, future, follower, exits.pop_all())
 
     def load(self, name: str, keep_alive: float | None = None,
              config: Mapping[str, Any] | None = None) -> Operation:
@@ -156,16 +160,29 @@ class App:
             before = self.catalog.overrides(spec.name)
             self.catalog.override(spec.name, config)
             on_error = lambda _err: self.catalog.override(spec.name, before)  # noqa: E731 - a refused load changes nothing
-        sub = self.bus.subscribe(model=spec.name)
         try:
             job, future = self.scheduler.start_load(spec.name, keep_alive=keep_alive)
-        except BaseException:
-            sub.close()
+        except WarmdError as err:
             if on_error is not None:
-                on_error(None)
+                on_error(err)
             raise
-        return Operation(spec.name, "model.loaded", job, future, sub, done_message="already resident",
-                         on_error=on_error)
+        if job is None:
+            return Operation.done(spec.name, "model.loaded", "already resident")
+        # by job id: its download's events too
+        return Operation(spec.name, "model.loaded", job, future, self.jobs.follow(job), on_error=on_error)
+
+    def plan_load(self, name: str) -> DryRun:
+        """What loading the model would do now, without doing it: the device, the bytes, and what would be
+        parked or unloaded first and why (`warm load --dry-run`).
+
+        Raises:
+            WarmdError: `model_not_found`; what the load would fail with (insufficient_memory...).
+        """
+        return self.scheduler.plan_load(self.spec(name).name)
+
+    def evictions(self, model: str = "") -> list[tuple[float, Move]]:
+        """The residency log, oldest first: (unix time, the policy's decision with its reason and figures)."""
+        return self.scheduler.evictions(model)
 
     def unload(self, name: str, reset_config: bool = False) -> ModelInfo | None:
         """Unload the model once its requests in flight finish (up to drain_timeout).
@@ -218,18 +235,18 @@ class App:
         return self.model(name)
 
     # ---- jobs and events -----------------------------------------------------------------------
-    def jobs(self) -> list[Job]:
-        """The long operations under way."""
-        return self.store.downloads.running()
+    def running(self) -> list[Job]:
+        """The long operations under way: loads and downloads."""
+        return self.jobs.running()
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a running job (a download keeps its partial files for the next attempt).
+        """Cancel a running job: a load stops at its next step, a download at its next chunk (keeping its
+        partial files for the next attempt).
 
         Raises:
             WarmdError: `invalid_argument` when no job with that id is running.
         """
-        if not self.store.downloads.cancel(job_id):
-            raise WarmdError(Code.INVALID_ARGUMENT, f"no running job {job_id!r}; `warm watch` shows job ids")
+        self.jobs.cancel(job_id)
 
     def watch(self, kinds: tuple[str, ...] | list[str] = (), model: str = "") -> EventStream:
         """Every event whose kind starts with one of `kinds` (all when empty), about `model` if given."""
@@ -239,7 +256,7 @@ class App:
         return DaemonStatus(
             version=__version__, pid=os.getpid(), started_at=self.started_at, torch_imported="torch" in sys.modules,
             resident=[self._info(r.spec, None) for r in self.scheduler.resident()],
-            models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()), jobs=self.jobs(),
+            models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()), jobs=self.running(),
             plugins=self.plugins.states(), hf_cache=hub.cache_root(), settings=self.settings,
             devices=[DeviceUse(d, used, free) for d, used, free in self.scheduler.device_usage()])
 

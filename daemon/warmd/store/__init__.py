@@ -8,6 +8,7 @@ and url) unless the daemon is offline (`network_forbidden`) or its download poli
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import threading
@@ -17,7 +18,7 @@ from typing import Iterator
 
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
-from warmd.jobs import Job
+from warmd.jobs import Job, Jobs
 from warmd.spec import ModelSpec
 from warmd.store import hub
 from warmd.store.downloads import Downloads
@@ -26,15 +27,17 @@ from warmd.store.sources import FilesState, handler
 __all__ = ["FilesState", "Store", "file_sha256"]
 
 _CHUNK = 8 * 1024 * 1024
+CANCEL_POLL_S = 0.1      # how often a load waiting on a download looks at its own cancellation
 
 
 class Store:
     """Resolves sources to local paths, verifies digests, and downloads when the policy allows."""
 
     def __init__(self, data_dir: Path, bus: EventBus, offline: bool = False, policy: str = "auto",
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, jobs: Jobs | None = None) -> None:
         self.data_dir, self.offline, self.policy = data_dir, offline, policy
-        self.downloads = Downloads(data_dir, bus, timeout_s)
+        self.jobs = jobs or Jobs(bus)
+        self.downloads = Downloads(data_dir, self.jobs, timeout_s)
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -63,14 +66,23 @@ class Store:
         return self.downloads.probe_size(spec, wait_s)
 
     # ---- fetching ------------------------------------------------------------------------------
-    def ensure(self, spec: ModelSpec) -> Path:
-        """The local path, downloading first when files are missing and the policy allows it."""
+    def ensure(self, spec: ModelSpec, waiter: Job | None = None) -> Path:
+        """The local path, downloading first when files are missing and the policy allows it.
+
+        Args:
+            waiter: the job waiting for the files (a load): it follows the download's events, and its
+                cancellation stops the wait (and the download, when nobody else waits for it).
+        """
         try:
             return self.local(spec)
         except WarmdError as err:
             if err.code is not Code.WEIGHTS_MISSING or not handler(spec.source).downloadable:
                 raise
-        with self.pull(spec, on_demand=True) as (_, future):
+        with self.pull(spec, on_demand=True) as (job, future):
+            if waiter is not None:
+                waiter.wait_on(job)
+                while not concurrent.futures.wait([future], timeout=CANCEL_POLL_S).done:
+                    waiter.check()
             return future.result()
 
     @contextlib.contextmanager
