@@ -6,7 +6,6 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from models import affine_spec, affine_specs
 from tritonclient_run import triton

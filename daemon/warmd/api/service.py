@@ -82,20 +82,6 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
     @mapped
     def PlanLoad(self, request: pb.PlanLoadRequest, context: grpc.ServicerContext) -> pb.LoadPlan:
-        run = self.scheduler.plan_load(request.name)
-        return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
-                           free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],
-                           download=run.download, policy=self.scheduler.eviction, message=run.message,
-                           gpu_layers=run.gpu_layers, total_layers=run.total_layers, host_bytes=run.host_bytes)
-
-    @mapped
-    def ListEvictions(self, request: pb.ListEvictionsRequest,
-                      context: grpc.ServicerContext) -> pb.ListEvictionsResponse:
-        return pb.ListEvictionsResponse(evictions=[eviction_proto(t, m)
-                                                   for t, m in self.scheduler.evictions(request.model)])
-
-    @mapped
-    def PlanLoad(self, request: pb.PlanLoadRequest, context: grpc.ServicerContext) -> pb.LoadPlan:
         run = self.app.plan_load(request.name)
         return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
                            free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import grpc
 
-from warmd import __version__, cudashm
+from warmd import __version__
 from warmd.api import model_config
 from warmd.api.auth import caller
 from warmd.api.calls import call_context

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from warmd import __version__, devices
 from warmd.tokens import TokenInfo, TokenStore
@@ -41,9 +41,12 @@ from warmd.providers import PROVIDERS, CallContext, InferRequest, Provider
 from warmd.roles import Choice, Profiles
 from warmd.policy import Move
 from warmd.scheduler import DryRun, ModelView, Scheduler
-from warmd.spec import ModelSpec
+from warmd.spec import ModelSpec, SpecFileError
 from warmd.store import Store, hub
 from warmd.store.sources import KINDS, parse_reference
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["App", "ChatRequest", "Chunk", "Inferred", "ModelInfo", "Operation", "Provenance", "Target",
            "select_outputs"]
@@ -119,8 +122,8 @@ class App:
             info.files = dataclasses.replace(info.files, bytes_total=self.store.probe_size(info.spec))
         return info
 
-    def rejected(self) -> list[Any]:
-        """Spec files that were rejected (warmd.spec.SpecFileError), and the specs folder while unreadable."""
+    def rejected(self) -> list[SpecFileError]:
+        """Spec files that were rejected, and the specs folder while it cannot be read."""
         return self.catalog.rejected()
 
     def discovered(self) -> list[Discovered]:
@@ -303,7 +306,7 @@ class App:
         return self.infer_stream(target, request, keep_alive)
 
     def embed(self, target: Target | str, texts: list[str], context: CallContext | None = None,
-              keep_alive: float | None = None) -> Any:
+              keep_alive: float | None = None) -> np.ndarray:
         """Embed texts on a feature-extraction model: a float32 array [len(texts), dim]."""
         return embeddings(self.infer(target, InferRequest(text=list(texts), context=context or CallContext()),
                                      keep_alive))
@@ -342,6 +345,6 @@ class App:
         self.tokens.revoke(name)
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _info(self, spec: ModelSpec, file_error: Any) -> ModelInfo:
+    def _info(self, spec: ModelSpec, file_error: SpecFileError | None) -> ModelInfo:
         return ModelInfo(spec, self.scheduler.view(spec.name), file_error, self.scheduler.default_keep_alive,
                          self.store)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
+from warmd.config import Settings
 from warmd.devices import Device
 from warmd.inference import ModelStats
 from warmd.jobs import Job
@@ -162,4 +161,4 @@ class DaemonStatus:
     plugins: list[PluginState]
     devices: list[DeviceUse]
     hf_cache: Path
-    settings: Any             # warmd.config.Settings: paths and policies as configured
+    settings: Settings        # paths and policies as configured
