@@ -16,9 +16,6 @@ X = np.ones((1, 4), np.float32)
 
 
 
-
-
-
 def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 1.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))

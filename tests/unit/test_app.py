@@ -15,13 +15,10 @@ from warmd.errors import Code, WarmdError
 from warmd.providers.base import CallContext, InferRequest, InferResult, Provider
 
 
-class Talker(Provider):
-    """A chat model that says options.words one at a time, checking for a cancel between words."""
+class Instant(Provider):
+    """Loads at once, counts 1000 bytes, holds nothing."""
 
-    name = "talker"
     options_schema = {"type": "object"}
-    started = threading.Event()
-    stopped: list[str] = []
 
     @classmethod
     def estimate(cls, spec, files):  # type: ignore[no-untyped-def]
@@ -29,6 +26,17 @@ class Talker(Provider):
 
     def load(self) -> int:
         return 1000
+
+    def unload(self) -> None:
+        pass
+
+
+class Talker(Instant):
+    """A chat model that says options.words one at a time, checking for a cancel between words."""
+
+    name = "talker"
+    started = threading.Event()
+    stopped: list[str] = []
 
     def infer(self, request: InferRequest) -> InferResult:
         conversation = chat.messages(request.parameters, request.text)
@@ -48,28 +56,14 @@ class Talker(Provider):
         text = "".join(words[:limit])
         return InferResult(json=chat.result(text, "length" if limit < len(words) else "stop", len(conversation), limit))
 
-    def unload(self) -> None:
-        pass
 
-
-class Embedder(Provider):
+class Embedder(Instant):
     name = "embedder"
-    options_schema = {"type": "object"}
-
-    @classmethod
-    def estimate(cls, spec, files):  # type: ignore[no-untyped-def]
-        return 1000
-
-    def load(self) -> int:
-        return 1000
 
     def infer(self, request: InferRequest) -> InferResult:
         import numpy as np
 
         return InferResult(tensors={"embedding": np.full((len(request.text), 3), 0.5, np.float32)})
-
-    def unload(self) -> None:
-        pass
 
 
 @pytest.fixture
