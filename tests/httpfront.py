@@ -36,7 +36,7 @@ class HttpDaemon:
 
 
 def serve(start_daemon, root: Path, specs: dict[str, str], config: dict | None = None,
-          roots: tuple[Path, ...] = ()) -> HttpDaemon:  # type: ignore[no-untyped-def]
+          roots: tuple[Path, ...] = (), env: dict | None = None) -> HttpDaemon:  # type: ignore[no-untyped-def]
     """A daemon with spec files `specs` (name -> text) and the HTTP front on 127.0.0.1."""
     folder = root / "specs"
     folder.mkdir(exist_ok=True)
@@ -44,7 +44,7 @@ def serve(start_daemon, root: Path, specs: dict[str, str], config: dict | None =
         (folder / f"{name}.yaml").write_text(text)
     port = free_port()
     daemon = start_daemon(folder, root=root, config={"path_roots": [str(p) for p in (*roots, root)], "http": f"127.0.0.1:{port}",
-                                          **(config or {})})
+                                          **(config or {})}, env=env)
     wait_until(lambda: "HTTP (OpenAI, Ollama, Anthropic) on" in daemon.log(), timeout=30)   # after the socket
     token = (Path(daemon.env["XDG_CONFIG_HOME"]) / "warmd" / "token").read_text().strip()
     return HttpDaemon(daemon, f"http://127.0.0.1:{port}", token)
