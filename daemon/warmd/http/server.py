@@ -32,7 +32,7 @@ from warmd import __version__
 from warmd.api.drain import Drain
 from warmd.app import App
 from warmd.errors import Code, WarmdError
-from warmd.http import ollama, openai
+from warmd.http import anthropic, ollama, openai
 from warmd.http.common import Guard
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ UNIX_PREFIX = "unix:"
 
 ErrorBody = Callable[[WarmdError], dict[str, Any]]
 # By path prefix, first match: each dialect's error shape (OpenAI's for anything else, e.g. an unknown path).
-DIALECTS: tuple[tuple[str, ErrorBody], ...] = (("/api/", ollama.error_body), ("/", openai.error_body))
+DIALECTS: tuple[tuple[str, ErrorBody], ...] = (
+    ("/api/", ollama.error_body), ("/v1/messages", anthropic.error_body), ("/", openai.error_body))
 
 
 def error_response(path: str, err: WarmdError) -> JSONResponse:
@@ -57,7 +58,7 @@ def build(app: App, guard: Guard, drain: Drain) -> ASGIApp:
     api = FastAPI(title="warmd", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     api.state.guard = guard
     api.state.app = app
-    for module in (openai, ollama):
+    for module in (openai, ollama, anthropic):
         api.include_router(module.routes(app))
 
     @api.exception_handler(WarmdError)
