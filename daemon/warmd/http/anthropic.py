@@ -93,7 +93,7 @@ def routes(app: App) -> APIRouter:
     async def messages(body: MessagesBody, caller: Caller = Depends(needs("infer"))) -> Any:
         target = app.target(body.model)
         context = CallContext()
-        pump = Pump(app.chat(target, body.request(), context), context)
+        pump = Pump(app.chat(target, body.request(), context))
         reply = Reply(target.name)
         if not body.stream:
             return reply.message(await pump.result())
@@ -103,7 +103,7 @@ def routes(app: App) -> APIRouter:
     async def count_tokens(body: Conversation, caller: Caller = Depends(needs("infer"))) -> dict[str, int]:
         context = CallContext()
         request = ChatRequest(body.turns(), {"max_tokens": 1, "temperature": 0})
-        inferred = await Pump(app.chat(app.target(body.model), request, context), context).result()
+        inferred = await Pump(app.chat(app.target(body.model), request, context)).result()
         return {"input_tokens": inferred.chat.usage.prompt_tokens}
 
     return router

@@ -129,13 +129,11 @@ class Pump:
 
     Args:
         chunks: the call's chunks (App.chat, App.generate): its last one holds the result.
-        context: the call's context, cancelled when the client goes.
     """
 
     _END = object()
 
-    def __init__(self, chunks: Generator[Chunk, None, None], context: CallContext) -> None:
-        self.context = context
+    def __init__(self, chunks: Generator[Chunk, None, None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         threading.Thread(target=self._run, args=(chunks,), name="http-stream", daemon=True).start()
@@ -149,7 +147,8 @@ class Pump:
                         self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
         except BaseException as exc:  # noqa: BLE001 - raised on the loop, in the request's task
             item = exc
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        with contextlib.suppress(RuntimeError):       # the loop is closed: the daemon stopped meanwhile
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     async def batches(self) -> AsyncIterator[list[Chunk]]:
         """What has arrived since the last batch (at least one chunk each), until the result.

@@ -166,7 +166,7 @@ def routes(app: App) -> APIRouter:
             sampling["tools"] = body.tools
         context = CallContext()
         request = ChatRequest([{"role": m.role, "content": m.content} for m in body.messages], sampling)
-        pump = Pump(app.chat(target, request, context, keep_alive=body.keep_alive_s()), context)
+        pump = Pump(app.chat(target, request, context, keep_alive=body.keep_alive_s()))
         return await _answer(pump, context, Lines(target.name, "message"), body.stream)
 
     @router.post("/generate", response_model=None)
@@ -181,7 +181,7 @@ def routes(app: App) -> APIRouter:
                               context, keep_alive=body.keep_alive_s())
         else:
             chunks = app.generate(target, body.prompt, body.sampling(), context, keep_alive=body.keep_alive_s())
-        return await _answer(Pump(chunks, context), context, Lines(target.name, "response"), body.stream)
+        return await _answer(Pump(chunks), context, Lines(target.name, "response"), body.stream)
 
     @router.post("/embed")
     def embed(body: EmbedBody, caller: Caller = Depends(needs("infer"))) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def routes(app: App) -> APIRouter:
     async def chat_completions(body: ChatBody, caller: Caller = Depends(needs("infer"))) -> Any:
         target = app.target(body.model)
         context = CallContext()
-        pump = Pump(app.chat(target, body.request(), context), context)
+        pump = Pump(app.chat(target, body.request(), context))
         reply = Reply("chatcmpl", "chat.completion", target.name)
         if not body.stream:
             return reply.chat(await pump.result())
@@ -163,7 +163,7 @@ def routes(app: App) -> APIRouter:
     async def completions(body: CompletionBody, caller: Caller = Depends(needs("infer"))) -> Any:
         target = app.target(body.model)
         context = CallContext()
-        pump = Pump(app.generate(target, body.text(), body.sampling(), context), context)
+        pump = Pump(app.generate(target, body.text(), body.sampling(), context))
         reply = Reply("cmpl", "text_completion", target.name)
         if not body.stream:
             return reply.completion(await pump.result())
