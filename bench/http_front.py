@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import percentile, process, wait_for, workdir, write_report
+from common import process, wait_for, workdir, write_report
 from llm import SHAPE, model_mib
 
 from gguf_models import TinyLlama, write_tiny_llama

@@ -37,11 +37,11 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def front(start_daemon, short_tmp: Path, ggufs: Path) -> HttpDaemon:  # type: ignore[no-untyped-def]
     tiny = ggufs / "tiny.gguf"
     return serve(start_daemon, short_tmp, {
-        "chat": gguf_spec(tiny, options="n_ctx: 2048"),
+        "chat": gguf_spec(tiny, options="n_ctx: 4096"),
         "gen": gguf_spec(tiny, task="text-generation", options="n_ctx: 512"),
-        "one": gguf_spec(tiny, options="n_ctx: 2048", extra="max_in_flight: 1\nmax_queue: 0\n"),
+        "one": gguf_spec(tiny, options="n_ctx: 4096", extra="max_in_flight: 1\nmax_queue: 0\n"),
         "huge": gguf_spec(tiny, extra="memory: 100TiB\n"),
-    }, config={"metrics": f"127.0.0.1:{free_port()}"}, roots=(ggufs,))
+    }, config={"metrics": f"127.0.0.1:{free_port()}", "drain_timeout": "60s"}, roots=(ggufs,))
 
 
 def metric(front: HttpDaemon, line: str) -> bool:
@@ -136,7 +136,7 @@ def test_every_error_status_in_openai_shape(front: HttpDaemon) -> None:
     assert info.value.status_code == 507 and info.value.body["code"] == "insufficient_memory"
 
     # busy: `one` runs one request and queues none
-    stream = c.chat.completions.create(model="one", messages=TALK, max_tokens=1500, stream=True)
+    stream = c.chat.completions.create(model="one", messages=TALK, max_tokens=4000, stream=True)
     next(iter(stream))
     with pytest.raises(openai.RateLimitError) as info:
         c.chat.completions.create(model="one", messages=TALK, max_tokens=2)
@@ -148,12 +148,12 @@ def test_closing_a_stream_cancels_it_and_frees_the_slot(front: HttpDaemon) -> No
     c = client(front)
     c.chat.completions.create(model="one", messages=TALK, max_tokens=1)      # loaded
     assert metric(front, 'warmd_requests_total{model="one",outcome="success"} 1.0')
-    with c.chat.completions.create(model="one", messages=TALK, max_tokens=1800, stream=True) as stream:
+    with c.chat.completions.create(model="one", messages=TALK, max_tokens=4000, stream=True) as stream:
         for _ in zip(range(3), stream):
             pass
         assert front.in_flight("one") == 1
     wait_until(lambda: front.in_flight("one") == 0, timeout=20)
-    # cancelled, not finished (1800 tokens would take far longer), and counted where every front's calls are
+    # cancelled, not finished (that would count a success), in the statistics every front's calls go through
     wait_until(lambda: metric(front, 'warmd_request_errors_total{code="cancelled",model="one"} 1.0'), timeout=10)
     # the slot (max_in_flight 1, no queue) takes the next request at once
     assert c.chat.completions.create(model="one", messages=TALK, max_tokens=2).usage.completion_tokens == 2
@@ -179,7 +179,7 @@ def test_sigterm_refuses_new_requests_and_lets_a_stream_finish(front: HttpDaemon
     c = client(front)
     c.chat.completions.create(model="chat", messages=TALK, max_tokens=1)
     pieces: list[str] = []
-    stream = c.chat.completions.create(model="chat", messages=TALK, max_tokens=1500, stream=True, seed=5)
+    stream = c.chat.completions.create(model="chat", messages=TALK, max_tokens=4000, stream=True, seed=5)
     pieces.append(next(iter(stream)).choices[0].delta.content or "")
     reader = threading.Thread(target=lambda: pieces.extend(ch.choices[0].delta.content or "" for ch in stream
                                                            if ch.choices))
