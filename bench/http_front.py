@@ -4,15 +4,16 @@
     .venv/bin/python bench/http_front.py [--trials 10] [--tokens 64] [--seconds 5] [--switches 20]
 
 (Not bench/http.py: a script's folder comes first on sys.path, and that name would hide the standard
-library's `http` from every import.) The pip line installs llama-cpp-python's server extras (`llama_cpp.server`; FastAPI and uvicorn come with
-warmd's `http` extra) into the venv, for this benchmark only: warmd does not need them.
+library's `http` from every import.) The pip line installs llama-cpp-python's server extras for
+`llama_cpp.server` (FastAPI and uvicorn come with warmd's `http` extra) into the venv, for this benchmark
+only: warmd does not need them.
 
 Models: llama-architecture GGUFs written by tests/gguf_models.py — a chat model of bench/llm.py's shape
 (8 layers, hidden 512, F32, ~100 MB), two larger chat models for the switching (8 layers, hidden 1024,
 ~370 MB each) and a small embedding model (mean pooling). warmd serves them from one daemon (keep_alive
--1); `llama_cpp.server` from one config file listing all four (it holds one model at a time and reloads on
-a switch). The same threads on both (OMP_WAIT_POLICY=PASSIVE,
-so the idle side does not spin on the CPUs).
+-1); `llama_cpp.server` from one config file listing them all (it holds one model at a time and reloads on
+a switch). The same llama.cpp threads on both, waiting passively (OMP_WAIT_POLICY=PASSIVE, so the idle
+side does not spin on the CPUs).
 
 1. Streamed chat, tokens/s (decode rate after the first token, greedy, --tokens per call): warmd's
    `/v1/chat/completions` through the official `openai` client, the same model through `InferStream`
@@ -23,8 +24,10 @@ so the idle side does not spin on the CPUs).
 2. Embeddings, requests/s: 32 client threads (one keep-alive connection each) posting one short text per
    `/v1/embeddings` request for --seconds, to warmd and to llama_cpp.server.
 3. Switching between the two larger chat models in alternation (A, B, A, B... --switches requests of one
-   token each, so the switch and not the decode is measured, each with a new prompt): requests/s and p50 latency, warmd (both stay resident within its budget)
-   against llama_cpp.server (which reloads the model at each switch).
+   token each, so the switch and not the decode is measured, each with a new prompt): requests/s and p50
+   latency, warmd (both stay resident within its budget) against llama_cpp.server (which reloads the
+   model at each switch); then the same with both servers reading the files instead of mapping them
+   (use_mmap false), as a load onto a GPU copies the weights.
 """
 from __future__ import annotations
 
@@ -103,7 +106,8 @@ def main() -> int:
                       for side, base, key in (("warmd", f"http://127.0.0.1:{ours}", token),
                                               ("llama_cpp.server", f"http://127.0.0.1:{theirs}", "-"))}
             switching = {(side, pair): _switching(client, pair, args.switches)
-                         for pair in (("sa", "sb"), READ) for side, client in (("warmd", warm), ("llama_cpp.server", peer))}
+                         for pair in (("sa", "sb"), READ)
+                         for side, client in (("warmd", warm), ("llama_cpp.server", peer))}
     p50 = statistics.median
     http_vs_grpc = p50([a / b for a, b in zip(streamed["openai"], streamed["grpc"])])
     http_vs_peer = p50([a / b for a, b in zip(streamed["openai"], streamed["peer"])])
@@ -111,7 +115,8 @@ def main() -> int:
     sw = {key: (args.switches / sum(times), p50(times)) for key, times in switching.items()}
     lines = [
         "# The HTTP front: OpenAI endpoint against InferStream and llama_cpp.server", "",
-        f"`.venv/bin/python bench/http_front.py --trials {args.trials} --tokens {args.tokens} --seconds {args.seconds:g} "
+        f"`.venv/bin/python bench/http_front.py --trials {args.trials} --tokens {args.tokens} "
+        f"--seconds {args.seconds:g} "
         f"--switches {args.switches} --threads {args.threads}` on {platform.machine()}, {os.cpu_count()} CPUs "
         "shared with other engineers' work (figures move with their load), "
         f"llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d %H:%M')}; chat models "
@@ -130,7 +135,8 @@ def main() -> int:
             f"requests/s | {sw['warmd', pair][0]:.2f} | {sw['llama_cpp.server', pair][0]:.2f} | "
             f"{sw['warmd', pair][0] / sw['llama_cpp.server', pair][0]:.2f}x |",
             f"| the same, p50 latency ms | {sw['warmd', pair][1] * 1e3:.0f} | "
-            f"{sw['llama_cpp.server', pair][1] * 1e3:.0f} | {sw['llama_cpp.server', pair][1] / sw['warmd', pair][1]:.2f}x "
+            f"{sw['llama_cpp.server', pair][1] * 1e3:.0f} | "
+            f"{sw['llama_cpp.server', pair][1] / sw['warmd', pair][1]:.2f}x "
             "less |")), "",
         f"Goal: the OpenAI endpoint >= 0.95x InferStream's tokens/s ({'met' if http_vs_grpc >= 0.95 else 'missed'}: "
         f"{http_vs_grpc:.3f}x). llama_cpp.server holds one model and reloads at every switch; warmd keeps both "

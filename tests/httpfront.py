@@ -43,8 +43,8 @@ def serve(start_daemon, root: Path, specs: dict[str, str], config: dict | None =
     for name, text in specs.items():
         (folder / f"{name}.yaml").write_text(text)
     port = free_port()
-    daemon = start_daemon(folder, root=root, config={"path_roots": [str(p) for p in (*roots, root)], "http": f"127.0.0.1:{port}",
-                                          **(config or {})}, env=env)
+    config = {"path_roots": [str(p) for p in (*roots, root)], "http": f"127.0.0.1:{port}", **(config or {})}
+    daemon = start_daemon(folder, root=root, config=config, env=env)
     wait_until(lambda: "HTTP (OpenAI, Ollama, Anthropic) on" in daemon.log(), timeout=30)   # after the socket
     token = (Path(daemon.env["XDG_CONFIG_HOME"]) / "warmd" / "token").read_text().strip()
     return HttpDaemon(daemon, f"http://127.0.0.1:{port}", token)

@@ -55,7 +55,8 @@ def test_messages_unary_and_streamed(front: HttpDaemon) -> None:
     assert kinds.count("content_block_delta") >= 4 and "content_block_stop" in kinds
 
     stop = next(w for w in text.split()[2:] if len(w) > 2)
-    cut = c.messages.create(model="chat", system="be brief", messages=TALK, max_tokens=10, extra_body={"temperature": 0},
+    cut = c.messages.create(model="chat", system="be brief", messages=TALK, max_tokens=10,
+                            extra_body={"temperature": 0},
                             stop_sequences=[stop])
     assert cut.stop_reason == "end_turn" and stop not in cut.content[0].text and text.startswith(cut.content[0].text)
     counted = c.messages.count_tokens(model="chat", system="be brief", messages=TALK)

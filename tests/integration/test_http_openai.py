@@ -62,7 +62,8 @@ def test_chat_unary_and_streamed_give_what_warm_infer_gives(front: HttpDaemon) -
     unary = c.chat.completions.create(model="chat", messages=TALK, max_tokens=12, seed=7)
     assert front.state("chat") == "READY"
     text = unary.choices[0].message.content
-    assert unary.model == "chat" and unary.choices[0].finish_reason == "length" and unary.choices[0].message.role == "assistant"
+    assert unary.model == "chat" and unary.choices[0].finish_reason == "length"
+    assert unary.choices[0].message.role == "assistant"
     assert unary.usage.completion_tokens == 12 and unary.usage.total_tokens == unary.usage.prompt_tokens + 12
     with front.daemon.client() as w:
         same = w.infer("chat", parameters={"messages": TALK, "max_tokens": 12, "seed": 7}).json

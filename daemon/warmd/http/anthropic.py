@@ -97,7 +97,7 @@ def routes(app: App) -> APIRouter:
         reply = Reply(target.name)
         if not body.stream:
             return reply.message(await pump.result())
-        return Stream(reply.events(await started(pump)), context, "text/event-stream")
+        return Stream(reply.events(await started(pump)), context.cancel, "text/event-stream")
 
     @router.post("/count_tokens")
     async def count_tokens(body: Conversation, caller: Caller = Depends(needs("infer"))) -> dict[str, int]:

@@ -35,6 +35,7 @@ from warmd.tokens import TokenStore, allows
 
 Needed = Literal["read", "infer", "admin"]
 _LOCAL_HOSTS = ("localhost",)
+ANONYMOUS = "anonymous"       # the caller's name without a token (http_anonymous)
 
 
 class Body(BaseModel):
@@ -71,8 +72,9 @@ class Guard:
             return Caller("local", "admin")
         caller = self._caller(request)
         if not allows(caller.scope, needed):
-            raise WarmdError(Code.PERMISSION_DENIED, f"{'token ' + repr(caller.name) if caller.name != 'anonymous' else 'an anonymous caller'} "
-                             f"has scope {caller.scope!r}; {request.method} {request.url.path} needs {needed!r}")
+            who = "an anonymous caller" if caller.name == ANONYMOUS else f"token {caller.name!r}"
+            raise WarmdError(Code.PERMISSION_DENIED, f"{who} has scope {caller.scope!r}; {request.method} "
+                             f"{request.url.path} needs {needed!r}")
         return caller
 
     def _caller(self, request: Request) -> Caller:
@@ -83,7 +85,7 @@ class Guard:
             if info is not None:
                 return Caller(info.name, info.scope)
         elif self.anonymous and _from_this_machine(request):
-            return Caller("anonymous", self.anonymous)
+            return Caller(ANONYMOUS, self.anonymous)
         raise WarmdError(Code.UNAUTHENTICATED, "missing, unknown or revoked token; send it as 'Authorization: Bearer "
                          "<token>' (an OpenAI or Anthropic client's API key): the daemon's token file, or one from "
                          "`warm token create`")
@@ -191,12 +193,13 @@ async def started(pump: Pump) -> AsyncIterator[list[Chunk]]:
 
 
 class Stream(StreamingResponse):
-    """A streamed response that cancels its call the moment the client disconnects (whatever the ASGI
-    version: Starlette would only notice at its next write) and when it ends for any reason."""
+    """A streamed response that stops what it streams (`on_close`: cancel the call) the moment the client
+    disconnects (whatever the ASGI version: Starlette would only notice at its next write) and when it ends
+    for any reason; its body is closed then too."""
 
-    def __init__(self, body: AsyncIterator[bytes], context: CallContext, media_type: str) -> None:
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None], media_type: str) -> None:
         super().__init__(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
-        self.context = context
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sending = asyncio.ensure_future(self.stream_response(send))
@@ -204,7 +207,7 @@ class Stream(StreamingResponse):
         try:
             await asyncio.wait((sending, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.context.cancel()
+            self.on_close()
             for task in (sending, gone):
                 task.cancel()
             await asyncio.gather(sending, gone, return_exceptions=True)
@@ -212,4 +215,3 @@ class Stream(StreamingResponse):
         failed = sending.exception() if sending.done() and not sending.cancelled() else None
         if failed is not None and not isinstance(failed, OSError):    # OSError: the client went while we wrote
             raise failed
-

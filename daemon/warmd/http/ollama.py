@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import iterate_in_threadpool
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from warmd import __version__
 from warmd.app import App, ChatRequest, ModelInfo, Target
@@ -204,7 +204,8 @@ def routes(app: App) -> APIRouter:
             for line in lines:
                 last = line
             return last
-        return StreamingResponse(iterate_in_threadpool(_ndjson(lines)), media_type=NDJSON)
+        # a client that goes stops following (the download stops once nobody follows it, Store.pull)
+        return Stream(iterate_in_threadpool(_ndjson(lines)), lambda: None, NDJSON)
 
     @router.delete("/delete")
     def delete(body: NameBody, caller: Caller = Depends(needs("admin"))) -> Response:
@@ -238,7 +239,7 @@ async def _answer(pump: Pump, context: CallContext, lines: "Lines", stream: bool
     if not stream:
         inferred = await pump.result()
         return lines.final(inferred, inferred.chat.text)
-    return Stream(lines.stream(await started(pump)), context, NDJSON)
+    return Stream(lines.stream(await started(pump)), context.cancel, NDJSON)
 
 
 class Lines:

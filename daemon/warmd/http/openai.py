@@ -157,7 +157,8 @@ def routes(app: App) -> APIRouter:
         if not body.stream:
             return reply.chat(await pump.result())
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return Stream(reply.events(await started(pump), include_usage, chat=True), context, "text/event-stream")
+        events = reply.events(await started(pump), include_usage, chat=True)
+        return Stream(events, context.cancel, "text/event-stream")
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: CompletionBody, caller: Caller = Depends(needs("infer"))) -> Any:
@@ -168,7 +169,8 @@ def routes(app: App) -> APIRouter:
         if not body.stream:
             return reply.completion(await pump.result())
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return Stream(reply.events(await started(pump), include_usage, chat=False), context, "text/event-stream")
+        events = reply.events(await started(pump), include_usage, chat=False)
+        return Stream(events, context.cancel, "text/event-stream")
 
     @router.post("/v1/embeddings")
     def embeddings(body: EmbeddingBody, caller: Caller = Depends(needs("infer"))) -> dict[str, Any]:

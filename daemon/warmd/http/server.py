@@ -57,7 +57,6 @@ def build(app: App, guard: Guard, drain: Drain) -> ASGIApp:
     """The ASGI application of every dialect, behind the drain gate."""
     api = FastAPI(title="warmd", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     api.state.guard = guard
-    api.state.app = app
     for module in (openai, ollama, anthropic):
         api.include_router(module.routes(app))
 
@@ -71,10 +70,10 @@ def build(app: App, guard: Guard, drain: Drain) -> ASGIApp:
 
     @api.exception_handler(HTTPException)
     async def no_route(request: Request, err: HTTPException) -> JSONResponse:
-        code = Code.MODEL_NOT_FOUND if err.status_code == 404 else Code.INVALID_ARGUMENT
         what = "no such endpoint" if err.status_code == 404 else str(err.detail).lower()
-        response = error_response(request.url.path, WarmdError(code, f"{request.method} {request.url.path}: {what}; "
-                                                               "README, HTTP lists the endpoints"))
+        response = error_response(request.url.path, WarmdError(Code.INVALID_ARGUMENT, f"{request.method} "
+                                                               f"{request.url.path}: {what}; README, HTTP lists the "
+                                                               "endpoints"))
         response.status_code = err.status_code
         return response
 
