@@ -94,10 +94,10 @@ def test_keep_alive_is_capped_and_never_overrides_a_pin(front: HttpDaemon) -> No
     assert front.state("pinned") == "READY"
     # an empty request loads; with keep_alive 0 it unloads, but never a pinned model
     assert c.generate(model="gen").done_reason == "load" and front.state("gen") == "READY"
-    assert c.generate(model="gen", keep_alive=0).done_reason == "unload"
-    wait_until(lambda: front.state("gen") == "AVAILABLE", timeout=20)
     assert c.chat(model="pinned", messages=[], keep_alive=0).done_reason == "unload"
-    assert front.state("pinned") == "READY"
+    assert c.generate(model="gen", keep_alive=0).done_reason == "unload"
+    wait_until(lambda: front.state("gen") == "AVAILABLE", timeout=20)      # let go once idle...
+    assert front.state("pinned") == "READY"                                 # ...but never a pinned model
 
 
 def test_errors_and_scopes_in_ollama_shape(front: HttpDaemon) -> None:

@@ -9,7 +9,7 @@ Rules held here:
   ends"); `format` "json" or a JSON schema constrains the output;
 - `keep_alive` (a duration, seconds, negative for forever) is the model's idle time from this request on,
   capped by the daemon's `max_keep_alive`; a pinned model stays whatever a client asks (the scheduler's
-  rule). An empty chat or prompt loads the model; with keep_alive 0 it unloads it (never a pinned one);
+  rule). An empty chat or prompt loads the model; with keep_alive 0 it lets it go (the same rule);
 - a pull streams warmd's download job as Ollama's progress lines, ending with `{"status": "success"}`;
 - errors are `{"error": message}` with the code's status; after a stream started, a last line saying it.
 """
@@ -216,23 +216,23 @@ def routes(app: App) -> APIRouter:
 
 
 async def _load_or_unload(app: App, target: Target, keep_alive: float | None, field: str) -> dict[str, Any]:
-    """An empty request: load the model (done_reason "load"), or with keep_alive 0 unload it ("unload";
-    a pinned model stays)."""
+    """An empty request: load the model (done_reason "load"), or with keep_alive 0 let it go ("unload"):
+    its idle time becomes 0, so the scheduler unloads it once idle — never a pinned one (its rule)."""
     from starlette.concurrency import run_in_threadpool
 
     name = target.name
-    if keep_alive == 0:
-        if not app.model(name).pinned:
-            await run_in_threadpool(app.unload, name)
-        reason = "unload"
-    else:
-        def load() -> None:
-            with app.load(name, keep_alive=keep_alive) as operation:
-                operation.result()
-        await run_in_threadpool(load)
-        reason = "load"
+    unload = keep_alive == 0
+
+    def load() -> None:
+        if unload and app.view(target.spec).resident is None:
+            return                                   # not resident: nothing to let go
+        with app.load(name, keep_alive=keep_alive) as operation:
+            operation.result()
+
+    await run_in_threadpool(load)
     empty: Any = {"role": "assistant", "content": ""} if field == "message" else ""
-    return {"model": name, "created_at": _iso(time.time()), field: empty, "done": True, "done_reason": reason}
+    return {"model": name, "created_at": _iso(time.time()), field: empty, "done": True,
+            "done_reason": "unload" if unload else "load"}
 
 
 async def _answer(pump: Pump, context: CallContext, lines: "Lines", stream: bool) -> Any:
