@@ -7,6 +7,9 @@ Request (InferRequest.parameters; `text`, when given, adds one user message per 
   stop             a string or a list: generation ends before it, and it is never sent
   response_format  {"type": "json_object"} (any JSON) or {"type": "json_object", "schema": {...}}
                    (providers with a grammar, llama-cpp)
+  tools            [{"type": "function", "function": {...}}]: handed to the chat template as `tools`; a
+                   template that never reads `tools` refuses them (the call the model writes comes back as
+                   its text)
 Result JSON: {"message": {"role": "assistant", "content"}, "text", "stopped": "stop" | "length",
               "usage": {"prompt_tokens", "completion_tokens"}}.
 
@@ -28,7 +31,7 @@ from warmd.errors import Code, WarmdError
 
 ROLES = ("system", "user", "assistant", "tool")
 CHAT_KEYS = ("messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
-             "response_format")
+             "response_format", "tools")
 
 
 @dataclass(frozen=True)
@@ -121,19 +124,27 @@ def compile_template(template: str) -> Any:
 
 
 def render(template: str, conversation: list[dict[str, Any]], *, bos_token: str = "", eos_token: str = "",
-           add_generation_prompt: bool = True) -> str:
-    """The prompt for `conversation` (ending with the assistant's turn opened).
+           add_generation_prompt: bool = True, tools: Any = None) -> str:
+    """The prompt for `conversation` (ending with the assistant's turn opened), with `tools` if given.
 
     Raises:
         WarmdError: `invalid_argument` when the template refuses the conversation (roles out of order,
-            an unsupported role), `provider_failed` when the template itself breaks.
+            an unsupported role) or takes no tools while some are given, `provider_failed` when the
+            template itself breaks.
     """
     import jinja2
 
     compiled = compile_template(template)
+    if tools:
+        if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+            raise _bad("tools", "a list of tool objects", tools)
+        if not _reads_tools(template):
+            raise WarmdError(Code.INVALID_ARGUMENT, "this model's chat template takes no tools (it never reads "
+                             "`tools`); call it without tools, or give the spec a template that renders them "
+                             "(options.chat_template)")
     try:
         return compiled.render(messages=conversation, bos_token=bos_token, eos_token=eos_token,
-                               add_generation_prompt=add_generation_prompt)
+                               add_generation_prompt=add_generation_prompt, tools=tools or None)
     except _Refused as exc:
         raise WarmdError(Code.INVALID_ARGUMENT, f"the model's chat template refuses this conversation: {exc}") from None
     except jinja2.TemplateError as exc:
@@ -188,14 +199,27 @@ def _raise(message: str) -> None:
 
 
 @functools.lru_cache(maxsize=64)
+def _reads_tools(template: str) -> bool:
+    """Whether the template reads the variable `tools` (jinja2's own analysis, not a text search)."""
+    from jinja2 import meta
+
+    return "tools" in meta.find_undeclared_variables(_environment().parse(template))
+
+
+@functools.lru_cache(maxsize=64)
 def _compiled(template: str) -> Any:
+    return _environment().from_string(template)
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(template)
+    return env
 
 
 def _number(name: str, value: Any, kind: type, low: float, high: float) -> Any:

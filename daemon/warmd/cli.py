@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--specs", type=Path, help="the specs folder (default: config dir/specs)")
     serve.add_argument("--socket", type=Path, help="the Unix socket (default: $XDG_RUNTIME_DIR/warmd/warmd.sock)")
     serve.add_argument("--tcp", help="also listen on HOST:PORT (loopback; clients need the token file)")
+    serve.add_argument("--http", help="also serve the OpenAI, Ollama and Anthropic HTTP APIs on HOST:PORT or unix:PATH "
+                       "(loopback; callers send a token)")
     serve.add_argument("--config", type=Path, help="a YAML config file (default: config dir/config.yaml)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--offline", action="store_true", default=None,
@@ -40,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from warmd.server import Daemon, setup_logging
 
     os.umask(0o077)   # everything the daemon creates is the user's alone
-    settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp,
+    settings = load_settings(args.config, specs_dir=args.specs, socket=args.socket, tcp=args.tcp, http=args.http,
                              log_level=args.log_level, offline=args.offline)
     setup_logging(settings)
     daemon = Daemon(settings)

@@ -26,6 +26,13 @@ class Settings:
     # "HOST:PORT"; empty = no TCP listener. Loopback only unless tcp_allow_remote.
     tcp: str = ""
     tcp_allow_remote: bool = False
+    # The HTTP front (OpenAI, Ollama and Anthropic dialects): "HOST:PORT", or "unix:PATH" (a socket only this
+    # user can open); empty = off. Loopback only unless http_allow_remote. Needs the `http` extra.
+    http: str = ""
+    http_allow_remote: bool = False
+    # The scope a loopback HTTP caller without a token gets ("" none, read, infer): for clients that cannot send
+    # a key. Any program (and any user) on this machine then has it; see README, HTTP.
+    http_anonymous: str = ""
     # "HOST:PORT" of a Prometheus metrics endpoint (plain HTTP, no token: loopback only); empty = off.
     metrics: str = ""
     token_file: Path = field(default_factory=paths.default_token_file)
@@ -89,7 +96,11 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in ("cost", "lru"):
             raise ValueError(f"eviction must be cost or lru, not {value!r}")
         return value
-    if name in ("tcp_allow_remote", "offline"):
+    if name == "http_anonymous":
+        if value not in ("", "read", "infer"):
+            raise ValueError(f"http_anonymous must be empty, read or infer, not {value!r}")
+        return value
+    if name in ("tcp_allow_remote", "http_allow_remote", "offline"):
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")

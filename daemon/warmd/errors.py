@@ -45,6 +45,11 @@ class Code(str, enum.Enum):
     def status(self) -> grpc.StatusCode:
         return _STATUS[self]
 
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of the code, for every HTTP dialect (OpenAI, Ollama, Anthropic)."""
+        return _HTTP_STATUS[self]
+
     # print(code), str(code) and f"{code}" give the stable string, not "Code.MODEL_NOT_FOUND" (the
     # default of a str mixin enum since Python 3.11 for str(), 3.12 for format()).
     def __str__(self) -> str:
@@ -73,6 +78,28 @@ _STATUS: dict[Code, grpc.StatusCode] = {
     Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# What the HTTP front answers: a caller's mistake is 4xx, the daemon's state (a model it cannot load now) 5xx.
+_HTTP_STATUS: dict[Code, int] = {
+    Code.MODEL_NOT_FOUND: 404,
+    Code.SPEC_INVALID: 503,               # the model's spec file is broken: nothing the caller can change
+    Code.WEIGHTS_MISSING: 503,
+    Code.WEIGHTS_DIGEST_MISMATCH: 500,
+    Code.INSUFFICIENT_MEMORY: 507,
+    Code.INSUFFICIENT_DISK: 507,
+    Code.UNSUPPORTED_PROVIDER: 503,
+    Code.DEVICE_UNAVAILABLE: 503,
+    Code.PROVIDER_FAILED: 500,
+    Code.NETWORK_FORBIDDEN: 503,
+    Code.INVALID_ARGUMENT: 400,
+    Code.BUSY: 429,                       # with Retry-After
+    Code.CANCELLED: 499,                  # the client went away (nginx's status: nobody reads it)
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.UNAVAILABLE: 503,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.INTERNAL: 500,
 }
 
 # A status from the transport itself (daemon down, deadline) carries no warmd code.

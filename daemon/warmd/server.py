@@ -2,7 +2,8 @@
 
 The daemon's parts and every call of the fronts are the application layer's (warmd.app); this module puts
 its fronts (warmd.v1, V2, health, reflection) on the Unix socket and the TCP port, and runs the parts'
-lifecycle in order."""
+lifecycle in order. The HTTP front (warmd.http) joins them when `http:` is set; its libraries are imported
+only then."""
 from __future__ import annotations
 
 import ipaddress
@@ -16,6 +17,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import filelock
 import grpc
@@ -45,6 +47,7 @@ class Daemon:
         self.settings = settings
         self.app = App(settings)
         self.metrics: Metrics | None = None
+        self.http: Any = None       # warmd.http.server.HttpFront, when `http:` is set
         self.health = health.HealthServicer()
         self.drain = Drain()
         self.servers: list[grpc.Server] = []
@@ -113,20 +116,37 @@ class Daemon:
         self.servers.append(unix)
         log.info("warmd %s listening on %s (pid %d)", __version__, s.socket, os.getpid())
         if s.tcp:
-            host = _check_tcp(s.tcp, s.tcp_allow_remote)
+            host = check_tcp(s.tcp, s.tcp_allow_remote)
             self.app.tokens.ensure_owner(s.token_file)
             tcp = self._server(interceptors=(TokenAuth(self.app.tokens),))
             port = tcp.add_insecure_port(s.tcp)
             tcp.start()
             self.servers.append(tcp)
             log.info("also listening on %s:%d (bearer token in %s)", host, port, s.token_file)
+        if s.http:
+            self.http = self._http_front()
         if s.metrics:
-            host = _check_tcp(s.metrics, allow_remote=False, remedy="metrics have no token and stay on this machine")
+            host = check_tcp(s.metrics, allow_remote=False, remedy="metrics have no token and stay on this machine")
             app = self.app
             self.metrics = Metrics(app.catalog, app.scheduler, app.inference, app.bus)
             app.inference.observer = self.metrics.observe
             port = self.metrics.serve(host, int(s.metrics.rpartition(":")[2]))
             log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def _http_front(self) -> Any:
+        """The OpenAI/Ollama/Anthropic HTTP front, listening (its libraries are imported only here)."""
+        s = self.settings
+        try:
+            from warmd.http.server import HttpFront
+        except ImportError as exc:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"http: is set, but the HTTP front's libraries are missing "
+                             f"({exc.name}); pip install 'warmd[http]', or unset http") from None
+        self.app.tokens.ensure_owner(s.token_file)
+        front = HttpFront(self.app, self.drain, s.http, s.http_allow_remote, s.http_anonymous)
+        front.start()
+        log.info("HTTP (OpenAI, Ollama, Anthropic) on %s (bearer token in %s%s)", front.url, s.token_file,
+                 f"; anonymous loopback callers get {s.http_anonymous!r}" if s.http_anonymous else "")
+        return front
 
     def _server(self, interceptors: tuple[grpc.ServerInterceptor, ...]) -> grpc.Server:
         limit = self.settings.max_message_bytes
@@ -171,6 +191,8 @@ class Daemon:
             grace = None
         for event in [srv.stop(grace=grace) for srv in self.servers]:
             event.wait(STOP_WAIT_S * 2)
+        if self.http is not None:
+            self.http.stop(STOP_WAIT_S)
         self.app.catalog.stop()
         self.app.plugins.stop()
         if self.metrics is not None:
@@ -181,6 +203,8 @@ class Daemon:
     def _cleanup(self) -> None:
         for srv in self.servers:
             srv.stop(grace=None)
+        if self.http is not None:
+            self.http.stop(STOP_WAIT_S)
         self.app.regions.close()
         if self._lock is not None and self._lock.is_locked:
             # The lock file goes too, while held: filelock (>= 4.3.1) retries a lock on an unlinked file.
@@ -192,7 +216,7 @@ class Daemon:
         return self.settings.socket.with_name(self.settings.socket.name + ".pid")
 
 
-def _check_tcp(address: str, allow_remote: bool,
+def check_tcp(address: str, allow_remote: bool,
                remedy: str = "set tcp_allow_remote: true in the config to listen beyond this machine") -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():

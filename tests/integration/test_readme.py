@@ -94,3 +94,45 @@ def test_the_v2_example_runs_in_tritonclients_environment(bundled, short_tmp: Pa
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[[3.", "3.", "3.", "3.]]"]
+
+
+@pytest.mark.slow
+def test_http_examples_run_as_written(start_daemon, short_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """The HTTP section's config, curl line and three clients, against the bundled specs plus the GGUF
+    section's tiny chat model, on the README's own port."""
+    pytest.importorskip("llama_cpp")
+    import yaml
+
+    from gguf_models import write_tiny_llama
+    from waiting import wait_until
+
+    text = section("HTTP: OpenAI, Ollama and Anthropic clients")
+    config = yaml.safe_load(blocks(text, "yaml")[0])
+    specs = short_tmp / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    tiny = write_tiny_llama(short_tmp / "tiny.gguf")
+    (specs / "tiny.yaml").write_text(f"provider: llama-cpp\ntask: chat\ndevice: cpu\nsource: {{path: {tiny}}}\n"
+                                     "options: {n_ctx: 2048}\n")
+    daemon = start_daemon(specs, config={**config, "path_roots": [str(short_tmp)]})
+    wait_until(lambda: "HTTP (OpenAI, Ollama, Anthropic) on" in daemon.log())
+    home = short_tmp / "home"
+    home.mkdir()
+    (home / ".config").symlink_to(daemon.env["XDG_CONFIG_HOME"])     # the example's ~/.config/warmd/token
+    env = {**daemon.env, "HOME": str(home)}
+
+    (curl,) = blocks(text, "bash")
+    done = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = done.stdout.strip().split("\n\n")
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
+
+    env["WARMD_TOKEN"] = (Path(daemon.env["XDG_CONFIG_HOME"]) / "warmd" / "token").read_text().strip()
+    out = {}
+    for name, code in zip(("openai", "ollama", "anthropic"), blocks(text, "python")):
+        ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0, f"{code}\n--- stderr:\n{ran.stderr}"
+        out[name] = ran.stdout.splitlines()
+    assert out["openai"][0] == "['affine', 'minilm', 'tiny']" and out["openai"][1] == "length 8"
+    assert out["openai"][2].strip() and out["openai"][3] == "384"
+    assert out["ollama"] == ["['affine:latest', 'minilm:latest', 'tiny:latest']", "length 8"]
+    assert out["anthropic"][0].strip() and out["anthropic"][1] == "max_tokens"

@@ -100,3 +100,16 @@ def test_untranslatable_go_templates_are_refused_by_name() -> None:
             rendered = gotemplate.to_jinja(template)
             chat.compile_template(rendered)
         assert info.value.code is Code.SPEC_INVALID and what in info.value.message, info.value.message
+
+
+def test_tools_reach_a_template_that_reads_them_and_are_refused_by_one_that_does_not() -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    talk = [{"role": "user", "content": "rain?"}]
+    with_tools = ("{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}"
+                  "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert chat.render(with_tools, talk, tools=tools) == "[weather]rain?"
+    assert chat.render(with_tools, talk) == "rain?"
+    with pytest.raises(WarmdError) as info:
+        chat.render("{% for m in messages %}{{ m.content }}{% endfor %}", talk, tools=tools)
+    assert info.value.code is Code.INVALID_ARGUMENT and "takes no tools" in info.value.message
+    assert chat.messages({"messages": talk, "tools": tools}, []) == talk        # a chat parameter

@@ -25,3 +25,5 @@ def test_daemon_server_import_does_not_import_torch() -> None:
     assert "warmd.scheduler" in loaded
     assert not {"torch", "transformers", "sentence_transformers", "huggingface_hub", "llama_cpp", "gguf",
                 "jinja2"} & loaded
+    # the HTTP front's libraries come with `http:` only
+    assert not {"fastapi", "uvicorn", "starlette", "warmd.http"} & loaded

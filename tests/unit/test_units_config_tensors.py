@@ -50,6 +50,17 @@ def test_residency_settings_default_and_are_checked() -> None:
     assert info.value.code is Code.INVALID_ARGUMENT
 
 
+def test_http_settings_are_off_by_default_and_anonymous_never_admin() -> None:
+    s = load_settings(env={})
+    assert (s.http, s.http_allow_remote, s.http_anonymous) == ("", False, "")
+    s = load_settings(env={"WARMD_HTTP": "127.0.0.1:7074", "WARMD_HTTP_ANONYMOUS": "infer",
+                           "WARMD_HTTP_ALLOW_REMOTE": "yes"})
+    assert (s.http, s.http_allow_remote, s.http_anonymous) == ("127.0.0.1:7074", True, "infer")
+    with pytest.raises(WarmdError, match="http_anonymous must be empty, read or infer") as info:
+        load_settings(env={"WARMD_HTTP_ANONYMOUS": "admin"})
+    assert info.value.code is Code.INVALID_ARGUMENT
+
+
 def test_settings_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("keep_alvie: 10m\n")

@@ -1,6 +1,7 @@
 """Shutting down politely: every call but health checks passes this gate, which counts the calls under way,
 and once the daemon drains, answers new ones `unavailable` "warmd is shutting down" (not a closed socket,
-which a client can only report as "not reachable").
+which a client can only report as "not reachable"). The HTTP front counts its requests through the same
+gate (`admit`, `leave`), so one drain waits for every front.
 """
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ class Drain(grpc.ServerInterceptor):
         with self._changed:
             return self._running
 
+    def admit(self) -> None:
+        """Count a call in (`leave` counts it out).
+
+        Raises:
+            WarmdError: `unavailable` once the daemon drains.
+        """
+        with self._changed:
+            if self._refusal is not None:
+                raise self._refusal
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify_all()
+
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
@@ -68,7 +85,7 @@ class Drain(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             finally:
-                self._leave()
+                self.leave()
         return behaviour
 
     def _counted_stream(self, inner: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,18 +94,11 @@ class Drain(grpc.ServerInterceptor):
             try:
                 yield from inner(request, context)
             finally:
-                self._leave()
+                self.leave()
         return behaviour
 
     def _enter(self, context: grpc.ServicerContext) -> None:
-        with self._changed:
-            refusal = self._refusal
-            if refusal is None:
-                self._running += 1
-                return
-        abort(context, refusal)
-
-    def _leave(self) -> None:
-        with self._changed:
-            self._running -= 1
-            self._changed.notify_all()
+        try:
+            self.admit()
+        except WarmdError as refusal:
+            abort(context, refusal)

@@ -48,6 +48,8 @@ from warmd.store.sources import KINDS, parse_reference
 if TYPE_CHECKING:
     import numpy as np
 
+ROLE_PREFIX = "role:"       # a model name that asks for a role's model: role:NAME
+
 __all__ = ["App", "ChatRequest", "Chunk", "Inferred", "ModelInfo", "Operation", "Provenance", "Target",
            "select_outputs"]
 
@@ -265,11 +267,14 @@ class App:
 
     # ---- inference -----------------------------------------------------------------------------
     def target(self, name: str, listed_by: str = "`warm ls` lists them") -> Target:
-        """The model a call will run on: the one lookup of a call.
+        """The model a call will run on: the one lookup of a call. `role:NAME` is the model that plays role
+        NAME in the active profile now (spec names never hold a colon).
 
         Raises:
-            WarmdError: `model_not_found` (see `spec`).
+            WarmdError: `model_not_found` (see `spec`); for a role, what `resolve_role` raises.
         """
+        if name.startswith(ROLE_PREFIX):
+            name = self.resolve_role(name[len(ROLE_PREFIX):]).model
         spec = self.spec(name, listed_by)
         return Target(spec, self.providers.get(spec.provider))
 
@@ -301,8 +306,13 @@ class App:
 
     def generate(self, target: Target | str, prompt: str, sampling: Mapping[str, Any] | None = None,
                  context: CallContext | None = None, keep_alive: float | None = None) -> Iterator[Chunk]:
-        """Continue a prompt on a text-generation (or chat) model, streamed as `chat`."""
-        request = InferRequest(text=[prompt], parameters=dict(sampling or {}), context=context or CallContext())
+        """Continue a prompt on a text-generation (or chat) model, streamed as `chat`; `sampling` as a chat's
+        (its `max_tokens` is text-generation's `max_new_tokens`)."""
+        target = self.target(target) if isinstance(target, str) else target
+        parameters = dict(sampling or {})
+        if target.spec.task == "text-generation" and "max_tokens" in parameters:
+            parameters["max_new_tokens"] = parameters.pop("max_tokens")
+        request = InferRequest(text=[prompt], parameters=parameters, context=context or CallContext())
         return self.infer_stream(target, request, keep_alive)
 
     def embed(self, target: Target | str, texts: list[str], context: CallContext | None = None,

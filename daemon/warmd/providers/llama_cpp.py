@@ -174,7 +174,8 @@ class LlamaCppProvider(Provider):
         if self.spec.task == "chat":
             conversation = chat.messages(request.parameters, request.text)
             sampling = chat.sampling(request.parameters, self.defaults)
-            prompt = chat.render(self.template, conversation, bos_token=self._bos, eos_token=self._eos)
+            prompt = chat.render(self.template, conversation, bos_token=self._bos, eos_token=self._eos,
+                                 tools=request.parameters.get("tools"))
             with self._turn(request):
                 tokens = self.llm.tokenize(prompt.encode(), add_bos=not (self._bos and prompt.startswith(self._bos)),
                                            special=True)

@@ -153,7 +153,7 @@ class TransformersProvider(ModuleProvider):
                             "as GGUF with provider llama-cpp for structured output")
         tok = self.tokenizer
         prompt = chat.render(self.template, conversation, bos_token=tok.bos_token or "",
-                             eos_token=tok.eos_token or "")
+                             eos_token=tok.eos_token or "", tools=request.parameters.get("tools"))
         batch = {k: v.to(self.device) for k, v in tok(prompt, add_special_tokens=False, return_tensors="pt").items()}
         length = int(batch["input_ids"].shape[1])
         # without max_tokens: until the end of the turn or of the context
