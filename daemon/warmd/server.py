@@ -24,6 +24,7 @@ from warmd.api.drain import Drain
 from warmd.api.service import WarmdService
 from warmd.api.v2 import InferenceService
 from warmd.catalog import Catalog
+from warmd.cluster import Placement
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
@@ -50,8 +51,13 @@ class Daemon:
         self.settings = settings
         self.bus = EventBus()
         self.providers = dict(PROVIDERS)        # plus the plugins' providers, as they come and go
+        if settings.cluster:                    # specs placed on the cluster are served through it
+            from warmd.cluster.front import ClusterProvider
+
+            self.providers[ClusterProvider.name] = ClusterProvider
         self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
-                               self.providers, self.bus, settings.reload_debounce)
+                               self.providers, self.bus, settings.reload_debounce,
+                               place=Placement(settings.cluster, settings.placement))
         self.plugins = Plugins(settings.plugins_dir, self.providers, on_change=self.catalog.revalidate)
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
                            timeout_s=settings.download_timeout)

@@ -35,8 +35,9 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package | remote | ollama
+    kind: str                                   # hf | url | path | package | remote | ollama (| cluster)
     ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
+                                                # (cluster: the Ray address; set by warmd.cluster.Placement)
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -87,6 +88,7 @@ class ModelSpec:
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longest text per input; longer is refused before tokenizing
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
+    placement: str = ""                         # local | cluster | "" (the daemon's `placement` setting)
     # Fingerprint of the local files the model is built from (path/package sources, a torch factory
     # module): set by the catalog (warmd.store.local), so editing a weights file is a new version too.
     content: str = ""
@@ -227,6 +229,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         max_batch=data.get("max_batch", 1), max_delay_ms=float(data.get("max_delay_ms", 5.0)),
         max_input_chars=data.get("max_input_chars", DEFAULT_MAX_INPUT_CHARS),
         inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
+        placement=data.get("placement", ""),
     )
 
 

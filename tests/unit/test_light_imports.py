@@ -25,3 +25,8 @@ def test_daemon_server_import_does_not_import_torch() -> None:
     assert "warmd.scheduler" in loaded
     assert not {"torch", "transformers", "sentence_transformers", "huggingface_hub", "llama_cpp", "gguf",
                 "jinja2"} & loaded
+
+
+def test_cluster_mode_imports_ray_only_when_used() -> None:
+    loaded = _modules_after("import warmd.server, warmd.cli, warmd.cluster, warmd.cluster.front")
+    assert "warmd.cluster.front" in loaded and not {"ray", "ray.serve"} & loaded

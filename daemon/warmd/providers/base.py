@@ -16,6 +16,7 @@ a provider only does what it is told:
                                       sets .host_bytes to what it keeps in host memory)
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
+        .location()                -> where a model that runs elsewhere is (a cluster replica), else ""
 
 `files` is the local folder (or single file) the store resolved for the spec. Heavy imports (torch)
 happen inside `load`, never at module import, so the daemon answers list/status without them.
@@ -57,6 +58,7 @@ class CallContext:
                  sink: Callable[[str, Any], None] | None = None) -> None:
         self.cancelled = threading.Event()
         self.deadline = deadline                 # time.monotonic() value, or None
+        self.streaming = sink is not None        # a caller listens to progress() and emit()
         self._sink = sink or (lambda kind, value: None)
         self._on_cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -204,6 +206,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def unload(self) -> None:
         """Drop every reference to the model and give device memory back."""
+
+    def location(self) -> str:
+        """Where the model is when it runs outside this process (the cluster replicas holding it), for
+        `warm ps`; "" for a model held here."""
+        return ""
 
     def to_host(self) -> None:
         """Move the weights to (pinned) host memory and give the device memory back. Only if parkable."""

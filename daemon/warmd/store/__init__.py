@@ -54,8 +54,8 @@ class Store:
                 when a file's sha256 differs from the spec's.
         """
         src = spec.source
-        if src.kind == "remote":
-            return spec.file.parent           # nothing local: the model lives at the endpoint
+        if src.kind in ("remote", "cluster"):
+            return spec.file.parent           # nothing local: the model lives at the endpoint, or on the cluster
         if src.kind == "path":
             path = Path(src.ref)
             if not path.exists():
@@ -113,6 +113,8 @@ class Store:
             size = found.blob.stat().st_size
             return FilesState("verified" if self.is_verified(found.blob, found.sha256) else "complete", size,
                               bytes_total=size)
+        if src.kind == "cluster":
+            return FilesState("on the cluster", 0)
         if src.kind == "remote":
             from warmd.providers.remote import health
 

@@ -1,0 +1,209 @@
+"""Cluster mode against a local Ray (2 CPUs, started by this module, stopped also on failure):
+`warmd cluster deploy | status | delete`, the front daemon serving cluster-placed specs through Serve
+handles, Ray's routing and LRU per replica, V2 answers equal to a local daemon's, a killed replica."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from conftest import isolated_env
+from models import affine_spec, write_affine_weights, write_factory
+from raycluster import LocalRay
+from tritonclient_run import triton
+from waiting import wait_until
+from warm import Code, WarmdError
+
+pytestmark = pytest.mark.cluster
+FAULTY = ("provider: torch\ndevice: cpu\nsource: {path: none.safetensors}\noptions: {factory: 'testmodels.py:Faulty'}\n"
+          "inputs: [{name: x, dtype: FP32, shape: [-1, 4]}]\n")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalRay]:
+    with tempfile.TemporaryDirectory(prefix="wc") as root:
+        # The nodes' per-user folders (data, Hugging Face cache) in the temp dir, as for a daemon.
+        with LocalRay(cpus=2, env=isolated_env(Path(root))) as local:
+            yield local
+
+
+@pytest.fixture
+def cluster(ray_cluster: LocalRay) -> Iterator[LocalRay]:
+    """The module's Ray, with no warmd application left behind by the test."""
+    yield ray_cluster
+    warmd(ray_cluster, "cluster", "delete", "--address", ray_cluster.address)
+
+
+def warmd(ray_cluster: LocalRay, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "warmd", *args], env=ray_cluster.env, capture_output=True,
+                          text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def status(ray_cluster: LocalRay) -> dict[str, Any]:
+    """`warmd cluster status --json`: the application's state, and its live replicas with the models they
+    hold and their load counts."""
+    return json.loads(warmd(ray_cluster, "cluster", "status", "--address", ray_cluster.address, "--json").stdout)
+
+
+def replicas(ray_cluster: LocalRay) -> dict[str, dict[str, Any]]:
+    now = status(ray_cluster)
+    assert now["state"] == "RUNNING", now
+    return now["replicas"]
+
+
+def replaced(ray_cluster: LocalRay, victim: str) -> bool:
+    now = status(ray_cluster)
+    return now["state"] == "RUNNING" and len(now["replicas"]) == 2 and victim not in now["replicas"]
+
+
+def holder(ray_cluster: LocalRay, model: str) -> str | None:
+    held = [r for r, entry in replicas(ray_cluster).items() if model in entry["models"]]
+    assert len(held) <= 1, held
+    return held[0] if held else None
+
+
+def specs_folder(root: Path, placement: str = "cluster") -> Path:
+    """a, b, c: y = 1x, 2x, 3x; faulty fails on request. Placed on the cluster unless `placement` is ""."""
+    from safetensors.numpy import save_file
+
+    specs = root / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    extra = f"placement: {placement}\n" if placement else ""
+    for scale, name in enumerate(["a", "b", "c"], start=1):
+        write_affine_weights(specs / f"{name}.safetensors", scale)
+        (specs / f"{name}.yaml").write_text(affine_spec(f"{name}.safetensors", extra=extra))
+    save_file({}, str(specs / "none.safetensors"))
+    (specs / "faulty.yaml").write_text(FAULTY + extra)
+    return specs
+
+
+def deploy(ray_cluster: LocalRay, specs: Path, replicas_: int = 2, per_replica: int = 1) -> None:
+    out = warmd(ray_cluster, "cluster", "deploy", "--address", ray_cluster.address, "--specs", str(specs),
+                "--replicas", str(replicas_), "--models-per-replica", str(per_replica)).stdout
+    assert f"{replicas_} replica(s)" in out and "(a, b, c, faulty" in out, out
+
+
+def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, start_daemon, short_tmp) -> None:
+    specs = specs_folder(short_tmp)
+    deploy(cluster, specs)
+    assert [e["models"] for e in replicas(cluster).values()] == [[], []]
+    front = start_daemon(specs, config={"cluster": cluster.address}, env=cluster.variables)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with front.client() as c:
+        assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)
+        wait_until(lambda: holder(cluster, "a"), timeout=60)
+        assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
+        wait_until(lambda: holder(cluster, "b"), timeout=60)
+        on_a, on_b = holder(cluster, "a"), holder(cluster, "b")
+        assert on_a != on_b                      # one model per replica: b went to the empty replica
+        for _ in range(10):                      # each request goes to the replica holding its model
+            assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)
+            assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
+        now = replicas(cluster)
+        assert now[on_a]["models"] == ["a"] and now[on_a]["loads"] == {"a": 1}
+        assert now[on_b]["models"] == ["b"] and now[on_b]["loads"] == {"b": 1}
+        ps = {m["name"]: m["residency"] for m in json.loads(front.warm("ps", "--json").stdout.splitlines()[0])}
+        assert on_a in ps["a"]["location"] and on_b in ps["b"]["location"], ps
+        assert ps["a"]["measured_bytes"] == 0    # nothing counted against this machine's budget
+
+        assert np.array_equal(c.infer("c", {"x": x}).outputs["y"], 3 * x)
+        wait_until(lambda: holder(cluster, "c"), timeout=60)
+    now = replicas(cluster)
+    on_c = holder(cluster, "c")
+    other = on_b if on_c == on_a else on_a
+    assert on_c in (on_a, on_b)
+    evicted = "a" if on_c == on_a else "b"
+    assert now[on_c]["models"] == ["c"] and now[on_c]["loads"] == {evicted: 1, "c": 1}   # Ray's LRU made room
+    assert now[other]["models"] == ["a" if evicted == "b" else "b"]                      # untouched
+    assert sum(now[other]["loads"].values()) == 1
+    ps = front.warm("ps")
+    assert "cluster" in ps.stdout and on_c in ps.stdout, ps.stdout
+
+
+def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, start_daemon, short_tmp) -> None:
+    specs = specs_folder(short_tmp, placement="")        # every spec on the cluster by the front's setting
+    deploy(cluster, specs, per_replica=4)
+    (short_tmp / "local").mkdir()
+    local = start_daemon(specs, root=short_tmp / "local")
+    front = start_daemon(specs, config={"cluster": cluster.address, "placement": "cluster"}, env=cluster.variables)
+    body = """
+        results = []
+        for name, value, shape in [("a", 1.5, [2, 4]), ("b", 2.0, [1, 4]), ("c", -1.0, [3, 4]),
+                                   ("a", 1.0, [1, 3]), ("faulty", 1.0, [1, 4]), ("faulty", 2.0, [1, 4]),
+                                   ("faulty", 3.0, [1, 4]), ("nope", 1.0, [1, 4])]:
+            x = grpcclient.InferInput("x", shape, "FP32")
+            x.set_data_from_numpy(np.full(shape, value, np.float32))
+            try:
+                reply = client.infer(name, [x])
+                results.append({"outputs": {o.name: reply.as_numpy(o.name).tolist()
+                                            for o in reply.get_response().outputs}})
+            except InferenceServerException as exc:
+                results.append({"status": exc.status(), "message": exc.message()})
+        out["results"] = results
+    """
+    here = triton(f"unix:{local.socket}", body, timeout=180)["results"]
+    there = triton(f"unix:{front.socket}", body, timeout=180)["results"]
+    assert here == there
+    assert here[0]["outputs"]["y"] == [[1.5] * 4] * 2 and here[2]["outputs"]["y"] == [[-3.0] * 4] * 3
+    assert [r.get("status") for r in here[3:]] == ["StatusCode.INVALID_ARGUMENT", "StatusCode.RESOURCE_EXHAUSTED",
+                                                  "StatusCode.INTERNAL", None, "StatusCode.NOT_FOUND"]
+    with front.client() as c:                             # warmd.v1 sees the replica's codes as its own
+        with pytest.raises(WarmdError) as info:
+            c.infer("faulty", {"x": 2 * np.ones((1, 4), np.float32)})
+        assert info.value.code is Code.PROVIDER_FAILED and "KeyError" in info.value.message
+
+
+def test_a_replica_killed_mid_run_is_replaced_and_the_next_request_succeeds(cluster, start_daemon,
+                                                                          short_tmp) -> None:
+    specs = specs_folder(short_tmp)
+    (specs / "slow.yaml").write_text(affine_spec("a.safetensors", delay=30.0, extra="placement: cluster\n"))
+    deploy(cluster, specs, per_replica=2)
+    front = start_daemon(specs, config={"cluster": cluster.address}, env=cluster.variables)
+    x = np.ones((1, 4), np.float32)
+    outcome: dict[str, Any] = {}
+
+    def slow_call() -> None:
+        with front.client(timeout=120) as c:
+            try:
+                c.infer("slow", {"x": x})
+            except WarmdError as err:
+                outcome["code"] = err.code
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    wait_until(lambda: holder(cluster, "slow"), timeout=90)
+    victim = holder(cluster, "slow")
+    with front.client() as c:
+        wait_until(lambda: any(m.name == "slow" and m.residency.in_flight for m in c.status().resident), timeout=30)
+        os.kill(replicas(cluster)[victim]["pid"], signal.SIGKILL)
+        caller.join(90)
+        assert outcome == {"code": Code.UNAVAILABLE}     # the request that was running there
+        wait_until(lambda: replaced(cluster, victim), timeout=120)
+        assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)        # the next request succeeds
+        assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
+
+
+def test_deploy_refuses_a_broken_specs_folder_and_status_needs_a_cluster(short_tmp: Path) -> None:
+    specs = specs_folder(short_tmp)
+    (specs / "broken.yaml").write_text("provider: torhc\nsource: {path: a.safetensors}\n")
+    env = isolated_env(short_tmp)
+    done = subprocess.run([sys.executable, "-m", "warmd", "cluster", "deploy", "--address", "127.0.0.1:9",
+                           "--specs", str(specs)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "nothing deployed" in done.stderr and "broken.yaml" in done.stderr and "unsupported_provider" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "warmd", "cluster", "status"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "invalid_argument" in done.stderr and "--address" in done.stderr
