@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import isolated_env
+from hubserver import Hub
 from models import affine_spec, write_affine_weights, write_factory
 from raycluster import LocalRay
 from tritonclient_run import triton
@@ -29,10 +31,20 @@ FAULTY = ("provider: torch\ndevice: cpu\nsource: {path: none.safetensors}\noptio
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[LocalRay]:
+def hub_for_nodes() -> Iterator[Hub]:
+    """A hub on 127.0.0.1 that the cluster's nodes download from (their environment is set at start)."""
+    with Hub() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(hub_for_nodes: Hub) -> Iterator[LocalRay]:
     with tempfile.TemporaryDirectory(prefix="wc") as root:
         # The nodes' per-user folders (data, Hugging Face cache) in the temp dir, as for a daemon.
-        with LocalRay(cpus=2, env=isolated_env(Path(root))) as local:
+        env = {**isolated_env(Path(root)), "HF_ENDPOINT": hub_for_nodes.endpoint}
+        env.pop("HF_HUB_OFFLINE")
+        with LocalRay(cpus=2, env=env) as local:
+            local.hf_cache = Path(root) / "cache" / "hf"   # type: ignore[attr-defined]
             yield local
 
 
@@ -74,6 +86,14 @@ def holder(ray_cluster: LocalRay, model: str) -> str | None:
     return held[0] if held else None
 
 
+def shown(front, model: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The one replica `warm ps` says holds `model` (it reads the cluster's registry), or None."""
+    rows = {m["name"]: m["residency"] for m in json.loads(front.warm("ps", "--json").stdout.splitlines()[0])}
+    held = re.findall(r"replica (\w+)", rows.get(model, {}).get("location", ""))
+    assert len(held) <= 1, rows
+    return held[0] if held else None
+
+
 def specs_folder(root: Path, placement: str = "cluster") -> Path:
     """a, b, c: y = 1x, 2x, 3x; faulty fails on request. Placed on the cluster unless `placement` is ""."""
     from safetensors.numpy import save_file
@@ -87,13 +107,14 @@ def specs_folder(root: Path, placement: str = "cluster") -> Path:
         (specs / f"{name}.yaml").write_text(affine_spec(f"{name}.safetensors", extra=extra))
     save_file({}, str(specs / "none.safetensors"))
     (specs / "faulty.yaml").write_text(FAULTY + extra)
+    (specs / "frames.yaml").write_text(FAULTY.replace("Faulty", "Frames") + extra)  # progress per frame, x * 2
     return specs
 
 
 def deploy(ray_cluster: LocalRay, specs: Path, replicas_: int = 2, per_replica: int = 1) -> None:
     out = warmd(ray_cluster, "cluster", "deploy", "--address", ray_cluster.address, "--specs", str(specs),
                 "--replicas", str(replicas_), "--models-per-replica", str(per_replica)).stdout
-    assert f"{replicas_} replica(s)" in out and "(a, b, c, faulty" in out, out
+    assert f"{replicas_} replica(s)" in out and "(a, b, c, " in out, out
 
 
 def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, start_daemon, short_tmp) -> None:
@@ -104,10 +125,9 @@ def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, star
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     with front.client() as c:
         assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)
-        wait_until(lambda: holder(cluster, "a"), timeout=60)
         assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
-        wait_until(lambda: holder(cluster, "b"), timeout=60)
-        on_a, on_b = holder(cluster, "a"), holder(cluster, "b")
+        wait_until(lambda: shown(front, "a") and shown(front, "b"), timeout=60, interval=0.2)
+        on_a, on_b = shown(front, "a"), shown(front, "b")
         assert on_a != on_b                      # one model per replica: b went to the empty replica
         for _ in range(10):                      # each request goes to the replica holding its model
             assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)
@@ -115,12 +135,12 @@ def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, star
         now = replicas(cluster)
         assert now[on_a]["models"] == ["a"] and now[on_a]["loads"] == {"a": 1}
         assert now[on_b]["models"] == ["b"] and now[on_b]["loads"] == {"b": 1}
-        ps = {m["name"]: m["residency"] for m in json.loads(front.warm("ps", "--json").stdout.splitlines()[0])}
-        assert on_a in ps["a"]["location"] and on_b in ps["b"]["location"], ps
-        assert ps["a"]["measured_bytes"] == 0    # nothing counted against this machine's budget
+        [ps] = [m["residency"] for m in json.loads(front.warm("ps", "--json").stdout.splitlines()[0])
+                if m["name"] == "a"]
+        assert ps["measured_bytes"] == 0 and ps["estimated_bytes"] == 0   # nothing counted against this machine
 
         assert np.array_equal(c.infer("c", {"x": x}).outputs["y"], 3 * x)
-        wait_until(lambda: holder(cluster, "c"), timeout=60)
+        wait_until(lambda: shown(front, "c"), timeout=60, interval=0.2)
     now = replicas(cluster)
     on_c = holder(cluster, "c")
     other = on_b if on_c == on_a else on_a
@@ -133,15 +153,24 @@ def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, star
     assert "cluster" in ps.stdout and on_c in ps.stdout, ps.stdout
 
 
-def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, start_daemon, short_tmp) -> None:
+def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, hub_for_nodes: Hub, start_daemon,
+                                                            short_tmp) -> None:
+    from safetensors.numpy import save_file
+
     specs = specs_folder(short_tmp, placement="")        # every spec on the cluster by the front's setting
-    deploy(cluster, specs, per_replica=4)
+    save_file({"lin.weight": 4 * np.eye(4, dtype=np.float32), "lin.bias": np.zeros(4, np.float32)},
+              str(short_tmp / "d.safetensors"))
+    weights = (short_tmp / "d.safetensors").read_bytes()
+    hub_for_nodes.add_repo("org/affine", {"model.safetensors": weights})
+    (specs / "d.yaml").write_text(affine_spec("x").replace("path: x", "hf: org/affine"))   # y = 4x, from the hub
+    deploy(cluster, specs, per_replica=5)
     (short_tmp / "local").mkdir()
-    local = start_daemon(specs, root=short_tmp / "local")
+    local = start_daemon(specs, root=short_tmp / "local", env={"HF_ENDPOINT": hub_for_nodes.endpoint,
+                                                               "HF_HUB_OFFLINE": None})
     front = start_daemon(specs, config={"cluster": cluster.address, "placement": "cluster"}, env=cluster.variables)
     body = """
         results = []
-        for name, value, shape in [("a", 1.5, [2, 4]), ("b", 2.0, [1, 4]), ("c", -1.0, [3, 4]),
+        for name, value, shape in [("a", 1.5, [2, 4]), ("b", 2.0, [1, 4]), ("c", -1.0, [3, 4]), ("d", 0.5, [1, 4]),
                                    ("a", 1.0, [1, 3]), ("faulty", 1.0, [1, 4]), ("faulty", 2.0, [1, 4]),
                                    ("faulty", 3.0, [1, 4]), ("nope", 1.0, [1, 4])]:
             x = grpcclient.InferInput("x", shape, "FP32")
@@ -158,12 +187,22 @@ def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, start_daemo
     there = triton(f"unix:{front.socket}", body, timeout=180)["results"]
     assert here == there
     assert here[0]["outputs"]["y"] == [[1.5] * 4] * 2 and here[2]["outputs"]["y"] == [[-3.0] * 4] * 3
-    assert [r.get("status") for r in here[3:]] == ["StatusCode.INVALID_ARGUMENT", "StatusCode.RESOURCE_EXHAUSTED",
+    assert here[3]["outputs"]["y"] == [[2.0] * 4]
+    assert [r.get("status") for r in here[4:]] == ["StatusCode.INVALID_ARGUMENT", "StatusCode.RESOURCE_EXHAUSTED",
                                                   "StatusCode.INTERNAL", None, "StatusCode.NOT_FOUND"]
+    # d's weights came from the hub twice: into this machine's cache and into the node's, each verified
+    assert hub_for_nodes.served_bytes("model.safetensors") == 2 * len(weights)
+    assert list((cluster.hf_cache / "hub" / "models--org--affine" / "snapshots").iterdir())
     with front.client() as c:                             # warmd.v1 sees the replica's codes as its own
         with pytest.raises(WarmdError) as info:
             c.infer("faulty", {"x": 2 * np.ones((1, 4), np.float32)})
         assert info.value.code is Code.PROVIDER_FAILED and "KeyError" in info.value.message
+        # a stream's progress comes from the replica as it goes, the result last, as from a local daemon
+        frames = np.ones((3, 4), np.float32)
+        streams = [list(client.infer_stream("frames", {"x": frames})) for client in (c, local.client())]
+        for chunks in streams:
+            assert [ch.progress for ch in chunks[:-1]] == [(1, 3, "frames"), (2, 3, "frames"), (3, 3, "frames")]
+            assert np.array_equal(chunks[-1].result.outputs["output"], 2 * frames)
 
 
 def test_a_replica_killed_mid_run_is_replaced_and_the_next_request_succeeds(cluster, start_daemon,
@@ -184,14 +223,14 @@ def test_a_replica_killed_mid_run_is_replaced_and_the_next_request_succeeds(clus
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    wait_until(lambda: holder(cluster, "slow"), timeout=90)
-    victim = holder(cluster, "slow")
+    wait_until(lambda: shown(front, "slow"), timeout=90, interval=0.2)
+    victim = shown(front, "slow")
     with front.client() as c:
         wait_until(lambda: any(m.name == "slow" and m.residency.in_flight for m in c.status().resident), timeout=30)
         os.kill(replicas(cluster)[victim]["pid"], signal.SIGKILL)
         caller.join(90)
         assert outcome == {"code": Code.UNAVAILABLE}     # the request that was running there
-        wait_until(lambda: replaced(cluster, victim), timeout=120)
+        wait_until(lambda: replaced(cluster, victim), timeout=120, interval=0.5)
         assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)        # the next request succeeds
         assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
 

@@ -182,6 +182,7 @@ def application(replicas: int, models_per_replica: int, gpus_per_replica: float,
 
     return WarmdModels.options(
         num_replicas=replicas, max_ongoing_requests=max_ongoing_requests,
+        graceful_shutdown_wait_loop_s=0.2,     # a stopping replica leaves as soon as its requests are done
         ray_actor_options={"num_cpus": 1, "num_gpus": gpus_per_replica},
         request_router_config=RequestRouterConfig(request_router_class=Router),
     ).bind(models_per_replica, [str(p) for p in path_roots])
