@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,6 +234,27 @@ def test_a_replica_killed_mid_run_is_replaced_and_the_next_request_succeeds(clus
         wait_until(lambda: replaced(cluster, victim), timeout=120, interval=0.5)
         assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)        # the next request succeeds
         assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
+
+
+def test_the_readme_cluster_example_runs_as_written(cluster, start_daemon, short_tmp) -> None:
+    import yaml
+
+    from conftest import REPO
+    from test_readme import blocks, section
+
+    text = section("Cluster mode")
+    [commands], [config] = blocks(text, "bash"), blocks(text, "yaml")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=REPO, capture_output=True, text=True,
+                          env={**cluster.env, "RAY_ADDRESS": cluster.address}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "deployed 2 model(s)" in done.stdout and done.stdout.count("  replica ") == 2, done.stdout
+    settings = {**yaml.safe_load(config), "cluster": cluster.address}
+    assert settings["placement"] == "cluster"
+    shutil.copytree(REPO / "specs", short_tmp / "specs")
+    front = start_daemon(short_tmp / "specs", config=settings, env=cluster.variables)
+    out = front.warm("infer", "affine", "--input", "x=[[1,2,3,4]]")
+    assert out.returncode == 0 and out.stdout.strip().endswith("[[3. 5. 7. 9.]]"), out.stderr
+    assert "replica " in front.warm("ps").stdout
 
 
 def test_deploy_refuses_a_broken_specs_folder_and_status_needs_a_cluster(short_tmp: Path) -> None:
