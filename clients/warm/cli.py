@@ -80,11 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load", parents=[common, as_json], help="load a model and wait until it is ready")
     p.add_argument("name")
     p.add_argument("--keep-alive", help="how long it stays when idle: 30s, 5m, 1h, -1 (forever)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only say what loading it would do now: where, and what would be parked or unloaded")
     p.set_defaults(run=cmd_load)
     p = sub.add_parser("pull", parents=[common, as_json], help="download a model's files with live progress")
     p.add_argument("name")
     p.set_defaults(run=cmd_pull)
-    p = sub.add_parser("cancel", parents=[common], help="cancel a running job (partial downloads are kept)")
+    p = sub.add_parser("cancel", parents=[common],
+                       help="cancel a running load or download (`warm status` lists jobs; partial downloads are kept)")
     p.add_argument("job_id")
     p.set_defaults(run=cmd_cancel)
     p = sub.add_parser("rm", parents=[common, as_json], help="unload a model and delete its downloaded files")
@@ -105,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.set_defaults(run=cmd_pin, pinned=verb == "pin")
     p = sub.add_parser("ps", parents=[common, as_json], help="resident models")
+    p.add_argument("--history", action="store_true",
+                   help="the residency log instead: evictions, parks, expiries, pressure, with their figures")
+    p.add_argument("--model", default="", help="--history: only this model's")
     p.set_defaults(run=cmd_ps)
     p = sub.add_parser("infer", parents=[common, as_json], help="run a model")
     p.add_argument("name", nargs="?", default="", help="the model (or use --role)")
@@ -229,6 +235,10 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_load(client: Client, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.keep_alive:
+            raise WarmdError(Code.INVALID_ARGUMENT, "--dry-run loads nothing: it does not take --keep-alive")
+        return _dry_run(client.plan_load(args.name), args.json)
     try:
         keep_alive = parse_duration(args.keep_alive) if args.keep_alive else None
     except ValueError as exc:
@@ -352,7 +362,20 @@ def cmd_token(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(plan: pb.LoadPlan, as_json: bool) -> int:
+    if as_json:
+        return print_json(plan)
+    say(f"{plan.model}: {plan.message}")
+    for e in plan.evictions:
+        say(f"  {e.action} {e.model} ({format_size(e.bytes)} on {e.device}): {e.message}")
+    return 0
+
+
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    if args.history:
+        return _history(client.evictions(args.model), args.json)
+    if args.model:
+        raise WarmdError(Code.INVALID_ARGUMENT, "--model picks the entries of `warm ps --history`; add --history")
     resident = client.status().resident
     if args.json:
         return print_json(list(resident))
@@ -366,6 +389,19 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         _row(table, m.name, r.location or r.device, "cluster" if r.location else r.tier, layers, format_size(r.measured_bytes), format_size(r.estimated_bytes),
              "yes" if r.pinned else "", str(r.in_flight), f"{now - r.last_used:.0f}s ago",
              "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
+    out.print(table)
+    return 0
+
+
+def _history(evictions: list[pb.Eviction], as_json: bool) -> int:
+    if as_json:
+        return print_json(evictions)
+    table = Table("TIME", "MODEL", "ACTION", "REASON", "DEVICE", "SIZE", "FOR", "REQ/MIN", "BACK IN", "COST",
+                  "WHY", box=None)
+    for e in evictions:
+        back = f"{e.back_s:.2f}s" + ("" if e.back_measured else " (est.)")
+        _row(table, time.strftime("%H:%M:%S", time.localtime(e.time)), e.model, e.action, e.reason, e.device,
+             format_size(e.bytes), e.for_model, f"{e.requests_per_min:.2f}", back, f"{e.cost:.2f}", e.message)
     out.print(table)
     return 0
 
@@ -439,7 +475,7 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
             continue
         stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
         extra = " ".join(x for x in (event.reason and f"({event.reason})", event.error_code and
-                                     f"[{event.error_code}]", event.message) if x)
+                                     f"[{event.error_code}]", event.message, event.eviction.message) if x)
         say(f"{stamp} {event.kind:<17} {event.model or event.file} {extra}")
         sys.stdout.flush()
     # The daemon ends a watch only when it stops (a crash shows as an error from the stream instead).

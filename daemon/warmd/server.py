@@ -29,6 +29,7 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
+from warmd.jobs import Jobs
 from warmd.metrics import Metrics
 from warmd.plugins import Plugins
 from warmd.roles import Profiles
@@ -59,12 +60,15 @@ class Daemon:
                                self.providers, self.bus, settings.reload_debounce,
                                place=Placement(settings.cluster, settings.placement))
         self.plugins = Plugins(settings.plugins_dir, self.providers, on_change=self.catalog.revalidate)
+        self.jobs = Jobs(self.bus)              # every long operation: loads and downloads
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
-                           timeout_s=settings.download_timeout)
+                           timeout_s=settings.download_timeout, jobs=self.jobs)
         inventory = devices.inventory(settings.cpu_budget, settings.gpu_budget, settings.gpu_reserve,
                                       settings.simulated_gpus)
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
-                                   devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
+                                   devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total),
+                                   eviction=settings.eviction, max_keep_alive=settings.max_keep_alive,
+                                   jobs=self.jobs)
         self.inference = Inference(self.scheduler)
         self.profiles = Profiles(settings.profiles_dir, settings.data_dir / "active_profile",
                                  settings.data_dir / "role_picks.json", self.catalog, self.scheduler, self.store)

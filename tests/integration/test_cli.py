@@ -201,6 +201,8 @@ def test_watch_into_head_ends_at_the_next_event(start_daemon, short_tmp: Path) -
     (("infer", "affine", "--input", "x=[[1]]", "--json", "--full"), "--json always has every value"),
     (("infer", "affine", "--role", "embedder", "--input", "x=[[1]]"), "not both"),
     (("load", "affine", "--keep-alive", "soon"), "--keep-alive: 'soon' is not a duration"),
+    (("load", "affine", "--dry-run", "--keep-alive", "5m"), "--dry-run loads nothing: it does not take --keep-alive"),
+    (("ps", "--model", "affine"), "--model picks the entries of `warm ps --history`; add --history"),
     (("token", "list", "--scope", "admin"), "`warm token list` does not take --scope"),
     (("token", "create", "NAME", "--name", "app"), "`warm token create` does not take NAME"),
     (("profile", "list", "extra"), "usage: warm profile list"),

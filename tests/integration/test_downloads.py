@@ -19,6 +19,7 @@ import pytest
 from hubserver import Hub, minilm_files
 from waiting import error_code, free_port, wait_until
 from warm import Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BIG = 24 * 2**20
@@ -588,3 +589,51 @@ def test_disk_filling_up_mid_download(start_daemon, hub: Hub, short_tmp: Path, t
     assert hub.served_bytes("model.safetensors") - served <= len(payload) - kept + 2**20    # resumed
     figures(filled_at_mib=round(kept / 2**20, 2), resumed=True)
 
+
+
+def test_a_second_spec_sharing_a_transfer_sees_its_progress(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=8 * 2**20)
+    _spec(short_tmp / "specs", "twin", "org/big")                 # the same source under another name
+    seen: dict[str, list] = {"big": [], "twin": []}
+    with daemon.client() as c:
+        wait_until(lambda: any(m.name == "twin" for m in c.list().models))
+        events = c.watch(kinds=["download.started"])
+
+        def pull_big() -> None:
+            with daemon.client() as other:
+                other.pull("big", on_event=seen["big"].append)
+
+        first = threading.Thread(target=pull_big)
+        first.start()
+        assert next(events).model == "big"
+        c.pull("twin", on_event=seen["twin"].append)              # joins the transfer `big` started
+        first.join(timeout=60)
+    assert hub.served_bytes("model.safetensors") == BIG           # one transfer
+    progress = [e for e in seen["twin"] if e.kind == "job.progress" and e.progress.unit == "bytes"]
+    assert progress and progress[-1].progress.done == progress[-1].progress.total > BIG
+    kinds = [e.kind for e in seen["twin"]]
+    assert kinds[0] == "download.started" and kinds[-1] == "download.finished"   # replayed, then live
+    assert {e.job_id for e in seen["twin"]} == {e.job_id for e in seen["big"]}
+
+
+def test_a_load_waiting_on_a_download_is_a_job_and_warm_cancel_stops_it(start_daemon, hub: Hub,
+                                                                        short_tmp: Path) -> None:
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=2 * 2**20)
+    loader = subprocess.Popen([*daemon.warm_command(), "load", "big", "--json"], env=daemon.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with daemon.client() as c:
+        wait_until(lambda: {j.kind for j in c.status().jobs} == {"load", "download"})
+        jobs = {j.kind: j for j in c.status().jobs}
+        assert jobs["load"].model == "big" and jobs["load"].progress.phase == "resolve"
+        wait_until(lambda: any(p.stat().st_size > 2**20 for p in _parts(daemon)))
+        assert daemon.warm("cancel", jobs["load"].id).returncode == 0
+        out, err = loader.communicate(timeout=30)
+        *followed, last = [json.loads(line) for line in out.splitlines()]
+        assert loader.returncode == 1 and last["error"] == {"code": "cancelled",
+                                                            "message": "load of 'big' was cancelled"}
+        # the load's stream carried its download's progress (followed by job id)
+        assert any(e.get("job_id") == jobs["download"].id and e.get("kind") == "job.progress" for e in followed)
+        wait_until(lambda: not c.status().jobs)                   # the download had no other waiter
+        assert c.get("big").state == pb.AVAILABLE and not c.get("big").error_code   # a cancel is no failure
+    assert _parts(daemon)                                         # partial files kept for the next attempt
+    assert daemon.warm("cancel", jobs["load"].id).returncode == 1

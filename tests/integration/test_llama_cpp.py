@@ -177,6 +177,33 @@ def test_a_gguf_model_is_evicted_like_any_other(start_daemon, short_tmp: Path, g
         assert c.infer("first", text=["hi"], parameters={"max_tokens": 2}).json["usage"]["completion_tokens"] == 2
 
 
+def test_the_dry_run_shows_the_layers_a_load_then_puts_on_a_gpu(start_daemon, short_tmp: Path, ggufs: Path) -> None:
+    from warmd.providers.llama_cpp import LlamaCppProvider
+    from warmd.spec import ModelSpec, Source
+
+    path = ggufs / "wide.gguf"
+    spec = ModelSpec(name="wide", file=path, source=Source("path", str(path)), provider="llama-cpp", task="chat",
+                     options={"n_ctx": 512})
+    total, split = LlamaCppProvider.estimate(spec, path), LlamaCppProvider.layers(spec, path)
+    layers = len(split.sizes)
+    gpu = total - split.host_bytes(layers - 2) + split.sizes[layers - 2] // 2    # all but the two lowest blocks
+    text = gguf_spec(path, options="n_ctx: 512").replace("device: cpu", "device: cuda:0")
+    daemon = _daemon(start_daemon, short_tmp, ggufs, {"wide": text},
+                     config={"simulated_gpus": [gpu], "gpu_budget": 1.0, "gpu_reserve": 0})
+    shown = daemon.warm("load", "wide", "--dry-run")
+    assert shown.returncode == 0 and "loads it onto cuda:0" in shown.stdout, shown.stdout
+    assert f"{layers - 2} of {layers} layers on a GPU" in shown.stdout
+    plan = json.loads(daemon.warm("load", "wide", "--dry-run", "--json").stdout)
+    assert (plan["action"], plan["device"], plan["gpu_layers"], plan["total_layers"]) == (
+        "load", "cuda:0", layers - 2, layers)
+    assert plan["host_bytes"] == split.host_bytes(layers - 2) and plan["bytes"] == total - plan["host_bytes"]
+    loaded = daemon.warm("load", "wide")
+    assert loaded.returncode == 0 and f"{layers - 2} of {layers} layers on a GPU" in loaded.stderr, loaded.stderr
+    [model] = json.loads(daemon.warm("ps", "--json").stdout)
+    assert (model["residency"]["gpu_layers"], model["residency"]["total_layers"]) == (layers - 2, layers)
+    assert f"{layers - 2}/{layers} on GPU" in daemon.warm("ps").stdout
+
+
 def test_ollama_models_are_discovered_served_in_place_and_verified(start_daemon, short_tmp: Path,
                                                                    ggufs: Path) -> None:
     store = short_tmp / "ollama"

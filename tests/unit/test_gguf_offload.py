@@ -112,3 +112,24 @@ def test_not_one_layer_fitting_runs_it_on_the_cpu_and_a_fixed_count_must_fit(tmp
         assert _used(scheduler)["cuda:0"] == 0                    # a refused load reserves nothing
     finally:
         scheduler.shutdown(5)
+
+
+def test_the_dry_run_shows_the_split_and_the_evictions_that_the_load_then_makes(tmp_path: Path, gguf: Path) -> None:
+    total, split = _split(gguf)
+    layers = len(split.sizes)
+    budget = total - split.host_bytes(layers - 1) + MB // 2          # all but the lowest block, once filler goes
+    filler = f"provider: recording\ndevice: cuda:0\nsource: {{path: w}}\nmemory: {4 * MB}\noptions: {{value: f}}\n"
+    scheduler = _world(tmp_path, gguf, budget, {"m": _spec(gguf), "filler": filler})
+    try:
+        with scheduler.acquire("filler"):
+            pass
+        run = scheduler.plan_load("m")
+        assert (run.action, run.device, run.gpu_layers, run.total_layers) == ("load", "cuda:0", layers - 1, layers)
+        assert run.host_bytes == split.host_bytes(layers - 1) and run.need == total - run.host_bytes
+        assert [(m.action, m.name) for m in run.moves] == [("unload", "filler")]
+        assert f"{layers - 1} of {layers} layers on a GPU" in run.message
+        assert scheduler.view("filler").state == "ready"                    # the dry run did nothing
+        with scheduler.acquire("m") as r:
+            assert r.offloaded == (run.gpu_layers, run.total_layers) and r.host_bytes == run.host_bytes
+    finally:
+        scheduler.shutdown(5)

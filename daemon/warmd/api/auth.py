@@ -34,8 +34,9 @@ OWNER = "owner"
 # files), never a model, a file or a setting.
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 _WARMD, _V2 = "/warmd.v1.Warmd/", "/inference.GRPCInferenceService/"
-# Calls that need more than `read` (everything else, reflection included, is `read`).
+# The scope each call needs; a call not listed, reflection included, needs `read`.
 METHOD_SCOPES = {
+    **{_WARMD + m: "read" for m in ("PlanLoad", "ListEvictions")},
     **{_WARMD + m: "infer" for m in ("Infer", "RegisterRegion", "UnregisterRegion")},
     **{_V2 + m: "infer" for m in ("ModelInfer", "ModelStreamInfer", "SystemSharedMemoryRegister",
                                   "SystemSharedMemoryUnregister", "CudaSharedMemoryRegister",

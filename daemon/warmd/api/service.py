@@ -21,10 +21,11 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
+from warmd.jobs import Follower
 from warmd.plugins import Plugins
 from warmd.roles import Choice, Profiles
 from warmd.providers import CallContext, InferRequest, InferResult
-from warmd.scheduler import ModelView, Resident, Scheduler
+from warmd.scheduler import ModelView, Resident, Scheduler, eviction_proto
 from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec, SpecFileError, TensorDecl
 from warmd.store import Store, hub, ollama
@@ -112,40 +113,51 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         self._spec(request.name)
         keep_alive = request.keep_alive_s if request.HasField("keep_alive_s") else None
-        sub = self.bus.subscribe(model=request.name)
+        job, future = self.scheduler.start_load(request.name, keep_alive=keep_alive)
+        if job is None:
+            yield pb.Event(time=time.time(), kind="model.loaded", model=request.name, message="already resident")
+            return
+        follower = self.scheduler.jobs.follow(job)      # by job id: its download's events too
         try:
-            job, future = self.scheduler.start_load(request.name, keep_alive=keep_alive)
-            finished = yield from _follow(sub, future, context, "model.loaded", job.id)
-            if not finished:      # it was resident already
-                yield pb.Event(time=time.time(), kind="model.loaded", model=request.name, job_id=job.id,
-                               message="already resident")
+            if not (yield from _follow(follower, future, context, "model.loaded", job.id)):
+                yield pb.Event(time=time.time(), kind="model.loaded", model=request.name, job_id=job.id)
         finally:
-            sub.close()
+            follower.close()
 
     @mapped_stream
     def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         spec = self._spec(request.name)
-        sub = self.bus.subscribe(model=request.name)
+        if self.store.state(spec).state in ("verified", "complete"):
+            yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, message="already on disk")
+            return
+        job, future = self.store.pull(spec)
+        follower = self.scheduler.jobs.follow(job)      # by job id: a transfer another spec started too
         try:
-            if self.store.state(spec).state in ("verified", "complete"):
-                yield pb.Event(time=time.time(), kind="download.finished", model=spec.name,
-                               message="already on disk")
-                return
-            job, future = self.store.pull(spec)
-            try:
-                finished = yield from _follow(sub, future, context, "download.finished", job.id)
-            finally:
-                self.store.downloads.leave(job.id)   # the last caller to leave early cancels it
-            if not finished:      # the transfer ended between our subscribe and our join
-                yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, job_id=job.id)
+            finished = yield from _follow(follower, future, context, "download.finished", job.id)
         finally:
-            sub.close()
+            follower.close()
+            self.store.downloads.leave(job.id)   # the last caller to leave early cancels it
+        if not finished:      # the transfer ended before we followed it
+            yield pb.Event(time=time.time(), kind="download.finished", model=spec.name, job_id=job.id)
 
     @mapped
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.CancelJobResponse:
-        if not self.store.downloads.cancel(request.job_id):
-            raise WarmdError(Code.INVALID_ARGUMENT, f"no running job {request.job_id!r}; `warm watch` shows job ids")
+        self.scheduler.jobs.cancel(request.job_id)
         return pb.CancelJobResponse(cancelled=True)
+
+    @mapped
+    def PlanLoad(self, request: pb.PlanLoadRequest, context: grpc.ServicerContext) -> pb.LoadPlan:
+        run = self.scheduler.plan_load(request.name)
+        return pb.LoadPlan(model=run.model, action=run.action, device=run.device, bytes=run.need,
+                           free_bytes=run.free, evictions=[eviction_proto(0.0, m) for m in run.moves],
+                           download=run.download, policy=self.scheduler.eviction, message=run.message,
+                           gpu_layers=run.gpu_layers, total_layers=run.total_layers, host_bytes=run.host_bytes)
+
+    @mapped
+    def ListEvictions(self, request: pb.ListEvictionsRequest,
+                      context: grpc.ServicerContext) -> pb.ListEvictionsResponse:
+        return pb.ListEvictionsResponse(evictions=[eviction_proto(t, m)
+                                                   for t, m in self.scheduler.evictions(request.model)])
 
     @mapped
     def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext) -> pb.Model:
@@ -165,7 +177,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             offline=s.offline, downloads=s.downloads, hf_cache=str(hub.cache_root()),
             plugins_dir=str(s.plugins_dir),
             jobs=[pb.JobInfo(id=j.id, kind=j.kind, model=j.model, progress=j.last, message=j.last_message)
-                  for j in self.store.downloads.running()],
+                  for j in self.scheduler.jobs.running()],
             plugins=[pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error)
                      for p in self.plugins.states()],
             devices=[pb.DeviceStatus(name=d.name, total=d.total, budget=d.budget, used=used,
@@ -333,10 +345,10 @@ def spec_name(repo_id: str) -> str:
     return (cleaned or "model")[:64]
 
 
-def _follow(sub, future, context: grpc.ServicerContext, final_kind: str,  # type: ignore[no-untyped-def]
+def _follow(sub: Follower, future, context: grpc.ServicerContext, final_kind: str,  # type: ignore[no-untyped-def]
             job_id: str) -> Iterator[pb.Event]:
-    """Yield the subscription's events until `future` is done; raise its error. Returns whether the
-    job's own `final_kind` event was sent."""
+    """Yield the job's events until `future` is done; raise its error. Returns whether the job's own
+    `final_kind` event was sent."""
     sent_final = False
     future.add_done_callback(lambda _: sub.wake())     # do not sit out a poll interval once it is done
     while context.is_active():
@@ -367,7 +379,7 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
             device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
             loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight,
             pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1],
-            location=r.provider.location()))
+            location=r.provider.location() if r.provider is not None else ""))
     if file_error is not None:
         model.error_code = file_error.code.value
         model.error = f"the file's latest edit was rejected, still serving the previous version: {file_error}"

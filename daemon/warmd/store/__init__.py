@@ -7,6 +7,7 @@ its download policy is `never` (`weights_missing`).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import threading
 from concurrent.futures import Future
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
-from warmd.jobs import Job
+from warmd.jobs import Job, Jobs
 from warmd.spec import ModelSpec, Source
 from warmd.store import hub, ollama
 from warmd.store.downloads import Downloads, url_path
@@ -23,6 +24,7 @@ from warmd.store.fetch import part_path
 from warmd.store.local import package_path
 
 _CHUNK = 8 * 1024 * 1024
+CANCEL_POLL_S = 0.1      # how often a load waiting on a download looks at its own cancellation
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,10 @@ class Store:
     """Resolves sources to local paths, verifies digests, and downloads when the policy allows."""
 
     def __init__(self, data_dir: Path, bus: EventBus, offline: bool = False, policy: str = "auto",
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, jobs: Jobs | None = None) -> None:
         self.data_dir, self.offline, self.policy = data_dir, offline, policy
-        self.downloads = Downloads(data_dir, bus, timeout_s)
+        self.jobs = jobs or Jobs(bus)
+        self.downloads = Downloads(data_dir, self.jobs, timeout_s)
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -141,8 +144,13 @@ class Store:
         return self.downloads.probe_size(spec, wait_s)
 
     # ---- fetching ------------------------------------------------------------------------------
-    def ensure(self, spec: ModelSpec) -> Path:
-        """The local path, downloading first when files are missing and the policy allows it."""
+    def ensure(self, spec: ModelSpec, waiter: Job | None = None) -> Path:
+        """The local path, downloading first when files are missing and the policy allows it.
+
+        Args:
+            waiter: the job waiting for the files (a load): it follows the download's events, and its
+                cancellation stops the wait (and the download, when nobody else waits for it).
+        """
         try:
             return self.local(spec)
         except WarmdError as err:
@@ -150,6 +158,10 @@ class Store:
                 raise
         job, future = self.pull(spec, on_demand=True)
         try:
+            if waiter is not None:
+                waiter.wait_on(job)
+                while not concurrent.futures.wait([future], timeout=CANCEL_POLL_S).done:
+                    waiter.check()
             return future.result()
         finally:
             self.downloads.leave(job.id)

@@ -1,6 +1,6 @@
 """Downloads as jobs: one transfer per source however many callers want it, live progress, cancel.
 
-A download is a job: `download.started`, then `job.progress` (phase "download", bytes done/total, the
+A download is a job of the daemon's registry (jobs.py): `download.started`, then `job.progress` (phase "download", bytes done/total, the
 current file and its own bytes in the message) at most every 0.25 s while bytes flow, then `download.finished` or
 `download.failed` (with the error code; `cancelled` for a cancel). A cancelled or interrupted download
 keeps its `.part` files, and the next attempt resumes them.
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warmd.errors import Code, WarmdError, at_boundary
-from warmd.events import EventBus
-from warmd.jobs import Job
+from warmd.jobs import Job, Jobs
 from warmd.paths import write_atomic
 from warmd.spec import ModelSpec, Source
 from warmd.store import hub
@@ -76,8 +75,8 @@ class _Transfer:
 class Downloads:
     """Single-flight transfers keyed by source, with cancel by job id."""
 
-    def __init__(self, data_dir: Path, bus: EventBus, timeout_s: float = 30.0) -> None:
-        self.data_dir, self.bus, self.timeout_s = data_dir, bus, timeout_s
+    def __init__(self, data_dir: Path, jobs: Jobs, timeout_s: float = 30.0) -> None:
+        self.data_dir, self.jobs, self.timeout_s = data_dir, jobs, timeout_s
         self._active: dict[str, _Transfer] = {}
         self._sizes: dict[str, int] = {}          # source key -> full size, from listings
         self._probes: dict[str, Future] = {}
@@ -94,16 +93,11 @@ class Downloads:
             if running is not None:
                 running.waiters += 1
                 return running.job, running.future
-            transfer = _Transfer(Job("download", spec.name, self.bus), Future(), waiters=1)
+            transfer = _Transfer(self.jobs.start("download", spec.name), Future(), waiters=1)
             self._active[key] = transfer
         threading.Thread(target=self._run, args=(spec, key, transfer), name=f"download-{spec.name}",
                          daemon=True).start()
         return transfer.job, transfer.future
-
-    def running(self) -> list[Job]:
-        """The jobs of the transfers under way."""
-        with self._lock:
-            return [t.job for t in self._active.values() if not t.future.done()]
 
     def size(self, spec: ModelSpec) -> int:
         """The full size of the spec's files, from a listing already made (0 when none was)."""
@@ -140,13 +134,6 @@ class Downloads:
             log.info("size of %s unknown: %s", src.describe(), exc)
             probe.set_exception(exc)
 
-    def cancel(self, job_id: str) -> bool:
-        with self._lock:
-            found = [t for t in self._active.values() if t.job.id == job_id]
-        for t in found:
-            t.job.cancel()
-        return bool(found)
-
     def leave(self, job_id: str) -> None:
         """A waiter is gone; if it was the last and the transfer is still running, cancel it."""
         with self._lock:
@@ -159,10 +146,15 @@ class Downloads:
             t.job.cancel()
 
     def _run(self, spec: ModelSpec, key: str, transfer: _Transfer) -> None:
+        try:
+            self._transfer(spec, key, transfer)
+        finally:
+            self.jobs.finish(transfer.job)
+
+    def _transfer(self, spec: ModelSpec, key: str, transfer: _Transfer) -> None:
         job, started = transfer.job, time.time()
         record = {"started": started, "source": spec.source.describe(), "revision": "", "bytes": 0}
-        self.bus.publish("download.started", model=spec.name, job_id=job.id,
-                         message=spec.source.describe())
+        job.publish("download.started", message=spec.source.describe())
         try:
             if spec.source.kind == "hf":
                 path = self._download_hf(spec, job, record)
@@ -171,14 +163,13 @@ class Downloads:
         except Exception as exc:
             err = at_boundary(exc, Code.UNAVAILABLE, f"download of {spec.source.describe()}", log)
             self._remember(spec.name, record, "cancelled" if err.code is Code.CANCELLED else "failed", err)
-            self.bus.publish("download.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
-                             message=err.message)
+            job.publish("download.failed", error_code=err.code.value, message=err.message)
             with self._lock:
                 self._active.pop(key, None)
             transfer.future.set_exception(err)
             return
         self._remember(spec.name, record, "ok", None)
-        self.bus.publish("download.finished", model=spec.name, job_id=job.id, message=str(path))
+        job.publish("download.finished", message=str(path))
         with self._lock:
             self._active.pop(key, None)
         transfer.future.set_result(path)

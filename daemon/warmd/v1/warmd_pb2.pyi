@@ -472,7 +472,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason")
+    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -483,6 +483,7 @@ class Event(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: float
     kind: str
@@ -493,7 +494,86 @@ class Event(_message.Message):
     progress: Progress
     error_code: str
     reason: str
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    eviction: Eviction
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ...) -> None: ...
+
+class Eviction(_message.Message):
+    __slots__ = ("time", "model", "action", "reason", "device", "bytes", "for_model", "policy", "requests_per_min", "back_s", "back_measured", "cost", "idle_s", "message")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FOR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    BACK_S_FIELD_NUMBER: _ClassVar[int]
+    BACK_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    model: str
+    action: str
+    reason: str
+    device: str
+    bytes: int
+    for_model: str
+    policy: str
+    requests_per_min: float
+    back_s: float
+    back_measured: bool
+    cost: float
+    idle_s: float
+    message: str
+    def __init__(self, time: _Optional[float] = ..., model: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., for_model: _Optional[str] = ..., policy: _Optional[str] = ..., requests_per_min: _Optional[float] = ..., back_s: _Optional[float] = ..., back_measured: _Optional[bool] = ..., cost: _Optional[float] = ..., idle_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PlanLoadRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LoadPlan(_message.Message):
+    __slots__ = ("model", "action", "device", "bytes", "free_bytes", "evictions", "download", "policy", "message", "gpu_layers", "total_layers", "host_bytes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HOST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: str
+    device: str
+    bytes: int
+    free_bytes: int
+    evictions: _containers.RepeatedCompositeFieldContainer[Eviction]
+    download: bool
+    policy: str
+    message: str
+    gpu_layers: int
+    total_layers: int
+    host_bytes: int
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ..., download: _Optional[bool] = ..., policy: _Optional[str] = ..., message: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., host_bytes: _Optional[int] = ...) -> None: ...
+
+class ListEvictionsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListEvictionsResponse(_message.Message):
+    __slots__ = ("evictions",)
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    evictions: _containers.RepeatedCompositeFieldContainer[Eviction]
+    def __init__(self, evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ...) -> None: ...
 
 class RegisterRegionRequest(_message.Message):
     __slots__ = ("name", "key", "offset", "byte_size")
