@@ -198,6 +198,12 @@ def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, hub_for_nod
         with pytest.raises(WarmdError) as info:
             c.infer("faulty", {"x": 2 * np.ones((1, 4), np.float32)})
         assert info.value.code is Code.PROVIDER_FAILED and "KeyError" in info.value.message
+        # a spec the front has and the cluster was not deployed with: the cluster's own model_not_found
+        (specs / "late.yaml").write_text(affine_spec("a.safetensors"))
+        wait_until(lambda: "late" in {m.name for m in c.list().models}, timeout=30)
+        with pytest.raises(WarmdError) as info:
+            c.infer("late", {"x": np.ones((1, 4), np.float32)})
+        assert info.value.code is Code.MODEL_NOT_FOUND and "cluster deploy" in info.value.message, info.value
         # a stream's progress comes from the replica as it goes, the result last, as from a local daemon
         frames = np.ones((3, 4), np.float32)
         streams = [list(client.infer_stream("frames", {"x": frames})) for client in (c, local.client())]

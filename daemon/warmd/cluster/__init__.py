@@ -17,6 +17,7 @@ local daemon serves cluster-placed specs). Rules held here:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def connect(address: str, working_dir: Path | None = None) -> None:
             raise WarmdError(Code.UNAVAILABLE, f"the Ray cluster at {address} does not answer ({exc}); start it "
                              "(`ray start --head`) or fix `cluster` / --address") from None
         _connected = address
+        # Serve's INFO lines ("Started Serve", "Connecting to existing Serve app") are not this program's output.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def import_ray():  # type: ignore[no-untyped-def]

@@ -31,8 +31,8 @@ from warmd.spec import ModelSpec
 
 LOAD_TIMEOUT_S = 600.0       # a first load may download the model's files on the replica's node
 LOCATION_TTL_S = 1.0         # how long `warm ps` reuses one registry snapshot
-_handle: Any = None
-_handle_lock = threading.Lock()
+_shared: Any = None          # the process's one DeploymentHandle (see _deployment)
+_shared_lock = threading.Lock()
 _snapshot: tuple[float, dict[str, Any]] = (0.0, {})
 _snapshot_lock = threading.Lock()
 
@@ -87,18 +87,18 @@ class ClusterProvider(Provider):
 
 def _deployment(address: str):  # type: ignore[no-untyped-def]
     """The process's one handle to the warmd deployment: one router, which learns where each model is."""
-    global _handle
-    with _handle_lock:
-        if _handle is None:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
             cluster.connect(address)
             from ray import serve
 
             try:
-                _handle = serve.get_deployment_handle(cluster.DEPLOYMENT, app_name=cluster.APP)
+                _shared = serve.get_deployment_handle(cluster.DEPLOYMENT, app_name=cluster.APP)
             except Exception as exc:  # noqa: BLE001 - Serve raises several kinds for "not there"
                 raise WarmdError(Code.UNAVAILABLE, f"the Ray cluster {address} runs no warmd application "
                                  f"({type(exc).__name__}: {exc}); `warmd cluster deploy` it") from None
-        return _handle
+        return _shared
 
 
 def _reply(response: Any, timeout: float | None, request: InferRequest | None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Rules held here:
   url sources into its data folder) and loads them with the spec's provider.
 - Residency is Ray's: the multiplexed loader (`serve.multiplexed`) keeps at most `models_per_replica`
   models per replica and evicts the least recently used one; an evicted model's provider is unloaded.
-  A request names its model as the multiplexed id.
+  A request names its model as the multiplexed id; the deployment's router (warmd.cluster.routing) sends
+  it to a replica that holds the model.
 - Replies are plain data, never exceptions: {"tensors", "json"} or {"error": [code, message]}, so a
   stable code crosses the cluster unchanged; whatever a provider raises is classified as it is locally.
 - Every replica registers with the registry (a detached actor) and reports each load and eviction: the
@@ -134,7 +135,8 @@ class WarmdModels:
         return {}
 
     async def infer(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Run one request (see `front.payload`) on the request's model: {"tensors", "json"} or {"error"}."""
+        """Run one request on the request's model: `payload` holds "tensors" (numpy arrays by name), "text",
+        "parameters" and "timeout_s" (the caller's deadline, or None). Returns {"tensors", "json"} or {"error"}."""
         request = _request(payload)
         return await self._run(request)
 
