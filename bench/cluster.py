@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import REPO, percentile, process, wait_for, workdir, write_report
 from peers import V2, latency, throughput
@@ -83,7 +84,9 @@ def main() -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, ray_cluster: LocalRay, local: V2, front: V2, local_sock, front_sock) -> dict:  # type: ignore[no-untyped-def]
+def measure(args: argparse.Namespace, ray_cluster: LocalRay, local: V2, front: V2, local_sock: Path,
+            front_sock: Path) -> dict:
+    """One run: both daemons' per-call times and throughput, and the Ray hop alone."""
     handle = subprocess.run([sys.executable, "-c", HANDLE, ray_cluster.address, str(args.calls)],
                             env={**os.environ, **ray_cluster.variables}, capture_output=True, text=True,
                             timeout=300, check=True)
@@ -114,7 +117,8 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
                      f"{ms(r['front'], 99)} | {fp / lp:.2f}x | {ms(r['handle'], 50)} | {hp / fp:.2f} | "
                      f"{r['local_tput']:.0f} | {r['front_tput']:.0f} | {r['front_tput'] / r['local_tput']:.2f}x |")
     lines += ["", "Load average: the machine's 1-minute load average when the run began (2 CPUs; above 2, other "
-              "programs were competing for them).", "", "The Ray hop alone is a Python driver calling the deployment handle (routing by the warmd router, "
+              "programs were competing for them).", "",
+              "The Ray hop alone is a Python driver calling the deployment handle (routing by the warmd router, "
               "the replica actor call, the provider, the reply) with the payload the front sends; the rest of the "
               "front's time is the local daemon's own path (V2, admission, statistics)."]
     write_report("cluster", lines)

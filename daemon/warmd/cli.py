@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from warmd import __version__
-from warmd.errors import Code, WarmdError
+from warmd.errors import WarmdError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +28,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="never use the network: a needed download fails with network_forbidden")
     validate = sub.add_parser("validate", help="check spec files without a daemon")
     validate.add_argument("paths", nargs="+", type=Path)
-    _cluster_parser(sub)
+    from warmd.cluster import admin
+
+    admin.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "cluster":
-            return _cluster(args)
+            return admin.command(args)
         return _serve(args) if args.command == "serve" else _validate(args.paths)
     except WarmdError as err:
         print(f"warmd: error: {err}", file=sys.stderr)
@@ -79,55 +81,6 @@ def _validate(paths: list[Path]) -> int:
             failed += 1
             print(f"error {err} [{err.code.value}]")
     return 1 if failed else 0
-
-
-def _cluster_parser(sub: argparse._SubParsersAction) -> None:
-    cluster = sub.add_parser("cluster", help="the warmd application on a Ray Serve cluster: deploy | status | delete")
-    actions = cluster.add_subparsers(dest="action", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", help="the Ray cluster (default: the config's `cluster` setting)")
-    common.add_argument("--config", type=Path, help="a YAML config file (default: config dir/config.yaml)")
-    deploy = actions.add_parser("deploy", parents=[common], help="deploy a specs folder (replaces an earlier deploy)")
-    deploy.add_argument("--specs", type=Path, required=True, help="the specs folder the replicas serve")
-    deploy.add_argument("--replicas", type=int, default=1)
-    deploy.add_argument("--models-per-replica", type=int, default=3,
-                        help="models each replica keeps loaded (Ray's LRU evicts beyond it)")
-    deploy.add_argument("--gpus-per-replica", type=float, default=0.0,
-                        help="GPUs Ray gives each replica (0: the replicas see no GPU)")
-    status = actions.add_parser("status", parents=[common], help="the application and which replica holds which model")
-    status.add_argument("--json", action="store_true")
-    actions.add_parser("delete", parents=[common], help="delete the application and its models")
-
-
-def _cluster(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from warmd.cluster import admin
-    from warmd.config import load_settings
-
-    settings = load_settings(args.config)
-    address = args.address or settings.cluster
-    if not address:
-        raise WarmdError(Code.INVALID_ARGUMENT, "which cluster? pass --address (the Ray address) or set `cluster` "
-                         "in warmd's config")
-    if args.action == "deploy":
-        done = admin.deploy(address, args.specs, args.replicas, args.models_per_replica, args.gpus_per_replica,
-                            settings.path_roots)
-        print(f"deployed {len(done.models)} model(s) to {address}: {done.replicas} replica(s), up to "
-              f"{done.models_per_replica} model(s) each ({', '.join(done.models)})")
-    elif args.action == "status":
-        state = admin.status(address)
-        if args.json:
-            print(json.dumps(dataclasses.asdict(state)))
-        else:
-            print(f"{address}: {state.state}" + (f" ({state.message})" if state.message else ""))
-            for replica, entry in sorted(state.replicas.items()):
-                held = ", ".join(f"{m} (loaded {entry['loads'][m]}x)" for m in entry["models"]) or "no model"
-                print(f"  replica {replica} node {entry['node'][:8]} pid {entry['pid']}: {held}")
-    else:
-        print("deleted" if admin.delete(address) else f"no warmd application on {address}; nothing to delete")
-    return 0
 
 
 def _nothing_to_check(path: Path) -> str:

@@ -96,7 +96,8 @@ def shown(front, model: str) -> str | None:  # type: ignore[no-untyped-def]
 
 
 def specs_folder(root: Path, placement: str = "cluster") -> Path:
-    """a, b, c: y = 1x, 2x, 3x; faulty fails on request. Placed on the cluster unless `placement` is ""."""
+    """a, b, c: y = 1x, 2x, 3x; faulty fails on request; frames reports progress. Placed on the cluster unless
+    `placement` is ""."""
     from safetensors.numpy import save_file
 
     specs = root / "specs"
@@ -134,7 +135,7 @@ def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, star
             assert np.array_equal(c.infer("a", {"x": x}).outputs["y"], x)
             assert np.array_equal(c.infer("b", {"x": x}).outputs["y"], 2 * x)
         now = replicas(cluster)
-        assert now[on_a]["models"] == ["a"] and now[on_a]["loads"] == {"a": 1}
+        assert now[on_a]["models"] == ["a"] and now[on_a]["loads"] == {"a": 1} and now[on_a]["devices"]["a"] == "cpu"
         assert now[on_b]["models"] == ["b"] and now[on_b]["loads"] == {"b": 1}
         [ps] = [m["residency"] for m in json.loads(front.warm("ps", "--json").stdout.splitlines()[0])
                 if m["name"] == "a"]

@@ -1,15 +1,19 @@
 """`warmd cluster deploy | status | delete`: the warmd application on a Ray Serve cluster.
 
 - deploy: every spec file of the folder is checked first, as `warmd validate` does; one that fails refuses
-  the deploy and nothing changes on the cluster. Then the folder travels to the replicas (the deploying driver's runtime_env
-  working_dir, which its deployments inherit), Serve starts without HTTP proxies (the daemon's front talks through deployment handles),
-  and the application replaces any earlier deploy of it; deploy returns once every replica is running.
-- status: the application's state, and per live replica its node, pid, the models it holds and how many
-  times it loaded each (from the registry).
+  the deploy and nothing changes on the cluster. Then the folder travels to the replicas (the deploying
+  driver's runtime_env working_dir, which its deployments inherit), Serve starts without HTTP proxies (the
+  front talks through deployment handles), and the application replaces any earlier deploy of it; deploy
+  returns once every replica is running.
+- status: the application's state, and per live replica its node, pid, the models it holds (with the
+  device each is on) and how many times it loaded each (from the registry).
 - delete: the application and its registry go; the cluster's models with them.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,58 @@ def delete(address: str) -> bool:
     except ValueError:
         pass                        # never created, or gone already
     return existed
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """`warmd cluster deploy | status | delete` on warmd's command line."""
+    cluster = sub.add_parser("cluster", help="the warmd application on a Ray Serve cluster: deploy | status | delete")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", help="the Ray cluster (default: the config's `cluster` setting)")
+    common.add_argument("--config", type=Path, help="a YAML config file (default: config dir/config.yaml)")
+    deploy = actions.add_parser("deploy", parents=[common], help="deploy a specs folder (replaces an earlier deploy)")
+    deploy.add_argument("--specs", type=Path, required=True, help="the specs folder the replicas serve")
+    deploy.add_argument("--replicas", type=int, default=1)
+    deploy.add_argument("--models-per-replica", type=int, default=3,
+                        help="models each replica keeps loaded (Ray's LRU evicts beyond it)")
+    deploy.add_argument("--gpus-per-replica", type=float, default=0.0,
+                        help="GPUs Ray gives each replica (0: the replicas see no GPU)")
+    status = actions.add_parser("status", parents=[common], help="the application and which replica holds which model")
+    status.add_argument("--json", action="store_true")
+    actions.add_parser("delete", parents=[common], help="delete the application and its models")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run one `warmd cluster` command; its result on stdout.
+
+    Raises:
+        WarmdError: as deploy, status and delete; `invalid_argument` when no cluster is named.
+    """
+    from warmd.config import load_settings
+
+    settings = load_settings(args.config)
+    address = args.address or settings.cluster
+    if not address:
+        raise WarmdError(Code.INVALID_ARGUMENT, "which cluster? pass --address (the Ray address) or set `cluster` "
+                         "in warmd's config")
+    if args.action == "deploy":
+        done = deploy(address, args.specs, args.replicas, args.models_per_replica, args.gpus_per_replica,
+                            settings.path_roots)
+        print(f"deployed {len(done.models)} model(s) to {address}: {done.replicas} replica(s), up to "
+              f"{done.models_per_replica} model(s) each ({', '.join(done.models)})")
+    elif args.action == "status":
+        state = status(address)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(state)))
+        else:
+            print(f"{address}: {state.state}" + (f" ({state.message})" if state.message else ""))
+            for replica, entry in sorted(state.replicas.items()):
+                held = ", ".join(f"{m} ({entry['devices'][m]}, loaded {entry['loads'][m]}x)"
+                                 for m in entry["models"]) or "no model"
+                print(f"  replica {replica} node {entry['node'][:8]} pid {entry['pid']}: {held}")
+    else:
+        print("deleted" if delete(address) else f"no warmd application on {address}; nothing to delete")
+    return 0
 
 
 def _checked_specs(specs_dir: Path, path_roots: list[Path]) -> list[str]:

@@ -39,18 +39,20 @@ log = logging.getLogger("warmd.cluster")
 
 @ray.remote(num_cpus=0)
 class Registry:
-    """Which replica holds which model, and how often each replica loaded each model."""
+    """Which replica holds which model (on which of its devices), and how often it loaded each model."""
 
     def __init__(self) -> None:
         self.replicas: dict[str, dict[str, Any]] = {}
 
     def joined(self, replica: str, actor: str, pid: int, node: str) -> None:
-        self.replicas[replica] = {"actor": actor, "pid": pid, "node": node, "models": [], "loads": {}}
+        self.replicas[replica] = {"actor": actor, "pid": pid, "node": node, "models": [], "loads": {},
+                                  "devices": {}}
 
-    def loaded(self, replica: str, model: str) -> None:
+    def loaded(self, replica: str, model: str, device: str) -> None:
         entry = self.replicas[replica]
         entry["models"].append(model)
         entry["loads"][model] = entry["loads"].get(model, 0) + 1
+        entry["devices"][model] = device
 
     def evicted(self, replica: str, model: str) -> None:
         entry = self.replicas.get(replica)
@@ -122,7 +124,7 @@ class WarmdModels:
             raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device}")
         provider = cls(spec, files, device)
         provider.load()
-        ray.get(self.registry.loaded.remote(self.replica, name))
+        ray.get(self.registry.loaded.remote(self.replica, name, device))
         return Loaded(spec, provider, lambda model: self.registry.evicted.remote(self.replica, model))
 
     async def load(self) -> dict[str, Any]:

@@ -10,11 +10,14 @@ small LRU another model is evicted for nothing. A small model loads faster than 
 This router holds, per model:
 - a model Ray knows is held somewhere: one of the replicas holding it (as Ray's router does);
 - a model nobody is known to hold: the replica this router last sent it to, while that replica lives (it is
-  loading it, or holds it and Ray has not said so yet); else one with the fewest models, remembered.
+  loading it, or holds it and Ray has not said so yet); else one with the fewest models, counting the
+  models this router sent there that Ray has not reported yet (two new models in a row go to two empty
+  replicas, not by chance to the same one), remembered.
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 from ray.serve.request_router import (
@@ -47,8 +50,15 @@ class Router(FIFOMixin, MultiplexMixin, RequestRouter):
         sent = self._sent.get(model)
         if sent in self._replicas:
             return [sent]
-        fewest = sorted(self._get_replica_ids_with_fewest_multiplexed_models(), key=str)
+        fewest = self._fewest()
         return random.sample(fewest, min(2, len(fewest)))
+
+    def _fewest(self) -> list[ReplicaID]:
+        """The replicas with the fewest models: those Ray reports, plus those sent there it has not reported."""
+        unreported = Counter(r for m, r in self._sent.items() if not self._multiplexed_model_id_to_replica_ids.get(m))
+        counts = {rid: len(replica.multiplexed_model_ids) + unreported[rid] for rid, replica in self._replicas.items()}
+        least = min(counts.values(), default=0)
+        return sorted((rid for rid, n in counts.items() if n == least), key=str)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         model = pending_request.metadata.multiplexed_model_id
