@@ -1,8 +1,9 @@
 """Cluster mode: the same specs served from a Ray Serve cluster (`pip install 'warmd[cluster]'`).
 
 Rooms: `replica` (the Serve deployment: its multiplexed loader is warmd's own spec parsing, store and
-providers), `admin` (`warmd cluster deploy | status | delete`), `front` (the provider through which a
-local daemon serves cluster-placed specs). Rules held here:
+providers; the registry of which replica holds which model), `routing` (its request router), `admin`
+(`warmd cluster deploy | status | delete`), `front` (the provider through which a local daemon serves
+cluster-placed specs). Rules held here:
 
 - Ray is imported only when a cluster is used: this module and `front` import nothing of it at import
   time; `replica` and `admin` are imported only by cluster commands and cluster loads.
