@@ -510,13 +510,17 @@ def test_sigkill_at_20_random_points_of_downloads(start_daemon, hub: Hub, short_
 
     rng = random.Random(20)
     daemon, payload = _big_daemon(start_daemon, hub, short_tmp, rate=24 * 2**20)    # ~1 s per download
-    specs, mid_transfer = short_tmp / "specs", 0
+    specs, mid_transfer, final_blob = short_tmp / "specs", 0, hashlib.sha256(payload).hexdigest()
     for i in range(20):
         if i:
             daemon = start_daemon(specs, env=_hub_env(hub), root=short_tmp)
         client = daemon.client()
         threading.Thread(target=lambda: _swallow(lambda: client.pull("big")), daemon=True).start()
-        time.sleep(rng.uniform(0.05, 1.0))
+        if i % 5:        # four kills in five land at a random point of the transfer, however slow it starts
+            wait_until(lambda: _parts(daemon) or (_blobs(daemon) / final_blob).is_file(), timeout=60, interval=0.005)
+            time.sleep(rng.uniform(0.0, 0.9))
+        else:            # the fifth while the pull is still starting
+            time.sleep(rng.uniform(0.0, 0.05))
         mid_transfer += bool(_parts(daemon))
         daemon.kill()
         blobs = _blobs(daemon)
