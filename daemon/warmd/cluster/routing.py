@@ -31,6 +31,8 @@ from ray.serve.request_router import (
 
 
 class Router(FIFOMixin, MultiplexMixin, RequestRouter):
+    """Ray's multiplexed routing, plus the replica each unreported model was sent to (see the module)."""
+
     def initialize_state(self, **kwargs: Any) -> None:
         self._sent: dict[str, ReplicaID] = {}     # model -> the replica its last request went to
 
