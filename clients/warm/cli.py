@@ -20,8 +20,10 @@ from warm.client import Client, InferResult
 from warm.output import note, out, print_json, say, to_data
 from warm.progress import JobProgress
 from warmd import __version__
+from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.units import format_size, parse_duration
+from warmd.v1 import MODEL_STATES
 from warmd.v1 import warmd_pb2 as pb
 
 
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", parents=[common, as_json], help="list models and rejected spec files")
     p.add_argument("--task", default="")
     p.add_argument("--tag", default="")
-    p.add_argument("--state", default="", choices=["", "available", "loading", "ready", "unloading", "failed"])
+    p.add_argument("--state", default="", choices=["", *MODEL_STATES])
     p.set_defaults(run=cmd_ls)
     p = sub.add_parser("show", parents=[common, as_json],
                        help="everything about one model, with its download history")
@@ -384,7 +386,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     now = time.time()
     for m in resident:
         r = m.residency
-        layers = f"{r.gpu_layers}/{r.total_layers} on GPU" if r.total_layers and r.device.startswith("cuda") else ""
+        layers = f"{r.gpu_layers}/{r.total_layers} on GPU" if r.total_layers and is_gpu(r.device) else ""
         # A model served elsewhere (a cluster replica) shows where, not the local placeholder device.
         _row(table, m.name, r.location or r.device, "cluster" if r.location else r.tier, layers,
              format_size(r.measured_bytes), format_size(r.estimated_bytes),

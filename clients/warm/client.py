@@ -15,11 +15,8 @@ import grpc  # noqa: E402 - after the setting above
 
 from warmd import paths
 from warmd.errors import METADATA_KEY, Code, WarmdError, from_rpc_error
+from warmd.v1 import MODEL_STATES, warmd_pb2_grpc
 from warmd.v1 import warmd_pb2 as pb
-from warmd.v1 import warmd_pb2_grpc
-
-_STATES = {"available": pb.AVAILABLE, "loading": pb.LOADING, "ready": pb.READY,
-           "unloading": pb.UNLOADING, "failed": pb.FAILED}
 
 
 @dataclass
@@ -109,10 +106,10 @@ class Client:
             state: available | loading | ready | unloading | failed, or "" for any.
             discovered: also list models in the Hugging Face cache that no spec names (`.discovered`).
         """
-        if state and state not in _STATES:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(_STATES)}")
+        if state and state not in MODEL_STATES:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(MODEL_STATES)}")
         return self._call(self._stub.ListModels, pb.ListModelsRequest(
-            task=task, tag=tag, state=_STATES.get(state, 0), include_discovered=discovered))
+            task=task, tag=tag, state=MODEL_STATES.get(state, 0), include_discovered=discovered))
 
     def get(self, name: str) -> pb.Model:
         return self._call(self._stub.GetModel, pb.GetModelRequest(name=name))

@@ -46,6 +46,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from warmd.devices import is_gpu
+
 if TYPE_CHECKING:      # the providers import torch lazily, but keep this module light for the policy
     from warmd.policy import Move
     from warmd.providers import Provider
@@ -148,7 +150,7 @@ class Resident:
     @property
     def shown_tier(self) -> str:
         """The tier as users see it: "gpu", "cpu", or "host" (parked in host memory)."""
-        return "host" if self.tier == "host" else "gpu" if self.device.startswith("cuda") else "cpu"
+        return "host" if self.tier == "host" else "gpu" if is_gpu(self.device) else "cpu"
 
     @property
     def bytes(self) -> int:

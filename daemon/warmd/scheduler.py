@@ -59,6 +59,7 @@ from warmd.providers.base import Layers
 from warmd.residents import Resident, State
 from warmd.spec import ModelSpec
 from warmd.store import Store
+from warmd.store.sources import handler
 from warmd.units import format_size
 from warmd.v1 import warmd_pb2 as pb
 
@@ -155,9 +156,10 @@ class Scheduler:
     def _enter(self, name: str, keep_alive: float | None) -> Resident:
         while True:
             with self._lock:
-                self._spec(name)
-                slot = self._slots.setdefault(name, _Slot())
-                current = slot.current
+                slot = self._slots.get(name)
+                current = slot.current if slot is not None else None
+                # Serving: its spec is in the catalog (a removed spec's model is retired at once), and the
+                # caller (the application layer) looked the name up already: no second lookup per request.
                 if current is not None and current.serving:
                     current.in_flight += 1
                     current.last_used = time.time()
@@ -165,6 +167,8 @@ class Scheduler:
                     if keep_alive is not None:
                         current.keep_alive = keep_alive
                     return current
+                self._spec(name)
+                slot = self._slots.setdefault(name, _Slot())
                 slot.waiters += 1
             try:
                 _, future = self._start(name, keep_alive, "request")
@@ -462,7 +466,7 @@ class Scheduler:
             try:
                 files = self.store.local(spec)
             except WarmdError as err:
-                if err.code is not Code.WEIGHTS_MISSING or spec.source.kind not in ("hf", "url"):
+                if err.code is not Code.WEIGHTS_MISSING or not handler(spec.source).downloadable:
                     raise
                 files, download = None, True
             cls = self.providers[spec.provider]

@@ -59,3 +59,17 @@ def test_the_settings_refuse_placement_cluster_without_a_cluster(tmp_path: Path)
         load_settings(env={}, placement="remote")
     assert "placement must be local or cluster" in info.value.message
     assert load_settings(env={"WARMD_CLUSTER": "ray://head:10001", "WARMD_PLACEMENT": "cluster"}).placement == "cluster"
+
+
+def test_a_cluster_placed_spec_has_no_local_files_to_show_fetch_or_remove(tmp_path: Path) -> None:
+    from warmd.store import Store
+    from warmd.store.sources import handler
+
+    catalog = _catalog(tmp_path, Placement("10.1.2.3:6379"))
+    there = catalog.require("there")
+    store = Store(tmp_path / "data", EventBus())
+    assert store.state(there).state == "on the cluster" and store.local(there) == tmp_path
+    assert there.source.describe() == "cluster:10.1.2.3:6379/there" and not handler(there.source).downloadable
+    with pytest.raises(WarmdError) as info:
+        handler(there.source).check_removable(there, [])
+    assert info.value.code is Code.INVALID_ARGUMENT and "cluster's nodes" in info.value.message

@@ -18,6 +18,10 @@ a provider only does what it is told:
         .unload()                  -> frees everything it holds
         .location()                -> where a model that runs elsewhere is (a cluster replica), else ""
 
+A provider whose model is one torch module (torch, sentence-transformers, transformers) derives from
+`ModuleProvider`, which parks, brings back and unloads `self.module` for it; one that runs only some tasks
+names them in `tasks` and calls `check_task()` in `load`.
+
 `files` is the local folder (or single file) the store resolved for the spec. Heavy imports (torch)
 happen inside `load`, never at module import, so the daemon answers list/status without them.
 """
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
 import jsonschema
 
+from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.spec import ModelSpec, TensorDecl, by_importance, explain
 
@@ -58,10 +63,18 @@ class CallContext:
                  sink: Callable[[str, Any], None] | None = None) -> None:
         self.cancelled = threading.Event()
         self.deadline = deadline                 # time.monotonic() value, or None
-        self.streaming = sink is not None        # a caller listens to progress() and emit()
-        self._sink = sink or (lambda kind, value: None)
+        self._sink = sink                        # None: nobody listens (a unary call)
         self._on_cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+
+    def stream_to(self, sink: Callable[[str, Any], None]) -> None:
+        """Send what `progress()` and `emit()` report to `sink(kind, value)` from now on (a streaming caller)."""
+        self._sink = sink
+
+    @property
+    def streaming(self) -> bool:
+        """Whether a caller listens to progress() and emit() (a provider that runs elsewhere streams then)."""
+        return self._sink is not None
 
     def cancel(self) -> None:
         with self._lock:
@@ -91,11 +104,13 @@ class CallContext:
 
     def progress(self, done: int, total: int, unit: str = "steps") -> None:
         """Report how far a long job is ("frames", "steps", "items")."""
-        self._sink("progress", (done, total, unit))
+        if self._sink is not None:
+            self._sink("progress", (done, total, unit))
 
     def emit(self, text: str) -> None:
         """Stream a piece of output text (generation) to the caller."""
-        self._sink("text", text)
+        if self._sink is not None:
+            self._sink("text", text)
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,8 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     # JSON Schema of this provider's `options` mapping.
     options_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    # The spec tasks it runs (empty: any); `check_task` refuses a spec with another one.
+    tasks: ClassVar[tuple[str, ...]] = ()
     # Whether to_host/to_device are implemented (the host-RAM tier parks a model evicted from a GPU).
     parkable: ClassVar[bool] = False
     # Whether requests can be joined along their first dimension (or texts) and outputs split back
@@ -183,7 +200,7 @@ class Provider(abc.ABC):
     @classmethod
     def supports(cls, spec: ModelSpec, device: str) -> bool:
         """Whether this provider can run `spec` on `device` ("cpu", "cuda:0")."""
-        return device == "cpu" or device.startswith("cuda")
+        return device == "cpu" or is_gpu(device)
 
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
@@ -194,6 +211,16 @@ class Provider(abc.ABC):
     def layers(cls, spec: ModelSpec, files: Path) -> Layers | None:
         """How the model splits between a GPU and host memory, for runtimes that offload layer by layer."""
         return None
+
+    def check_task(self) -> None:
+        """Refuse (at load) a spec whose task this provider does not run.
+
+        Raises:
+            WarmdError: `spec_invalid` naming the tasks it runs.
+        """
+        if self.tasks and self.spec.task not in self.tasks:
+            raise WarmdError(Code.SPEC_INVALID, f"provider {self.name} runs tasks {', '.join(self.tasks)}; "
+                             f"the spec says {self.spec.task!r}")
 
     @abc.abstractmethod
     def load(self) -> int:
@@ -219,6 +246,27 @@ class Provider(abc.ABC):
     def to_device(self) -> None:
         """Bring parked weights back to self.device. Only if parkable."""
         raise NotImplementedError
+
+
+class ModuleProvider(Provider):
+    """A provider whose loaded model is one torch module (`self.module`, set by `load`): parking moves its
+    tensors to pinned host memory and back, unloading drops it and hands the device memory back."""
+
+    parkable = True
+    module: Any = None
+
+    def to_host(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=True)
+
+    def to_device(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=False)
+
+    def unload(self) -> None:
+        if self.module is None:
+            return
+        ref = weakref.ref(self.module)
+        self.module = None
+        release_module(ref, self.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -275,7 +323,7 @@ def release_module(ref: weakref.ref, device: str) -> None:
 
 
 def _empty_cuda_cache(device: str) -> None:
-    if device.startswith("cuda") and "torch" in sys.modules:
+    if is_gpu(device) and "torch" in sys.modules:
         import torch
 
         torch.cuda.empty_cache()

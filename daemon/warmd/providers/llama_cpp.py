@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from warmd import chat
+from warmd.devices import gpu_index, is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.providers import gguf_memory
 from warmd.providers.base import InferRequest, InferResult, Layers, Provider, bad_input
@@ -64,6 +65,7 @@ _LOAD_LOCK = threading.Lock()     # the dry run and the load read llama.cpp's on
 
 class LlamaCppProvider(Provider):
     name = "llama-cpp"
+    tasks = TASKS
     options_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -121,14 +123,12 @@ class LlamaCppProvider(Provider):
     # ---- load / unload -------------------------------------------------------------------------
     def load(self) -> int:
         llama_cpp = _import()
-        if self.spec.task not in TASKS:
-            raise WarmdError(Code.SPEC_INVALID, f"provider llama-cpp runs tasks {', '.join(TASKS)}; "
-                             f"the spec says {self.spec.task!r}")
+        self.check_task()
         path, settings = model_file(self.spec, self.files), Settings.of(self.spec, self.files)
         total_layers = _header(path).n_layer + 1          # the blocks and the output layer
         on_gpu = self.gpu_layers if self.gpu_layers is not None else -1
         self.offloaded = (total_layers if on_gpu < 0 else min(on_gpu, total_layers), total_layers)
-        real_gpu = self.device.startswith("cuda")          # a simulated GPU's device is "cpu"
+        real_gpu = is_gpu(self.device)          # a simulated GPU's device is "cpu"
         if real_gpu and not llama_cpp.llama_supports_gpu_offload():
             raise WarmdError(Code.DEVICE_UNAVAILABLE, f"{self.spec.name} is placed on {self.device}, but this "
                              "llama-cpp-python is a CPU build; rebuild it with CMAKE_ARGS=\"-DGGML_CUDA=on\" "
@@ -305,8 +305,9 @@ class Settings:
             n_ctx=self.n_ctx, n_batch=self.n_batch, n_ubatch=self.n_ubatch, flash_attn=self.flash_attn,
             type_k=cache, type_v=cache, use_mmap=self.use_mmap, embedding=self.embedding,
             n_gpu_layers=gpu_layers, offload_kqv=gpu_layers != 0)
-        if device.startswith("cuda:") and gpu_layers:
-            kwargs.update(main_gpu=int(device.split(":")[1]), split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE)
+        index = gpu_index(device)
+        if index is not None and gpu_layers:
+            kwargs.update(main_gpu=index, split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE)
         if self.embedding:
             kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED   # the model's own (mean: llama)
         if self.threads:
@@ -379,9 +380,9 @@ def model_file(spec: ModelSpec, files: Path) -> Path:
 
 def source_defaults(spec: ModelSpec):  # type: ignore[no-untyped-def]
     """The template and parameters the source brings (Ollama's layers), or empty ones."""
-    from warmd.store import ollama
+    from warmd.store.sources import handler
 
-    return ollama.defaults(spec.source) if spec.source.kind == "ollama" else ollama.Defaults()
+    return handler(spec.source).defaults(spec.source)
 
 
 def _header(path: Path) -> gguf_memory.Header:

@@ -21,13 +21,13 @@ import inspect
 import os
 import logging
 import sys
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
-                                  release_module, safetensors_bytes, torch_dtype)
+from warmd.providers.base import (InferRequest, InferResult, ModuleProvider, bad_input, module_bytes,
+                                  safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-class TorchProvider(Provider):
+class TorchProvider(ModuleProvider):
     name = "torch"
-    parkable = True
     batchable = True
     device_tensors = True
     options_schema = {
@@ -54,10 +53,6 @@ class TorchProvider(Provider):
         },
     }
 
-    def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
-        super().__init__(spec, files, device)
-        self.module: Any = None
-
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         return safetensors_bytes([weights_file(spec, files)], spec.precision)
@@ -72,7 +67,7 @@ class TorchProvider(Provider):
 
         path = weights_file(self.spec, self.files)
         self._dtype = torch_dtype(self.spec.precision)
-        if self.device.startswith("cuda"):
+        if is_gpu(self.device):
             from warmd.providers.staging import load_to_device
 
             state = load_to_device(path, self.device, self._dtype)
@@ -128,19 +123,6 @@ class TorchProvider(Provider):
         with torch.inference_mode():
             result = self.module(*args, **extra)
         return InferResult(tensors=self._name_outputs(result, request.device_outputs))
-
-    def to_host(self) -> None:
-        self.module = move_module(self.module, self.device, to_host=True)
-
-    def to_device(self) -> None:
-        self.module = move_module(self.module, self.device, to_host=False)
-
-    def unload(self) -> None:
-        if self.module is None:
-            return
-        ref = weakref.ref(self.module)
-        self.module = None
-        release_module(ref, self.device)
 
     def _ordered_inputs(self, request: InferRequest) -> list[tuple[str, np.ndarray]]:
         if not request.tensors:

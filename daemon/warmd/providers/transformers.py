@@ -23,23 +23,25 @@ Code comes only from the installed transformers package: remote code in a model 
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Any
 
 from warmd import chat
 from warmd.errors import Code, WarmdError
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
-                                  release_module, torch_dtype)
+from warmd.providers.base import InferRequest, InferResult, ModuleProvider, bad_input, module_bytes, torch_dtype
 
 # greedy unless asked; when sampling, plain temperature (and top_p 1): generate()'s own defaults
 _DEFAULTS = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
 _UNKNOWN_CONTEXT = 2048    # chat's default length limit for a model whose config has no max_position_embeddings
-TASKS = ("chat", "text-generation", "feature-extraction", "text-classification", "token-classification")
+# The tasks it runs, each with the transformers class that loads its model.
+_CLASSES = {"chat": "AutoModelForCausalLM", "text-generation": "AutoModelForCausalLM",
+            "feature-extraction": "AutoModel", "text-classification": "AutoModelForSequenceClassification",
+            "token-classification": "AutoModelForTokenClassification"}
+TASKS = tuple(_CLASSES)
 
 
-class TransformersProvider(Provider):
+class TransformersProvider(ModuleProvider):
     name = "transformers"
-    parkable = True
+    tasks = TASKS
     options_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -53,17 +55,12 @@ class TransformersProvider(Provider):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if self.spec.task not in TASKS:
-            raise WarmdError(Code.SPEC_INVALID, f"provider transformers runs tasks {', '.join(TASKS)}; "
-                             f"the spec says {self.spec.task!r}")
-        auto = {"text-generation": transformers.AutoModelForCausalLM, "chat": transformers.AutoModelForCausalLM,
-                "feature-extraction": transformers.AutoModel,
-                "text-classification": transformers.AutoModelForSequenceClassification,
-                "token-classification": transformers.AutoModelForTokenClassification}[self.spec.task]
+        self.check_task()
+        auto = getattr(transformers, _CLASSES[self.spec.task])
         folder = str(self.files)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self.model = auto.from_pretrained(folder, local_files_only=True, trust_remote_code=False,
+            self.module = auto.from_pretrained(folder, local_files_only=True, trust_remote_code=False,
                                               dtype=torch_dtype(self.spec.precision)).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise WarmdError(Code.PROVIDER_FAILED, f"transformers cannot load {folder}: {exc}") from None
@@ -73,7 +70,7 @@ class TransformersProvider(Provider):
                 raise WarmdError(Code.SPEC_INVALID, f"{folder} has no chat template (tokenizer_config.json "
                                  "chat_template); set options.chat_template in the spec, or use task text-generation")
             chat.compile_template(self.template)
-        return module_bytes(self.model)
+        return module_bytes(self.module)
 
     def infer(self, request: InferRequest) -> InferResult:
         if self.spec.task == "chat":
@@ -86,13 +83,13 @@ class TransformersProvider(Provider):
             return self._generate(request)
         with torch.inference_mode():
             batch = self._encode(request.text)
-            out = self.model(**batch)
+            out = self.module(**batch)
         if self.spec.task == "feature-extraction":
             mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
             pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
             return InferResult(tensors={"embedding": pooled.float().cpu().numpy()})
         probs = out.logits.float().softmax(-1).cpu()
-        labels = self.model.config.id2label
+        labels = self.module.config.id2label
         if self.spec.task == "text-classification":
             best = probs.max(-1)
             return InferResult(tensors={"logits": out.logits.float().cpu().numpy()},
@@ -115,7 +112,7 @@ class TransformersProvider(Provider):
 
     def _context(self) -> int | None:
         """The model's context length in tokens (max_position_embeddings), when its config says."""
-        context = getattr(self.model.config, "max_position_embeddings", None)
+        context = getattr(self.module.config, "max_position_embeddings", None)
         return context if isinstance(context, int) else None
 
     def _check_context(self, length: int, new_tokens: int = 0, asked: str = "max_new_tokens") -> None:
@@ -214,23 +211,10 @@ class TransformersProvider(Provider):
         if s.repeat_penalty != 1.0:
             sampling["repetition_penalty"] = s.repeat_penalty
         with torch.inference_mode():
-            output = self.model.generate(
+            output = self.module.generate(
                 **batch, max_new_tokens=max_new, streamer=Stream(), stopping_criteria=StoppingCriteriaList([Stop()]),
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
         ctx.check()                   # cancelled mid-stream: the caller gets `cancelled`, not a short text
         produced = int(output.shape[1] - batch["input_ids"].shape[1])
         return stops.text, produced, "stop" if stops.hit or produced < max_new else "length"
-
-    def to_host(self) -> None:
-        self.model = move_module(self.model, self.device, to_host=True)
-
-    def to_device(self) -> None:
-        self.model = move_module(self.model, self.device, to_host=False)
-
-    def unload(self) -> None:
-        if getattr(self, "model", None) is None:
-            return
-        ref = weakref.ref(self.model)
-        self.model = None
-        release_module(ref, self.device)
 

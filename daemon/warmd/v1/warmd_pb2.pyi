@@ -85,7 +85,7 @@ class Residency(_message.Message):
     def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., location: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads")
+    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads", "downloadable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class Model(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     description: str
@@ -130,7 +131,8 @@ class Model(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     files: Files
     downloads: _containers.RepeatedCompositeFieldContainer[DownloadRecord]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ..., downloads: _Optional[_Iterable[_Union[DownloadRecord, _Mapping]]] = ...) -> None: ...
+    downloadable: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ..., downloads: _Optional[_Iterable[_Union[DownloadRecord, _Mapping]]] = ..., downloadable: _Optional[bool] = ...) -> None: ...
 
 class DownloadRecord(_message.Message):
     __slots__ = ("started", "finished", "source", "revision", "result", "error_code", "message", "bytes")
