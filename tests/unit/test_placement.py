@@ -73,3 +73,19 @@ def test_a_cluster_placed_spec_has_no_local_files_to_show_fetch_or_remove(tmp_pa
     with pytest.raises(WarmdError) as info:
         handler(there.source).check_removable(there, [])
     assert info.value.code is Code.INVALID_ARGUMENT and "cluster's nodes" in info.value.message
+
+
+def test_warm_ps_says_where_the_registry_puts_a_model_and_when_it_did_not_answer(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from warmd.cluster import front
+
+    there = _catalog(tmp_path, Placement("10.1.2.3:6379")).require("there")
+    provider = front.ClusterProvider(there, tmp_path, "cpu")
+    entry = {"node": "0123456789abcdef", "models": ["there"]}
+    for snapshot, shown in [({"r1": entry, "r2": {**entry, "models": []}}, "replica r1 (node 01234567)"),
+                            ({"r2": {**entry, "models": []}}, "cluster (no replica holds it now)"),
+                            (None, "cluster (its registry did not answer; `warmd cluster status` asks again)")]:
+        monkeypatch.setattr(front, "_snapshot", (time.monotonic(), snapshot))    # fresh: no Ray asked
+        assert provider.location() == shown

@@ -33,7 +33,8 @@ LOAD_TIMEOUT_S = 600.0       # a first load may download the model's files on th
 LOCATION_TTL_S = 1.0         # how long `warm ps` reuses one registry snapshot
 _shared: Any = None          # the process's one DeploymentHandle (see _deployment)
 _shared_lock = threading.Lock()
-_snapshot: tuple[float, dict[str, Any]] = (0.0, {})
+REGISTRY_TIMEOUT_S = 2.0     # `warm ps` waits at most this long for the registry
+_snapshot: tuple[float, dict[str, Any] | None] = (0.0, None)
 _snapshot_lock = threading.Lock()
 
 
@@ -80,7 +81,10 @@ class ClusterProvider(Provider):
         self._handle = None
 
     def location(self) -> str:
-        held = [f"replica {replica} (node {entry['node'][:8]})" for replica, entry in sorted(_registry().items())
+        replicas = _registry()
+        if replicas is None:
+            return "cluster (its registry did not answer; `warmd cluster status` asks again)"
+        held = [f"replica {replica} (node {entry['node'][:8]})" for replica, entry in sorted(replicas.items())
                 if self.spec.name in entry["models"]]
         return ", ".join(held) or "cluster (no replica holds it now)"
 
@@ -143,8 +147,9 @@ def _ray_errors(ctx: Any) -> Iterator[None]:
         raise
 
 
-def _registry() -> dict[str, Any]:
-    """The registry's snapshot of the live replicas and their models, at most LOCATION_TTL_S old."""
+def _registry() -> dict[str, Any] | None:
+    """The registry's snapshot of the live replicas and their models, at most LOCATION_TTL_S old; None when
+    it did not answer within REGISTRY_TIMEOUT_S (a busy or unreachable cluster: unknown, not "nowhere")."""
     global _snapshot
     with _snapshot_lock:
         taken, replicas = _snapshot
@@ -154,8 +159,8 @@ def _registry() -> dict[str, Any]:
 
         try:
             actor = ray.get_actor(cluster.REGISTRY, namespace=cluster.NAMESPACE)
-            replicas = ray.get(actor.snapshot.remote(), timeout=2)
-        except Exception:  # noqa: BLE001 - `warm ps` says "no replica" rather than fail
-            replicas = {}
+            replicas = ray.get(actor.snapshot.remote(), timeout=REGISTRY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - `warm ps` says so rather than fail
+            replicas = None
         _snapshot = (time.monotonic(), replicas)
         return replicas
