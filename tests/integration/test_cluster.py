@@ -152,8 +152,8 @@ def test_each_model_stays_on_its_replica_and_a_third_evicts_by_lru(cluster, star
     assert now[other]["models"] == ["a" if evicted == "b" else "b"]                      # untouched
     assert sum(now[other]["loads"].values()) == 1
     # the table's row for c names its replica once `warm ps`'s registry snapshot (1 s) has caught up
-    wait_until(lambda: re.search(rf"^c +replica {on_c} .* cluster ", front.warm("ps").stdout, re.M), timeout=60,
-               interval=0.5)
+    row = rf"^ *c +replica {on_c} \(node \w+\) +cluster\b"
+    wait_until(lambda: re.search(row, front.warm("ps").stdout, re.M), timeout=60, interval=0.5)
 
 
 def test_v2_answers_through_the_front_equal_a_local_daemons(cluster, hub_for_nodes: Hub, start_daemon,
@@ -262,7 +262,7 @@ def test_the_readme_cluster_example_runs_as_written(cluster, start_daemon, short
     front = start_daemon(short_tmp / "specs", config=settings, env=cluster.variables)
     out = front.warm("infer", "affine", "--input", "x=[[1,2,3,4]]")
     assert out.returncode == 0 and out.stdout.strip().endswith("[[3. 5. 7. 9.]]"), out.stderr
-    wait_until(lambda: re.search(r"^affine +replica \w+ \(node \w+\) +cluster ", front.warm("ps").stdout, re.M),
+    wait_until(lambda: re.search(r"^ *affine +replica \w+ \(node \w+\) +cluster\b", front.warm("ps").stdout, re.M),
                timeout=60, interval=0.5)
 
 
