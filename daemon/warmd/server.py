@@ -35,7 +35,7 @@ from warmd.v1 import warmd_pb2, warmd_pb2_grpc
 from warmd.v2 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("warmd")
-STOP_WAIT_S = 2.0     # after the drain: how long the servers may take to cancel what is left
+STOP_WAIT_S = 2.0     # after the drain: the grace for answers in transit, and for cancelling what is left
 
 
 class Daemon:
@@ -162,11 +162,15 @@ class Daemon:
         self.health.enter_graceful_shutdown()
         self.drain.close(drain)
         self.app.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
+        # A call whose servicer returned may still be sending its answer: when the drain ended idle, the
+        # servers get a grace period for those; calls still running after drain_timeout are cancelled now.
+        grace: float | None = STOP_WAIT_S
         if not self.drain.wait_idle(drain):
             log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
                         self.drain.running(), drain)
-        for event in [srv.stop(grace=None) for srv in self.servers]:
-            event.wait(STOP_WAIT_S)
+            grace = None
+        for event in [srv.stop(grace=grace) for srv in self.servers]:
+            event.wait(STOP_WAIT_S * 2)
         self.app.catalog.stop()
         self.app.plugins.stop()
         if self.metrics is not None:
