@@ -387,7 +387,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     for m in resident:
         r = m.residency
         layers = f"{r.gpu_layers}/{r.total_layers} on GPU" if r.total_layers and is_gpu(r.device) else ""
-        _row(table, m.name, r.device, r.tier, layers, format_size(r.measured_bytes), format_size(r.estimated_bytes),
+        # A model served elsewhere (a cluster replica) shows where, not the local placeholder device.
+        _row(table, m.name, r.location or r.device, "cluster" if r.location else r.tier, layers,
+             format_size(r.measured_bytes), format_size(r.estimated_bytes),
              "yes" if r.pinned else "", str(r.in_flight), f"{now - r.last_used:.0f}s ago",
              "never" if not r.expires_at else f"in {max(0.0, r.expires_at - now):.0f}s")
     out.print(table)

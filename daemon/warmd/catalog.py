@@ -13,6 +13,10 @@ folder is a rejected "file" of its own (the folder). Editor swap and temp files 
 An override (a V2 load's `config`) replaces some fields of one model's spec, on top of whatever its file
 says, until it is cleared, the model's spec goes away, or the daemon stops; every reader of the catalog
 sees the spec with it applied.
+
+Each spec is served where its placement says (`place`, warmd.cluster.Placement): a spec placed on a Ray
+Serve cluster is the `cluster` provider's, with no local inputs to watch; one placed there in a daemon
+without a cluster is a rejected file.
 """
 from __future__ import annotations
 
@@ -53,9 +57,12 @@ class Catalog:
     """Valid specs by name, rejected files by path, and change notifications."""
 
     def __init__(self, root: Path, path_roots: list[Path], providers: Mapping[str, type[Provider]],
-                 bus: EventBus, debounce_s: float = 0.25) -> None:
+                 bus: EventBus, debounce_s: float = 0.25,
+                 place: Callable[[ModelSpec], ModelSpec] = lambda spec: spec) -> None:
         self.root, self.path_roots, self.providers, self.bus = root, path_roots, providers, bus
         self.debounce_s = debounce_s
+        # Where each spec runs (warmd.cluster.Placement): the spec as this daemon serves it, or SpecFileError.
+        self.place = place
         self._files: dict[Path, _FileState] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._rejected: dict[Path, SpecFileError] = {}
@@ -182,6 +189,11 @@ class Catalog:
                 rejected[path] = SpecFileError(
                     path, f"model name {spec.name!r} is already defined by {specs[spec.name].file.name}; "
                     "names must be unique", field="name")
+                continue
+            try:
+                spec = self.place(spec)
+            except SpecFileError as err:
+                rejected[path] = err
                 continue
             paths = scan.inputs(spec)
             content = scan.fingerprint(paths)

@@ -1,4 +1,5 @@
-"""`warmd`: run the daemon (`warmd serve`) or check spec files (`warmd validate`)."""
+"""`warmd`: run the daemon (`warmd serve`), check spec files (`warmd validate`), or run the specs on a Ray Serve
+cluster (`warmd cluster deploy | status | delete`, warmd.cluster)."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="never use the network: a needed download fails with network_forbidden")
     validate = sub.add_parser("validate", help="check spec files without a daemon")
     validate.add_argument("paths", nargs="+", type=Path)
+    from warmd.cluster import admin
+
+    admin.add_commands(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "cluster":
+            return admin.command(args)
         return _serve(args) if args.command == "serve" else _validate(args.paths)
     except WarmdError as err:
         print(f"warmd: error: {err}", file=sys.stderr)

@@ -70,6 +70,11 @@ class Settings:
     simulated_gpus: list[int] = field(default_factory=list)
     max_message_bytes: int = 64 * 1024 * 1024
     rpc_threads: int = 32
+    # The Ray cluster (`ray start --head` address, or ray://HOST:PORT) whose `warmd cluster deploy`ed
+    # application serves the specs placed there; empty = no cluster.
+    cluster: str = ""
+    # Where specs without their own `placement:` run: local, or cluster (every spec).
+    placement: str = "local"
 
     @property
     def log_file(self) -> Path:
@@ -91,6 +96,10 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "downloads":
         if value not in ("auto", "never"):
             raise ValueError(f"downloads must be auto or never, not {value!r}")
+        return value
+    if name == "placement":
+        if value not in ("local", "cluster"):
+            raise ValueError(f"placement must be local or cluster, not {value!r}")
         return value
     if name == "eviction":
         if value not in ("cost", "lru"):
@@ -173,6 +182,8 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
         coerced = {k: _coerce(k, v) for k, v in values.items()}
     except (TypeError, ValueError) as exc:
         raise WarmdError(Code.INVALID_ARGUMENT, f"bad setting: {exc}") from None
+    if coerced.get("placement") == "cluster" and not coerced.get("cluster"):
+        raise WarmdError(Code.INVALID_ARGUMENT, "placement: cluster needs `cluster: ADDRESS` (the Ray cluster)")
     return Settings(**coerced)
 
 

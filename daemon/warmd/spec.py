@@ -35,8 +35,11 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # one of source_kinds(); its handler: warmd.store.sources
+    # One of source_kinds(), or `cluster` (set by warmd.cluster.Placement, never by a file); its handler:
+    # warmd.store.sources.
+    kind: str
     ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
+                                                # (cluster: the Ray address)
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -86,6 +89,7 @@ class ModelSpec:
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longest text per input; longer is refused before tokenizing
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
+    placement: str = ""                         # local | cluster | "" (the daemon's `placement` setting)
     # Fingerprint of the local files the model is built from (path/package sources, a torch factory
     # module): set by the catalog (warmd.store.local), so editing a weights file is a new version too.
     content: str = ""
@@ -235,7 +239,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "version": str, "description": str, "tags": tuple, "task": str, "options": dict, "device": str,
     "precision": str, "memory": parse_size, "pin": bool, "preload": bool, "max_in_flight": int,
     "max_queue": int, "max_batch": int, "max_delay_ms": float, "max_input_chars": int,
-    "inputs": _tensors, "outputs": _tensors,
+    "inputs": _tensors, "outputs": _tensors, "placement": str,
 }
 
 

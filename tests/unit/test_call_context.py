@@ -32,3 +32,14 @@ def test_deadline_and_sink() -> None:
     ctx.progress(3, 10, "frames")
     ctx.emit("tok")
     assert seen == [("progress", (3, 10, "frames")), ("text", "tok")]
+
+
+def test_a_caller_that_listens_later_makes_the_call_streaming() -> None:
+    seen: list[tuple] = []
+    ctx = CallContext()
+    ctx.progress(1, 2)                            # nobody listens yet: dropped
+    assert not ctx.streaming
+    ctx.stream_to(lambda kind, value: seen.append((kind, value)))
+    assert ctx.streaming                          # the cluster provider streams from its replica then
+    ctx.emit("tok")
+    assert seen == [("text", "tok")]

@@ -27,3 +27,8 @@ def test_daemon_server_import_does_not_import_torch() -> None:
                 "jinja2"} & loaded
     # the HTTP front's libraries come with `http:` only
     assert not {"fastapi", "uvicorn", "starlette", "warmd.http"} & loaded
+
+
+def test_cluster_mode_imports_ray_only_when_used() -> None:
+    loaded = _modules_after("import warmd.server, warmd.cli, warmd.cluster, warmd.cluster.front")
+    assert "warmd.cluster.front" in loaded and not {"ray", "ray.serve"} & loaded

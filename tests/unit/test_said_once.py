@@ -50,7 +50,8 @@ def test_model_states_come_from_the_proto_enum() -> None:
 
 
 def test_one_handler_per_source_kind_the_schema_names() -> None:
-    assert set(KINDS) == set(source_kinds()) == {"hf", "url", "path", "package", "remote", "ollama"}
+    assert set(source_kinds()) == {"hf", "url", "path", "package", "remote", "ollama"}
+    assert set(KINDS) == {*source_kinds(), "cluster"}          # cluster: set by Placement, never by a file
     assert {k for k, h in KINDS.items() if h.downloadable} == {"hf", "url"}
     assert handler(Source("package", "pkg", subdir="m")).describe(Source("package", "pkg", subdir="m")) == "package:pkg/m"
     assert Source("url", "https://x/y", sha256="0" * 64).describe() == "url:https://x/y"

@@ -251,7 +251,8 @@ def model_proto(m: ModelInfo) -> pb.Model:
         model.residency.CopyFrom(pb.Residency(
             device=r.device, estimated_bytes=r.estimated_bytes, measured_bytes=r.measured_bytes,
             loaded_at=r.loaded_at, last_used=r.last_used, expires_at=r.expires_at, in_flight=r.in_flight,
-            pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1]))
+            pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1],
+            location=m.location))
     return model
 
 

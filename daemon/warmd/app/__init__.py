@@ -31,6 +31,7 @@ from warmd.app.regions import Regions
 from warmd.app.views import (Added, DaemonStatus, DeviceUse, Discovered, ModelInfo, Provenance, Removed,
                              Statistics)
 from warmd.catalog import Catalog
+from warmd.cluster import Placement
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
@@ -66,7 +67,12 @@ class App:
         self.settings = s = settings
         self.bus = EventBus()
         self.providers = dict(PROVIDERS if providers is None else providers)   # plus the plugins', as they come
-        self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir], self.providers, self.bus, s.reload_debounce)
+        if s.cluster:                           # specs placed on the Ray cluster are served through it
+            from warmd.cluster.front import ClusterProvider
+
+            self.providers[ClusterProvider.name] = ClusterProvider
+        self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir], self.providers, self.bus, s.reload_debounce,
+                               place=Placement(s.cluster, s.placement))
         self.plugins = Plugins(s.plugins_dir, self.providers, on_change=self.catalog.revalidate)
         self.jobs = Jobs(self.bus)              # every long operation: loads and downloads
         self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout,

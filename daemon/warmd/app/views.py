@@ -60,6 +60,13 @@ class ModelInfo:
         return self.spec.source.describe()
 
     @property
+    def location(self) -> str:
+        """Where a resident model that runs outside this daemon is (the cluster replicas holding it, for
+        `warm ps`); "" for a model held here or not resident."""
+        r = self.resident
+        return r.provider.location() if r is not None and r.provider is not None else ""
+
+    @property
     def downloadable(self) -> bool:
         """Whether `warm pull` fetches its files (hf, url); the other kinds are local or remote."""
         return handler(self.spec.source).downloadable

@@ -16,6 +16,7 @@ a provider only does what it is told:
                                       sets .host_bytes to what it keeps in host memory)
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
+        .location()                -> where a model that runs elsewhere is (a cluster replica), else ""
 
 A provider whose model is one torch module (torch, sentence-transformers, transformers) derives from
 `ModuleProvider`, which parks, brings back and unloads `self.module` for it; one that runs only some tasks
@@ -62,13 +63,18 @@ class CallContext:
                  sink: Callable[[str, Any], None] | None = None) -> None:
         self.cancelled = threading.Event()
         self.deadline = deadline                 # time.monotonic() value, or None
-        self._sink = sink or (lambda kind, value: None)
+        self._sink = sink                        # None: nobody listens (a unary call)
         self._on_cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def stream_to(self, sink: Callable[[str, Any], None]) -> None:
         """Send what `progress()` and `emit()` report to `sink(kind, value)` from now on (a streaming caller)."""
         self._sink = sink
+
+    @property
+    def streaming(self) -> bool:
+        """Whether a caller listens to progress() and emit() (a provider that runs elsewhere streams then)."""
+        return self._sink is not None
 
     def cancel(self) -> None:
         with self._lock:
@@ -98,11 +104,13 @@ class CallContext:
 
     def progress(self, done: int, total: int, unit: str = "steps") -> None:
         """Report how far a long job is ("frames", "steps", "items")."""
-        self._sink("progress", (done, total, unit))
+        if self._sink is not None:
+            self._sink("progress", (done, total, unit))
 
     def emit(self, text: str) -> None:
         """Stream a piece of output text (generation) to the caller."""
-        self._sink("text", text)
+        if self._sink is not None:
+            self._sink("text", text)
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def unload(self) -> None:
         """Drop every reference to the model and give device memory back."""
+
+    def location(self) -> str:
+        """Where the model is when it runs outside this process (the cluster replicas holding it), for
+        `warm ps`; "" for a model held here."""
+        return ""
 
     def to_host(self) -> None:
         """Move the weights to (pinned) host memory and give the device memory back. Only if parkable."""

@@ -1,4 +1,5 @@
-"""One handler per kind of source (hf, url, path, package, remote, ollama): whatever warmd does that
+"""One handler per kind of source (hf, url, path, package, remote, ollama, and cluster: the kind
+warmd.cluster.Placement gives a spec placed on a Ray Serve cluster, never named by a file): whatever warmd does that
 depends on where a model's files come from is a method of its kind's handler, so no other module switches
 on `Source.kind`. `handler(src)` finds it.
 
@@ -330,6 +331,30 @@ class RemoteSource(SourceKind):
         return FilesState(f"remote {health(spec)}", 0)
 
 
+class ClusterSource(SourceKind):
+    """A spec placed on a Ray Serve cluster (warmd.cluster.Placement): its files are the replicas' business
+    (each node's own store), so nothing is local here and nothing is downloaded or removed here."""
+
+    name = "cluster"
+
+    def describe(self, src: Source) -> str:
+        return f"cluster:{src.ref}/{src.model}"
+
+    def local(self, store: Store, spec: ModelSpec) -> Path:
+        return spec.file.parent           # nothing local: the model lives on the cluster
+
+    def state(self, store: Store, spec: ModelSpec) -> FilesState:
+        return FilesState("on the cluster", 0)
+
+    def check_removable(self, spec: ModelSpec, others: list[ModelSpec]) -> None:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"{spec.name} runs on the Ray cluster {spec.source.ref}; its files "
+                         "are on the cluster's nodes, not here (`warmd cluster delete` removes the application)")
+
+    def default_name(self, ref: str) -> str:
+        raise WarmdError(Code.INVALID_ARGUMENT, "cluster is not a source `warm add` writes: add the spec with its "
+                         "own source and put `placement: cluster` in it")
+
+
 class OllamaSource(SourceKind):
     """A model `ollama pull` left in Ollama's store, read in place from its blob (checked against the
     sha256 it is named by); its template, system and params layers are the spec's defaults."""
@@ -372,7 +397,7 @@ class OllamaSource(SourceKind):
 
 
 KINDS: dict[str, SourceKind] = {k.name: k() for k in (HubSource, UrlSource, PathSource, PackageSource,
-                                                       RemoteSource, OllamaSource)}
+                                                       RemoteSource, OllamaSource, ClusterSource)}
 
 
 def handler(src: Source) -> SourceKind:

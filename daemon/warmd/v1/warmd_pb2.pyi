@@ -57,7 +57,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Residency(_message.Message):
-    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier", "gpu_layers", "total_layers")
+    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier", "gpu_layers", "total_layers", "location")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class Residency(_message.Message):
     TIER_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
     device: str
     estimated_bytes: int
     measured_bytes: int
@@ -80,7 +81,8 @@ class Residency(_message.Message):
     tier: str
     gpu_layers: int
     total_layers: int
-    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ...) -> None: ...
+    location: str
+    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., location: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads", "downloadable")
