@@ -112,28 +112,55 @@ class Plugins:
                                "only code inside it is trusted")
         if not adapter.is_file():
             return PluginState(folder.name, folder, error=f"no {ADAPTER} in {folder}")
-        module_name = f"warmd_plugin_{folder.name}_{_mtime(adapter)}"
         try:
-            spec = importlib.util.spec_from_file_location(module_name, adapter)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit or SyntaxError disables only it
-            sys.modules.pop(module_name, None)
-            return PluginState(folder.name, folder, error=f"import failed: {exc!r}")
+            cls = import_provider(adapter, f"warmd_plugin_{folder.name}_{_mtime(adapter)}")
+        except AdapterError as exc:
+            return PluginState(folder.name, folder, error=str(exc))
+        if cls.name in self._builtin:
+            return PluginState(folder.name, folder, error=f"provider name {cls.name!r} is built in; pick another")
+        self._loaded[folder.name] = cls
+        return PluginState(folder.name, folder, provider=cls.name)
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be used; the message says why (for a person)."""
+
+
+def import_provider(adapter: Path, module_name: str, class_name: str = "") -> type[Provider]:
+    """Import an adapter file and return its provider class.
+
+    Args:
+        adapter: the Python file.
+        module_name: the name to import it under (unique per version of the file).
+        class_name: the class to take; empty: the one Provider subclass the file defines.
+    Returns:
+        The class, which has a `name`.
+    Raises:
+        AdapterError: the import failed (a SyntaxError, a SystemExit...), no such class, not exactly one
+            Provider subclass, or one without a `name`.
+    """
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, adapter)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit or SyntaxError disables only it
+        sys.modules.pop(module_name, None)
+        raise AdapterError(f"import failed: {exc!r}") from None
+    if class_name:
+        found = [c for c in [getattr(module, class_name, None)] if inspect.isclass(c) and issubclass(c, Provider)]
+        if not found:
+            raise AdapterError(f"{adapter} has no Provider subclass named {class_name!r}")
+    else:
         found = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, Provider)
                  and c is not Provider and c.__module__ == module_name and not inspect.isabstract(c)]
         if len(found) != 1:
-            return PluginState(folder.name, folder, error=f"{adapter} must define exactly one Provider subclass, "
-                               f"found {len(found)}")
-        cls = found[0]
-        name = getattr(cls, "name", "")
-        if not isinstance(name, str) or not name:
-            return PluginState(folder.name, folder, error=f"{cls.__name__} has no `name`")
-        if name in self._builtin:
-            return PluginState(folder.name, folder, error=f"provider name {name!r} is built in; pick another")
-        self._loaded[folder.name] = cls
-        return PluginState(folder.name, folder, provider=name)
+            raise AdapterError(f"{adapter} must define exactly one Provider subclass, found {len(found)}")
+    cls = found[0]
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name:
+        raise AdapterError(f"{cls.__name__} has no `name`")
+    return cls
 
 
 def _mtime(path: Path) -> int:

@@ -6,7 +6,7 @@ Rules held here:
   unloaded when its last request returns;
 - an edited spec reloads in the background; the old version serves until the new one is ready, and a
   failed reload leaves the old version serving;
-- a removed spec's model is retired;
+- a removed spec's model is retired, and so is one whose provider is gone (its runner process died);
 - an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once);
 - memory is counted in bytes per device (measured after a load, estimated before it) and never exceeds
   the device's budget: a load that does not fit evicts the least recently used idle, unpinned models on
@@ -20,7 +20,7 @@ Requests for resident models take the lock only to count themselves in and out; 
 outside the lock, so a load never blocks requests for other models.
 
 Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
-spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown), model.parked,
+spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown, exited), model.parked,
 model.unparked, model.pinned, model.unpinned, and job.progress for each load phase.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.jobs import Job
 from warmd.providers import Provider
+from warmd.runner.process import provider_class
 from warmd.spec import ModelSpec
 from warmd.store import Store
 from warmd.units import format_size
@@ -158,6 +159,7 @@ class Scheduler:
             with self._lock:
                 self._spec(name)
                 slot = self._slots.setdefault(name, _Slot())
+                exited = self._exited_locked([slot])
                 current = slot.current
                 if current is not None and current.serving:
                     current.in_flight += 1
@@ -166,6 +168,8 @@ class Scheduler:
                         current.keep_alive = keep_alive
                     return current
                 slot.waiters += 1
+            for resident in exited:
+                self._drain(resident)
             try:
                 _, future = self.start_load(name, keep_alive=keep_alive)
                 future.result()
@@ -230,7 +234,7 @@ class Scheduler:
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
         files = self.store.ensure(spec)     # downloads first when allowed, with its own job's events
         job.check()
-        cls = self.providers[spec.provider]
+        cls = provider_class(spec, self.providers[spec.provider])
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
         device = self._admit(spec, estimated, job)     # reserved until _install or _load_failed
         if not cls.supports(spec, device.torch_device):
@@ -603,9 +607,20 @@ class Scheduler:
                            and not s.current.moving and s.current.expires_at and s.current.expires_at <= now]
                 for resident in expired:
                     self._retire_locked(resident, "keep_alive")
-            for resident in expired:
+                exited = self._exited_locked(list(self._slots.values()))
+            for resident in expired + exited:
                 self._drain(resident)
             self._carry_out(*self._relieve_pressure())
+
+    def _exited_locked(self, slots: list[_Slot]) -> list[Resident]:
+        """Retire the serving models of `slots` whose provider can no longer serve (a runner process that
+        died); their memory is already back, and the next request loads them again."""
+        exited = [s.current for s in slots if s.current is not None and s.current.serving
+                  and s.current.provider.gone() is not None]
+        for resident in exited:
+            log.warning("%s", resident.provider.gone())
+            self._retire_locked(resident, "exited")
+        return exited
 
     def _relieve_pressure(self) -> tuple[list[Resident], list[Resident]]:
         """Evict idle models from a device whose free memory fell under its reserve (another program grew)."""

@@ -11,6 +11,7 @@ a provider only does what it is told:
         .load()                    -> measured bytes after the load
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
+        .gone()                    -> why it can no longer serve (its runner process died), else None
 
 `files` is the local folder (or single file) the store resolved for the spec. Heavy imports (torch)
 happen inside `load`, never at module import, so the daemon answers list/status without them.
@@ -165,6 +166,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def unload(self) -> None:
         """Drop every reference to the model and give device memory back."""
+
+    def gone(self) -> WarmdError | None:
+        """Why this loaded model can no longer serve, or None while it can: a provider whose model lives in
+        another process (a runner) says so once that process exited; the scheduler then retires it."""
+        return None
 
     def to_host(self) -> None:
         """Move the weights to (pinned) host memory and give the device memory back. Only if parkable."""

@@ -1,0 +1,168 @@
+"""The runner's side: `python -m warmd.runner.child SOCKET_FD IN_FD OUT_FD TARGET_JSON`.
+
+Rules:
+- TARGET names the provider: `{"builtin": NAME}`, or `{"adapter": FILE, "class": NAME, "paths": [...],
+  "site": [...]}` (an adapter file; folders to put first on sys.path, such as the plugin's checkout; site
+  folders after them, such as its virtualenv's site-packages). It is imported on the first `describe` or
+  `load`.
+- Requests come one at a time: `describe` (the provider's name, options schema and whether it batches),
+  `load`, `infer` (tensors in the `in` arena, outputs into the `out` arena), `unload`; each runs on the
+  worker thread, so the main thread keeps reading: `cancel` cancels the running infer's CallContext.
+- Whatever the provider raises is answered as an error with its type, message and the traceback's last
+  lines; a crash ends the process, which the daemon sees as the channel closing.
+- It ends (os._exit) as soon as the channel closes: the daemon stopped it or died. (Not PR_SET_PDEATHSIG:
+  that fires when the daemon's thread that started the runner ends, not the daemon.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import site
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from warmd.errors import WarmdError
+from warmd.providers import PROVIDERS, CallContext, InferRequest, Provider
+from warmd.runner.channel import Arena, receive, send, spec_from_json
+
+TRACEBACK_LINES = 12
+
+
+class Child:
+    def __init__(self, conn: Connection, inbox: Arena, outbox: Arena, target: dict[str, Any]) -> None:
+        self.conn, self.inbox, self.outbox, self.target = conn, inbox, outbox, target
+        self._send_lock = threading.Lock()
+        self._cls: type[Provider] | None = None
+        self._provider: Provider | None = None
+        self._context: CallContext | None = None
+        self._requests: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, name="requests", daemon=True).start()
+
+    def serve(self) -> None:
+        """Read requests until the daemon closes the channel (or dies), then end the process at once,
+        whatever the adapter is doing: requests run on the worker thread, so this loop always reads."""
+        while True:
+            try:
+                message = receive(self.conn)
+            except EOFError:
+                os._exit(0)
+            if message.get("op") == "cancel":
+                if self._context is not None:
+                    self._context.cancel()
+                continue
+            if message.get("op") == "infer":    # made here, so a cancel right behind it finds it
+                remaining = message.get("deadline_s")
+                self._context = CallContext(deadline=None if remaining is None else time.monotonic() + remaining,
+                                            sink=self._event)
+            handler = {"describe": self._describe, "load": self._load, "infer": self._infer,
+                       "unload": self._unload}.get(message.get("op"), self._unknown)
+            self._requests.put((handler, message))
+
+    def _work(self) -> None:
+        while True:
+            handler, message = self._requests.get()
+            self._answer(handler, message)
+
+    def _answer(self, handler: Any, message: dict[str, Any]) -> None:
+        try:
+            reply = handler(message)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the daemon
+            reply = {"error": _error(exc)}
+        self._send(reply)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            send(self.conn, message)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def _provider_class(self) -> type[Provider]:
+        if self._cls is None:
+            self._cls = _import(self.target)
+        return self._cls
+
+    def _describe(self, message: dict[str, Any]) -> dict[str, Any]:
+        cls = self._provider_class()
+        return {"name": cls.name, "options_schema": cls.options_schema, "batchable": bool(cls.batchable)}
+
+    def _load(self, message: dict[str, Any]) -> dict[str, Any]:
+        cls = self._provider_class()
+        provider = cls(spec_from_json(message["spec"]), Path(message["files"]), message["device"])
+        measured = provider.load()
+        self._provider = provider
+        return {"bytes": int(measured or 0)}
+
+    def _infer(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._provider is None:
+            raise RuntimeError("infer before load")
+        assert self._context is not None
+        request = InferRequest(tensors=self.inbox.take(message.get("tensors", [])),
+                               text=list(message.get("text", [])), parameters=message.get("parameters", {}),
+                               context=self._context)
+        result = self._provider.infer(request)
+        value = json.loads(json.dumps(result.json)) if result.json is not None else None
+        return {"tensors": self.outbox.put(result.tensors), "json": value}
+
+    def _unload(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._provider is not None:
+            self._provider.unload()
+            self._provider = None
+        return {}
+
+    def _unknown(self, message: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError(f"unknown request {message.get('op')!r}")
+
+    def _event(self, kind: str, value: Any) -> None:
+        if kind == "progress":
+            done, total, unit = value
+            self._send({"event": "progress", "done": int(done), "total": int(total), "unit": str(unit)})
+        elif kind == "text":
+            self._send({"event": "text", "text": str(value)})
+
+
+def _import(target: dict[str, Any]) -> type[Provider]:
+    """The provider class TARGET names (see the module's rules)."""
+    if "builtin" in target:
+        return PROVIDERS[target["builtin"]]
+    from warmd.plugins import AdapterError, import_provider
+
+    _put_first(target.get("paths", []), target.get("site", []))
+    try:
+        return import_provider(Path(target["adapter"]), "warmd_runner_adapter", target.get("class") or "")
+    except AdapterError as exc:
+        raise ImportError(str(exc)) from None
+
+
+def _put_first(paths: list[str], site_dirs: list[str]) -> None:
+    """The plugin's folders ahead of the daemon's: its checkout, then its virtualenv's site-packages (with
+    their .pth files, as its own interpreter would run them), so its own requirements win."""
+    before = list(sys.path)
+    for folder in site_dirs:
+        site.addsitedir(folder)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = [*paths, *added, *before]
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    error = {"type": type(exc).__name__, "message": str(exc)[:4000],
+             "traceback": "\n".join(lines[-TRACEBACK_LINES:])}
+    if isinstance(exc, WarmdError):
+        error.update(code=exc.code.value, message=exc.message[:4000])
+    return error
+
+
+def main(argv: list[str]) -> int:
+    sock, inbox, outbox = (int(a) for a in argv[1:4])
+    child = Child(Connection(sock), Arena(inbox), Arena(outbox), json.loads(argv[4]))
+    child.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
