@@ -78,11 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", parents=[common, as_json], help="unload a model and delete its downloaded files")
     p.add_argument("name")
     p.set_defaults(run=cmd_rm)
-    p = sub.add_parser("add", parents=[common, as_json], help="write a spec for hf://ORG/NAME from its metadata")
-    p.add_argument("source", metavar="hf://ORG/NAME")
+    p = sub.add_parser("add", parents=[common, as_json], help="write a spec for hf://ORG/NAME from its metadata, "
+                       "or install a plugin from git+URL[@REV] (or a local git repository) once its gate passes")
+    p.add_argument("source", metavar="hf://ORG/NAME | git+URL[@REV] | PATH")
     p.add_argument("--revision", default="")
     p.add_argument("--name", default="")
     p.set_defaults(run=cmd_add)
+    p = sub.add_parser("plugins", parents=[common, as_json], help="provider plugins: ls | update NAME | rm NAME")
+    p.add_argument("action", choices=["ls", "update", "rm"])
+    p.add_argument("plugin", nargs="?", default="", metavar="NAME")
+    p.set_defaults(run=cmd_plugins)
     p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
     p.add_argument("name")
     p.set_defaults(run=cmd_unload)
@@ -231,12 +236,70 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_add(client: Client, args: argparse.Namespace) -> int:
+    plugin = _plugin_source(args.source)
+    if plugin is not None:
+        source = f"{plugin}@{args.revision}" if args.revision else plugin
+        last = client.install_plugin(source, name=args.name, on_event=lambda e: _plugin_event(args, e))
+        if not args.json:        # with --json every event, the last one included, is a line already
+            out.print(escape(f"installed {last.message}"))
+        return 0
     result = client.add(args.source, revision=args.revision, name=args.name)
     if args.json:
         return _print_json(result)
     out.print(f"wrote {result.file}: {result.name} ({result.provider}, {result.task}); `warm pull {result.name}` "
               "fetches it")
     return 0
+
+
+def cmd_plugins(client: Client, args: argparse.Namespace) -> int:
+    if args.action != "ls" and not args.plugin:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"warm plugins {args.action} NAME")
+    if args.action == "update":
+        last = client.update_plugin(args.plugin, on_event=lambda e: _plugin_event(args, e))
+        if not args.json:
+            out.print(escape(last.message))
+        return 0
+    if args.action == "rm":
+        removed = client.remove_plugin(args.plugin)
+        if args.json:
+            print(json.dumps({"removed": removed}))
+        else:
+            out.print(escape(f"removed {args.plugin}: {', '.join(removed)}"))
+        return 0
+    plugins = client.plugins()
+    if args.json:
+        return _print_json_list(plugins)
+    table = Table("NAME", "PROVIDER", "STATE", "SOURCE", "COMMIT", "GATE", "MODELS", box=None)
+    for p in plugins:
+        gate = f"{p.gate.result} ({p.gate.step}, {p.gate.commit[:12]})" if p.gate.result == "failed" else p.gate.result
+        table.add_row(*map(escape, (p.name, p.provider, p.state, p.source or p.folder, p.commit[:12], gate,
+                                    ", ".join(p.models))))
+    out.print(table)
+    for p in plugins:
+        if p.error:
+            out.print(escape(f"{p.name}: {p.error}"))
+        elif p.gate.result == "failed":
+            out.print(escape(f"{p.name}: the update to {p.gate.commit[:12]} failed at step {p.gate.step!r}: "
+                             f"{p.gate.message}; still serving {p.commit[:12]}"))
+    return 0
+
+
+def _plugin_source(text: str) -> str | None:
+    """A plugin source for the daemon (git+URL, or a local repository made absolute), or None for hf://."""
+    if text.startswith("git+"):
+        return text
+    folder, at, rev = text.rpartition("@") if "@" in text else (text, "", "")
+    if Path(folder).expanduser().is_dir():
+        return str(Path(folder).expanduser().resolve()) + (at + rev if at else "")
+    return None
+
+
+def _plugin_event(args: argparse.Namespace, event: pb.Event) -> None:
+    if args.json:
+        _print_json(event)
+        sys.stdout.flush()
+    elif event.kind == "job.progress":
+        err_console.print(escape(f"{event.progress.phase}: {event.message}"))
 
 
 def cmd_unload(client: Client, args: argparse.Namespace) -> int:

@@ -48,6 +48,8 @@ class Settings:
     offline: bool = False
     # Seconds a download connection may stay silent before it is dropped and resumed.
     download_timeout: float = 30.0
+    # Seconds the gate of a plugin from git may take to import, load and run its examples.
+    gate_timeout: float = 300.0
     # Memory budgets: a fraction of the device's memory (0 < x <= 1) or bytes.
     cpu_budget: float = 0.5
     gpu_budget: float = 0.9
@@ -85,7 +87,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if name in ("keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
+    if name in ("keep_alive", "drain_timeout", "reload_debounce", "download_timeout", "gate_timeout"):
         return parse_duration(value)
     if name == "rpc_threads":
         return int(value)

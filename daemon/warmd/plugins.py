@@ -1,5 +1,12 @@
 """Provider plugins: `<plugins_dir>/<name>/adapter.py`, each defining one `Provider` subclass.
 
+Two kinds live in the plugins folder:
+- folder plugins, an adapter.py the user put there: trusted code, imported into the daemon as before
+  (a spec may still ask for `isolation: process`);
+- plugins installed from git (`warm add git+URL`, warmd.adapters), recognised by their install record
+  (plugin.json): never imported here. Each registers a runner-backed provider (warmd.runner) built from
+  its record, so its code only ever runs in runner processes.
+
 Only the configured plugins folder is trusted: a plugin folder or adapter that resolves outside it (a
 symlink) is refused unread. A plugin that fails to import, defines no provider (or several), or reuses a
 built-in provider's name is reported with its error and stays disabled; the daemon and every other model
@@ -18,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from warmd.adapters.record import RECORD, Record, is_installed, read
 from warmd.providers import Provider
+from warmd.runner.process import runner_class
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0
@@ -31,6 +40,7 @@ class PluginState:
     folder: Path
     provider: str = ""        # the provider name it registered, when it works
     error: str = ""           # why it is disabled
+    record: Record | None = None    # installed from git: its install record
 
 
 class Plugins:
@@ -48,6 +58,7 @@ class Plugins:
         self._fingerprint: tuple = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._scan_lock = threading.Lock()
 
     def start(self) -> None:
         self.scan()
@@ -68,9 +79,14 @@ class Plugins:
                 log.exception("scanning plugins in %s failed", self.folder)
 
     def scan(self) -> None:
-        """Load new or changed plugins, drop vanished ones; call on_change if providers changed."""
+        """Load new or changed plugins, drop vanished ones; call on_change if providers changed. (Called by
+        the poll thread and by installs, which need the provider registered before they write specs.)"""
+        with self._scan_lock:
+            self._scan()
+
+    def _scan(self) -> None:
         folders = self._folders()
-        fingerprint = tuple((f.name, _mtime(f / ADAPTER)) for f in folders)
+        fingerprint = tuple((f.name, _mtime(f / ADAPTER), _mtime(f / RECORD)) for f in folders)
         if fingerprint == self._fingerprint:
             return
         self._fingerprint = fingerprint
@@ -110,6 +126,8 @@ class Plugins:
         if not folder.resolve().is_relative_to(root) or not adapter.resolve().is_relative_to(root):
             return PluginState(folder.name, folder, error=f"{adapter} resolves outside the plugins folder {root}; "
                                "only code inside it is trusted")
+        if is_installed(folder):
+            return self._installed(folder)
         if not adapter.is_file():
             return PluginState(folder.name, folder, error=f"no {ADAPTER} in {folder}")
         try:
@@ -120,6 +138,17 @@ class Plugins:
             return PluginState(folder.name, folder, error=f"provider name {cls.name!r} is built in; pick another")
         self._loaded[folder.name] = cls
         return PluginState(folder.name, folder, provider=cls.name)
+
+    def _installed(self, folder: Path) -> PluginState:
+        """A plugin installed from git: a runner-backed provider from its record; its code is not imported."""
+        try:
+            record = read(folder)
+        except ValueError as exc:
+            return PluginState(folder.name, folder, error=str(exc))
+        if record.provider in self._builtin:
+            return PluginState(folder.name, folder, error=f"provider name {record.provider!r} is built in", record=record)
+        self._loaded[folder.name] = runner_class(record.provider, record.batchable, record.target(), record.code_dir())
+        return PluginState(folder.name, folder, provider=record.provider, record=record)
 
 
 class AdapterError(Exception):

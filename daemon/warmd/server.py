@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from warmd import __version__, devices, paths
+from warmd.adapters.install import Installer
 from warmd.api.auth import TokenAuth, TokenStore
 from warmd.api.drain import Drain
 from warmd.api.service import WarmdService
@@ -50,9 +51,12 @@ class Daemon:
         self.settings = settings
         self.bus = EventBus()
         self.providers = dict(PROVIDERS)        # plus the plugins' providers, as they come and go
-        self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir],
+        # The plugins folder is a path root too: specs installed with a plugin point into its checkout.
+        self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir, settings.plugins_dir],
                                self.providers, self.bus, settings.reload_debounce)
         self.plugins = Plugins(settings.plugins_dir, self.providers, on_change=self.catalog.revalidate)
+        self.installer = Installer(settings.plugins_dir, self.catalog, self.plugins, self.bus, settings.gate_timeout,
+                                   settings.offline)
         self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
                            timeout_s=settings.download_timeout)
         inventory = devices.inventory(settings.cpu_budget, settings.gpu_budget, settings.gpu_reserve,
@@ -157,7 +161,7 @@ class Daemon:
                      ("grpc.so_reuseport", 0)])
         warmd_pb2_grpc.add_WarmdServicer_to_server(
             WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
-                         self.shm, self.tokens, self.plugins, self.profiles), server)
+                         self.shm, self.tokens, self.plugins, self.profiles, self.installer), server)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.cuda_shm,
                              self.settings.drain_timeout), server)

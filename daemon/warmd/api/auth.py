@@ -5,7 +5,7 @@ ones before it:
 
     read   list, show, status, watch; V2 health, metadata, config, index, statistics
     infer  + running models (which loads them on demand) and shared-memory regions
-    admin  + pull, load, unload, rm, add, pin, and managing tokens
+    admin  + pull, load, unload, rm, add, pin, installing plugins, and managing tokens
 
 The daemon keeps only each token's SHA-256 (`tokens.json` next to the token file, 0600). The owner token
 (the token file, written once for the local user's own TCP clients) has `admin`. A missing or unknown
@@ -42,7 +42,8 @@ METHOD_SCOPES = {
                                   "CudaSharedMemoryUnregister")},
     **{_WARMD + m: "admin" for m in ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel",
                                      "AddModel", "PinModel", "CreateToken", "ListTokens", "RevokeToken",
-                                     "UseProfile", "ChooseRoleModel")},
+                                     "UseProfile", "ChooseRoleModel", "InstallPlugin", "UpdatePlugin",
+                                     "RemovePlugin")},
     **{_V2 + m: "admin" for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

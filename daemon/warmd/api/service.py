@@ -8,11 +8,13 @@ import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Iterator
 
 import grpc
 
 from warmd import __version__
+from warmd.adapters.install import Installer, Operation
 from warmd.api.auth import TokenStore, caller
 from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
@@ -21,7 +23,7 @@ from warmd.config import Settings
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.inference import Inference
-from warmd.plugins import Plugins
+from warmd.plugins import Plugins, PluginState
 from warmd.roles import Choice, Profiles
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.scheduler import ModelView, Resident, Scheduler
@@ -39,9 +41,10 @@ POLL_S = 0.1
 class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def __init__(self, settings: Settings, catalog: Catalog, scheduler: Scheduler, store: Store,
                  bus: EventBus, inference: Inference, shm: SharedMemoryRegistry, tokens: TokenStore,
-                 plugins: Plugins, profiles: Profiles) -> None:
+                 plugins: Plugins, profiles: Profiles, installer: Installer) -> None:
         self.settings, self.catalog, self.scheduler, self.store, self.bus = settings, catalog, scheduler, store, bus
         self.inference, self.shm, self.tokens, self.plugins, self.profiles = inference, shm, tokens, plugins, profiles
+        self.installer = installer
         self.started_at = time.time()
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
@@ -155,8 +158,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             plugins_dir=str(s.plugins_dir),
             jobs=[pb.JobInfo(id=j.id, kind=j.kind, model=j.model, progress=j.last, message=j.last_message)
                   for j in self.store.downloads.running()],
-            plugins=[pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error)
-                     for p in self.plugins.states()],
+            plugins=[plugin_proto(p) for p in self.plugins.states()],
             devices=[pb.DeviceStatus(name=d.name, total=d.total, budget=d.budget, used=used,
                                      free=-1 if free is None else free, reserve=d.reserve, simulated=d.simulated)
                      for d, used, free in self.scheduler.device_usage()])
@@ -280,6 +282,34 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         return pb.UnregisterRegionResponse()
 
     @mapped_stream
+    def InstallPlugin(self, request: pb.InstallPluginRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        yield from self._operate(self.installer.install(request.source, request.name), "plugin.installed", context)
+
+    @mapped_stream
+    def UpdatePlugin(self, request: pb.UpdatePluginRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        yield from self._operate(self.installer.update(request.name), "plugin.updated", context)
+
+    @mapped
+    def RemovePlugin(self, request: pb.RemovePluginRequest, context: grpc.ServicerContext) -> pb.RemovePluginResponse:
+        return pb.RemovePluginResponse(removed=self.installer.remove(request.name))
+
+    @mapped
+    def ListPlugins(self, request: pb.ListPluginsRequest, context: grpc.ServicerContext) -> pb.ListPluginsResponse:
+        updating = self.installer.updating()
+        return pb.ListPluginsResponse(plugins=[plugin_proto(p, p.name in updating) for p in self.plugins.states()])
+
+    def _operate(self, op: Operation, final_kind: str, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        """Run a plugin operation, streaming its events; a caller who leaves cancels it."""
+        sub = self.bus.subscribe(job_id=op.id)
+        try:
+            op.start()
+            yield from _follow(sub, op.future, context, final_kind, op.id)
+        finally:
+            sub.close()
+            if not op.future.done():
+                op.cancel()
+
+    @mapped_stream
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         sub = self.bus.subscribe(kinds=request.kinds, model=request.model)
         context.add_callback(sub.close)
@@ -365,6 +395,18 @@ def model_proto(spec: ModelSpec, view: ModelView, file_error: SpecFileError | No
         model.error = (f"the load of its new version failed, still serving the previous version: "
                        f"{view.error.message}" if stale else view.error.message)
     return model
+
+
+def plugin_proto(state: PluginState, updating: bool = False) -> pb.Plugin:
+    plugin = pb.Plugin(name=state.name, provider=state.provider, folder=str(state.folder), error=state.error,
+                       state="disabled" if state.error else "updating" if updating else
+                       "installed" if state.record else "loaded", isolated=state.record is not None)
+    record = state.record
+    if record is not None:
+        gate = {k: v for k, v in record.gate.items() if k in pb.GateResult.DESCRIPTOR.fields_by_name}
+        plugin.MergeFrom(pb.Plugin(source=record.source, commit=record.commit, gate=pb.GateResult(**gate),
+                                   models=[Path(f).stem for f in record.specs]))
+    return plugin
 
 
 def spec_error(err: SpecFileError) -> pb.SpecError:

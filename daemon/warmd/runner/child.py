@@ -5,8 +5,8 @@ Rules:
   "site": [...]}` (an adapter file; folders to put first on sys.path, such as the plugin's checkout; site
   folders after them, such as its virtualenv's site-packages). It is imported on the first `describe` or
   `load`.
-- Requests come one at a time: `describe` (the provider's name, options schema and whether it batches),
-  `load`, `infer` (tensors in the `in` arena, outputs into the `out` arena), `unload`; each runs on the
+- Requests come one at a time: `describe` (the provider's name and whether it batches), `validate` (a
+  spec's options, by the provider's own rules), `load` (validates too), `infer` (tensors in the `in` arena, outputs into the `out` arena), `unload`; each runs on the
   worker thread, so the main thread keeps reading: `cancel` cancels the running infer's CallContext.
 - Whatever the provider raises is answered as an error with its type, message and the traceback's last
   lines; a crash ends the process, which the daemon sees as the channel closing.
@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from warmd.errors import WarmdError
+from warmd.errors import Code, WarmdError
 from warmd.providers import PROVIDERS, CallContext, InferRequest, Provider
 from warmd.runner.channel import Arena, receive, send, spec_from_json
 
@@ -60,8 +60,8 @@ class Child:
                 remaining = message.get("deadline_s")
                 self._context = CallContext(deadline=None if remaining is None else time.monotonic() + remaining,
                                             sink=self._event)
-            handler = {"describe": self._describe, "load": self._load, "infer": self._infer,
-                       "unload": self._unload}.get(message.get("op"), self._unknown)
+            handler = {"describe": self._describe, "validate": self._validate, "load": self._load,
+                       "infer": self._infer, "unload": self._unload}.get(message.get("op"), self._unknown)
             self._requests.put((handler, message))
 
     def _work(self) -> None:
@@ -88,11 +88,19 @@ class Child:
 
     def _describe(self, message: dict[str, Any]) -> dict[str, Any]:
         cls = self._provider_class()
-        return {"name": cls.name, "options_schema": cls.options_schema, "batchable": bool(cls.batchable)}
+        return {"name": cls.name, "batchable": bool(cls.batchable)}
+
+    def _validate(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Check a spec's options with the provider's own rules (a plugin's schema is never run by the daemon)."""
+        for problem, where in self._provider_class().validate_options(message.get("options", {})):
+            raise WarmdError(Code.SPEC_INVALID, f"options{''.join(f'.{w}' for w in where)}: {problem}")
+        return {}
 
     def _load(self, message: dict[str, Any]) -> dict[str, Any]:
         cls = self._provider_class()
-        provider = cls(spec_from_json(message["spec"]), Path(message["files"]), message["device"])
+        spec = spec_from_json(message["spec"])
+        self._validate({"options": spec.options})
+        provider = cls(spec, Path(message["files"]), message["device"])
         measured = provider.load()
         self._provider = provider
         return {"bytes": int(measured or 0)}

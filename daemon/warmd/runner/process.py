@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Mapping
 
 from warmd.errors import Code, WarmdError
 from warmd.providers import CallContext, InferRequest, InferResult, Provider
+from warmd.providers.base import safetensors_bytes
 from warmd.runner.channel import Arena, ChannelError, receive, send, spec_to_json
 from warmd.spec import ModelSpec
 
@@ -43,7 +44,7 @@ OUTPUT_LINES = 20         # the runner's last output lines kept for error messag
 # What a runner's error reply may keep as its code; anything else is provider_failed.
 PASSED_CODES = frozenset({Code.INVALID_ARGUMENT, Code.INSUFFICIENT_MEMORY, Code.PROVIDER_FAILED, Code.CANCELLED,
                           Code.DEADLINE_EXCEEDED, Code.UNSUPPORTED_PROVIDER, Code.WEIGHTS_MISSING,
-                          Code.DEVICE_UNAVAILABLE})
+                          Code.DEVICE_UNAVAILABLE, Code.SPEC_INVALID})
 # Exception types rebuilt as themselves, so the inference boundary classifies them as it does in-process.
 _BUILTIN_ERRORS = {e.__name__: e for e in (MemoryError, RuntimeError, TypeError, ValueError, IndexError,
                                            ImportError, ModuleNotFoundError, FileNotFoundError, OSError)}
@@ -261,6 +262,12 @@ class RunnerProvider(Provider):
         self._runner: Runner | None = None
         self._turn = threading.Lock()
 
+    @classmethod
+    def estimate(cls, spec: ModelSpec, files: Path) -> int:
+        """The safetensors weights among the files (a plugin's own estimate would be its code: not run here)."""
+        weights = [files] if files.is_file() else sorted(files.rglob("*.safetensors"))
+        return safetensors_bytes([w for w in weights if w.suffix == ".safetensors"], spec.precision)
+
     def load(self) -> int:
         runner = Runner(self.spec.name, self.target, self.cwd)
         try:
@@ -324,9 +331,9 @@ def _isolated(cls: type[Provider]) -> type[Provider]:
         "option_files": classmethod(lambda _, spec: cls.option_files(spec))})
 
 
-def runner_class(name: str, options_schema: dict[str, Any], batchable: bool, target: dict[str, Any],
-                 cwd: Path) -> type[RunnerProvider]:
-    """The provider class of a plugin installed from git: its code is never imported by the daemon; what
-    the daemon knows of it (name, options schema, batching) is what its gate reported."""
+def runner_class(name: str, batchable: bool, target: dict[str, Any], cwd: Path) -> type[RunnerProvider]:
+    """The provider class of a plugin installed from git. Its code is never imported by the daemon: what the
+    daemon knows of it (name, batching) is what its gate reported, and its options are checked by its own
+    rules in the runner at load (the daemon only asks for a mapping)."""
     return type(f"Runner_{name.replace('-', '_')}", (RunnerProvider,), {
-        "name": name, "options_schema": options_schema, "batchable": batchable, "target": target, "cwd": cwd})
+        "name": name, "options_schema": {"type": "object"}, "batchable": batchable, "target": target, "cwd": cwd})

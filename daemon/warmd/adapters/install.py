@@ -1,0 +1,446 @@
+"""`warm add git+URL[@REV]`, `warm plugins update NAME`, `warm plugins rm NAME`.
+
+Rules:
+- Sources: git+https://, git+http://, git+ssh://, git+file:// URLs with an optional `@REV` (a branch, a tag
+  or a commit), and absolute paths to a git repository. Cloning is the git CLI with every other transport
+  refused (`protocol.allow=never`, so ext:: and fd:: never run a command), no prompts, a timeout. An
+  offline daemon clones file:// and local sources only (`network_forbidden` otherwise).
+- The resolved commit is pinned: the install record names it and its checkout lives in a folder of that name.
+- Nothing is installed unless the gate passes: the clone and the virtualenv are staged in
+  `<plugins_dir>/.staging/<operation id>` and moved into place only after it; a failure leaves nothing
+  behind and says which step failed, with the traceback's last lines.
+- Install order: the files, the record, the plugins scan (the provider exists), then the example specs
+  (the models appear; a spec that cannot be written undoes the install). Update: the same with the new
+  commit, the spec files rewritten to point at it, so each model reloads by itself while the old version
+  serves (hot reload); a failed gate switches nothing, and the record keeps its verdict. Remove: the specs
+  it wrote (their models unload, runners killed), then its folder.
+- One operation per plugin at a time (`busy` otherwise). Each is an `Operation`: an id, progress events
+  (`job.progress`, phase = the step, `plugin` = its name) and cancellation; it ends with
+  `plugin.installed` / `plugin.updated`, or `plugin.failed` and the error.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from warmd.adapters import gate, manifest
+from warmd.adapters.gate import Verdict
+from warmd.adapters.record import Record, is_installed, read
+from warmd.catalog import Catalog
+from warmd.errors import Code, WarmdError
+from warmd.events import EventBus
+from warmd.plugins import Plugins
+from warmd.providers import CallContext
+from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, read_yaml_file
+from warmd.v1 import warmd_pb2 as pb
+
+log = logging.getLogger(__name__)
+GIT_TIMEOUT_S = 300.0
+STAGING = ".staging"
+_SCHEMES = ("https", "http", "ssh", "git", "file")
+_NETWORK_ERROR = re.compile(r"could not resolve|unable to access|connection (refused|timed out|reset)|"
+                            r"network is unreachable|could not read from remote", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class GitSource:
+    given: str            # as the user wrote it
+    url: str              # what git clones
+    rev: str              # "" = the default branch
+
+    @property
+    def local(self) -> bool:
+        return self.url.startswith(("file://", "/"))
+
+    @property
+    def default_name(self) -> str:
+        """A plugin name from the repository's last path segment (`org/My_Repo.git` -> `my_repo`)."""
+        base = self.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git").lower()
+        cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-")
+        return (cleaned or "plugin")[:64]
+
+
+def parse_source(text: str) -> GitSource:
+    """`git+SCHEME://...[@REV]` or an absolute path to a repository `[@REV]`.
+
+    Raises:
+        WarmdError: `invalid_argument` for anything else.
+    """
+    body = text.strip()
+    if body.startswith("git+"):
+        body = body[4:]
+        scheme = body.split("://", 1)[0]
+        if "://" not in body or scheme not in _SCHEMES:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{text!r}: use git+https://, git+ssh://, git+http://, "
+                             "git+git:// or git+file:// (e.g. git+https://github.com/org/repo@v1.0)")
+    elif not body.startswith("/"):
+        raise WarmdError(Code.INVALID_ARGUMENT, f"{text!r} is neither git+URL nor an absolute path to a git "
+                         "repository (`warm add ./repo` makes a relative path absolute)")
+    url, rev = body, ""
+    at = body.rfind("@")
+    if at > body.rfind("/"):               # an @ in the last segment is a revision; one before it a user
+        url, rev = body[:at], body[at + 1:]
+        if not rev or rev.startswith("-"):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{text!r}: the revision after @ must name a branch, tag or commit")
+    return GitSource(text.strip(), url, rev)
+
+
+class Refused(WarmdError):
+    """The gate refused an adapter; `verdict` says where and why."""
+
+    def __init__(self, code: Code, message: str, verdict: Verdict) -> None:
+        super().__init__(code, message)
+        self.verdict = verdict
+
+
+@dataclass
+class Operation:
+    """One install or update under way: its id, what it works on, its result, its cancellation."""
+
+    kind: str                       # install | update
+    plugin: str
+    run: Callable[["Operation"], str] = field(repr=False)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    future: Future = field(default_factory=Future)
+    context: CallContext = field(default_factory=CallContext)
+
+    def start(self) -> None:
+        threading.Thread(target=self._main, name=f"plugin-{self.kind}", daemon=True).start()
+
+    def cancel(self) -> None:
+        self.context.cancel()
+
+    def _main(self) -> None:
+        try:
+            self.future.set_result(self.run(self))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever follows the operation
+            self.future.set_exception(exc)
+
+
+class Installer:
+    def __init__(self, plugins_dir: Path, catalog: Catalog, plugins: Plugins, bus: EventBus,
+                 gate_timeout: float, offline: bool) -> None:
+        self.folder, self.catalog, self.plugins, self.bus = plugins_dir, catalog, plugins, bus
+        self.gate_timeout, self.offline = gate_timeout, offline
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    # ---- the operations ------------------------------------------------------------------------
+    def install(self, source: str, name: str = "") -> Operation:
+        """An install of `source` (not started: subscribe to its events, then `start()` it).
+
+        Raises:
+            WarmdError: `invalid_argument` for a malformed source or name; `network_forbidden` for a network
+                source while offline.
+        """
+        parsed = self._source(source)
+        if name and not NAME_PATTERN.match(name):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a plugin name: lowercase letters, digits, "
+                             ". _ -, at most 64")
+        return Operation("install", name or parsed.default_name, lambda op: self._install(op, parsed, name))
+
+    def update(self, name: str) -> Operation:
+        """An update of installed plugin `name` to its source's newest commit (not started).
+
+        Raises:
+            WarmdError: `invalid_argument` when no plugin of that name was installed from git.
+        """
+        record = self._record(name)
+        return Operation("update", name, lambda op: self._update(op, record))
+
+    def check_folder(self, folder: Path, name: str, workdir: Path, op: Operation) -> Verdict:
+        """Gate the adapter in `folder` for operation `op`, reporting each step (see gate.py). The one entry
+        for any folder: a clone today, a drafted adapter later."""
+        return gate.check_folder(folder, name, workdir, self.gate_timeout, self.offline,
+                                 lambda step, message: self._progress(op, step, message), op.context)
+
+    def remove(self, name: str) -> list[str]:
+        """Remove plugin `name`: the spec files it wrote (their models unload), then its folder.
+
+        Returns:
+            The paths deleted.
+        Raises:
+            WarmdError: `invalid_argument` for a name no git install has; `busy` while it installs or updates.
+        """
+        record = self._record(name)
+        with self._claimed(name):
+            removed = [str(p) for p in self._own_specs(record)]
+            for path in removed:
+                Path(path).unlink()
+            self.catalog.rescan()
+            shutil.rmtree(record.folder)
+            removed.append(str(record.folder))
+            self.plugins.scan()
+        self.bus.publish("plugin.removed", plugin=name, message=f"removed {len(removed) - 1} spec(s) and {record.folder}")
+        return removed
+
+    def updating(self) -> set[str]:
+        with self._lock:
+            return set(self._busy)
+
+    # ---- install -------------------------------------------------------------------------------
+    def _install(self, op: Operation, source: GitSource, name: str) -> str:
+        with self._staged(op) as staging:
+            checkout = staging / "checkout"
+            commit = self._clone(op, source, checkout)
+            name = name or _manifest_name(checkout, source.default_name)
+            op.plugin = name
+            if (self.folder / name).exists():
+                raise WarmdError(Code.INVALID_ARGUMENT, f"a plugin named {name!r} is installed; `warm plugins update "
+                                 f"{name}` fetches its newest commit, or pass --name")
+            with self._claimed(name):
+                verdict = self._gated(op, checkout, name, staging, commit)
+                self._check_free(verdict)
+                record = Record(name=name, source=source.given, url=source.url, rev=source.rev, commit=commit,
+                                provider=verdict.provider["name"], batchable=verdict.provider["batchable"],
+                                adapter=str(verdict.manifest.adapter.relative_to(checkout.resolve())),  # type: ignore[union-attr]
+                                class_name=verdict.manifest.class_name,  # type: ignore[union-attr]
+                                venv=verdict.environment is not None, specs=[f"{s.name}.yaml" for s in verdict.specs],
+                                gate=verdict.summary(commit), folder=self.folder / name)
+                record.folder.mkdir(parents=True)
+                try:
+                    self._place(record, staging, commit)
+                    record.write()
+                    self.plugins.scan()
+                    for spec in verdict.specs:
+                        self._write_spec(record, checkout, spec)
+                except BaseException:
+                    self._undo(record)
+                    raise
+        said = f"{name} at commit {commit[:12]}: model(s) {', '.join(s.name for s in verdict.specs)} " \
+               f"(provider {record.provider})"
+        self._event(op, "plugin.installed", said)
+        return said
+
+    def _clone(self, op: Operation, source: GitSource, dest: Path) -> str:
+        self._progress(op, "clone", f"cloning {source.url}" + (f" at {source.rev}" if source.rev else ""))
+        try:
+            return clone(source, dest, self.offline)
+        except WarmdError as err:
+            self._event(op, "plugin.failed", err.message, err.code)
+            raise
+
+    def _gated(self, op: Operation, checkout: Path, name: str, staging: Path, commit: str) -> Verdict:
+        verdict = self.check_folder(checkout, name, staging, op)
+        if not verdict.passed:
+            err = Refused(Code.CANCELLED if op.context.cancelled.is_set() else Code.PROVIDER_FAILED,
+                          f"{name} (commit {commit[:12]}): {verdict.explain()}", verdict)
+            self._event(op, "plugin.failed", err.message, err.code)
+            raise err
+        return verdict
+
+    def _check_free(self, verdict: Verdict) -> None:
+        """The provider's and the models' names must be free (refused before anything is installed)."""
+        provider = verdict.provider["name"]
+        if provider in self.catalog.providers:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"the adapter's provider is named {provider!r}, which is "
+                             "taken (built in or another plugin's); rename it in the adapter")
+        for spec in verdict.specs:
+            self.catalog.check_free(spec.name)
+
+    def _place(self, record: Record, staging: Path, commit: str) -> None:
+        checkout = staging / "checkout"
+        shutil.rmtree(checkout / ".git", ignore_errors=True)
+        checkout.rename(record.code_dir(commit))
+        if record.venv:
+            (staging / "venv").rename(record.venv_dir(commit))
+
+    def _write_spec(self, record: Record, checkout: Path, spec: ModelSpec) -> None:
+        """An example spec into the specs folder, its `path:` pointing into the installed checkout (the
+        staged `checkout` the gate read has been moved there)."""
+        staged = checkout.resolve()
+        try:
+            _, data = read_yaml_file(record.code_dir() / spec.file.relative_to(staged))
+        except SpecFileError as err:
+            raise WarmdError(Code.SPEC_INVALID, str(err)) from None
+        body = {k: v for k, v in data.items() if k != "name"}
+        body["source"] = {**data["source"], "path": str(record.code_dir() / Path(spec.source.ref).relative_to(staged))}
+        self.catalog.write_spec(spec.name, body, note=f"installed with plugin {record.name} from {record.source} "
+                                f"(commit {record.commit[:12]}); `warm plugins rm {record.name}` removes it")
+
+    def _undo(self, record: Record) -> None:
+        for path in self._own_specs(record):
+            path.unlink()
+        self.catalog.rescan()
+        shutil.rmtree(record.folder, ignore_errors=True)
+        self.plugins.scan()
+
+    # ---- update --------------------------------------------------------------------------------
+    def _update(self, op: Operation, old: Record) -> str:
+        source = GitSource(old.source, old.url, old.rev)
+        with self._claimed(old.name), self._staged(op) as staging:
+            checkout = staging / "checkout"
+            commit = self._clone(op, source, checkout)
+            if commit == old.commit:
+                said = f"{old.name} is at commit {commit[:12]} already, the newest of {old.url}" + \
+                    (f" at {old.rev}" if old.rev else "")
+                self._event(op, "plugin.updated", said)
+                return said
+            try:
+                verdict = self._gated(op, checkout, old.name, staging, commit)
+            except Refused as err:
+                old.gate = err.verdict.summary(commit)      # the old commit serves on; `ls` shows why
+                old.write()
+                raise
+            if verdict.provider["name"] != old.provider:
+                raise WarmdError(Code.INVALID_ARGUMENT, f"commit {commit[:12]} renames the provider {old.provider!r} "
+                                 f"to {verdict.provider['name']!r}; `warm plugins rm {old.name}` and add it again")
+            new = Record(**{**vars(old), "commit": commit, "previous": old.commit, "gate": verdict.summary(commit),
+                            "adapter": str(verdict.manifest.adapter.relative_to(checkout.resolve())),  # type: ignore[union-attr]
+                            "class_name": verdict.manifest.class_name,  # type: ignore[union-attr]
+                            "venv": verdict.environment is not None, "installed": time.time(),
+                            "specs": [f"{s.name}.yaml" for s in verdict.specs]})
+            self._place(new, staging, commit)
+            new.write()
+            self.plugins.scan()
+            self._switch_specs(old, new, checkout, verdict.specs)
+            self._prune(new)
+        said = f"{old.name}: commit {old.commit[:12]} -> {commit[:12]}; its models reload while the old version serves"
+        self._event(op, "plugin.updated", said)
+        return said
+
+    def _switch_specs(self, old: Record, new: Record, checkout: Path, specs: list[ModelSpec]) -> None:
+        """Point the plugin's spec files at the new commit (keeping the user's edits); write the new
+        examples' specs, remove those of examples that are gone."""
+        mine = {p.name: p for p in self._own_specs(old)}
+        for spec in specs:
+            path = mine.pop(f"{spec.name}.yaml", None)
+            if path is None:
+                self._write_spec(new, checkout, spec)
+            else:
+                text = path.read_text(encoding="utf-8").replace(str(old.code_dir()), str(new.code_dir()))
+                self.catalog.replace_spec(path, text.replace(old.commit[:12], new.commit[:12]))
+        for path in mine.values():
+            path.unlink()
+        self.catalog.rescan()
+
+    def _prune(self, record: Record) -> None:
+        """Keep the new commit's folders and the previous one's (a model may still drain from it)."""
+        keep = {record.commit, record.previous, f"{record.commit}.venv", f"{record.previous}.venv"}
+        for child in record.folder.iterdir():
+            if child.is_dir() and child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _source(self, source: str) -> GitSource:
+        parsed = parse_source(source)
+        if self.offline and not parsed.local:
+            raise WarmdError(Code.NETWORK_FORBIDDEN, f"the daemon is offline; cloning {parsed.url} needs the "
+                             "network (file:// and local repositories work offline)")
+        return parsed
+
+    def _record(self, name: str) -> Record:
+        folder = self.folder / name
+        if not NAME_PATTERN.match(name) or not folder.is_dir():
+            raise WarmdError(Code.INVALID_ARGUMENT, f"no plugin named {name!r}; `warm plugins ls` lists them")
+        if not is_installed(folder):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is a folder plugin (its adapter.py is yours, not "
+                             f"installed from git); delete {folder} to remove it")
+        try:
+            return read(folder)
+        except ValueError as exc:
+            raise WarmdError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    def _own_specs(self, record: Record) -> list[Path]:
+        """The recorded spec files that still point into the plugin's folder (the user may have repointed one)."""
+        found = []
+        for file in record.specs:
+            path = self.catalog.root / file
+            try:
+                if str(record.folder) in path.read_text(encoding="utf-8"):
+                    found.append(path)
+            except OSError:
+                continue
+        return found
+
+    @contextlib.contextmanager
+    def _claimed(self, name: str) -> Iterator[None]:
+        with self._lock:
+            if name in self._busy:
+                raise WarmdError(Code.BUSY, f"plugin {name!r} is being installed or updated; retry when that finishes")
+            self._busy.add(name)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+
+    @contextlib.contextmanager
+    def _staged(self, op: Operation) -> Iterator[Path]:
+        staging = self.folder / STAGING / op.id
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _progress(self, op: Operation, step: str, message: str) -> None:
+        steps = ("clone", *gate.STEPS)
+        self.bus.publish("job.progress", plugin=op.plugin, job_id=op.id, message=message,
+                         progress=pb.Progress(phase=step, done=steps.index(step), total=len(steps)))
+
+    def _event(self, op: Operation, kind: str, message: str, code: Code | None = None) -> None:
+        self.bus.publish(kind, plugin=op.plugin, job_id=op.id, message=message,
+                         error_code=code.value if code else "")
+
+
+def _manifest_name(checkout: Path, default: str) -> str:
+    """The plugin's name as its manifest gives it (a broken manifest is the gate's to report)."""
+    try:
+        return manifest.read(checkout, default).name
+    except WarmdError:
+        return default
+
+
+def clone(source: GitSource, dest: Path, offline: bool) -> str:
+    """Clone `source` into `dest` and check out its revision, detached. Returns the commit.
+
+    Raises:
+        WarmdError: `invalid_argument` (no such repository or revision), `unavailable` (git missing, the
+            host unreachable), `network_forbidden` (offline).
+    """
+    allowed = ("file",) if offline else _SCHEMES
+    config = ["-c", "protocol.allow=never", *(a for s in allowed for a in ("-c", f"protocol.{s}.allow=always"))]
+    _git([*config, "clone", "--quiet", "--no-checkout", "--", source.url, str(dest)], source)
+    rev = source.rev or "HEAD"
+    commit = ""
+    for candidate in (rev, f"origin/{rev}"):
+        out = _git(["-C", str(dest), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{candidate}^{{commit}}"],
+                   source, check=False)
+        if out:
+            commit = out.strip()
+            break
+    if not commit:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"{source.url} has no branch, tag or commit {rev!r}")
+    _git(["-C", str(dest), "checkout", "--quiet", "--detach", commit], source)
+    return commit
+
+
+def _git(args: list[str], source: GitSource, check: bool = True) -> str:
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes", "GIT_ASKPASS": "true"}
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL, env={**os.environ, **env})
+    except FileNotFoundError:
+        raise WarmdError(Code.UNAVAILABLE, "git is not installed on this machine; install it (e.g. apt-get "
+                         "install git) to add plugins from a repository") from None
+    except subprocess.TimeoutExpired:
+        raise WarmdError(Code.UNAVAILABLE, f"git did not finish with {source.url} within {GIT_TIMEOUT_S:.0f} s") from None
+    if done.returncode == 0 or not check:
+        return done.stdout if done.returncode == 0 else ""
+    said = " ".join(done.stderr.split())[-500:] or f"git exited with status {done.returncode}"
+    if _NETWORK_ERROR.search(said) and not source.local:
+        raise WarmdError(Code.UNAVAILABLE, f"cannot reach {source.url}: {said} (warmd serve --offline keeps "
+                         "everything on this machine)")
+    raise WarmdError(Code.INVALID_ARGUMENT, f"cannot clone {source.url}: {said}")
