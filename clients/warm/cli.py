@@ -22,7 +22,7 @@ from warmd.v1 import warmd_pb2 as pb
 
 # Not a terminal: no truncation at 80 columns (scripts should use --json, but grep must still work).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 250)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,7 +175,7 @@ def import_provider(adapter: Path, module_name: str, class_name: str = "") -> ty
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit or SyntaxError disables only it
         sys.modules.pop(module_name, None)
-        raise AdapterError(f"import failed: {exc!r}") from None
+        raise AdapterError(f"import failed: {exc!r}") from exc
     if class_name:
         found = [c for c in [getattr(module, class_name, None)] if inspect.isclass(c) and issubclass(c, Provider)]
         if not found:

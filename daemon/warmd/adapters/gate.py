@@ -91,7 +91,14 @@ def check_folder(folder: Path, name: str, workdir: Path, timeout_s: float, offli
     try:
         gate.run(name)
     except GateFailed as failed:
-        return Verdict(False, failed.step, failed.message, failed.output, time.monotonic() - started, gate.manifest)
+        # Paths as the repository names them, not where the gate staged it
+        def relative(text: str) -> str:
+            for prefix in {str(folder.resolve()), str(folder)}:
+                text = text.replace(prefix + "/", "")
+            return text
+
+        return Verdict(False, failed.step, relative(failed.message), relative(failed.output),
+                       time.monotonic() - started, gate.manifest)
     return Verdict(True, STEPS[-1], f"{len(gate.specs)} example(s) passed", "", time.monotonic() - started,
                    gate.manifest, gate.provider, gate.specs, gate.environment)
 

@@ -292,6 +292,7 @@ class Installer:
             except Refused as err:
                 old.gate = err.verdict.summary(commit)      # the old commit serves on; `ls` shows why
                 old.write()
+                self.plugins.scan()
                 raise
             if verdict.provider["name"] != old.provider:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"commit {commit[:12]} renames the provider {old.provider!r} "

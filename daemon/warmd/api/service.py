@@ -91,7 +91,8 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     def AddModel(self, request: pb.AddModelRequest, context: grpc.ServicerContext) -> pb.AddModelResponse:
         repo = request.source.removeprefix("hf://").removeprefix("hf:").strip("/")
         if not repo or request.source == repo:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name")
+            raise WarmdError(Code.INVALID_ARGUMENT, f"source {request.source!r} must look like hf://org/name "
+                             "(a plugin's repository: git+URL[@REV] or the folder of a local git repository)")
         name = request.name or spec_name(repo)
         self.catalog.check_free(name)                  # refused before the hub is asked
         if self.store.offline or hub.hf_offline():

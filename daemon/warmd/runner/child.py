@@ -143,7 +143,7 @@ def _import(target: dict[str, Any]) -> type[Provider]:
     try:
         return import_provider(Path(target["adapter"]), "warmd_runner_adapter", target.get("class") or "")
     except AdapterError as exc:
-        raise ImportError(str(exc)) from None
+        raise exc.__cause__ or ImportError(str(exc)) from None     # the adapter's own error, with its traceback
 
 
 def _put_first(paths: list[str], site_dirs: list[str]) -> None:
