@@ -38,7 +38,7 @@ from warmd.adapters import gate, manifest
 from warmd.adapters.gate import Verdict
 from warmd.adapters.record import Record, is_installed, read
 from warmd.catalog import Catalog
-from warmd.errors import Code, WarmdError
+from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
 from warmd.plugins import Plugins
 from warmd.providers import CallContext
@@ -148,7 +148,7 @@ class Installer:
         if name and not NAME_PATTERN.match(name):
             raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a plugin name: lowercase letters, digits, "
                              ". _ -, at most 64")
-        return Operation("install", name or parsed.default_name, lambda op: self._install(op, parsed, name))
+        return Operation("install", name or parsed.default_name, self._reporting(lambda op: self._install(op, parsed, name)))
 
     def update(self, name: str) -> Operation:
         """An update of installed plugin `name` to its source's newest commit (not started).
@@ -157,7 +157,18 @@ class Installer:
             WarmdError: `invalid_argument` when no plugin of that name was installed from git.
         """
         record = self._record(name)
-        return Operation("update", name, lambda op: self._update(op, record))
+        return Operation("update", name, self._reporting(lambda op: self._update(op, record)))
+
+    def _reporting(self, work: Callable[[Operation], str]) -> Callable[[Operation], str]:
+        """`work` ending with `plugin.failed` whatever stopped it, so a watcher (warm-tray) hears of it."""
+        def run(op: Operation) -> str:
+            try:
+                return work(op)
+            except Exception as exc:
+                err = at_boundary(exc, Code.INTERNAL, f"plugin {op.kind} of {op.plugin!r}", log)
+                self._event(op, "plugin.failed", err.message, err.code)
+                raise err from None
+        return run
 
     def check_folder(self, folder: Path, name: str, workdir: Path, op: Operation) -> Verdict:
         """Gate the adapter in `folder` for operation `op`, reporting each step (see gate.py). The one entry
@@ -225,19 +236,13 @@ class Installer:
 
     def _clone(self, op: Operation, source: GitSource, dest: Path) -> str:
         self._progress(op, "clone", f"cloning {source.url}" + (f" at {source.rev}" if source.rev else ""))
-        try:
-            return clone(source, dest, self.offline)
-        except WarmdError as err:
-            self._event(op, "plugin.failed", err.message, err.code)
-            raise
+        return clone(source, dest, self.offline)
 
     def _gated(self, op: Operation, checkout: Path, name: str, staging: Path, commit: str) -> Verdict:
         verdict = self.check_folder(checkout, name, staging, op)
         if not verdict.passed:
-            err = Refused(Code.CANCELLED if op.context.cancelled.is_set() else Code.PROVIDER_FAILED,
+            raise Refused(Code.CANCELLED if op.context.cancelled.is_set() else Code.PROVIDER_FAILED,
                           f"{name} (commit {commit[:12]}): {verdict.explain()}", verdict)
-            self._event(op, "plugin.failed", err.message, err.code)
-            raise err
         return verdict
 
     def _check_free(self, verdict: Verdict) -> None:
