@@ -191,8 +191,10 @@ class Runner:
         self.proc.wait()
 
     def stop(self) -> None:
-        """Kill the runner and free the daemon's end of the channel."""
+        """Kill the runner and free the daemon's end of the channel (once; again is a no-op)."""
         self.kill()
+        if self._conn.closed:
+            return
         self._conn.close()
         self.inbox.close()
         self.outbox.close()
