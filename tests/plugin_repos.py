@@ -6,8 +6,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-# y = factor * x, the factor read from factor.json; `x[0, 0]` picks a fault: 3 exits the process with
-# status 3, 11 dereferences NULL (SIGSEGV), 7 waits (checking its CallContext), 9 sleeps ignoring it.
+# y = factor * x, the factor read from factor.json; `x[0, 0]` picks a behaviour: 3 exits the process with
+# status 3, 11 dereferences NULL (SIGSEGV), 7 waits (checking its CallContext), 9 sleeps ignoring it, 5
+# streams text and progress.
 ADAPTER = textwrap.dedent('''
     import ctypes
     import json
@@ -48,6 +49,10 @@ ADAPTER = textwrap.dedent('''
                     time.sleep(0.01)
             if fault == 9:
                 time.sleep(60)
+            if fault == 5:
+                for i in range(3):
+                    request.context.emit(f"step {i} ")
+                    request.context.progress(i + 1, 3, "frames")
             y = x * self.factor + self.spec.options.get("offset", 0.0)
             return InferResult(tensors={"y": y.astype(np.float32)})
 

@@ -4,6 +4,7 @@ at the pinned commit with its specs; a broken one is refused with the gate's out
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin_repos import ADAPTER, MANIFEST, SPEC, commit, scale_files
+from plugin_repos import ADAPTER, MANIFEST, SPEC, commit, runner_pids, scale_files
 from waiting import error_code, wait_until
 from warm import Code
 from warmd.v1 import warmd_pb2 as pb
@@ -95,6 +96,28 @@ def test_a_gate_that_hangs_is_stopped_at_its_timeout(start_daemon, short_tmp: Pa
     assert added.returncode == 1
     assert "the gate failed at step 'load': no answer within the gate's 3 s (gate_timeout)" in added.stderr
     assert _installed(daemon) <= {".staging"} and not list(daemon.specs.iterdir())
+
+
+def test_leaving_an_install_cancels_it(start_daemon, short_tmp: Path) -> None:
+    repo = short_tmp / "slow"
+    commit(repo, scale_files(spec=SPEC.replace("device: cpu", "device: cpu\noptions: {load_delay: 600}")))
+    daemon = start_daemon()
+    with daemon.client() as c:
+        events = c.watch(kinds=["job.progress", "plugin."])
+        adding = subprocess.Popen(daemon.warm_command() + ["add", str(repo)], env=daemon.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            next(e for e in events if e.kind == "job.progress" and e.progress.phase == "load")
+            wait_until(lambda: runner_pids(daemon.proc.pid), timeout=20)
+            adding.send_signal(signal.SIGINT)                    # Ctrl-C
+            assert adding.wait(timeout=20) != 0
+        finally:
+            adding.kill()
+        failed = next(e for e in events if e.kind == "plugin.failed")
+        assert failed.error_code == "cancelled" and "the gate failed at step 'load'" in failed.message
+        wait_until(lambda: not runner_pids(daemon.proc.pid), timeout=20)
+        assert not c.plugins() and not list(daemon.specs.iterdir())
+    assert _installed(daemon) <= {".staging"}
 
 
 def test_refusals_before_the_gate(start_daemon, short_tmp: Path) -> None:

@@ -5,6 +5,7 @@ deadlines reach it."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -64,6 +65,20 @@ def test_a_crashing_adapter_fails_its_model_only_and_restarts_on_the_next_reques
             assert len(again) == 1 and again != first
             first = again
         assert c.get("scale").state == pb.READY
+
+
+def test_a_runner_streams_and_takes_its_requests_in_turn(start_daemon, short_tmp: Path) -> None:
+    daemon = _installed_daemon(start_daemon, short_tmp)
+    with daemon.client() as c:
+        chunks = list(c.infer_stream("scale", {"x": _fault(5)}))
+        assert "".join(ch.text for ch in chunks) == "step 0 step 1 step 2 "
+        assert [ch.progress for ch in chunks if ch.progress] == [(1, 3, "frames"), (2, 3, "frames"), (3, 3, "frames")]
+        assert np.array_equal(chunks[-1].result.outputs["y"], 2.5 * _fault(5))
+        with ThreadPoolExecutor(8) as pool:
+            batches = [np.full((1, 3), 20 + i, np.float32) for i in range(16)]   # no fault values
+            outputs = list(pool.map(lambda x: c.infer("scale", {"x": x}).outputs["y"], batches))
+        assert all(np.array_equal(y, 2.5 * x) for x, y in zip(batches, outputs))
+        assert len(runner_pids(daemon.proc.pid)) == 1
 
 
 def test_unload_kills_the_runner(start_daemon, short_tmp: Path) -> None:

@@ -6,8 +6,10 @@ Rules:
   folders after them, such as its virtualenv's site-packages). It is imported on the first `describe` or
   `load`.
 - Requests come one at a time: `describe` (the provider's name and whether it batches), `validate` (a
-  spec's options, by the provider's own rules), `load` (validates too), `infer` (tensors in the `in` arena, outputs into the `out` arena), `unload`; each runs on the
-  worker thread, so the main thread keeps reading: `cancel` cancels the running infer's CallContext.
+  spec's options, by the provider's own rules), `load` (validates too), `infer` (tensors in the `in`
+  arena, outputs into the `out` arena); each runs on the worker thread, so the main thread keeps reading:
+  `cancel` cancels the running infer's CallContext. There is no unload: the daemon kills the process,
+  which is the one way its memory surely comes back.
 - Whatever the provider raises is answered as an error with its type, message and the traceback's last
   lines; a crash ends the process, which the daemon sees as the channel closing.
 - It ends (os._exit) as soon as the channel closes: the daemon stopped it or died. (Not PR_SET_PDEATHSIG:
@@ -61,7 +63,7 @@ class Child:
                 self._context = CallContext(deadline=None if remaining is None else time.monotonic() + remaining,
                                             sink=self._event)
             handler = {"describe": self._describe, "validate": self._validate, "load": self._load,
-                       "infer": self._infer, "unload": self._unload}.get(message.get("op"), self._unknown)
+                       "infer": self._infer}.get(message.get("op"), self._unknown)
             self._requests.put((handler, message))
 
     def _work(self) -> None:
@@ -115,12 +117,6 @@ class Child:
         result = self._provider.infer(request)
         value = json.loads(json.dumps(result.json)) if result.json is not None else None
         return {"tensors": self.outbox.put(result.tensors), "json": value}
-
-    def _unload(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self._provider is not None:
-            self._provider.unload()
-            self._provider = None
-        return {}
 
     def _unknown(self, message: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown request {message.get('op')!r}")
