@@ -1,25 +1,24 @@
-"""The runner's side: `python -m warmd.runner.child SOCKET_FD IN_FD OUT_FD TARGET_JSON`.
+"""The runner's side: `python -m warmd.runner.child REQUESTS_FD CONTROL_FD IN_FD OUT_FD TARGET_JSON`.
 
 Rules:
 - TARGET names the provider: `{"builtin": NAME}`, or `{"adapter": FILE, "class": NAME, "paths": [...],
   "site": [...]}` (an adapter file; folders to put first on sys.path, such as the plugin's checkout; site
   folders after them, such as its virtualenv's site-packages). It is imported on the first `describe` or
   `load`.
-- Requests come one at a time: `describe` (the provider's name and whether it batches), `validate` (a
-  spec's options, by the provider's own rules), `load` (validates too), `infer` (tensors in the `in`
-  arena, outputs into the `out` arena); each runs on the worker thread, so the main thread keeps reading:
-  `cancel` cancels the running infer's CallContext. There is no unload: the daemon kills the process,
-  which is the one way its memory surely comes back.
+- Requests come one at a time on the requests channel and run on the main thread: `describe` (the
+  provider's name and whether it batches), `validate` (a spec's options, by the provider's own rules),
+  `load` (validates too), `infer` (tensors in the `in` arena, outputs into the `out` arena). Cancels
+  (`{"cancel": ID}`, every request up to ID) come on the control channel, read by a thread of their own.
+  There is no unload: the daemon kills the process, the one way its memory surely comes back.
 - Whatever the provider raises is answered as an error with its type, message and the traceback's last
   lines; a crash ends the process, which the daemon sees as the channel closing.
-- It ends (os._exit) as soon as the channel closes: the daemon stopped it or died. (Not PR_SET_PDEATHSIG:
+- It ends (os._exit) as soon as a channel closes: the daemon stopped it or died. (Not PR_SET_PDEATHSIG:
   that fires when the daemon's thread that started the runner ends, not the daemon.)
 """
 from __future__ import annotations
 
 import json
 import os
-import queue
 import site
 import sys
 import threading
@@ -37,46 +36,44 @@ TRACEBACK_LINES = 12
 
 
 class Child:
-    def __init__(self, conn: Connection, inbox: Arena, outbox: Arena, target: dict[str, Any]) -> None:
-        self.conn, self.inbox, self.outbox, self.target = conn, inbox, outbox, target
+    def __init__(self, conn: Connection, control: Connection, inbox: Arena, outbox: Arena,
+                 target: dict[str, Any]) -> None:
+        self.conn, self.control, self.inbox, self.outbox, self.target = conn, control, inbox, outbox, target
         self._send_lock = threading.Lock()
+        self._lock = threading.Lock()                 # the running request and the last cancel, together
+        self._running: tuple[int, CallContext] | None = None
+        self._cancelled = 0                           # the last request id the daemon cancelled
         self._cls: type[Provider] | None = None
         self._provider: Provider | None = None
-        self._context: CallContext | None = None
-        self._requests: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, name="requests", daemon=True).start()
 
     def serve(self) -> None:
-        """Read requests until the daemon closes the channel (or dies), then end the process at once,
-        whatever the adapter is doing: requests run on the worker thread, so this loop always reads."""
+        """Answer requests until the daemon closes the channel (or dies), then end the process."""
+        threading.Thread(target=self._watch_control, name="control", daemon=True).start()
         while True:
             try:
                 message = receive(self.conn)
             except EOFError:
                 os._exit(0)
-            if message.get("op") == "cancel":
-                if self._context is not None:
-                    self._context.cancel()
-                continue
-            if message.get("op") == "infer":    # made here, so a cancel right behind it finds it
-                remaining = message.get("deadline_s")
-                self._context = CallContext(deadline=None if remaining is None else time.monotonic() + remaining,
-                                            sink=self._event)
             handler = {"describe": self._describe, "validate": self._validate, "load": self._load,
                        "infer": self._infer}.get(message.get("op"), self._unknown)
-            self._requests.put((handler, message))
+            try:
+                reply = handler(message)
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the daemon
+                reply = {"error": _error(exc)}
+            self._send(reply)
 
-    def _work(self) -> None:
+    def _watch_control(self) -> None:
+        """Cancels, read while a request runs; the channel closing ends the process whatever the adapter
+        is doing (a hung request included)."""
         while True:
-            handler, message = self._requests.get()
-            self._answer(handler, message)
-
-    def _answer(self, handler: Any, message: dict[str, Any]) -> None:
-        try:
-            reply = handler(message)
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the daemon
-            reply = {"error": _error(exc)}
-        self._send(reply)
+            try:
+                message = receive(self.control)
+            except EOFError:
+                os._exit(0)
+            with self._lock:
+                self._cancelled = max(self._cancelled, int(message.get("cancel", 0)))
+                if self._running is not None and self._running[0] <= self._cancelled:
+                    self._running[1].cancel()
 
     def _send(self, message: dict[str, Any]) -> None:
         with self._send_lock:
@@ -110,11 +107,20 @@ class Child:
     def _infer(self, message: dict[str, Any]) -> dict[str, Any]:
         if self._provider is None:
             raise RuntimeError("infer before load")
-        assert self._context is not None
-        request = InferRequest(tensors=self.inbox.take(message.get("tensors", [])),
-                               text=list(message.get("text", [])), parameters=message.get("parameters", {}),
-                               context=self._context)
-        result = self._provider.infer(request)
+        remaining, sequence = message.get("deadline_s"), int(message["id"])
+        context = CallContext(deadline=None if remaining is None else time.monotonic() + remaining, sink=self._event)
+        with self._lock:
+            self._running = (sequence, context)
+            if sequence <= self._cancelled:          # the cancel came first
+                context.cancel()
+        try:
+            request = InferRequest(tensors=self.inbox.take(message.get("tensors", [])),
+                                   text=list(message.get("text", [])), parameters=message.get("parameters", {}),
+                                   context=context)
+            result = self._provider.infer(request)
+        finally:
+            with self._lock:
+                self._running = None
         value = json.loads(json.dumps(result.json)) if result.json is not None else None
         return {"tensors": self.outbox.put(result.tensors), "json": value}
 
@@ -162,8 +168,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    sock, inbox, outbox = (int(a) for a in argv[1:4])
-    child = Child(Connection(sock), Arena(inbox), Arena(outbox), json.loads(argv[4]))
+    requests, control, inbox, outbox = (int(a) for a in argv[1:5])
+    child = Child(Connection(requests), Connection(control), Arena(inbox), Arena(outbox), json.loads(argv[5]))
     child.serve()
     return 0
 

@@ -62,23 +62,28 @@ class Runner:
     def __init__(self, label: str, target: Mapping[str, Any], cwd: Path | None = None) -> None:
         self.label = label
         self.inbox, self.outbox = Arena.create(f"warmd-{label}-in"), Arena.create(f"warmd-{label}-out")
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Two channels: requests and their answers; cancels, read by a thread of the runner's own while
+        # its main thread runs a request (so a request costs the runner one wake-up, not two).
+        (parent, child), (control, theirs) = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in "rc")
+        fds = (child.fileno(), theirs.fileno(), self.inbox.fd, self.outbox.fd)
         flags = ["-P"] if sys.version_info >= (3, 11) else []     # never import from the working folder
-        command = [sys.executable, *flags, "-m", "warmd.runner.child", str(child.fileno()), str(self.inbox.fd),
-                   str(self.outbox.fd), _json(target)]
+        command = [sys.executable, *flags, "-m", "warmd.runner.child", *map(str, fds), _json(target)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WARMD_")}
         try:
-            self.proc = subprocess.Popen(command, pass_fds=(child.fileno(), self.inbox.fd, self.outbox.fd),
-                                         cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(command, pass_fds=fds, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"},
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         except BaseException:
             self.inbox.close()
             self.outbox.close()
             parent.close()
+            control.close()
             raise
         finally:
             child.close()
-        self._conn = Connection(parent.detach())
+            theirs.close()
+        self._conn, self._control = Connection(parent.detach()), Connection(control.detach())
+        self._sequence = 0
         self._output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         threading.Thread(target=self._read_output, name=f"runner-{label}", daemon=True).start()
         log.info("runner for %s started (pid %d)", label, self.proc.pid)
@@ -97,8 +102,9 @@ class Runner:
                 or broke the channel; `cancelled` / `deadline_exceeded`.
             Exception: a built-in exception type the adapter raised (so the inference boundary classifies it).
         """
+        self._sequence += 1
         try:
-            send(self._conn, message)
+            send(self._conn, {**message, "id": self._sequence})
         except OSError:
             raise self._died(what) from None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -114,7 +120,7 @@ class Runner:
                 return reply
             now = time.monotonic()
             if context is not None and stop_asked is None and (context.cancelled.is_set() or context.past_deadline()):
-                self._send_quietly({"op": "cancel"})
+                self._cancel(self._sequence)
                 stop_asked = now
             if stop_asked is not None and now - stop_asked > CANCEL_GRACE_S:
                 self.kill()
@@ -141,9 +147,9 @@ class Runner:
             raise WarmdError(Code.PROVIDER_FAILED, f"{self.label}: its runner broke the channel during {what} "
                              f"({err.message}); it was stopped") from None
 
-    def _send_quietly(self, message: dict[str, Any]) -> None:
+    def _cancel(self, sequence: int) -> None:
         try:
-            send(self._conn, message)
+            send(self._control, {"cancel": sequence})
         except OSError:
             pass                 # it is dying; the next receive says so
 
@@ -196,6 +202,7 @@ class Runner:
         if self._conn.closed:
             return
         self._conn.close()
+        self._control.close()
         self.inbox.close()
         self.outbox.close()
         log.info("runner for %s stopped", self.label)
