@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from packaging.requirements import InvalidRequirement, Requirement
 
 from warmd.errors import Code, WarmdError
 from warmd.spec import NAME_PATTERN, SpecFileError, by_importance, explain, line_of, read_yaml_file
@@ -114,6 +113,8 @@ def read(folder: Path, default_name: str) -> Manifest:
                              if "inputs" in e else None,
                              text=tuple(e.get("text", ())), parameters=dict(e.get("parameters", {})))
                      for i, e in enumerate(data["examples"]))
+    from packaging.requirements import InvalidRequirement, Requirement   # only when a manifest is read
+
     for i, requirement in enumerate(data.get("requirements", ())):
         try:
             Requirement(requirement)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import fcntl
 import json
 import mmap
 import os
@@ -64,6 +63,8 @@ class Arena:
         if not hasattr(os, "memfd_create"):
             raise WarmdError(Code.UNSUPPORTED_PROVIDER, "runner processes need Linux (memfd shared memory); "
                              "remove `isolation: process` from the spec, or run warmd on Linux")
+        import fcntl          # POSIX only: imported here, so the daemon still starts where there is none
+
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, size)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
