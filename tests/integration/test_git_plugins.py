@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from plugin_repos import ADAPTER, MANIFEST, SPEC, commit, runner_pids, scale_files
-from waiting import error_code, wait_until
+from waiting import error_code, free_port, wait_until
 from warm import Code
 from warmd.v1 import warmd_pb2 as pb
 
@@ -149,6 +149,14 @@ def test_refusals_before_the_gate(start_daemon, short_tmp: Path) -> None:
     out = daemon.warm("add", str(taken))
     assert out.returncode == 1 and "a model named 'scale' or the file" in out.stderr
     assert _installed(daemon) == {"scale", ".staging"} and [p.name for p in daemon.specs.iterdir()] == ["scale.yaml"]
+
+
+def test_an_unreachable_host_is_unavailable(start_daemon) -> None:
+    daemon = start_daemon()
+    port = free_port()                                       # nothing listens there
+    out = daemon.warm("add", f"git+https://127.0.0.1:{port}/org/repo")
+    assert out.returncode == 1 and "[unavailable] cannot reach https://127.0.0.1:" in out.stderr, out.stderr
+    assert "--offline" in out.stderr
 
 
 def test_update_switches_only_when_the_new_commit_passes(start_daemon, short_tmp: Path) -> None:
