@@ -64,7 +64,8 @@ class Runner:
         self.inbox, self.outbox = Arena.create(f"warmd-{label}-in"), Arena.create(f"warmd-{label}-out")
         # Two channels: requests and their answers; cancels, read by a thread of the runner's own while
         # its main thread runs a request (so a request costs the runner one wake-up, not two).
-        (parent, child), (control, theirs) = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in "rc")
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = (child.fileno(), theirs.fileno(), self.inbox.fd, self.outbox.fd)
         flags = ["-P"] if sys.version_info >= (3, 11) else []     # never import from the working folder
         command = [sys.executable, *flags, "-m", "warmd.runner.child", *map(str, fds), _json(target)]
