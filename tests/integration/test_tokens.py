@@ -49,6 +49,8 @@ def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> 
         assert c.infer("affine", {"x": X}).outputs["y"].shape == (1, 4)   # loads on demand
         assert error_code(lambda: c.unload("affine")) is Code.PERMISSION_DENIED
         assert error_code(lambda: c.pin("affine", True)) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.install_plugin("git+https://127.0.0.1:9/r")) is Code.PERMISSION_DENIED
+        assert c.plugins() == []                                           # listing is read
     with as_("admin") as c:
         c.unload("affine")
         c.load("affine")
@@ -90,7 +92,8 @@ def test_every_rpc_has_a_scope_that_matches_its_kind(scope: str) -> None:
                for s in d.services_by_name.values() for m in s.methods]
     assert set(METHOD_SCOPES) <= set(methods)          # no stale names in the table
     mutating = {"LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel", "AddModel", "PinModel",
-                "CreateToken", "ListTokens", "RevokeToken", "RepositoryModelLoad", "RepositoryModelUnload"}
+                "CreateToken", "ListTokens", "RevokeToken", "RepositoryModelLoad", "RepositoryModelUnload",
+                "InstallPlugin", "UpdatePlugin", "RemovePlugin"}
     for method in methods:
         if method.rsplit("/", 1)[-1] in mutating:
             assert allows(scope, required_scope(method)) == (scope == "admin"), method
