@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import grpc
+# gRPC's C core writes transport events (a GOAWAY when the daemon stops) to stderr at INFO unless told
+# otherwise; a client reports every failure itself, as a WarmdError. A setting of the user's own wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402 - after the setting above
 
 from warmd import paths
 from warmd.errors import METADATA_KEY, Code, WarmdError, from_rpc_error
+from warmd.v1 import MODEL_STATES, warmd_pb2_grpc
 from warmd.v1 import warmd_pb2 as pb
-from warmd.v1 import warmd_pb2_grpc
-
-_STATES = {"available": pb.AVAILABLE, "loading": pb.LOADING, "ready": pb.READY,
-           "unloading": pb.UNLOADING, "failed": pb.FAILED}
 
 
 @dataclass
@@ -105,10 +106,10 @@ class Client:
             state: available | loading | ready | unloading | failed, or "" for any.
             discovered: also list models in the Hugging Face cache that no spec names (`.discovered`).
         """
-        if state and state not in _STATES:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(_STATES)}")
+        if state and state not in MODEL_STATES:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"state must be one of {', '.join(MODEL_STATES)}")
         return self._call(self._stub.ListModels, pb.ListModelsRequest(
-            task=task, tag=tag, state=_STATES.get(state, 0), include_discovered=discovered))
+            task=task, tag=tag, state=MODEL_STATES.get(state, 0), include_discovered=discovered))
 
     def get(self, name: str) -> pb.Model:
         return self._call(self._stub.GetModel, pb.GetModelRequest(name=name))
@@ -131,6 +132,16 @@ class Client:
                 on_event(event)
         return self.get(name)
 
+    def plan_load(self, name: str) -> pb.LoadPlan:
+        """What loading `name` would do now, without doing it: the device, the bytes, and which models
+        would be parked or unloaded first and why. Fails as the load would (e.g. `insufficient_memory`)."""
+        return self._call(self._stub.PlanLoad, pb.PlanLoadRequest(name=name))
+
+    def evictions(self, model: str = "") -> list[pb.Eviction]:
+        """The residency log, oldest first: evictions, parks, discards, expiries and pressure reliefs,
+        each with its reason and figures (only `model`'s when given)."""
+        return list(self._call(self._stub.ListEvictions, pb.ListEvictionsRequest(model=model)).evictions)
+
     def pull(self, name: str, *, on_event: Callable[[pb.Event], None] | None = None) -> pb.Model:
         """Download a model's files (joining a transfer already under way) and wait until they are verified.
 
@@ -145,7 +156,8 @@ class Client:
         return self.get(name)
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a running job; a download keeps its partial files for the next attempt."""
+        """Cancel a running job (`status().jobs`): a load stops at its next step; a download keeps its
+        partial files for the next attempt."""
         self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
 
     def remove(self, name: str) -> pb.RemoveModelResponse:
@@ -358,9 +370,16 @@ class Client:
     def _error(self, err: grpc.RpcError) -> WarmdError:
         error = from_rpc_error(err)
         from_daemon = any(k == METADATA_KEY for k, _ in (err.trailing_metadata() or ()))
+        if not from_daemon and err.details() == SERVER_STOPPED:
+            return WarmdError(Code.UNAVAILABLE, f"warmd at {self.target} stopped before the call finished (it was "
+                              "shut down or restarted); retry once it is back (`warm status` tells)")
         if err.code() == grpc.StatusCode.UNAVAILABLE and not from_daemon:
             error.message = f"warmd is not reachable at {self.target} ({err.details()}); start it with `warmd serve`"
         return error
+
+
+# What gRPC tells the calls still open when a server stops (after the daemon's drain_timeout).
+SERVER_STOPPED = "Cancelling all calls"
 
 
 def _read_token(path: Path) -> str:

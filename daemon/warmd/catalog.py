@@ -81,10 +81,10 @@ class Catalog:
         """
         with self._lock:
             spec = self._specs.get(name)
+            if spec is not None:      # every request passes here: the names are listed only for a miss
+                return spec
             names = list(self._specs)
-        if spec is None:
-            raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}{did_you_mean(name, names)}; {listed_by}")
-        return spec
+        raise WarmdError(Code.MODEL_NOT_FOUND, f"no model named {name!r}{did_you_mean(name, names)}; {listed_by}")
 
     def specs(self) -> list[ModelSpec]:
         with self._lock:

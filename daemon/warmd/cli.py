@@ -12,6 +12,8 @@ from warmd.errors import WarmdError
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC's C core would log transport events at INFO on stderr, beside (and unlike) the daemon's own log.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = argparse.ArgumentParser(prog="warmd", description="Keep models warm and serve them.")
     parser.add_argument("--version", action="version", version=f"warmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

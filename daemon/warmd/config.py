@@ -38,6 +38,10 @@ class Settings:
     path_roots: list[Path] = field(default_factory=lambda: [Path.home()])
     # Seconds an idle model stays resident by default (-1 forever, 0 unload when idle).
     keep_alive: float = 300.0
+    # The most a request or a load may ask for as keep_alive (-1: no cap); pinned models never expire.
+    max_keep_alive: float = -1.0
+    # How victims are chosen when a load needs room: `cost` (what losing each costs) or `lru`.
+    eviction: str = "cost"
     # Seconds SIGTERM waits for in-flight requests before unloading anyway.
     drain_timeout: float = 10.0
     # Seconds the catalog waits for a burst of file events to settle.
@@ -83,11 +87,16 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in ("auto", "never"):
             raise ValueError(f"downloads must be auto or never, not {value!r}")
         return value
+    if name == "eviction":
+        if value not in ("cost", "lru"):
+            raise ValueError(f"eviction must be cost or lru, not {value!r}")
+        return value
     if name in ("tcp_allow_remote", "offline"):
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if name in ("keep_alive", "drain_timeout", "reload_debounce", "download_timeout", "gate_timeout"):
+    if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout",
+                "gate_timeout"):
         return parse_duration(value)
     if name == "rpc_threads":
         return int(value)

@@ -30,15 +30,25 @@ class Device:
 
     @property
     def is_gpu(self) -> bool:
-        return self.name.startswith("cuda")
+        return is_gpu(self.name)
 
     def free_outside(self, ours: int) -> int | None:
         """Free memory as the driver/OS reports it (None when unknown); `ours` is what the daemon holds."""
         if self.simulated:
             return self.total - self.external - ours
-        if self.is_gpu:
-            return _nvml_free(int(self.name.split(":")[1]))
-        return None
+        index = gpu_index(self.name)
+        return None if index is None else _nvml_free(index)
+
+
+def gpu_index(device: str) -> int | None:
+    """The GPU a device name means: "cuda:1" -> 1, "cuda" -> 0 (the first); None for "cpu" (or anything else)."""
+    match = _CUDA.match(device)
+    return None if match is None else int(match.group(1) or 0)
+
+
+def is_gpu(device: str) -> bool:
+    """Whether a device name ("cpu", "cuda", "cuda:1") is a GPU's."""
+    return gpu_index(device) is not None
 
 
 def budget_bytes(value: float, total: int) -> int:

@@ -45,6 +45,14 @@ class Code(str, enum.Enum):
     def status(self) -> grpc.StatusCode:
         return _STATUS[self]
 
+    # print(code), str(code) and f"{code}" give the stable string, not "Code.MODEL_NOT_FOUND" (the
+    # default of a str mixin enum since Python 3.11 for str(), 3.12 for format()).
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 _STATUS: dict[Code, grpc.StatusCode] = {
     Code.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,

@@ -82,15 +82,16 @@ class EventBus:
         return event
 
     def subscribe(self, kinds: Iterable[str] = (), model: str = "",
-                  job_id: str = "") -> Subscription:
-        """Events whose kind starts with one of `kinds` (all if empty), about `model`/`job_id` if given."""
+                  match: Callable[[pb.Event], bool] | None = None) -> Subscription:
+        """Events whose kind starts with one of `kinds` (all if empty), about `model` if given, for which
+        `match` (if given) is true."""
         prefixes = tuple(kinds)
 
-        def match(e: pb.Event) -> bool:
+        def matches(e: pb.Event) -> bool:
             return ((not prefixes or e.kind.startswith(prefixes)) and (not model or e.model == model)
-                    and (not job_id or e.job_id == job_id))
+                    and (match is None or match(e)))
 
-        sub = Subscription(self, match)
+        sub = Subscription(self, matches)
         with self._lock:
             self._subs.append(sub)
         return sub

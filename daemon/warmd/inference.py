@@ -1,5 +1,5 @@
-"""Running a model: one path for every API (warmd.v1 Infer and InferStream, V2 ModelInfer and
-ModelStreamInfer). It admits calls per model (`max_in_flight` running, `max_queue` waiting, beyond that
+"""Running a model: one path for every front (the application layer's `infer`: warmd.v1 Infer and
+InferStream, V2 ModelInfer and ModelStreamInfer, the HTTP dialects). It admits calls per model (`max_in_flight` running, `max_queue` waiting, beyond that
 `busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports.
 
 It is also the error boundary of every provider: inputs are checked against the spec before a provider
@@ -17,11 +17,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from warmd.batching import Batcher
 from warmd.errors import Code, WarmdError
-from warmd.providers import InferRequest, InferResult
+from warmd.providers import InferRequest, InferResult, Provider
 from warmd.providers.base import check_texts, conform_inputs
 from warmd.scheduler import Resident, Scheduler
 from warmd.spec import ModelSpec
@@ -63,8 +63,8 @@ class _Gate:
 
 
 class Inference:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, scheduler: Scheduler, providers: Mapping[str, type[Provider]]) -> None:
+        self.scheduler, self.providers = scheduler, providers
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
         self._batchers: dict[tuple, Batcher] = {}
@@ -72,20 +72,24 @@ class Inference:
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
         self.observer: Callable[[str, str, float], None] | None = None
 
-    def run(self, model: str, request: InferRequest, keep_alive: float | None = None) -> tuple[Resident, InferResult]:
+    def run(self, spec: ModelSpec, request: InferRequest,
+            keep_alive: float | None = None) -> tuple[Resident, InferResult]:
         """Admit the call, hold the model (loading it if needed) and run the request on it.
+
+        Args:
+            spec: the model, as the caller looked it up (statistics exist only for catalog models).
 
         Raises:
             WarmdError: `busy` when the model's queue is full; `cancelled` / `deadline_exceeded` when the
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
         """
-        spec = self.scheduler.catalog.require(model)   # not counted: statistics exist only for catalog models
+        model = spec.name
         t0 = time.perf_counter_ns()
         gate = self._gate(model)
         try:
             request.tensors = conform_inputs(spec, request.tensors)
-            check_texts(spec, request.text)
+            check_texts(spec, request.text, request.parameters.get("messages"))
             self._admit(spec, gate, request)
             queued = time.perf_counter_ns() - t0
             try:
@@ -122,7 +126,7 @@ class Inference:
 
     def _batcher(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher when its spec asks for batching and its provider can batch."""
-        cls = self.scheduler.providers.get(spec.provider)
+        cls = self.providers.get(spec.provider)
         if spec.max_batch <= 1 or cls is None or not cls.batchable:
             return None
         key = (spec.name, spec.max_batch, spec.max_delay_ms)

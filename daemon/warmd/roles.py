@@ -32,6 +32,7 @@ from warmd.paths import write_atomic
 from warmd.scheduler import Scheduler
 from warmd.spec import did_you_mean
 from warmd.store import Store
+from warmd.store.sources import handler
 from warmd.units import format_size, parse_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -155,7 +156,7 @@ class Profiles:
             try:
                 files = self.store.local(spec)
             except WarmdError as err:
-                if spec.source.kind not in ("hf", "url"):
+                if not handler(spec.source).downloadable:
                     return f"files not available [{err.code.value}]"
                 files = None      # downloadable: its size is known only afterwards, unless the spec says
             cls = self.scheduler.providers.get(spec.provider)

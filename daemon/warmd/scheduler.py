@@ -1,53 +1,77 @@
-"""Residency: the one place that decides which models are loaded, when they load, and when they go.
+"""Residency, carried out: the one place that decides which models are loaded, when they load, and when
+they go. The decisions are the pure policy's (policy.py); this module keeps the ledger of residents (each
+in one state of residents.py's machine) and carries the policy's plans out on threads.
 
-Rules held here:
+Rules held here (with policy.py):
 - one load per model at a time (single-flight): concurrent requests wait on the same load;
-- a model with requests in flight is never unloaded under them: it is *retired* (no new requests) and
-  unloaded when its last request returns;
+- a model with requests in flight is never unloaded under them: it is retired (DRAINING, no new requests)
+  and unloaded when its last request returns;
 - an edited spec reloads in the background; the old version serves until the new one is ready, and a
   failed reload leaves the old version serving;
 - a removed spec's model is retired, and so is one whose provider is gone (its runner process died);
 - an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once);
+  what a request or a load asks for is capped by `max_keep_alive`; pins always win;
 - memory is counted in bytes per device (measured after a load, estimated before it) and never exceeds
-  the device's budget: a load that does not fit evicts the least recently used idle, unpinned models on
-  the device, and fails with `insufficient_memory` when even that is not enough;
+  the device's budget: a load that does not fit evicts idle, unpinned models on the device (cost-aware or
+  LRU, see policy.py), and fails with `insufficient_memory` when even that is not enough;
 - `device: auto` (and `cuda`) places a model on the GPU with the most free budget, else the CPU;
 - when a GPU's free memory falls under its reserve because another program grew, idle models are evicted
   until the reserve is back;
-- a model evicted from a GPU is *parked* in pinned host memory when the host tier has room (its own LRU
-  budget), so bringing it back is a host-to-device copy, not a disk read.
-Requests for resident models take the lock only to count themselves in and out; loads and unloads run
-outside the lock, so a load never blocks requests for other models.
+- a model evicted from a GPU is parked in pinned host memory when the host tier has room, so bringing it
+  back is a host-to-device copy, not a disk read;
+- a model that splits layer by layer (llama-cpp, `Provider.layers`) is placed by the policy as a GPU share
+  and a host share (counted on the CPU); a load that waited its bound for room for all its layers asks
+  again impatiently, and an `n_gpu_layers: auto` model then takes the layers that fit (policy.py).
+
+How: each decision is one pass — sample the devices (NVML) outside the lock, then under the lock snapshot
+the ledger, ask the policy, and commit its plan (state transitions, reservations, events, threads
+started). The slow work (store, provider loads, copies, unloads) runs on threads outside the lock; requests
+for resident models take the lock only to count themselves in and out, so a load never blocks requests
+for other models. Every load is a job (jobs.py): `CancelJob` stops it at its next step. Load and unpark
+durations are measured and requests counted (policy.Demand) for the policy's costs. Every eviction, park,
+discard, expiry and pressure relief is kept in a bounded log (`evictions`) with the figures it was
+decided on, which its events also carry (`Event.eviction`).
 
 Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
-spec_changed, spec_removed, keep_alive, evicted, pressure, removed, shutdown, exited), model.parked,
+spec_changed, spec_removed, keep_alive, evicted, pressure, removed, profile, shutdown, exited), model.parked,
 model.unparked, model.pinned, model.unpinned, and job.progress for each load phase.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Mapping
 
-from warmd import devices
+from warmd import devices, policy
 from warmd.catalog import Catalog
 from warmd.devices import Device
 from warmd.errors import Code, WarmdError, at_boundary
 from warmd.events import EventBus
-from warmd.jobs import Job
+from warmd.jobs import Job, Jobs
+from warmd.policy import Demand, Move
 from warmd.providers import Provider
+from warmd.providers.base import Layers
+from warmd.residents import Resident, State
 from warmd.runner.process import provider_class
 from warmd.spec import ModelSpec
 from warmd.store import Store
+from warmd.store.sources import handler
 from warmd.units import format_size
+from warmd.v1 import warmd_pb2 as pb
 
+__all__ = ["DryRun", "ModelView", "Resident", "Scheduler", "State", "eviction_proto"]
 log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 0.25
-EVICT_WAIT_S = 30.0      # how long a load waits for the models it evicted to be unloaded
+EVICT_WAIT_S = 30.0      # how long a load waits for busy models and for work under way to free memory
+WAIT_POLL_S = 0.25       # a waiting load looks again (devices, cancellation) at least this often
+LOG_SIZE = 256           # evictions kept for `warm ps --history`
+_LEAVING = (State.DRAINING, State.UNLOADING, State.DISCARDING)
+_MOVING_OUT = (State.PARKING, *_LEAVING)
 
 
 class _StaleLoad(WarmdError):
@@ -55,58 +79,13 @@ class _StaleLoad(WarmdError):
 
 
 @dataclass(eq=False)
-class Resident:
-    """A loaded model. Mutable fields change only under the scheduler's lock."""
-
-    spec: ModelSpec
-    provider: Provider
-    device: str
-    estimated_bytes: int
-    measured_bytes: int
-    keep_alive: float
-    loaded_at: float = field(default_factory=time.time)
-    last_used: float = field(default_factory=time.time)
-    in_flight: int = 0
-    pinned: bool = False
-    retiring: bool = False
-    retire_reason: str = ""
-    tier: str = "device"      # "device", or "host" while parked in host memory
-    moving: bool = False      # between tiers: neither serves nor can be evicted
-    unloaded: threading.Event = field(default_factory=threading.Event)
-    freed: threading.Event = field(default_factory=threading.Event)   # device memory given back
-
-    @property
-    def serving(self) -> bool:
-        return not self.retiring and self.tier == "device" and not self.moving
-
-    @property
-    def shown_tier(self) -> str:
-        """The tier as users see it: "gpu", "cpu", or "host" (parked in host memory)."""
-        return "host" if self.tier == "host" else "gpu" if self.device.startswith("cuda") else "cpu"
-
-    @property
-    def bytes(self) -> int:
-        """What it counts for: the spec's `memory` if given (the author knows about workspace a
-        measurement cannot see), else the measured bytes, else the estimate."""
-        if self.spec.memory is not None:
-            return self.spec.memory
-        return self.measured_bytes or self.estimated_bytes
-
-    @property
-    def expires_at(self) -> float:
-        if self.pinned or self.keep_alive < 0:
-            return 0.0
-        return self.last_used + self.keep_alive
-
-
-@dataclass(eq=False)
 class _Slot:
-    current: Resident | None = None
+    current: Resident | None = None     # the version requests get: SERVING, PARKING, PARKED or UNPARKING
     loading: Future | None = None
     loading_signature: str = ""
     job: Job | None = None
     error: WarmdError | None = None
-    waiters: int = 0        # requests waiting for a load; keep-alive leaves the model to them
+    waiters: int = 0        # requests waiting for a load; keep-alive and eviction leave the model to them
 
 
 @dataclass(frozen=True)
@@ -119,21 +98,42 @@ class ModelView:
     pinned: bool | None = None       # `warm pin`/`unpin` over the spec's pin (None: the spec decides)
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What a load would do now (`plan_load`)."""
+
+    model: str
+    action: str                      # load | unpark | resident | loading | wait
+    device: str = ""
+    need: int = 0
+    free: int = 0
+    moves: tuple[Move, ...] = ()
+    download: bool = False           # the files are missing: the load downloads them first
+    message: str = ""
+    gpu_layers: int = 0              # a split model: layers it would put on the GPU, of `total_layers`,
+    total_layers: int = 0
+    host_bytes: int = 0              # and what it would keep in host memory
+
+
 class Scheduler:
     def __init__(self, catalog: Catalog, store: Store, providers: Mapping[str, type[Provider]],
                  bus: EventBus, default_keep_alive: float, device_inventory: dict[str, Device],
-                 host_tier_budget: int = 0) -> None:
+                 host_tier_budget: int = 0, *, eviction: str = "cost", max_keep_alive: float = -1.0,
+                 jobs: Jobs | None = None) -> None:
+        if eviction not in policy.EVICTIONS:
+            raise WarmdError(Code.INVALID_ARGUMENT, f"eviction must be one of {', '.join(policy.EVICTIONS)}")
         self.catalog, self.store, self.providers, self.bus = catalog, store, providers, bus
-        self.default_keep_alive = default_keep_alive
+        self.jobs = jobs or store.jobs
+        self.default_keep_alive, self.max_keep_alive = default_keep_alive, max_keep_alive
         self.devices = device_inventory
-        self.host_tier_budget = host_tier_budget
-        self._host_reserved = 0                            # bytes of parks under way
+        self.host_tier_budget, self.eviction = host_tier_budget, eviction
         self._slots: dict[str, _Slot] = {}
-        self._retiring: list[Resident] = []
-        self._reserved: dict[str, tuple[str, int]] = {}   # load job id -> (device, bytes) while it loads
+        self._residents: list[Resident] = []               # every version not GONE, loads under way included
+        self._demand: dict[str, Demand] = {}               # per model: requests lately, measured load costs
         self._pins: dict[str, bool] = {}                   # `warm pin`/`unpin`, over the spec's pin
+        self._log: collections.deque[tuple[float, Move]] = collections.deque(maxlen=LOG_SIZE)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)    # memory was freed or a load finished
+        self._changed = threading.Condition(self._lock)    # a resident changed state or went idle
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="keep-alive", daemon=True)
         catalog.add_listener(self.on_catalog_change)
@@ -148,7 +148,7 @@ class Scheduler:
     @contextlib.contextmanager
     def acquire(self, name: str, keep_alive: float | None = None) -> Iterator[Resident]:
         """Hold a resident model for one request, loading it first if needed."""
-        resident = self._enter(name, keep_alive)
+        resident = self._enter(name, self._capped(keep_alive))
         try:
             yield resident
         finally:
@@ -157,21 +157,22 @@ class Scheduler:
     def _enter(self, name: str, keep_alive: float | None) -> Resident:
         while True:
             with self._lock:
-                self._spec(name)
-                slot = self._slots.setdefault(name, _Slot())
-                exited = self._exited_locked([slot])
-                current = slot.current
-                if current is not None and current.serving:
+                slot = self._slots.get(name)
+                current = slot.current if slot is not None else None
+                # Serving: its spec is in the catalog (a removed spec's model is retired at once), and the
+                # caller (the application layer) looked the name up already: no second lookup per request.
+                if current is not None and current.serving and not self._exited_locked(current):
                     current.in_flight += 1
                     current.last_used = time.time()
+                    self._demand[name] = self._demand.get(name, Demand()).used(current.last_used)
                     if keep_alive is not None:
                         current.keep_alive = keep_alive
                     return current
+                self._spec(name)
+                slot = self._slots.setdefault(name, _Slot())
                 slot.waiters += 1
-            for resident in exited:
-                self._drain(resident)
             try:
-                _, future = self.start_load(name, keep_alive=keep_alive)
+                _, future = self._start(name, keep_alive, "request")
                 future.result()
             except _StaleLoad:
                 continue   # the spec changed under the load: look again (a new load or not found)
@@ -184,20 +185,28 @@ class Scheduler:
         with self._lock:
             resident.in_flight -= 1
             resident.last_used = time.time()
-            drained = resident.retiring and resident.in_flight == 0
             if resident.in_flight == 0:
                 self._changed.notify_all()     # a load waiting for memory may evict it now
-        if drained:
-            self._unload_in_background(resident)
+                if resident.state is State.DRAINING:
+                    self._unload_locked(resident)
+                    self._spawn(self._unload, resident)
 
     # ---- loading -------------------------------------------------------------------------------
     def start_load(self, name: str, keep_alive: float | None = None,
-                   reason: str = "request") -> tuple[Job, Future]:
-        """Start (or join) the load of `name`. Returns the load job and a future of the Resident.
+                   reason: str = "request") -> tuple[Job | None, Future]:
+        """Start (or join) the load of `name`; an explicit load counts as one use for the policy.
 
+        Returns:
+            The load job (None when the model is resident already) and a future of the Resident.
         Raises:
             WarmdError: `model_not_found` when no spec defines `name`.
         """
+        with self._lock:
+            self._spec(name)
+            self._demand[name] = self._demand.get(name, Demand()).used(time.time())
+        return self._start(name, self._capped(keep_alive), reason)
+
+    def _start(self, name: str, keep_alive: float | None, reason: str) -> tuple[Job | None, Future]:
         with self._lock:
             spec = self._spec(name)
             slot = self._slots.setdefault(name, _Slot())
@@ -207,10 +216,10 @@ class Scheduler:
                     current.keep_alive = keep_alive
                 done: Future = Future()
                 done.set_result(current)
-                return Job("load", name, self.bus), done
+                return None, done
             if slot.loading is not None and slot.loading_signature == spec.signature:
-                return slot.job, slot.loading  # type: ignore[return-value]
-            job, future = Job("load", name, self.bus), Future()
+                return slot.job, slot.loading
+            job, future = self.jobs.start("load", name), Future()
             slot.loading, slot.loading_signature, slot.job = future, spec.signature, job
         threading.Thread(target=self._load, args=(spec, job, future, keep_alive, reason),
                          name=f"load-{name}", daemon=True).start()
@@ -218,235 +227,268 @@ class Scheduler:
 
     def _load(self, spec: ModelSpec, job: Job, future: Future, keep_alive: float | None,
               reason: str) -> None:
-        self.bus.publish("model.loading", model=spec.name, job_id=job.id, reason=reason)
+        job.publish("model.loading", reason=reason)
         try:
             resident = self._build(spec, job, keep_alive)
         except Exception as exc:
             err = at_boundary(exc, Code.PROVIDER_FAILED, f"{spec.provider} load of {spec.name!r}", log)
             self._load_failed(spec, job, future, err)
-            return
-        self._install(spec, job, future, resident)
+        else:
+            self._install(spec, job, future, resident)
+        finally:
+            self.jobs.finish(job)
 
     def _build(self, spec: ModelSpec, job: Job, keep_alive: float | None) -> Resident:
         parked = self._parked(spec)
         if parked is not None:
-            return self._unpark(parked, job)
+            back = self._unpark(parked, job)
+            if back is not None:
+                return back
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
-        files = self.store.ensure(spec)     # downloads first when allowed, with its own job's events
+        files = self.store.ensure(spec, job)    # downloads first when allowed; the job waits on that one
         job.check()
         cls = provider_class(spec, self.providers[spec.provider])
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
-        device = self._admit(spec, estimated, job)     # reserved until _install or _load_failed
-        if not cls.supports(spec, device.torch_device):
-            raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device.name}")
-        job.progress("load", 1, 3, message=f"loading onto {device.name} (~{format_size(estimated)})")
-        provider = cls(spec, files, device.torch_device)
-        measured = provider.load()
-        job.check()
+        split = cls.layers(spec, files) if spec.memory is None else None
+        resident = self._admit(spec, estimated, job, lambda plan: Resident(
+            spec=spec, device=plan.device, estimated_bytes=plan.need, parkable=cls.parkable,
+            host_bytes=plan.host_bytes, offloaded=(plan.gpu_layers, plan.total_layers),
+            pinned=self._pins.get(spec.name, spec.pin),
+            keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive), split=split)
+        assert resident is not None
+        device = self.devices[resident.device]
+        try:
+            if not cls.supports(spec, device.torch_device):
+                raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"provider {spec.provider} cannot run on {device.name}")
+            job.progress("load", 1, 3, message=f"loading onto {device.name} "
+                         f"(~{format_size(resident.estimated_bytes)}{_layers(*resident.offloaded)})")
+            t0 = time.monotonic()
+            provider = cls(spec, files, device.torch_device)
+            if split is not None and device.is_gpu:
+                provider.gpu_layers = resident.offloaded[0]
+            measured = provider.load()
+        except BaseException:
+            with self._lock:
+                self._forget_locked(resident)
+            raise
+        with self._lock:
+            resident.provider, resident.measured_bytes = provider, measured
+            resident.host_bytes = provider.host_bytes if device.is_gpu else 0
+            resident.offloaded = provider.offloaded or (0, 0)
+            self._measured_locked(spec.name, "load", time.monotonic() - t0)
+        if job.cancelled:        # loaded, but nobody wants it any more
+            with self._lock:
+                self._unload_locked(resident)
+            self._unload(resident, announce=False)
+            job.check()
         job.progress("ready", 3, 3)
-        return Resident(spec=spec, provider=provider, device=device.name, estimated_bytes=estimated,
-                        measured_bytes=measured, pinned=self._pins.get(spec.name, spec.pin),
-                        keep_alive=self._keep_alive(spec) if keep_alive is None else keep_alive)
+        return resident
 
     # ---- host tier -----------------------------------------------------------------------------
     def _parked(self, spec: ModelSpec) -> Resident | None:
-        """The model's parked version, claimed for bringing back (waiting for a park under way)."""
-        while True:
-            with self._lock:
+        """The model's parked version (after a park under way has landed), or None."""
+        with self._lock:
+            while True:
                 slot = self._slots.get(spec.name)
                 current = slot.current if slot else None
-                if current is None or current.retiring or current.spec.signature != spec.signature:
+                if current is None or current.spec.signature != spec.signature:
                     return None
-                if current.tier == "host" and not current.moving:
-                    current.moving = True      # ours now: neither expiry nor the host tier's LRU takes it
+                if current.state is State.PARKED:
                     return current
-                if not (current.tier == "device" and current.moving):
+                if current.state is not State.PARKING:
                     return None
-            current.freed.wait(EVICT_WAIT_S)   # being parked right now: let it land first
+                self._changed.wait()           # being parked right now: let it land first
 
-    def _unpark(self, resident: Resident, job: Job) -> Resident:
-        """Bring a parked model back to its GPU: make room there, then a host-to-device copy."""
-        try:
-            self._admit(resident.spec, resident.bytes, job, only=resident.device)
-            job.progress("load", 1, 3, message=f"from the host tier to {resident.device}")
-            resident.provider.to_device()
-        except BaseException:
-            with self._lock:
-                resident.moving = False
-            raise
-        with self._lock:
-            resident.tier, resident.moving = "device", False
-            resident.freed.clear()
-            self._changed.notify_all()
-        self.bus.publish("model.unparked", model=resident.spec.name, message=f"back on {resident.device}")
-        return resident
-
-    def _park_room_locked(self, resident: Resident) -> list[Resident] | None:
-        """Room in the host tier for `resident`: parked models to evict for it (LRU), or None if it cannot go."""
-        if not (self.host_tier_budget and resident.provider.parkable and resident.device.startswith("cuda")):
-            return None
-        parked = sorted((s.current for s in self._slots.values() if s.current is not None
-                         and s.current.tier == "host" and not s.current.moving and not s.current.retiring),
-                        key=lambda r: r.last_used)
-        free = self.host_tier_budget - self._host_reserved - sum(r.bytes for r in parked)
-        chosen = []
-        for old in parked:
-            if free >= resident.bytes:
-                break
-            chosen.append(old)
-            free += old.bytes
-        return chosen if free >= resident.bytes else None
-
-    def _evict_locked(self, victims: list[Resident], reason: str) -> tuple[list[Resident], list[Resident]]:
-        """Take idle models off their device: park them in the host tier if it has room, else retire them.
+    def _unpark(self, resident: Resident, job: Job) -> Resident | None:
+        """Bring a parked model back to its GPU: make room there, then a host-to-device copy.
 
         Returns:
-            (to park, to drain): the caller carries both out after releasing the lock (`_carry_out`).
+            The resident, serving again; None when it left the host tier before room was made.
         """
-        parks, drains = [], []
-        for victim in victims:
-            room = self._park_room_locked(victim)
-            if room is None:
-                self._retire_locked(victim, reason)
-                drains.append(victim)
-                continue
-            for old in room:                   # the host tier's own LRU
-                self._retire_locked(old, "evicted")
-                drains.append(old)
-            victim.moving = True
-            victim.retire_reason = reason
-            self._host_reserved += victim.bytes
-            parks.append(victim)
-        return parks, drains
-
-    def _carry_out(self, parks: list[Resident], drains: list[Resident]) -> None:
-        for resident in drains:
-            self._drain(resident)
-        for resident in parks:
-            threading.Thread(target=self._park, args=(resident,), name=f"park-{resident.spec.name}",
-                             daemon=True).start()
+        if self._admit(resident.spec, resident.bytes, job, unpark=resident) is None:
+            return None
+        job.progress("load", 1, 3, message=f"from the host tier to {resident.device}")
+        t0 = time.monotonic()
+        try:
+            resident.provider.to_device()  # type: ignore[union-attr]
+        except BaseException:
+            with self._lock:
+                self._move(resident, State.PARKED)
+                self._landed_locked(resident)
+            raise
+        with self._lock:
+            self._measured_locked(resident.spec.name, "unpark", time.monotonic() - t0)
+            self._move(resident, State.SERVING)
+            job.publish("model.unparked", message=f"back on {resident.device}")
+            self._landed_locked(resident)
+        return resident
 
     def _park(self, resident: Resident) -> None:
         try:
-            resident.provider.to_host()
+            resident.provider.to_host()  # type: ignore[union-attr]
         except Exception:
             log.exception("parking %s failed; unloading it instead", resident.spec.name)
             with self._lock:
-                self._host_reserved -= resident.bytes
-                resident.moving = False
-                self._retire_locked(resident, resident.retire_reason)
-            self._drain(resident)
+                self._unload_locked(resident)
+            self._unload(resident)
             return
         with self._lock:
-            self._host_reserved -= resident.bytes
-            resident.tier, resident.moving = "host", False
-            resident.freed.set()
-            self._changed.notify_all()
-        self.bus.publish("model.parked", model=resident.spec.name, reason=resident.retire_reason,
-                         message=f"{format_size(resident.bytes)} in host memory")
+            self._move(resident, State.PARKED)
+            self.bus.publish("model.parked", model=resident.spec.name, reason=resident.reason,
+                             message=f"{format_size(resident.bytes)} in host memory",
+                             eviction=eviction_proto(time.time(), resident.eviction))
+            self._landed_locked(resident)
+
+    def _landed_locked(self, resident: Resident) -> None:
+        """A copy between tiers is over: carry out a retirement asked for meanwhile."""
+        if resident.pending_retire:
+            reason, resident.pending_retire = resident.pending_retire, ""
+            self._retire_locked(resident, reason)
 
     # ---- memory --------------------------------------------------------------------------------
-    def _admit(self, spec: ModelSpec, need: int, job: Job, only: str = "") -> Device:
-        """Place the model and reserve its bytes, evicting LRU idle models if that is what it takes.
+    def _admit(self, spec: ModelSpec, need: int, job: Job, reserve: Callable[[policy.Plan], Resident] | None = None,
+               unpark: Resident | None = None, split: Layers | None = None) -> Resident | None:
+        """Place the model and hold its bytes (a new LOADING resident from `reserve(plan)`, or `unpark`
+        moved to UNPARKING), carrying out the evictions the policy plans first. A `split` model that waited
+        its bound for room for all its layers asks once more, impatiently (with `auto`, fewer layers).
 
+        Returns:
+            The resident holding the bytes; None when `unpark` left the host tier meanwhile.
         Raises:
             WarmdError: `insufficient_memory` (what is missing, which models are pinned or busy),
-                `device_unavailable`.
+                `device_unavailable`, `cancelled`.
         """
+        allowed = ((unpark.device,) if unpark is not None
+                   else tuple(d.name for d in devices.candidates(spec.device, self.devices)))
+        want = policy.Want(spec.name, need, allowed, unpark.key if unpark is not None else None, split)
         deadline = time.monotonic() + EVICT_WAIT_S
         while True:
+            job.check()
+            free = self._sample()
             with self._lock:
-                allowed = [self.devices[only]] if only else devices.candidates(spec.device, self.devices)
-                options = sorted(allowed, key=self._free_locked, reverse=True)   # most free budget first
-                fits = next((d for d in options if need <= self._free_locked(d)), None)
-                if fits is not None:
-                    self._reserved[job.id] = (fits.name, need)
-                    return fits
-                plan = next(((d, v) for d in options
-                             if (v := self._victims_locked(d, need - self._free_locked(d))) is not None), None)
-                if (plan is None and time.monotonic() < deadline
-                        and (self._others_moving_locked(options, job, spec.name) or self._busy_locked(options))):
-                    # Memory held by loads in flight, or by models answering requests, becomes evictable
-                    # soon: wait for a change (bounded), then look again.
-                    self._changed.wait(timeout=max(0.0, deadline - time.monotonic()))
+                if unpark is not None and unpark.state is not State.PARKED:
+                    return None
+                plan = policy.place(self._snapshot_locked(free), want)
+                late = time.monotonic() > deadline
+                if plan.kind == "fits":
+                    if unpark is not None:
+                        self._move(unpark, State.UNPARKING)
+                        return unpark
+                    resident = reserve(plan)  # type: ignore[misc]
+                    self._residents.append(resident)
+                    return resident
+                if plan.kind == "wait" and not late:
+                    # memory held by loads or copies in flight, or by models answering requests, can be
+                    # evicted soon: wait for a change (bounded), then look again
+                    self._changed.wait(timeout=min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
                     continue
-                if plan is None or time.monotonic() > deadline:
-                    raise self._insufficient_locked(spec, need, options)
-                device, victims = plan
-                parks, drains = self._evict_locked(victims, "evicted")
-            log.info("evicting %s from %s to make room for %s", ", ".join(v.spec.name for v in victims),
-                     device.name, spec.name)
-            self._carry_out(parks, drains)
-            for victim in victims:
-                victim.freed.wait(max(0.0, deadline - time.monotonic()))
+                if plan.kind == "wait" and split is not None and split.flexible and want.patient:
+                    # waited long enough for all its layers: what fits now, within a new bound
+                    want, deadline = replace(want, patient=False), time.monotonic() + EVICT_WAIT_S
+                    continue
+                if plan.kind != "evict" or late:
+                    raise WarmdError(Code.INSUFFICIENT_MEMORY, plan.message or policy.insufficient(
+                        self._snapshot_locked(free), spec.name, need, allowed))
+                victims = self._commit_locked(plan.moves)
+                log.info("evicting %s from %s to make room for %s", ", ".join(m.name for m in plan.moves),
+                         plan.device, spec.name)
+                # until their moves are over (not until their memory is free: a parked victim may be
+                # wanted back at once, and then the next pass plans again)
+                self._changed.wait_for(lambda: not any(v.state in _MOVING_OUT for v in victims),
+                                       timeout=max(0.0, deadline - time.monotonic()))
 
-    def _busy_locked(self, options: list[Device]) -> bool:
-        names = {d.name for d in options}
-        return any(s.current is not None and s.current.device in names and s.current.serving
-                   and not s.current.pinned and (s.current.in_flight or s.waiters) for s in self._slots.values())
-
-    def _others_moving_locked(self, options: list[Device], job: Job, name: str) -> bool:
-        """Whether other loads, parks, returns or unloads are under way on these devices."""
-        names = {d.name for d in options}
-        return (any(device in names for job_id, (device, _) in self._reserved.items() if job_id != job.id)
-                or any(r is not None and r.moving and r.device in names and r.spec.name != name
-                       for r in (s.current for s in self._slots.values()))
-                # retired models still draining: their memory comes back when their requests finish
-                or any(r.device in names and not r.freed.is_set() for r in self._retiring))
+    def _sample(self) -> dict[str, int | None]:
+        """Free memory per device as its driver reports it, asked outside the lock (NVML is slow)."""
+        with self._lock:
+            used = {name: self._used_locked(name) for name in self.devices}
+        return {name: d.free_outside(used[name]) for name, d in self.devices.items()}
 
     def _used_locked(self, device: str) -> int:
-        residents = [s.current for s in self._slots.values() if s.current is not None] + self._retiring
-        return (sum(r.bytes for r in residents if r.device == device and not r.freed.is_set())
-                + sum(n for d, n in self._reserved.values() if d == device))
+        return sum(r.bytes * (r.device == device) + r.host_bytes * (device == policy.HOST)
+                   for r in self._residents if r.state.holds_device)
+
+    def _snapshot_locked(self, free: Mapping[str, int | None]) -> policy.Snapshot:
+        now = time.time()
+        waiting = {id(s.current): s.waiters for s in self._slots.values() if s.current is not None}
+        residents = tuple(policy.facts(
+            r.key, r.spec.name, r.device, r.state, r.bytes, self._demand.get(r.spec.name, Demand()), now,
+            pinned=r.pinned, in_flight=r.in_flight, waiters=waiting.get(id(r), 0), last_used=r.last_used,
+            expires_at=r.expires_at, parkable=r.parkable, host_bytes=r.host_bytes) for r in self._residents)
+        facts = {name: policy.DeviceFacts(name, d.budget, d.reserve, d.is_gpu, free.get(name))
+                 for name, d in self.devices.items()}
+        return policy.Snapshot(now, facts, residents, self.host_tier_budget, self.eviction)
+
+    def _commit_locked(self, moves: tuple[Move, ...]) -> list[Resident]:
+        """Carry out a plan's moves (the plan was made under this same hold of the lock) and log them."""
+        by_key = {r.key: r for r in self._residents}
+        now = time.time()
+        moved = []
+        for move in moves:
+            resident = by_key[move.key]
+            self._log.append((now, move))
+            if move.action == "park":
+                resident.reason, resident.eviction = move.reason, move
+                self._move(resident, State.PARKING)
+                self._spawn(self._park, resident)
+            else:
+                self._retire_locked(resident, move.reason, move)
+            moved.append(resident)
+        return moved
 
     def room_for(self, spec: ModelSpec, need: int) -> int:
         """The most bytes `spec` could get on a device it may use, evicting every unpinned model there
         (what a load could make room for at best; for choosing among models, not a reservation)."""
+        allowed = [d.name for d in devices.candidates(spec.device, self.devices)]
         with self._lock:
-            best = 0
-            for device in devices.candidates(spec.device, self.devices):
-                pinned = sum(s.current.bytes for s in self._slots.values()
-                             if s.current is not None and s.current.device == device.name and s.current.pinned
-                             and s.current.spec.name != spec.name)
-                best = max(best, device.budget - pinned)
-            return best
+            return policy.room_for(self._snapshot_locked({}), allowed, spec.name)
 
-    def _free_locked(self, device: Device) -> int:
-        """Bytes a new model may take: what is left of the budget, and of the reserve others need."""
-        used = self._used_locked(device.name)
-        free = device.budget - used
-        outside = device.free_outside(used)
-        if outside is not None:
-            free = min(free, outside - device.reserve)
-        return free
+    def plan_load(self, name: str) -> DryRun:
+        """What loading `name` would do now, without doing anything.
 
-    def _victims_locked(self, device: Device, gap: int, partial: bool = False) -> list[Resident] | None:
-        """The least recently used idle, unpinned models on `device` that free `gap` bytes; None if they
-        cannot (or, with `partial`, as many as there are)."""
-        idle = sorted((s.current for s in self._slots.values()
-                       if s.current is not None and s.current.device == device.name and not s.current.pinned
-                       and s.current.in_flight == 0 and s.waiters == 0 and s.current.serving),
-                      key=lambda r: r.last_used)
-        chosen, freed = [], 0
-        for resident in idle:
-            if freed >= gap:
-                break
-            chosen.append(resident)
-            freed += resident.bytes
-        return chosen if freed >= gap or partial else None
+        Raises:
+            WarmdError: what the load would raise before a provider runs: `model_not_found`,
+                `device_unavailable`, `insufficient_memory`, `weights_missing` (local files absent).
+        """
+        with self._lock:
+            spec = self._spec(name)
+            slot = self._slots.get(name) or _Slot()
+            current = slot.current
+            same = current is not None and current.spec.signature == spec.signature
+            if same and current.serving:  # type: ignore[union-attr]
+                return DryRun(name, "resident", current.device, current.bytes,  # type: ignore[union-attr]
+                              message=f"{name} is resident on {current.device}")  # type: ignore[union-attr]
+            if slot.loading is not None and slot.loading_signature == spec.signature:
+                return DryRun(name, "loading", message=f"a load of {name} is under way; a load joins it")
+            parked = current if same and current.state in (State.PARKED, State.PARKING) else None  # type: ignore[union-attr]
+        download, split = False, None
+        if parked is not None:
+            need, allowed, action = parked.bytes, (parked.device,), "unpark"
+        else:
+            try:
+                files = self.store.local(spec)
+            except WarmdError as err:
+                if err.code is not Code.WEIGHTS_MISSING or not handler(spec.source).downloadable:
+                    raise
+                files, download = None, True
+            cls = self.providers[spec.provider]
+            need = spec.memory if spec.memory is not None else (
+                cls.estimate(spec, files) if files is not None else self.store.state(spec).bytes_total)
+            if spec.memory is None and files is not None:
+                split = cls.layers(spec, files)
+            allowed = tuple(d.name for d in devices.candidates(spec.device, self.devices))
+            action = "load"
+        free = self._sample()
+        with self._lock:
+            plan = policy.place(self._snapshot_locked(free), policy.Want(name, need, allowed,
+                                                                         parked.key if parked else None, split))
+        if plan.kind == "refuse":
+            raise WarmdError(Code.INSUFFICIENT_MEMORY, plan.message)
+        return _dry_run(name, action if plan.kind != "wait" else "wait", plan, download)
 
-    def _insufficient_locked(self, spec: ModelSpec, need: int, options: list[Device]) -> WarmdError:
-        parts = []
-        for d in options:
-            here = [s.current for s in self._slots.values()
-                    if s.current is not None and s.current.device == d.name and s.current.tier == "device"]
-            pinned = [f"{r.spec.name} ({format_size(r.bytes)})" for r in here if r.pinned]
-            busy = [f"{r.spec.name} ({r.in_flight} in flight)" for r in here if not r.pinned and r.in_flight]
-            parts.append(f"{d.name}: {format_size(max(0, self._free_locked(d)))} free of a "
-                         f"{format_size(d.budget)} budget, {format_size(need - max(0, self._free_locked(d)))} "
-                         f"missing; pinned: {', '.join(pinned) or 'none'}; busy: {', '.join(busy) or 'none'}")
-        return WarmdError(Code.INSUFFICIENT_MEMORY, f"{spec.name} needs {format_size(need)}. "
-                          + " | ".join(parts) + ". Unpin or unload a model, or raise the budget.")
+    def evictions(self, model: str = "") -> list[tuple[float, Move]]:
+        """The latest evictions, parks, discards, expiries and pressure reliefs (oldest first)."""
+        with self._lock:
+            return [(t, m) for t, m in self._log if not model or m.name == model]
 
     def pin(self, name: str, pinned: bool) -> None:
         """Pin (never evicted, never expires) or unpin a model, over what its spec says, until restart."""
@@ -465,61 +507,61 @@ class Scheduler:
         return [(d, used, d.free_outside(used)) for d, used in rows]
 
     def _install(self, spec: ModelSpec, job: Job, future: Future, resident: Resident) -> None:
+        free = self._sample()
         with self._lock:
             slot = self._slots.setdefault(spec.name, _Slot())
             wanted = self.catalog.get(spec.name)
-            stale = wanted is None or wanted.signature != spec.signature
+            stale = wanted is None or wanted.signature != spec.signature or self._stop.is_set()
             if slot.loading is future:
                 slot.loading, slot.job = None, None
-            self._reserved.pop(job.id, None)
-            self._changed.notify_all()
-            old, overshoot = None, ([], [])
-            returning = slot.current is resident     # back from the host tier, not a new load
-            if not stale:
-                old, slot.current, slot.error = slot.current, resident, None
-                if returning:
-                    old = None
-                if old is not None:
-                    self._retire_locked(old, "spec_changed")
-                overshoot = self._trim_locked(self.devices[resident.device])
+            returning = resident.state is not State.LOADING     # back from the host tier, not a new load
+            if stale and not returning:
+                resident.reason = "spec_changed"
+                self._unload_locked(resident)
+            elif not stale:
+                if not returning:
+                    self._move(resident, State.SERVING)
+                    resident.loaded_at = resident.last_used = time.time()
+                    old, slot.current = slot.current, resident
+                    if old is not None:
+                        self._retire_locked(old, "spec_changed")
+                slot.error = None
+                self._trim_locked(resident, free)
+                job.publish("model.loaded", message=(
+                    f"{resident.device}, {format_size(resident.measured_bytes)} "
+                    f"(estimated {format_size(resident.estimated_bytes)})"))
         if stale:
             # The spec changed or went away while we loaded: this version must not serve. (A model
             # back from the host tier is still the slot's; the catalog change retires it as usual.)
             if not returning:
-                resident.provider.unload()
-                self.bus.publish("model.unloaded", model=spec.name, reason="spec_changed",
-                                 message="discarded a load that finished after its spec changed")
+                self._unload(resident, message="discarded a load that finished after its spec changed")
             future.set_exception(_StaleLoad(Code.CANCELLED,
                                             f"the spec of {spec.name!r} changed while it loaded; retry"))
             return
-        self.bus.publish("model.loaded", model=spec.name, job_id=job.id, message=(
-            f"{resident.device}, {format_size(resident.measured_bytes)} "
-            f"(estimated {format_size(resident.estimated_bytes)})"))
         future.set_result(resident)
-        if old is not None:
-            self._drain(old)
-        self._carry_out(*overshoot)
 
-    def _trim_locked(self, device: Device) -> tuple[list[Resident], list[Resident]]:
-        """After a load measured bigger than estimated: evict LRU idle models until the budget holds."""
-        over = -self._free_locked(device)
-        if over <= 0:
-            return [], []
-        victims = self._victims_locked(device, over) or []
-        if not victims:
-            log.warning("%s is %s over its budget and nothing idle can be evicted", device.name, format_size(over))
-        return self._evict_locked(victims, "evicted")
+    def _trim_locked(self, resident: Resident, free: Mapping[str, int | None]) -> None:
+        """After a load measured bigger than estimated: evict idle models until the budget holds (on its
+        device, and on the CPU for a split model's host share)."""
+        shares = [resident.device] + ([policy.HOST] if resident.host_bytes and resident.device != policy.HOST else [])
+        for device in shares:
+            moves = policy.trim(self._snapshot_locked(free), device, resident.spec.name)
+            if moves is None:
+                log.warning("%s is over its budget after loading %s and nothing idle can be evicted",
+                            device, resident.spec.name)
+                continue
+            self._commit_locked(moves)
 
     def _load_failed(self, spec: ModelSpec, job: Job, future: Future, err: WarmdError) -> None:
         with self._lock:
-            self._reserved.pop(job.id, None)
             self._changed.notify_all()
             slot = self._slots.setdefault(spec.name, _Slot())
             if slot.loading is future:
-                slot.loading, slot.job, slot.error = None, None, err
+                slot.loading, slot.job = None, None
+                if err.code is not Code.CANCELLED:     # a cancel is not the model's failure
+                    slot.error = err
         log.error("load of %s failed: %s", spec.name, err)
-        self.bus.publish("model.failed", model=spec.name, job_id=job.id, error_code=err.code.value,
-                         message=err.message)
+        job.publish("model.failed", error_code=err.code.value, message=err.message)
         future.set_exception(err)
 
     # ---- unloading -----------------------------------------------------------------------------
@@ -538,46 +580,60 @@ class Scheduler:
                 self.catalog.require(name)      # model_not_found, unless the catalog has it
             else:
                 self._retire_locked(resident, reason)
-        if resident is not None:
-            self._drain(resident)
-            resident.unloaded.wait(wait_s)
+                self._changed.wait_for(lambda: resident.state is State.GONE, timeout=wait_s)
 
-    def _retire_locked(self, resident: Resident, reason: str) -> None:
-        if not resident.retiring:
-            resident.retiring, resident.retire_reason = True, reason
+    def _retire_locked(self, resident: Resident, reason: str, eviction: Move | None = None) -> None:
+        """No new requests for `resident`: it unloads when its last request returns (a parked one at once;
+        one between tiers once its copy lands)."""
         slot = self._slots.get(resident.spec.name)
         if slot is not None and slot.current is resident:
             slot.current = None
-        if resident not in self._retiring:
-            self._retiring.append(resident)
+        if resident.moving:
+            resident.pending_retire = resident.pending_retire or reason
+            return
+        if resident.state not in (State.SERVING, State.PARKED):
+            return                         # leaving already
+        resident.reason, resident.eviction = reason, eviction
+        self._move(resident, State.DRAINING if resident.state is State.SERVING else State.DISCARDING)
+        self.bus.publish("model.unloading", model=resident.spec.name, reason=reason,
+                         message=f"{resident.in_flight} request(s) in flight",
+                         eviction=eviction_proto(time.time(), eviction))
+        if resident.state is State.DISCARDING:
+            self._spawn(self._unload, resident)
+        elif resident.in_flight == 0:
+            self._unload_locked(resident)
+            self._spawn(self._unload, resident)
 
-    def _drain(self, resident: Resident) -> None:
-        """Unload a retired model now if idle; otherwise the last request to leave does it (_leave)."""
-        with self._lock:
-            in_flight = resident.in_flight
-        self.bus.publish("model.unloading", model=resident.spec.name, reason=resident.retire_reason,
-                         message=f"{in_flight} request(s) in flight")
-        if in_flight == 0:
-            self._unload_in_background(resident)
+    def _unload_locked(self, resident: Resident) -> None:
+        """Start leaving its device (the caller then runs `_unload`, inline or on a thread)."""
+        slot = self._slots.get(resident.spec.name)
+        if slot is not None and slot.current is resident:
+            slot.current = None
+        self._move(resident, State.UNLOADING)
 
-    def _unload_in_background(self, resident: Resident) -> None:
-        threading.Thread(target=self._unload_now, args=(resident,),
-                         name=f"unload-{resident.spec.name}", daemon=True).start()
-
-    def _unload_now(self, resident: Resident) -> None:
-        with self._lock:
-            if resident.unloaded.is_set() or resident not in self._retiring:
-                return
-            self._retiring.remove(resident)
+    def _unload(self, resident: Resident, announce: bool = True, message: str = "") -> None:
         try:
-            resident.provider.unload()
+            resident.provider.unload()  # type: ignore[union-attr]
         except Exception:
             log.exception("unload of %s raised; its memory may not be returned", resident.spec.name)
         with self._lock:
-            resident.unloaded.set()
-            resident.freed.set()
-            self._changed.notify_all()
-        self.bus.publish("model.unloaded", model=resident.spec.name, reason=resident.retire_reason)
+            self._forget_locked(resident)
+            if announce:
+                self.bus.publish("model.unloaded", model=resident.spec.name, reason=resident.reason,
+                                 message=message, eviction=eviction_proto(time.time(), resident.eviction))
+
+    def _forget_locked(self, resident: Resident) -> None:
+        self._move(resident, State.GONE)
+        self._residents.remove(resident)
+
+    def _move(self, resident: Resident, state: State) -> None:
+        resident.move(state)
+        self._changed.notify_all()
+
+    @staticmethod
+    def _spawn(target: Callable[[Resident], None], resident: Resident) -> None:
+        threading.Thread(target=target, args=(resident,), name=f"{target.__name__.strip('_')}-{resident.spec.name}",
+                         daemon=True).start()
 
     # ---- catalog changes -----------------------------------------------------------------------
     def on_catalog_change(self, old: ModelSpec | None, new: ModelSpec | None) -> None:
@@ -590,66 +646,44 @@ class Scheduler:
             elif new is not None and resident is not None and resident.spec.signature == new.signature:
                 resident.spec = new   # metadata (pin, keep_alive, tags) applies at once
                 resident.pinned = self._pins.get(new.name, new.pin)
-        if new is None and resident is not None:
-            self._drain(resident)
-        elif new is not None and resident is not None and resident.spec.signature != new.signature:
-            self.start_load(name, reason="spec_changed")
+        if new is not None and resident is not None and resident.spec.signature != new.signature:
+            self._start(name, None, "spec_changed")
         elif new is not None and old is None and new.preload:
-            self.start_load(name, reason="preload")
+            self._start(name, None, "preload")
 
-    # ---- keep-alive ----------------------------------------------------------------------------
+    # ---- keep-alive and pressure ---------------------------------------------------------------
     def _reap_loop(self) -> None:
         while not self._stop.wait(REAP_INTERVAL_S):
-            now = time.time()
+            free = self._sample()
             with self._lock:
-                expired = [s.current for s in self._slots.values()
-                           if s.current is not None and s.current.in_flight == 0 and s.waiters == 0
-                           and not s.current.moving and s.current.expires_at and s.current.expires_at <= now]
-                for resident in expired:
-                    self._retire_locked(resident, "keep_alive")
-                exited = self._exited_locked(list(self._slots.values()))
-            for resident in expired + exited:
-                self._drain(resident)
-            self._carry_out(*self._relieve_pressure())
+                self._commit_locked(policy.expire(self._snapshot_locked(free)))
+                relief = policy.relieve(self._snapshot_locked(free))
+                self._commit_locked(relief)
+                for resident in [s.current for s in self._slots.values() if s.current is not None]:
+                    self._exited_locked(resident)
+            if relief:
+                log.warning("memory pressure: evicting %s", ", ".join(m.name for m in relief))
 
-    def _exited_locked(self, slots: list[_Slot]) -> list[Resident]:
-        """Retire the serving models of `slots` whose provider can no longer serve (a runner process that
-        died); their memory is already back, and the next request loads them again."""
-        exited = [s.current for s in slots if s.current is not None and s.current.serving
-                  and s.current.provider.gone() is not None]
-        for resident in exited:
-            log.warning("%s", resident.provider.gone())
+    def _exited_locked(self, resident: Resident) -> bool:
+        """Retire `resident` if it serves but its provider no longer can (a runner process that died): its
+        memory is already back, and the next request loads it again. Returns whether it was retired."""
+        gone = resident.provider.gone() if resident.serving and resident.provider is not None else None
+        if gone is not None:
+            log.warning("%s", gone)
             self._retire_locked(resident, "exited")
-        return exited
-
-    def _relieve_pressure(self) -> tuple[list[Resident], list[Resident]]:
-        """Evict idle models from a device whose free memory fell under its reserve (another program grew)."""
-        victims: list[Resident] = []
-        with self._lock:
-            for device in self.devices.values():
-                moving = [s.current for s in self._slots.values() if s.current is not None and s.current.moving]
-                if any(r.device == device.name for r in self._retiring + moving):
-                    continue    # unloads or parks under way; the driver's free figure has not caught up yet
-                used = self._used_locked(device.name)
-                outside = device.free_outside(used)
-                if outside is None or outside >= device.reserve:
-                    continue
-                victims += self._victims_locked(device, device.reserve - outside, partial=True) or []
-            moves = self._evict_locked(victims, "pressure")
-        if victims:
-            log.warning("memory pressure: evicting %s", ", ".join(v.spec.name for v in victims))
-        return moves
+        return gone is not None
 
     # ---- views and shutdown --------------------------------------------------------------------
     def view(self, name: str) -> ModelView:
         with self._lock:
             slot = self._slots.get(name) or _Slot()
-            retiring = next((r for r in self._retiring if r.spec.name == name), None)
             pinned = self._pins.get(name)
             if slot.current is not None:
                 return ModelView("ready", slot.current, slot.error, pinned)
             if slot.loading is not None:
                 return ModelView("loading", None, slot.error, pinned)
+            retiring = next((r for r in self._residents if r.spec.name == name
+                             and (r.state in _LEAVING or r.pending_retire)), None)
             if retiring is not None:
                 return ModelView("unloading", retiring, None, pinned)
             return ModelView("failed" if slot.error else "available", None, slot.error, pinned)
@@ -662,18 +696,61 @@ class Scheduler:
         """Unload everything (in-flight requests were drained by the server first)."""
         self._stop.set()
         with self._lock:
-            everything = [s.current for s in self._slots.values() if s.current is not None]
-            for resident in everything:
-                self._retire_locked(resident, "shutdown")
-            retiring = list(self._retiring)
-        for resident in retiring:
-            self._unload_now(resident)
-        deadline = time.monotonic() + timeout_s
-        for resident in retiring:
-            resident.unloaded.wait(max(0.0, deadline - time.monotonic()))
+            for slot in self._slots.values():
+                if slot.current is not None:
+                    self._retire_locked(slot.current, "shutdown")
+            stuck = [r for r in self._residents if r.state is State.DRAINING]   # past the drain timeout
+            for resident in stuck:
+                self._unload_locked(resident)
+        for resident in stuck:
+            self._unload(resident)
+        with self._lock:    # loads under way are discarded when they finish (the stop makes them stale)
+            self._changed.wait_for(lambda: not any(r.state is not State.LOADING for r in self._residents),
+                                   timeout=timeout_s)
 
+    # ---- helpers -------------------------------------------------------------------------------
     def _spec(self, name: str) -> ModelSpec:
         return self.catalog.require(name)
 
     def _keep_alive(self, spec: ModelSpec) -> float:
         return self.default_keep_alive if spec.keep_alive is None else spec.keep_alive
+
+    def _capped(self, keep_alive: float | None) -> float | None:
+        """A client's keep_alive within `max_keep_alive` (-1, forever, is over any cap)."""
+        if keep_alive is None or self.max_keep_alive < 0:
+            return keep_alive
+        return self.max_keep_alive if keep_alive < 0 or keep_alive > self.max_keep_alive else keep_alive
+
+    def _measured_locked(self, name: str, kind: str, seconds: float) -> None:
+        self._demand[name] = self._demand.get(name, Demand()).measured(kind, seconds)  # type: ignore[arg-type]
+
+
+def _dry_run(name: str, action: str, plan: policy.Plan, download: bool) -> DryRun:
+    first = "downloads its files, then " if download else ""
+    if action == "wait":
+        message = f"would wait (up to {EVICT_WAIT_S:.0f} s) for busy models or work under way: {plan.message}"
+    else:
+        verb = "brings it back from the host tier to" if action == "unpark" else "loads it onto"
+        split = (_layers(plan.gpu_layers, plan.total_layers)
+                 + (f", {format_size(plan.host_bytes)} in host memory" if plan.host_bytes else ""))
+        message = (f"{first}{verb} {plan.device} ({format_size(plan.need)}{split}; "
+                   f"{format_size(max(0, plan.free))} free)")
+        if plan.moves:
+            message += " after: " + "; ".join(f"{m.action} {m.name} ({format_size(m.bytes)})" for m in plan.moves)
+    return DryRun(name, action, plan.device, plan.need, plan.free, plan.moves, download, message,
+                  plan.gpu_layers, plan.total_layers, plan.host_bytes)
+
+
+def _layers(on_gpu: int, layers: int) -> str:
+    """`, 3 of 5 layers on a GPU` for a model split layer by layer (0 of them: it runs on the CPU)."""
+    return f", {on_gpu} of {layers} layers on a GPU" if layers else ""
+
+
+def eviction_proto(when: float, move: Move | None) -> pb.Eviction | None:
+    """The wire form of a policy decision (None for none): the log's entries and the events' field."""
+    if move is None:
+        return None
+    return pb.Eviction(time=when, model=move.name, action=move.action, reason=move.reason, device=move.device,
+                       bytes=move.bytes, for_model=move.for_model, policy=move.policy,
+                       requests_per_min=move.rate * 60, back_s=move.back_s, back_measured=move.measured,
+                       cost=move.cost, idle_s=move.idle_s, message=move.why)

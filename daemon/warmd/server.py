@@ -1,4 +1,8 @@
-"""Wiring and lifecycle: lock, listen, announce readiness, serve until a signal, drain, clean up."""
+"""Wiring and lifecycle: lock, listen, announce readiness, serve until a signal, drain, clean up.
+
+The daemon's parts and every call of the fronts are the application layer's (warmd.app); this module puts
+its fronts (warmd.v1, V2, health, reflection) on the Unix socket and the TCP port, and runs the parts'
+lifecycle in order."""
 from __future__ import annotations
 
 import ipaddress
@@ -18,25 +22,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from warmd import __version__, devices, paths
-from warmd.adapters.install import Installer
-from warmd.api.auth import TokenAuth, TokenStore
+from warmd import __version__, paths
+from warmd.api.auth import TokenAuth
 from warmd.api.drain import Drain
 from warmd.api.service import WarmdService
 from warmd.api.v2 import InferenceService
-from warmd.catalog import Catalog
+from warmd.app import App
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
-from warmd.events import EventBus
-from warmd.inference import Inference
 from warmd.metrics import Metrics
-from warmd.plugins import Plugins
-from warmd.roles import Profiles
-from warmd.providers import PROVIDERS
-from warmd.scheduler import Scheduler
-from warmd.cudashm import CudaSharedMemoryRegistry
-from warmd.shm import SharedMemoryRegistry
-from warmd.store import Store
 from warmd.v1 import warmd_pb2, warmd_pb2_grpc
 from warmd.v2 import inference_pb2, inference_pb2_grpc
 
@@ -49,27 +43,8 @@ class Daemon:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bus = EventBus()
-        self.providers = dict(PROVIDERS)        # plus the plugins' providers, as they come and go
-        # The plugins folder is a path root too: specs installed with a plugin point into its checkout.
-        self.catalog = Catalog(settings.specs_dir, settings.path_roots + [settings.specs_dir, settings.plugins_dir],
-                               self.providers, self.bus, settings.reload_debounce)
-        self.plugins = Plugins(settings.plugins_dir, self.providers, on_change=self.catalog.revalidate)
-        self.installer = Installer(settings.plugins_dir, self.catalog, self.plugins, self.bus, settings.gate_timeout,
-                                   settings.offline)
-        self.store = Store(settings.data_dir, self.bus, offline=settings.offline, policy=settings.downloads,
-                           timeout_s=settings.download_timeout)
-        inventory = devices.inventory(settings.cpu_budget, settings.gpu_budget, settings.gpu_reserve,
-                                      settings.simulated_gpus)
-        self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, settings.keep_alive, inventory,
-                                   devices.budget_bytes(settings.host_tier_budget, inventory["cpu"].total))
-        self.inference = Inference(self.scheduler)
-        self.profiles = Profiles(settings.profiles_dir, settings.data_dir / "active_profile",
-                                 settings.data_dir / "role_picks.json", self.catalog, self.scheduler, self.store)
+        self.app = App(settings)
         self.metrics: Metrics | None = None
-        self.shm = SharedMemoryRegistry()
-        self.cuda_shm = CudaSharedMemoryRegistry()
-        self.tokens = TokenStore(settings.token_file.with_name("tokens.json"))
         self.health = health.HealthServicer()
         self.drain = Drain()
         self.servers: list[grpc.Server] = []
@@ -81,11 +56,11 @@ class Daemon:
         self._check_specs_folder()
         self._take_lock()
         try:
-            self.plugins.start()
-            self.catalog.start()
+            self.app.plugins.start()
+            self.app.catalog.start()
             self._listen()
             self._notify_ready()
-            self.scheduler.start()
+            self.app.scheduler.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
             while not self._stop.wait(1.0):
@@ -139,16 +114,17 @@ class Daemon:
         log.info("warmd %s listening on %s (pid %d)", __version__, s.socket, os.getpid())
         if s.tcp:
             host = _check_tcp(s.tcp, s.tcp_allow_remote)
-            self.tokens.ensure_owner(s.token_file)
-            tcp = self._server(interceptors=(TokenAuth(self.tokens),))
+            self.app.tokens.ensure_owner(s.token_file)
+            tcp = self._server(interceptors=(TokenAuth(self.app.tokens),))
             port = tcp.add_insecure_port(s.tcp)
             tcp.start()
             self.servers.append(tcp)
             log.info("also listening on %s:%d (bearer token in %s)", host, port, s.token_file)
         if s.metrics:
             host = _check_tcp(s.metrics, allow_remote=False, remedy="metrics have no token and stay on this machine")
-            self.metrics = Metrics(self.catalog, self.scheduler, self.inference, self.bus)
-            self.inference.observer = self.metrics.observe
+            app = self.app
+            self.metrics = Metrics(app.catalog, app.scheduler, app.inference, app.bus)
+            app.inference.observer = self.metrics.observe
             port = self.metrics.serve(host, int(s.metrics.rpartition(":")[2]))
             log.info("metrics on http://%s:%d/metrics", host, port)
 
@@ -159,12 +135,8 @@ class Daemon:
             interceptors=(*interceptors, self.drain),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
-        warmd_pb2_grpc.add_WarmdServicer_to_server(
-            WarmdService(self.settings, self.catalog, self.scheduler, self.store, self.bus, self.inference,
-                         self.shm, self.tokens, self.plugins, self.profiles, self.installer), server)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.catalog, self.scheduler, self.inference, self.shm, self.cuda_shm,
-                             self.settings.drain_timeout), server)
+        warmd_pb2_grpc.add_WarmdServicer_to_server(WarmdService(self.app), server)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self.app), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
                  inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -177,8 +149,8 @@ class Daemon:
         for service in ("warmd.v1.Warmd", "inference.GRPCInferenceService"):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         sd_notify(b"READY=1")
-        log.info("ready: %d model(s), %d rejected spec file(s) in %s", len(self.catalog.specs()),
-                 len(self.catalog.rejected()), self.settings.specs_dir)
+        log.info("ready: %d model(s), %d rejected spec file(s) in %s", len(self.app.catalog.specs()),
+                 len(self.app.catalog.rejected()), self.settings.specs_dir)
 
     def _shutdown(self) -> None:
         """Refuse new calls ("warmd is shutting down"), let those under way finish within drain_timeout,
@@ -189,23 +161,23 @@ class Daemon:
         sd_notify(b"STOPPING=1")
         self.health.enter_graceful_shutdown()
         self.drain.close(drain)
-        self.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
+        self.app.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
         if not self.drain.wait_idle(drain):
             log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
                         self.drain.running(), drain)
         for event in [srv.stop(grace=None) for srv in self.servers]:
             event.wait(STOP_WAIT_S)
-        self.catalog.stop()
-        self.plugins.stop()
+        self.app.catalog.stop()
+        self.app.plugins.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        self.scheduler.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
+        self.app.scheduler.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
         log.info("stopped")
 
     def _cleanup(self) -> None:
         for srv in self.servers:
             srv.stop(grace=None)
-        self.shm.close()
+        self.app.regions.close()
         if self._lock is not None and self._lock.is_locked:
             # The lock file goes too, while held: filelock (>= 4.3.1) retries a lock on an unlinked file.
             for path in (self.settings.socket, self._pid_file(), Path(self._lock.lock_file)):

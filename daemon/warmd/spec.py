@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jsonschema
 import yaml
@@ -35,8 +35,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")   # the schema's `name
 class Source:
     """Where a model's files come from."""
 
-    kind: str                                   # hf | url | path | package | remote
-    ref: str                                    # repo id, URL, path, package name, or V2 endpoint
+    kind: str                                   # one of source_kinds(); its handler: warmd.store.sources
+    ref: str                                    # repo id, URL, path, package name, V2 endpoint, Ollama name
     revision: str = "main"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -47,11 +47,10 @@ class Source:
     token_env: str = ""                         # remote: environment variable holding its bearer token
 
     def describe(self) -> str:
-        if self.kind == "hf":
-            return f"hf:{self.ref}@{self.revision}"
-        if self.kind == "package":
-            return f"package:{self.ref}/{self.subdir}" if self.subdir else f"package:{self.ref}"
-        return f"{self.kind}:{self.ref}"
+        """The source in one line, as its kind writes it ("hf:org/name@main")."""
+        from warmd.store.sources import handler     # the store's handlers import this module
+
+        return handler(self).describe(self)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class ModelSpec:
     version: str = "1"
     description: str = ""
     tags: tuple[str, ...] = ()
-    task: str = "custom"
+    task: str = "custom"                        # chat: see warmd.chat
     options: Mapping[str, Any] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "fp32"
@@ -134,6 +133,12 @@ class SpecFileError(Exception):
 def schema() -> dict[str, Any]:
     """The JSON Schema of a spec file (daemon/warmd/spec.schema.json)."""
     return json.loads(resources.files("warmd").joinpath("spec.schema.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def source_kinds() -> tuple[str, ...]:
+    """The kinds of source a spec can name (hf, url, path, package, remote, ollama), as the schema lists them."""
+    return tuple(rule["required"][0] for rule in schema()["properties"]["source"]["oneOf"])
 
 
 @lru_cache(maxsize=1)
@@ -208,20 +213,23 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         raise SpecFileError(path, "keep_alive must be -1 (forever), 0, or a positive duration",
                             field="keep_alive", line=line_of(node, ["keep_alive"]))
 
-    return ModelSpec(
-        name=name, file=path, provider=data["provider"],
-        source=_source(path, node, data["source"], root, path_roots),
-        version=str(data.get("version", "1")), description=data.get("description", ""),
-        tags=tuple(data.get("tags", ())), task=data.get("task", "custom"), options=options,
-        device=data.get("device", "auto"), precision=data.get("precision", "fp32"),
-        memory=parse_size(data["memory"]) if "memory" in data else None,
-        pin=data.get("pin", False), keep_alive=keep_alive, preload=data.get("preload", False),
-        max_in_flight=data.get("max_in_flight", 4), max_queue=data.get("max_queue", 64),
-        max_batch=data.get("max_batch", 1), max_delay_ms=float(data.get("max_delay_ms", 5.0)),
-        max_input_chars=data.get("max_input_chars", DEFAULT_MAX_INPUT_CHARS),
-        inputs=_tensors(data.get("inputs", ())), outputs=_tensors(data.get("outputs", ())),
-        isolation=data.get("isolation", "auto"),
-    )
+    given = {key: convert(data[key]) for key, convert in _FIELDS.items() if key in data}
+    return ModelSpec(name=name, file=path, provider=data["provider"], keep_alive=keep_alive,
+                     source=_source(path, node, data["source"], root, path_roots), **given)
+
+
+def _tensors(items: Any) -> tuple[TensorDecl, ...]:
+    return tuple(TensorDecl(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
+
+
+# How a spec file's keys become ModelSpec fields (the schema has checked their types). A key the file leaves
+# out takes the field's default: ModelSpec states each default once.
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "version": str, "description": str, "tags": tuple, "task": str, "options": dict, "device": str,
+    "precision": str, "memory": parse_size, "pin": bool, "preload": bool, "max_in_flight": int,
+    "max_queue": int, "max_batch": int, "max_delay_ms": float, "max_input_chars": int,
+    "inputs": _tensors, "outputs": _tensors, "isolation": str,
+}
 
 
 def read_yaml_file(path: Path) -> tuple[yaml.Node | None, Any]:
@@ -383,22 +391,16 @@ def line_of(node: yaml.Node | None, where: list[Any]) -> int:
 
 def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
             path_roots: list[Path]) -> Source:
-    if "hf" in src:
-        return Source("hf", src["hf"], revision=src.get("revision", "main"),
-                      allow_patterns=tuple(src.get("allow_patterns", ())),
-                      ignore_patterns=tuple(src.get("ignore_patterns", ())))
-    if "url" in src:
-        return Source("url", src["url"], sha256=src["sha256"], mirrors=tuple(src.get("mirrors", ())))
-    if "remote" in src:
-        return Source("remote", src["remote"], model=src.get("model", ""), token_env=src.get("token_env", ""))
-    if "package" in src:
-        subdir = src.get("subdir", "")
-        if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
-            raise SpecFileError(path, "subdir must be a relative folder inside the package",
-                                field="source.subdir", line=line_of(node, ["source", "subdir"]))
-        return Source("package", src["package"], subdir=subdir)
-    return Source("path", str(_checked_path(path, node, src["path"], root, path_roots)),
-                  sha256=src.get("sha256"))
+    """The source mapping as a Source: its kind's key is the ref, its other keys are Source's fields by name
+    (lists as tuples); a key the file leaves out takes Source's default."""
+    kind = next(k for k in source_kinds() if k in src)        # the schema allows exactly one
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in src.items() if key != kind}
+    subdir = Path(fields.get("subdir", ""))
+    if subdir.is_absolute() or ".." in subdir.parts:
+        raise SpecFileError(path, "subdir must be a relative folder inside the package",
+                            field="source.subdir", line=line_of(node, ["source", "subdir"]))
+    ref = str(_checked_path(path, node, src["path"], root, path_roots)) if kind == "path" else src[kind]
+    return Source(kind, ref, **fields)
 
 
 def _checked_path(path: Path, node: yaml.Node | None, value: str, root: Path,
@@ -416,6 +418,3 @@ def _checked_path(path: Path, node: yaml.Node | None, value: str, root: Path,
                             field="source.path", line=line_of(node, ["source", "path"]))
     return target
 
-
-def _tensors(items: Any) -> tuple[TensorDecl, ...]:
-    return tuple(TensorDecl(t["name"], t["dtype"], tuple(t["shape"])) for t in items)

@@ -1,2 +1,2 @@
 @rem Startup-folder launcher for warmd, written by `warm service install`.
-@start "" /min "{warmd}" serve
+@start "" /min "{warmd}" serve --specs {specs}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nvml import has_gpu, nvml_used
 from plugin_repos import runner_pids
 from waiting import wait_until
 from warm import Code, WarmdError
@@ -24,24 +25,7 @@ GIB = 2**30
 SLACK = 64 * 2**20       # NVML's own noise, for a runner's memory (the daemon itself holds no CUDA context then)
 
 
-def _nvml_used(index: int = 0) -> int:
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).used
-
-
-def _has_gpu() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetCount() > 0
-    except Exception:  # noqa: BLE001 - no driver, no GPU
-        return False
-
-
-if not _has_gpu():
+if not has_gpu():
     pytest.skip("no NVIDIA GPU on this machine", allow_module_level=True)
 
 
@@ -68,16 +52,16 @@ def test_unload_returns_gpu_memory_within_a_second(start_daemon, short_tmp: Path
     with daemon.client() as c:
         c.load("tiny")                     # the CUDA context exists from here on
         c.unload("tiny")
-        baseline = _nvml_used()
+        baseline = nvml_used()
         c.load("big")
-        loaded = _nvml_used()
+        loaded = nvml_used()
         assert loaded - baseline >= 0.9 * GIB
         assert abs(int(c.get("big").residency.measured_bytes) - GIB) < 0.05 * GIB
         c.unload("big")
         deadline = time.monotonic() + 1.0
-        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+        while nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
+        assert nvml_used() <= baseline + 150 * 2**20, (baseline, nvml_used())
 
 
 def test_budget_holds_under_churn(start_daemon, short_tmp: Path) -> None:
@@ -161,11 +145,11 @@ def test_soak_gpu_memory_returns_to_baseline(start_daemon, short_tmp: Path) -> N
         for _ in range(10):
             cycle()
         time.sleep(0.5)
-        baseline = _nvml_used()
+        baseline = nvml_used()
         for _ in range(200):
             cycle()
         time.sleep(0.5)
-        final = _nvml_used()
+        final = nvml_used()
     assert abs(final - baseline) <= 0.05 * baseline, (baseline, final)
 
 
@@ -187,14 +171,14 @@ def test_transformers_generation_streams_on_the_gpu_and_gives_memory_back(start_
 
         generate()        # once first: CUDA libraries and kernels the context keeps (cuBLAS workspaces...)
         time.sleep(0.5)
-        baseline = _nvml_used()
+        baseline = nvml_used()
         chunks = generate()
         texts = [ch.text for ch in chunks if ch.text]
         assert len(texts) >= 8 and chunks[-1].result.json["text"] == "".join(texts)
         deadline = time.monotonic() + 1.0
-        while _nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
+        while nvml_used() > baseline + 150 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _nvml_used() <= baseline + 150 * 2**20, (baseline, _nvml_used())
+        assert nvml_used() <= baseline + 150 * 2**20, (baseline, nvml_used())
 
 
 def _isolated_square(specs: Path, mib: int) -> int:
@@ -217,21 +201,21 @@ def test_unload_kills_the_runner_and_its_gpu_memory_comes_back(start_daemon, sho
     specs.mkdir()
     n = _isolated_square(specs, 1024)
     daemon = start_daemon(specs)
-    baseline = _nvml_used()
+    baseline = nvml_used()
     x = np.ones((1, n), np.float32)
     with daemon.client() as c:
         assert np.array_equal(c.infer("big", {"x": x}).outputs["output"], x)
-        loaded = _nvml_used()
+        loaded = nvml_used()
         assert loaded - baseline >= 0.9 * GIB           # the weights and the runner's CUDA context
         assert not c.status().torch_imported            # all of it in the runner
         c.unload("big")
-        wait_until(lambda: _nvml_used() <= baseline + SLACK, timeout=5)
+        wait_until(lambda: nvml_used() <= baseline + SLACK, timeout=5)
 
         # a runner killed from outside (the OOM killer, a crash): the memory is back, the next call reloads
         c.infer("big", {"x": x})
         [pid] = runner_pids(daemon.proc.pid)
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: _nvml_used() <= baseline + SLACK, timeout=5)
+        wait_until(lambda: nvml_used() <= baseline + SLACK, timeout=5)
         t0 = time.monotonic()
         while True:
             try:
@@ -240,4 +224,4 @@ def test_unload_kills_the_runner_and_its_gpu_memory_comes_back(start_daemon, sho
             except WarmdError as err:           # a request can meet the runner's death before the reaper does
                 assert err.code == Code.PROVIDER_FAILED and "-9 (SIGKILL)" in err.message
                 assert time.monotonic() - t0 < 30
-        assert _nvml_used() - baseline >= 0.9 * GIB
+        assert nvml_used() - baseline >= 0.9 * GIB

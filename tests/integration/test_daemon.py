@@ -160,8 +160,8 @@ def test_cli_round_trip_load_ps_unload(start_daemon, short_tmp: Path) -> None:
     assert daemon.warm("load", "affine", "--keep-alive", "-1").returncode == 0
     ps = json.loads(daemon.warm("ps", "--json").stdout)
     assert [m["name"] for m in ps] == ["affine"]
-    assert int(ps[0]["residency"]["measured_bytes"]) == 4 * (16 + 4)    # int64 is a string in JSON
-    assert int(ps[0]["residency"]["estimated_bytes"]) == 4 * (16 + 4)
+    assert ps[0]["residency"]["measured_bytes"] == 4 * (16 + 4)         # int64 is a JSON number
+    assert ps[0]["residency"]["estimated_bytes"] == 4 * (16 + 4)
     result = daemon.warm("infer", "affine", "--input", "x=[[1,2,3,4]]", "--json")
     assert json.loads(result.stdout)["outputs"]["y"]["data"] == [[3.0, 6.0, 9.0, 12.0]]
     assert daemon.warm("unload", "affine").returncode == 0
@@ -187,7 +187,8 @@ def test_sigterm_drains_in_flight_requests(start_daemon, short_tmp: Path) -> Non
 
     worker = threading.Thread(target=call)
     worker.start()
-    time.sleep(0.5)                           # the request is inside forward()
+    with daemon.client() as c:                # the request is inside forward(), however busy the machine
+        wait_until(lambda: c.get("slow").residency.in_flight == 1)
     daemon.proc.send_signal(signal.SIGTERM)
     worker.join(timeout=30)
     assert len(results) == 1 and isinstance(results[0], np.ndarray), results
@@ -210,7 +211,7 @@ def test_shutdown_refuses_new_calls_and_exits_within_drain_timeout(start_daemon,
             try:
                 outcome.append(c.infer("stuck", {"x": np.ones((1, 4), np.float32)}))
             except WarmdError as err:
-                outcome.append(err.code)
+                outcome.append(err)
 
     worker = threading.Thread(target=call)
     worker.start()
@@ -230,5 +231,6 @@ def test_shutdown_refuses_new_calls_and_exits_within_drain_timeout(start_daemon,
     exit_s = time.monotonic() - t0
     assert exit_s < drain + 4, exit_s                            # it waited for the 60 s call before
     worker.join(timeout=30)
-    assert outcome and outcome[0] in (Code.UNAVAILABLE, Code.CANCELLED), outcome
+    (cut,) = outcome                                             # cut off at the end of the drain: it says so
+    assert cut.code is Code.UNAVAILABLE and "stopped before the call finished" in cut.message, cut
     assert not list(daemon.socket.parent.iterdir())              # no socket, pid file or warmd.sock.lock

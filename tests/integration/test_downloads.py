@@ -19,6 +19,7 @@ import pytest
 from hubserver import Hub, minilm_files
 from waiting import error_code, free_port, wait_until
 from warm import Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BIG = 24 * 2**20
@@ -76,12 +77,11 @@ def test_pull_multi_file_repo_then_serve(start_daemon, hub: Hub, short_tmp: Path
     progress = [e["progress"] for e in events if e.get("kind") == "job.progress" and
                 e["progress"].get("unit") == "bytes"]
     total = sum(len(b) for b in files.values())
-    assert progress and int(progress[-1]["total"]) == total and int(progress[-1]["done"]) == total
+    assert progress and progress[-1]["total"] == total and progress[-1]["done"] == total       # JSON numbers
     per_file = [e.get("message", "") for e in events if e.get("kind") == "job.progress"]
     assert any(m.startswith("model.safetensors ") and m.endswith("/86.7 MiB") for m in per_file), per_file
     model = events[-1]
-    assert model["files"] == {"state": "verified", "bytes_on_disk": str(total), "revision": commit,
-                              "bytes_total": str(total)}
+    assert model["files"] == {"state": "verified", "bytes_on_disk": total, "revision": commit, "bytes_total": total}
 
     snapshot = Path(daemon.env["HF_HOME"]) / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / \
         "snapshots" / commit
@@ -313,6 +313,26 @@ def test_first_use_downloads_then_serves(start_daemon, hub: Hub, short_tmp: Path
     assert "download.started" in events and "download.finished" in events and events[-1] == "model.loaded"
 
 
+def test_a_torch_model_from_the_hub_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    """A hub snapshot's files are links into blobs/: the weights check goes by name, not by link target."""
+    from models import write_affine_weights, write_factory
+
+    import numpy as np
+
+    write_affine_weights(short_tmp / "w.safetensors", 3.0)
+    hub.add_repo("org/affine", {"model.safetensors": (short_tmp / "w.safetensors").read_bytes()})
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    (specs / "affine.yaml").write_text("provider: torch\ndevice: cpu\nsource: {hf: org/affine}\n"
+                                       "options: {factory: 'testmodels.py:Affine'}\n"
+                                       "outputs: [{name: y, dtype: FP32, shape: [-1, 4]}]\n")
+    daemon = start_daemon(specs, env=_hub_env(hub))
+    with daemon.client() as c:
+        y = c.infer("affine", {"x": np.ones((1, 4), np.float32)}).outputs["y"]
+    assert y.tolist() == [[3.0, 3.0, 3.0, 3.0]]
+
+
 def test_url_source_with_mirrors_downloads_verifies_and_serves(start_daemon, hub: Hub, short_tmp: Path) -> None:
     import hashlib
 
@@ -490,13 +510,17 @@ def test_sigkill_at_20_random_points_of_downloads(start_daemon, hub: Hub, short_
 
     rng = random.Random(20)
     daemon, payload = _big_daemon(start_daemon, hub, short_tmp, rate=24 * 2**20)    # ~1 s per download
-    specs, mid_transfer = short_tmp / "specs", 0
+    specs, mid_transfer, final_blob = short_tmp / "specs", 0, hashlib.sha256(payload).hexdigest()
     for i in range(20):
         if i:
             daemon = start_daemon(specs, env=_hub_env(hub), root=short_tmp)
         client = daemon.client()
         threading.Thread(target=lambda: _swallow(lambda: client.pull("big")), daemon=True).start()
-        time.sleep(rng.uniform(0.05, 1.0))
+        if i % 5:        # four kills in five land at a random point of the transfer, however slow it starts
+            wait_until(lambda: _parts(daemon) or (_blobs(daemon) / final_blob).is_file(), timeout=60, interval=0.005)
+            time.sleep(rng.uniform(0.0, 0.9))
+        else:            # the fifth while the pull is still starting
+            time.sleep(rng.uniform(0.0, 0.05))
         mid_transfer += bool(_parts(daemon))
         daemon.kill()
         blobs = _blobs(daemon)
@@ -569,3 +593,51 @@ def test_disk_filling_up_mid_download(start_daemon, hub: Hub, short_tmp: Path, t
     assert hub.served_bytes("model.safetensors") - served <= len(payload) - kept + 2**20    # resumed
     figures(filled_at_mib=round(kept / 2**20, 2), resumed=True)
 
+
+
+def test_a_second_spec_sharing_a_transfer_sees_its_progress(start_daemon, hub: Hub, short_tmp: Path) -> None:
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=8 * 2**20)
+    _spec(short_tmp / "specs", "twin", "org/big")                 # the same source under another name
+    seen: dict[str, list] = {"big": [], "twin": []}
+    with daemon.client() as c:
+        wait_until(lambda: any(m.name == "twin" for m in c.list().models))
+        events = c.watch(kinds=["download.started"])
+
+        def pull_big() -> None:
+            with daemon.client() as other:
+                other.pull("big", on_event=seen["big"].append)
+
+        first = threading.Thread(target=pull_big)
+        first.start()
+        assert next(events).model == "big"
+        c.pull("twin", on_event=seen["twin"].append)              # joins the transfer `big` started
+        first.join(timeout=60)
+    assert hub.served_bytes("model.safetensors") == BIG           # one transfer
+    progress = [e for e in seen["twin"] if e.kind == "job.progress" and e.progress.unit == "bytes"]
+    assert progress and progress[-1].progress.done == progress[-1].progress.total > BIG
+    kinds = [e.kind for e in seen["twin"]]
+    assert kinds[0] == "download.started" and kinds[-1] == "download.finished"   # replayed, then live
+    assert {e.job_id for e in seen["twin"]} == {e.job_id for e in seen["big"]}
+
+
+def test_a_load_waiting_on_a_download_is_a_job_and_warm_cancel_stops_it(start_daemon, hub: Hub,
+                                                                        short_tmp: Path) -> None:
+    daemon, _ = _big_daemon(start_daemon, hub, short_tmp, rate=2 * 2**20)
+    loader = subprocess.Popen([*daemon.warm_command(), "load", "big", "--json"], env=daemon.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with daemon.client() as c:
+        wait_until(lambda: {j.kind for j in c.status().jobs} == {"load", "download"})
+        jobs = {j.kind: j for j in c.status().jobs}
+        assert jobs["load"].model == "big" and jobs["load"].progress.phase == "resolve"
+        wait_until(lambda: any(p.stat().st_size > 2**20 for p in _parts(daemon)))
+        assert daemon.warm("cancel", jobs["load"].id).returncode == 0
+        out, err = loader.communicate(timeout=30)
+        *followed, last = [json.loads(line) for line in out.splitlines()]
+        assert loader.returncode == 1 and last["error"] == {"code": "cancelled",
+                                                            "message": "load of 'big' was cancelled"}
+        # the load's stream carried its download's progress (followed by job id)
+        assert any(e.get("job_id") == jobs["download"].id and e.get("kind") == "job.progress" for e in followed)
+        wait_until(lambda: not c.status().jobs)                   # the download had no other waiter
+        assert c.get("big").state == pb.AVAILABLE and not c.get("big").error_code   # a cancel is no failure
+    assert _parts(daemon)                                         # partial files kept for the next attempt
+    assert daemon.warm("cancel", jobs["load"].id).returncode == 1

@@ -120,13 +120,37 @@ def test_leaving_an_install_cancels_it(start_daemon, short_tmp: Path) -> None:
     assert _installed(daemon) <= {".staging"}
 
 
+def test_an_install_is_a_job_that_status_lists_and_cancel_stops(start_daemon, short_tmp: Path) -> None:
+    repo = short_tmp / "slow"
+    commit(repo, scale_files(spec=SPEC.replace("device: cpu", "device: cpu\noptions: {load_delay: 600}")))
+    daemon = start_daemon()
+    with daemon.client() as c:
+        events = c.watch(kinds=["job.progress", "plugin."])
+        adding = subprocess.Popen(daemon.warm_command() + ["add", str(repo)], env=daemon.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            loading = next(e for e in events if e.kind == "job.progress" and e.progress.phase == "load")
+            [job] = [j for j in c.status().jobs if j.id == loading.job_id]
+            assert job.kind == "plugin.install" and job.progress.phase == "load"
+            assert daemon.warm("cancel", job.id).returncode == 0
+            _, stderr = adding.communicate(timeout=30)
+        finally:
+            adding.kill()
+        assert adding.returncode == 1 and "[cancelled]" in stderr, stderr
+        failed = next(e for e in events if e.kind == "plugin.failed")
+        assert failed.job_id == job.id and failed.error_code == "cancelled"
+        wait_until(lambda: not runner_pids(daemon.proc.pid) and not c.status().jobs, timeout=20)
+        assert not c.plugins() and not list(daemon.specs.iterdir())
+    assert _installed(daemon) <= {".staging"}
+
+
 def test_refusals_before_the_gate(start_daemon, short_tmp: Path) -> None:
     repo = short_tmp / "scale"
     commit(repo, scale_files())
     daemon = start_daemon(args=("--offline",))
     for source, code, said in (
             ("git+ftp://host/repo", "invalid_argument", "use git+https://"),
-            ("relative/path", "invalid_argument", "must look like hf://org/name (a plugin's repository: git+URL"),
+            ("relative/path", "invalid_argument", "ollama://name:tag (a plugin's repository: git+URL"),
             ("git+https://127.0.0.1:9/org/repo", "network_forbidden", "the daemon is offline"),
             (f"git+file://{repo}@no-such-branch", "invalid_argument", "has no branch, tag or commit 'no-such-branch'"),
             (f"git+file://{short_tmp}/missing", "invalid_argument", "cannot clone")):

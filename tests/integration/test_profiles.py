@@ -67,7 +67,8 @@ def test_role_resolution_profile_switch_and_restart(start_daemon, short_tmp: Pat
     again = start_daemon(specs, config=config, root=short_tmp)
     listing = json.loads(again.warm("profile", "list", "--json").stdout)
     assert listing["active"] == "gaming" and listing["profiles"] == ["gaming", "work"]
-    assert listing["roles"] == [{"role": "embedder", "model": "small", "candidates": ["small"]}]
+    assert listing["roles"] == [{"role": "embedder", "model": "small", "candidates": ["small"], "passed_over": [],
+                                 "chosen": ""}]                        # --json has every field
 
 
 def test_choosing_a_roles_model_loads_it_and_is_kept(start_daemon, short_tmp: Path) -> None:
@@ -91,7 +92,7 @@ def test_choosing_a_roles_model_loads_it_and_is_kept(start_daemon, short_tmp: Pa
     shown = again.warm("profile", "list")
     assert "big (chosen)" in shown.stdout, shown.stdout
     cleared = json.loads(again.warm("profile", "choose", "embedder", "--json").stdout)
-    assert cleared[0]["model"] == "small" and "chosen" not in cleared[0]
+    assert cleared[0]["model"] == "small" and cleared[0]["chosen"] == ""
     assert again.warm("profile", "choose", "embedder", "nope").returncode != 0
 
 

@@ -23,4 +23,5 @@ def test_client_import_does_not_import_torch_or_daemon_parts() -> None:
 def test_daemon_server_import_does_not_import_torch() -> None:
     loaded = _modules_after("import warmd.server")
     assert "warmd.scheduler" in loaded
-    assert not {"torch", "transformers", "sentence_transformers", "huggingface_hub"} & loaded
+    assert not {"torch", "transformers", "sentence_transformers", "huggingface_hub", "llama_cpp", "gguf",
+                "jinja2"} & loaded

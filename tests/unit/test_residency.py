@@ -91,7 +91,8 @@ def test_budget_never_exceeded_when_measured_exceeds_estimate(sim) -> None:  # t
     _use(scheduler, "a")
     write("liar", value="liar", estimate=MB, measured=int(2.5 * MB), _top={"device": "cuda:0"})
     _use(scheduler, "liar")                       # estimated 1 MB, measured 2.5 MB: a must go
-    wait_until(lambda: _unloaded("a"))
+    wait_until(lambda: scheduler.view("a").state == "available")    # a counts until its provider unloaded it
+    assert _unloaded("a")
     [(device, used, _)] = [u for u in scheduler.device_usage() if u[0].name == "cuda:0"]
     assert used <= device.budget
 
@@ -194,7 +195,8 @@ def test_host_tier_is_lru_within_its_own_budget(tmp_path: Path) -> None:
             _model(write, name, 2)
             _use(scheduler, name)                  # each load parks the previous one
         wait_until(lambda: _unloaded("a"))         # the host tier holds one: a (the oldest) is unloaded
-        assert scheduler.view("b").resident.tier == "host" and not _unloaded("b")
+        wait_until(lambda: scheduler.view("b").resident.tier == "host")   # its park lands
+        assert not _unloaded("b")
     finally:
         scheduler.shutdown(5)
 
@@ -224,3 +226,125 @@ def test_requests_wait_for_a_park_in_progress_then_bring_it_back(tmp_path: Path)
         assert moves[:3] == ["load", "to_host", "to_device"] and moves[3:] in ([], ["to_host"])
     finally:
         scheduler.shutdown(5)
+
+
+class _Watched(Device):
+    """A simulated GPU that checks, each time its driver is asked, that the scheduler's lock is free."""
+
+    scheduler = None
+    under_lock = 0
+
+    def free_outside(self, ours: int) -> int | None:
+        lock = self.scheduler._lock                     # type: ignore[union-attr]
+        if lock.acquire(timeout=2):     # held by this very thread, it would never come free
+            lock.release()
+        else:
+            _Watched.under_lock += 1
+        return super().free_outside(ours)
+
+
+def test_the_driver_is_never_asked_under_the_lock(tmp_path: Path) -> None:
+    gpu = _Watched("cuda:0", 8 * MB, 3 * MB, reserve=MB, torch_device="cpu", simulated=True)
+    _, scheduler, write, _, _ = make_world(tmp_path, {"cpu": Device("cpu", 64 * MB, 4 * MB, torch_device="cpu"),
+                                                      "cuda:0": gpu})
+    _Watched.scheduler, _Watched.under_lock = scheduler, 0
+    try:
+        for name in ("a", "b", "c"):
+            _model(write, name, 1.5)
+            _use(scheduler, name)                       # placements, evictions, trims
+        time.sleep(3 * 0.25)                            # the reaper's pressure checks
+        scheduler.device_usage()
+        assert _unloaded("a") or _unloaded("b")
+        assert _Watched.under_lock == 0
+    finally:
+        scheduler.shutdown(5)
+
+
+def test_every_eviction_is_logged_with_its_figures_and_its_events_carry_them(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, _, bus, _ = sim
+    for name in ("a", "b", "c"):
+        _model(write, name, 1)
+        _use(scheduler, name)
+    events = bus.subscribe(kinds=["model.unload"])
+    _model(write, "d", 1)
+    _use(scheduler, "d")
+    [(when, move)] = scheduler.evictions()
+    assert (move.name, move.action, move.reason, move.for_model, move.policy) == ("a", "unload", "evicted", "d",
+                                                                                   "cost")
+    assert move.bytes == MB and move.device == "cuda:0" and move.rate > 0 and move.idle_s >= 0
+    assert move.measured and "cheapest to lose" in move.why and abs(when - time.time()) < 5
+    unloading, unloaded = events.get(timeout=2), events.get(timeout=2)
+    for event in (unloading, unloaded):
+        assert event.eviction.model == "a" and event.eviction.for_model == "d"
+        assert event.eviction.message == move.why and event.eviction.back_s == move.back_s
+    assert scheduler.evictions("b") == []
+
+
+def test_a_dry_run_says_what_a_load_would_evict_and_does_nothing(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    for name in ("a", "b", "c"):
+        _model(write, name, 1)
+        _use(scheduler, name)
+    _model(write, "d", 2)
+    before = list(Recording.log)
+    run = scheduler.plan_load("d")
+    assert (run.action, run.device, run.need, run.free) == ("load", "cuda:0", 2 * MB, 0)
+    assert [(m.action, m.name) for m in run.moves] == [("unload", "a"), ("unload", "b")]
+    assert "loads it onto cuda:0 (2.0 MiB; 0 B free) after: unload a (1.0 MiB); unload b" in run.message
+    assert Recording.log == before and scheduler.evictions() == []
+    assert {r.spec.name for r in scheduler.resident()} == {"a", "b", "c"}
+    assert scheduler.plan_load("a").action == "resident"
+    _model(write, "huge", 4)
+    with pytest.raises(WarmdError) as info:
+        scheduler.plan_load("huge")
+    assert info.value.code is Code.INSUFFICIENT_MEMORY
+
+
+def test_measured_load_times_decide_what_is_evicted(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    write("slow", value="slow", load_s=0.5, _top={"device": "cuda:0", "memory": MB})
+    _use(scheduler, "slow")                         # the least recently used, but 0.5 s to load again
+    for name in ("fast", "other"):
+        _model(write, name, 1)
+        _use(scheduler, name)
+    _model(write, "new", 1)
+    _use(scheduler, "new")
+    wait_until(lambda: _unloaded("fast"))
+    assert not _unloaded("slow")
+    [(_, move)] = scheduler.evictions()
+    assert move.name == "fast" and move.measured and move.back_s < 0.5
+
+
+def test_lru_setting_evicts_by_recency_alone(tmp_path: Path) -> None:
+    inventory = {"cpu": Device("cpu", 64 * MB, 4 * MB, torch_device="cpu"), "cuda:0": _gpu("cuda:0", 8 * MB, 3 * MB)}
+    _, scheduler, write, _, _ = make_world(tmp_path, inventory, eviction="lru")
+    try:
+        write("slow", value="slow", load_s=0.5, _top={"device": "cuda:0", "memory": MB})
+        _use(scheduler, "slow")
+        for name in ("fast", "other", "new"):
+            _model(write, name, 1)
+            _use(scheduler, name)
+        wait_until(lambda: _unloaded("slow"))
+        assert [m.policy for _, m in scheduler.evictions()] == ["lru"]
+    finally:
+        scheduler.shutdown(5)
+
+
+def test_a_load_waiting_for_memory_stops_at_once_when_cancelled(sim) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, *_ = sim
+    _model(write, "busy", 2)
+    _use(scheduler, "busy")
+    worker = threading.Thread(target=lambda: _use(scheduler, "busy", hold_s=3.0))
+    worker.start()
+    wait_until(lambda: scheduler.view("busy").resident.in_flight == 1)
+    _model(write, "new", 2)
+    job, future = scheduler.start_load("new")
+    assert scheduler.plan_load("new").action == "loading"
+    time.sleep(0.3)                                  # waiting for `busy` to finish its request
+    t0 = time.monotonic()
+    scheduler.jobs.cancel(job.id)
+    with pytest.raises(WarmdError) as info:
+        future.result(timeout=5)
+    assert info.value.code is Code.CANCELLED and time.monotonic() - t0 < 1.0
+    assert ("load", "new", "new") not in Recording.log and not _unloaded("busy")
+    worker.join()

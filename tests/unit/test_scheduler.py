@@ -56,7 +56,7 @@ class Recording(Provider):
 
 
 def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None,  # type: ignore[no-untyped-def]
-               host_tier: int = 0):
+               host_tier: int = 0, **options: object):
     Recording.log, Recording.placed = [], {}
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -66,7 +66,7 @@ def make_world(tmp_path: Path, inventory: dict[str, Device] | None = None,  # ty
     catalog.rescan()
     inventory = inventory or {"cpu": Device("cpu", 2**40, 2**40, torch_device="cpu")}
     scheduler = Scheduler(catalog, Store(tmp_path / "data", bus), {"recording": Recording}, bus, 300.0,
-                          inventory, host_tier)
+                          inventory, host_tier, **options)  # type: ignore[arg-type]
     scheduler.start()
 
     def write(name: str, **options: object) -> None:
@@ -117,8 +117,8 @@ def test_unload_waits_for_in_flight_request(world) -> None:  # type: ignore[no-u
     assert ("unload", "m", 1) not in Recording.log      # not under the running request
     worker.join()
     assert finished.is_set()
-    wait_until(lambda: ("unload", "m", 1) in Recording.log)
-    assert scheduler.view("m").state == "available"
+    wait_until(lambda: scheduler.view("m").state == "available")    # "unloading" while the provider unloads
+    assert ("unload", "m", 1) in Recording.log
 
 
 def test_keep_alive_expiry_and_pin(world) -> None:  # type: ignore[no-untyped-def]
@@ -204,6 +204,49 @@ def test_request_waiting_on_a_load_follows_a_spec_edit(world) -> None:  # type: 
     worker.join(timeout=10)
     assert result == [2]
     assert ("unload", "m", 1) in Recording.log
+
+
+def test_a_load_is_a_job_that_can_be_cancelled(world) -> None:  # type: ignore[no-untyped-def]
+    _, scheduler, write, _, bus = world
+    write("m", value=1, load_s=0.6)
+    job, future = scheduler.start_load("m")
+    assert [(j.id, j.kind, j.model) for j in scheduler.jobs.running()] == [(job.id, "load", "m")]
+    wait_until(lambda: job.last is not None and job.last.phase == "load")    # the provider is loading
+    events = scheduler.jobs.follow(job)       # joins late: what the job published so far comes first
+    assert [events.get(timeout=2).kind for _ in range(2)] == ["model.loading", "job.progress"]
+    scheduler.jobs.cancel(job.id)
+    with pytest.raises(WarmdError) as info:
+        future.result(timeout=5)
+    assert info.value.code is Code.CANCELLED
+    assert Recording.log == [("load", "m", 1), ("unload", "m", 1)]   # stopped after the provider's load
+    kinds = [e.kind for e in iter(lambda: events.get(timeout=0.5), None)]
+    assert kinds[-1] == "model.failed" and "model.loaded" not in kinds
+    events.close()
+    view = scheduler.view("m")
+    assert view.state == "available" and view.resident is None      # a cancel is not a failure
+    assert scheduler.jobs.running() == []
+    with pytest.raises(WarmdError) as info:
+        scheduler.jobs.cancel(job.id)
+    assert info.value.code is Code.INVALID_ARGUMENT
+    assert _use(scheduler, "m") == 1                                  # the next load works
+
+
+def test_max_keep_alive_caps_what_requests_ask_and_pins_win(tmp_path: Path) -> None:
+    _, scheduler, write, _, _ = make_world(tmp_path, max_keep_alive=0.3)
+    try:
+        write("m", value=1)
+        write("p", value=2, _top={"pin": "true"})
+        with scheduler.acquire("m", keep_alive=-1) as resident:       # forever: over any cap
+            assert resident.keep_alive == 0.3
+        with scheduler.acquire("p", keep_alive=0) as resident:
+            assert resident.expires_at == 0.0                         # pinned: never expires
+        _, future = scheduler.start_load("m", keep_alive=3600)
+        assert future.result().keep_alive == 0.3
+        wait_until(lambda: ("unload", "m", 1) in Recording.log, timeout=3)
+        time.sleep(0.5)
+        assert scheduler.view("p").state == "ready"
+    finally:
+        scheduler.shutdown(5)
 
 
 def test_a_catalog_override_applies_like_an_edit_and_goes_with_its_spec(world) -> None:  # type: ignore[no-untyped-def]

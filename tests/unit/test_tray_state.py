@@ -14,8 +14,8 @@ MIB = 2**20
 
 
 def _model(name: str, state: int = pb.AVAILABLE, source: str = "path:/m", files: str = "complete",
-           total: int = 0, pin: bool = False) -> pb.Model:
-    return pb.Model(name=name, state=state, source=source, pin=pin,
+           total: int = 0, pin: bool = False, downloadable: bool = False) -> pb.Model:
+    return pb.Model(name=name, state=state, source=source, pin=pin, downloadable=downloadable,
                     files=pb.Files(state=files, bytes_total=total))
 
 
@@ -65,7 +65,7 @@ def test_roles_are_radio_groups_with_the_resolved_model_checked() -> None:
 
 def test_per_model_submenu_load_unload_pin_and_download_with_size() -> None:
     state = _state([_model("local", pb.READY, pin=True),
-                    _model("remote", source="hf:org/x@main", files="missing", total=3 * MIB)])
+                    _model("remote", source="hf:org/x@main", files="missing", total=3 * MIB, downloadable=True)])
     local = _find(state.menu(), "Models").submenu[0]
     assert [(i.label, i.enabled) for i in local.submenu] == [("Load", False), ("Unload", True), ("Pin", True)]
     assert local.submenu[2].checked is True and local.submenu[2].action == Action("unpin", ("local",))
@@ -77,8 +77,17 @@ def test_per_model_submenu_load_unload_pin_and_download_with_size() -> None:
     assert downloads[-1].action == Action("pull", ("remote",))
 
 
+def test_download_is_offered_when_the_daemon_says_the_model_is_downloadable_not_by_its_source_text() -> None:
+    state = _state([_model("fetchable", source="something:new", files="partial", downloadable=True),
+                    _model("own", source="hf:looks/like-hub@main", files="missing"),
+                    _model("done", source="url:https://x/y", files="verified", downloadable=True)])
+    offers = [i.action for i in _find(state.menu(), "Downloads").submenu if i.action is not None]
+    assert offers == [Action("pull", ("fetchable",))]
+    assert _find(state.menu(), "own (available)").action == Action("load", ("own",))
+
+
 def test_download_events_drive_progress_cancel_and_notifications() -> None:
-    state = _state([_model("remote", source="hf:org/x@main", files="missing", total=4 * MIB)])
+    state = _state([_model("remote", source="hf:org/x@main", files="missing", total=4 * MIB, downloadable=True)])
     assert state.apply(pb.Event(kind="download.started", model="remote", job_id="j1")).refresh
     change = state.apply(pb.Event(kind="job.progress", model="remote", job_id="j1",
                                   progress=pb.Progress(phase="download", done=MIB, total=4 * MIB, unit="bytes")))

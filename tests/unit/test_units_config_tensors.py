@@ -40,6 +40,16 @@ def test_settings_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     assert s.config_file == cfg
 
 
+def test_residency_settings_default_and_are_checked() -> None:
+    s = load_settings(env={})
+    assert (s.eviction, s.max_keep_alive) == ("cost", -1.0)
+    s = load_settings(env={"WARMD_EVICTION": "lru", "WARMD_MAX_KEEP_ALIVE": "10m"})
+    assert (s.eviction, s.max_keep_alive) == ("lru", 600.0)
+    with pytest.raises(WarmdError, match="eviction must be cost or lru") as info:
+        load_settings(env={"WARMD_EVICTION": "fifo"})
+    assert info.value.code is Code.INVALID_ARGUMENT
+
+
 def test_settings_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("keep_alvie: 10m\n")

@@ -32,6 +32,9 @@ from warmd.v1 import warmd_pb2 as pb
 log = logging.getLogger("warm.tray")
 
 BACKOFF_S = (0.5, 10.0)          # the first and the longest wait between reconnects
+# A size the daemon could not learn in time (its 2 s probe of the hub ran out on a busy machine or a slow
+# network) is asked again this much later, this many times per connection; the daemon keeps late answers.
+SIZE_RETRY_S, SIZE_TRIES = 2.0, 5
 EXIT_NO_DESKTOP = 2
 
 
@@ -137,7 +140,7 @@ class Tray:
         self._shown: Status | None = None
         self._shown_menu = ""
         self._notified: dict[str, float] = {}           # model -> when the last notification about it went out
-        self._sized: set[str] = set()                   # models whose size was asked for on this connection
+        self._sized: dict[str, int] = {}                # model -> times its size was asked on this connection
         self.icon = pystray.Icon("warm-tray", icons.draw(self.state.status()), self.state.status().title,
                                  pystray.Menu(self._items))
 
@@ -210,18 +213,26 @@ class Tray:
 
     def _ask_sizes(self, client: Client) -> None:
         """Models not downloaded yet show their size: GetModel asks the source (up to 2 s) and the daemon
-        remembers the answer, so each model is asked once per connection, not at every refresh."""
+        remembers the answer, so each model is asked until it answers (a few times per connection), not at
+        every refresh."""
         with self._lock:
             unknown = [m.name for m in self.state.models.values() if self.state.downloadable(m)
-                       and not m.files.bytes_total and m.name not in self._sized]
-        self._sized.update(unknown)
+                       and not m.files.bytes_total and self._sized.get(m.name, 0) < SIZE_TRIES]
+        late = False
         for name in unknown:
+            self._sized[name] = self._sized.get(name, 0) + 1
             model = client.get(name)
             if model.files.bytes_total:
                 with self._lock:
                     if name in self.state.models:
                         self.state.models[name].files.bytes_total = model.files.bytes_total
                 self._render()
+            else:
+                late = True
+        if late:           # the daemon may know it in a moment: its probe goes on and keeps the answer
+            timer = threading.Timer(SIZE_RETRY_S, self._dirty.set)
+            timer.daemon = True
+            timer.start()
 
     # ---- showing -------------------------------------------------------------------------------
     def _render(self) -> None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from warmd.units import format_size
 from warmd.v1 import warmd_pb2 as pb
 
-_DOWNLOADABLE = ("hf:", "url:")
 _RESIDENT = (pb.LOADING, pb.READY)
 
 
@@ -283,7 +282,9 @@ class TrayState:
 
     @staticmethod
     def downloadable(m: pb.Model) -> bool:
-        return m.source.startswith(_DOWNLOADABLE) and m.files.state in ("missing", "partial")
+        """Whether the menu offers to download it: the daemon says its files can be fetched, and they are not
+        all on disk."""
+        return m.downloadable and m.files.state in ("missing", "partial")
 
     @staticmethod
     def _download_label(m: pb.Model) -> str:

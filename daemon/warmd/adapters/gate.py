@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from warmd.adapters import environment, manifest
 from warmd.adapters.manifest import Example, Manifest
-from warmd.errors import Code, WarmdError
+from warmd.errors import WarmdError
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.providers.base import conform_inputs
 from warmd.runner.channel import spec_to_json

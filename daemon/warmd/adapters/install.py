@@ -14,8 +14,9 @@ Rules:
   commit, the spec files rewritten to point at it, so each model reloads by itself while the old version
   serves (hot reload); a failed gate switches nothing, and the record keeps its verdict. Remove: the specs
   it wrote (their models unload, runners killed), then its folder.
-- One operation per plugin at a time (`busy` otherwise). Each is an `Operation`: an id, progress events
-  (`job.progress`, phase = the step, `plugin` = its name) and cancellation; it ends with
+- One operation per plugin at a time (`busy` otherwise). Each is a job of the daemon's registry (jobs.py,
+  kind `plugin.install` / `plugin.update`): an id, progress events (`job.progress`, phase = the step,
+  `plugin` = its name), cancellation by `CancelJob` or by its caller leaving; it ends with
   `plugin.installed` / `plugin.updated`, or `plugin.failed` and the error.
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,11 @@ from warmd.adapters.gate import Verdict
 from warmd.adapters.record import Record, is_installed, read
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError, at_boundary
-from warmd.events import EventBus
+from warmd.jobs import Job, Jobs
 from warmd.plugins import Plugins
 from warmd.providers import CallContext
 from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, read_yaml_file
-from warmd.v1 import warmd_pb2 as pb
+from warmd.store.sources import spec_name
 
 log = logging.getLogger(__name__)
 GIT_TIMEOUT_S = 300.0
@@ -66,9 +66,7 @@ class GitSource:
     @property
     def default_name(self) -> str:
         """A plugin name from the repository's last path segment (`org/My_Repo.git` -> `my_repo`)."""
-        base = self.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git").lower()
-        cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).lstrip("._-")
-        return (cleaned or "plugin")[:64]
+        return spec_name(self.url.rstrip("/").removesuffix(".git"))
 
 
 def parse_source(text: str) -> GitSource:
@@ -105,41 +103,34 @@ class Refused(WarmdError):
 
 
 @dataclass
-class Operation:
-    """One install or update under way: its id, what it works on, its result, its cancellation."""
+class Work:
+    """One install or update under way: its job, the plugin it works on (named by the manifest once the
+    clone is read), and the cancellation its gate's runner processes listen to."""
 
-    kind: str                       # install | update
+    job: Job
     plugin: str
-    run: Callable[["Operation"], str] = field(repr=False)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    future: Future = field(default_factory=Future)
     context: CallContext = field(default_factory=CallContext)
 
-    def start(self) -> None:
-        threading.Thread(target=self._main, name=f"plugin-{self.kind}", daemon=True).start()
-
-    def cancel(self) -> None:
-        self.context.cancel()
-
-    def _main(self) -> None:
-        try:
-            self.future.set_result(self.run(self))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever follows the operation
-            self.future.set_exception(exc)
+    @property
+    def id(self) -> str:
+        return self.job.id
 
 
 class Installer:
-    def __init__(self, plugins_dir: Path, catalog: Catalog, plugins: Plugins, bus: EventBus,
+    def __init__(self, plugins_dir: Path, catalog: Catalog, plugins: Plugins, jobs: Jobs,
                  gate_timeout: float, offline: bool) -> None:
-        self.folder, self.catalog, self.plugins, self.bus = plugins_dir, catalog, plugins, bus
+        self.folder, self.catalog, self.plugins, self.jobs = plugins_dir, catalog, plugins, jobs
+        self.bus = jobs.bus
         self.gate_timeout, self.offline = gate_timeout, offline
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
     # ---- the operations ------------------------------------------------------------------------
-    def install(self, source: str, name: str = "") -> Operation:
-        """An install of `source` (not started: subscribe to its events, then `start()` it).
+    def install(self, source: str, name: str = "") -> tuple[Job, Future]:
+        """Start installing `source`.
 
+        Returns:
+            Its job (follow it by id) and a future of what it says when it is done.
         Raises:
             WarmdError: `invalid_argument` for a malformed source or name; `network_forbidden` for a network
                 source while offline.
@@ -148,29 +139,36 @@ class Installer:
         if name and not NAME_PATTERN.match(name):
             raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a plugin name: lowercase letters, digits, "
                              ". _ -, at most 64")
-        return Operation("install", name or parsed.default_name, self._reporting(lambda op: self._install(op, parsed, name)))
+        return self._start("install", name or parsed.default_name, lambda work: self._install(work, parsed, name))
 
-    def update(self, name: str) -> Operation:
-        """An update of installed plugin `name` to its source's newest commit (not started).
+    def update(self, name: str) -> tuple[Job, Future]:
+        """Start updating installed plugin `name` to its source's newest commit (see `install`).
 
         Raises:
             WarmdError: `invalid_argument` when no plugin of that name was installed from git.
         """
         record = self._record(name)
-        return Operation("update", name, self._reporting(lambda op: self._update(op, record)))
+        return self._start("update", name, lambda work: self._update(work, record))
 
-    def _reporting(self, work: Callable[[Operation], str]) -> Callable[[Operation], str]:
-        """`work` ending with `plugin.failed` whatever stopped it, so a watcher (warm-tray) hears of it."""
-        def run(op: Operation) -> str:
+    def _start(self, kind: str, plugin: str, run: Callable[[Work], str]) -> tuple[Job, Future]:
+        """Run `run` on a thread as a job, ending with `plugin.failed` whatever stopped it, so that a
+        watcher (warm-tray) hears of it."""
+        work, future = Work(self.jobs.start(f"plugin.{kind}", ""), plugin), Future()
+        work.job.on_cancel(work.context.cancel)
+
+        def main() -> None:
             try:
-                return work(op)
-            except Exception as exc:
-                err = at_boundary(exc, Code.INTERNAL, f"plugin {op.kind} of {op.plugin!r}", log)
-                self._event(op, "plugin.failed", err.message, err.code)
-                raise err from None
-        return run
+                future.set_result(run(work))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever follows the job
+                err = at_boundary(exc, Code.INTERNAL, f"plugin {kind} of {work.plugin!r}", log)
+                self._event(work, "plugin.failed", err.message, err.code)
+                future.set_exception(err)
+            finally:
+                self.jobs.finish(work.job)
+        threading.Thread(target=main, name=f"plugin-{kind}", daemon=True).start()
+        return work.job, future
 
-    def check_folder(self, folder: Path, name: str, workdir: Path, op: Operation) -> Verdict:
+    def check_folder(self, folder: Path, name: str, workdir: Path, op: Work) -> Verdict:
         """Gate the adapter in `folder` for operation `op`, reporting each step (see gate.py). The one entry
         for any folder: a clone today, a drafted adapter later."""
         return gate.check_folder(folder, name, workdir, self.gate_timeout, self.offline,
@@ -201,7 +199,7 @@ class Installer:
             return set(self._busy)
 
     # ---- install -------------------------------------------------------------------------------
-    def _install(self, op: Operation, source: GitSource, name: str) -> str:
+    def _install(self, op: Work, source: GitSource, name: str) -> str:
         with self._staged(op) as staging:
             checkout = staging / "checkout"
             commit = self._clone(op, source, checkout)
@@ -234,11 +232,11 @@ class Installer:
         self._event(op, "plugin.installed", said)
         return said
 
-    def _clone(self, op: Operation, source: GitSource, dest: Path) -> str:
+    def _clone(self, op: Work, source: GitSource, dest: Path) -> str:
         self._progress(op, "clone", f"cloning {source.url}" + (f" at {source.rev}" if source.rev else ""))
         return clone(source, dest, self.offline)
 
-    def _gated(self, op: Operation, checkout: Path, name: str, staging: Path, commit: str) -> Verdict:
+    def _gated(self, op: Work, checkout: Path, name: str, staging: Path, commit: str) -> Verdict:
         verdict = self.check_folder(checkout, name, staging, op)
         if not verdict.passed:
             raise Refused(Code.CANCELLED if op.context.cancelled.is_set() else Code.PROVIDER_FAILED,
@@ -282,7 +280,7 @@ class Installer:
         self.plugins.scan()
 
     # ---- update --------------------------------------------------------------------------------
-    def _update(self, op: Operation, old: Record) -> str:
+    def _update(self, op: Work, old: Record) -> str:
         source = GitSource(old.source, old.url, old.rev)
         with self._claimed(old.name), self._staged(op) as staging:
             checkout = staging / "checkout"
@@ -383,7 +381,7 @@ class Installer:
                 self._busy.discard(name)
 
     @contextlib.contextmanager
-    def _staged(self, op: Operation) -> Iterator[Path]:
+    def _staged(self, op: Work) -> Iterator[Path]:
         staging = self.folder / STAGING / op.id
         staging.mkdir(parents=True)
         try:
@@ -391,14 +389,12 @@ class Installer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _progress(self, op: Operation, step: str, message: str) -> None:
+    def _progress(self, op: Work, step: str, message: str) -> None:
         steps = ("clone", *gate.STEPS)
-        self.bus.publish("job.progress", plugin=op.plugin, job_id=op.id, message=message,
-                         progress=pb.Progress(phase=step, done=steps.index(step), total=len(steps)))
+        op.job.progress(step, steps.index(step), len(steps), message=message, plugin=op.plugin)
 
-    def _event(self, op: Operation, kind: str, message: str, code: Code | None = None) -> None:
-        self.bus.publish(kind, plugin=op.plugin, job_id=op.id, message=message,
-                         error_code=code.value if code else "")
+    def _event(self, op: Work, kind: str, message: str, code: Code | None = None) -> None:
+        op.job.publish(kind, plugin=op.plugin, message=message, error_code=code.value if code else "")
 
 
 def _manifest_name(checkout: Path, default: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 from google.protobuf import json_format
 
+from warmd.devices import gpu_index, is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.scheduler import ModelView
 from warmd.spec import ModelSpec, schema
@@ -48,9 +49,9 @@ def synthesize(spec: ModelSpec, view: ModelView, batches: bool) -> v2.ModelConfi
     group = config.instance_group.add(name=spec.name, count=1)
     if device == "cpu":
         group.kind = _KIND.KIND_CPU
-    elif device.startswith("cuda"):
+    elif is_gpu(device):
         group.kind = _KIND.KIND_GPU
-        group.gpus.extend([int(device.split(":")[1])] if ":" in device else [])
+        group.gpus.extend([gpu_index(device)] if ":" in device else [])    # bare "cuda": any GPU
     return config
 
 

@@ -1,7 +1,7 @@
 """inference.GRPCInferenceService: the Open Inference Protocol (KServe V2) on warmd's own socket and port.
 
-Loads, unloads and inference go through the same scheduler and inference path as warmd.v1, so budgets,
-pins and LRU hold whichever protocol a client speaks. Errors carry the same codes (gRPC status plus the
+A translation between the protocol's messages and the application layer (warmd.app), as warmd.v1's: loads,
+unloads and inference are the same calls, so budgets, pins and LRU hold whichever protocol a client speaks. Errors carry the same codes (gRPC status plus the
 `warmd-error-code` trailer); where Triton's clients look for a phrase of Triton's ("failed to load",
 "Request for unknown model", ...), the message carries it.
 
@@ -16,17 +16,16 @@ from typing import Any, Iterator
 
 import grpc
 
-from warmd import __version__, cudashm
+from warmd import __version__
 from warmd.api import model_config
 from warmd.api.auth import caller
 from warmd.api.calls import call_context
 from warmd.api.errors import as_error, mapped, mapped_stream
-from warmd.catalog import Catalog
+from warmd.app import App, Target, select_outputs
+from warmd.app.views import Statistics
+from warmd.devices import gpu_index
 from warmd.errors import Code, WarmdError
-from warmd.inference import Inference
 from warmd.providers import CallContext, InferRequest, InferResult
-from warmd.scheduler import Scheduler
-from warmd.shm import SharedMemoryRegistry
 from warmd.spec import ModelSpec
 from warmd.v2 import inference_pb2 as v2
 from warmd.v2 import inference_pb2_grpc
@@ -44,10 +43,9 @@ _REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLO
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, catalog: Catalog, scheduler: Scheduler, inference: Inference, shm: SharedMemoryRegistry,
-                 cuda_shm: cudashm.CudaSharedMemoryRegistry, drain_timeout: float) -> None:
-        self.catalog, self.scheduler, self.inference, self.shm = catalog, scheduler, inference, shm
-        self.cuda_shm, self.drain_timeout = cuda_shm, drain_timeout
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.regions = app.regions
 
     # ---- health and metadata -------------------------------------------------------------------
     @mapped
@@ -60,9 +58,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @mapped
     def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.ServicerContext) -> v2.ModelReadyResponse:
-        spec = self.catalog.get(request.name)
-        ready = (spec is not None and request.version in ("", spec.version)
-                 and self.scheduler.view(spec.name).state == "ready")
+        spec = self.app.find(request.name)
+        ready = spec is not None and request.version in ("", spec.version) and self.app.view(spec).state == "ready"
         return v2.ModelReadyResponse(ready=ready)
 
     @mapped
@@ -73,7 +70,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def ModelMetadata(self, request: v2.ModelMetadataRequest,
                       context: grpc.ServicerContext) -> v2.ModelMetadataResponse:
-        spec = self._spec(request.name, request.version)
+        spec = self._target(request.name, request.version).spec
         meta = v2.ModelMetadataResponse.TensorMetadata
         return v2.ModelMetadataResponse(
             name=spec.name, versions=[spec.version] if spec.version else [], platform=spec.provider,
@@ -82,11 +79,10 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @mapped
     def ModelConfig(self, request: v2.ModelConfigRequest, context: grpc.ServicerContext) -> v2.ModelConfigResponse:
-        return v2.ModelConfigResponse(config=self._config(self._spec(request.name, request.version)))
+        return v2.ModelConfigResponse(config=self._config(self._target(request.name, request.version)))
 
-    def _config(self, spec: ModelSpec) -> v2.ModelConfig:
-        cls = self.scheduler.providers.get(spec.provider)
-        return model_config.synthesize(spec, self.scheduler.view(spec.name), cls is not None and cls.batchable)
+    def _config(self, target: Target) -> v2.ModelConfig:
+        return model_config.synthesize(target.spec, self.app.view(target.spec), target.batchable)
 
     # ---- inference -----------------------------------------------------------------------------
     @mapped
@@ -104,16 +100,15 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 yield v2.ModelStreamInferResponse(error_message=_error_message(as_error("ModelStreamInfer", exc)))
 
     def _infer(self, request: v2.ModelInferRequest, owner: str, ctx: CallContext) -> v2.ModelInferResponse:
-        spec = self._spec(request.model_name, request.model_version)
-        cls = self.scheduler.providers.get(spec.provider)
-        on_device = cls is not None and cls.device_tensors
+        target = self._target(request.model_name, request.model_version)
+        spec, on_device = target.spec, target.device_tensors
         tensors, text = self._inputs(spec, request, owner, on_device)
         params = {k: _param(v) for k, v in request.parameters.items()}
         device_outputs = frozenset(o.name for o in request.outputs if on_device and self._cuda_window(o, owner))
-        _, result = self.inference.run(spec.name, InferRequest(tensors=tensors, text=text, parameters=params,
-                                                                context=ctx, device_outputs=device_outputs))
+        inferred = self.app.infer(target, InferRequest(tensors=tensors, text=text, parameters=params, context=ctx,
+                                                       device_outputs=device_outputs))
         response = v2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
-        self._outputs(request, result, owner, response)
+        self._outputs(request, inferred.result, owner, response)
         return response
 
     def _inputs(self, spec: ModelSpec, request: v2.ModelInferRequest, owner: str,
@@ -146,16 +141,10 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         """One input as an array (numpy, or a torch tensor on the GPU when `on_device`)."""
         from warmd import tensors as codec   # numpy: imported on the first request
 
-        what = f"input {tensor.name!r}"
         if "shared_memory_region" in tensor.parameters:
-            region, offset, size = self._window(tensor.parameters, what)
-            if self.cuda_shm.has(owner, region):
-                window = self.cuda_shm.read(owner, region, offset, size, what)
-                if on_device and tensor.datatype != "BYTES":
-                    return cudashm.as_tensor(tensor.name, tensor.datatype, tensor.shape, window)
-                raw = window.cpu().numpy().data      # one copy to the host for a provider that takes numpy
-            else:
-                raw = self.shm.read(owner, region, offset, size, what)
+            region, offset, size = self._window(tensor.parameters, f"input {tensor.name!r}")
+            return self.regions.read_input(owner, tensor.name, tensor.datatype, tensor.shape, region, offset, size,
+                                           on_device)
         if raw is not None:
             return codec.decode(tensor.name, tensor.datatype, tensor.shape, raw)
         return _from_contents(tensor)
@@ -164,28 +153,17 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
                  response: v2.ModelInferResponse) -> None:
         from warmd import tensors as codec
 
-        wanted = list(request.outputs) or [v2.ModelInferRequest.InferRequestedOutputTensor(name=n)
-                                           for n in result.tensors]
-        unknown = [o.name for o in wanted if o.name not in result.tensors]
-        if unknown:
-            raise WarmdError(Code.INVALID_ARGUMENT, f"unknown output(s) {', '.join(unknown)}; "
-                             f"{request.model_name!r} gives {', '.join(result.tensors)}")
-        for out in wanted:
-            value, what = result.tensors[out.name], f"output {out.name!r}"
-            if cudashm.is_tensor(value):     # kept on the GPU for a CUDA window (device_outputs)
-                dtype, shape, raw = cudashm.dtype_name(out.name, value), list(value.shape), value
-            else:
-                dtype, data = codec.encode(out.name, value)
-                shape, raw = list(data.shape), codec.raw(dtype, data)
-            tensor = response.outputs.add(name=out.name, datatype=dtype, shape=shape)
-            if "shared_memory_region" not in out.parameters:
-                response.raw_output_contents.append(bytes(raw))
+        asked = {o.name: o for o in request.outputs}
+        for name in select_outputs(request.model_name, result, asked):
+            value, out = result.tensors[name], asked.get(name)
+            if out is None or "shared_memory_region" not in out.parameters:
+                dtype, data = codec.encode(name, value)
+                response.outputs.add(name=name, datatype=dtype, shape=data.shape)
+                response.raw_output_contents.append(bytes(codec.raw(dtype, data)))
                 continue
-            window = self._window(out.parameters, what)
-            if self.cuda_shm.has(owner, window[0]):
-                self.cuda_shm.write(owner, *window, raw, what)
-            else:
-                self.shm.write(owner, *window, raw, what)
+            dtype, shape = self.regions.write_output(owner, name, value, *self._window(out.parameters,
+                                                                                       f"output {name!r}"))
+            tensor = response.outputs.add(name=name, datatype=dtype, shape=shape)
             for key in SHM_KEYS:
                 if key in out.parameters:
                     tensor.parameters[key].CopyFrom(out.parameters[key])
@@ -194,7 +172,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _cuda_window(self, out: v2.ModelInferRequest.InferRequestedOutputTensor, owner: str) -> bool:
         """Whether a requested output goes to one of `owner`'s CUDA regions."""
         region = out.parameters.get("shared_memory_region")
-        return region is not None and self.cuda_shm.has(owner, region.string_param)
+        return region is not None and self.regions.is_cuda(owner, region.string_param)
 
     def _window(self, params: Any, what: str) -> tuple[str, int, int]:
         """(region, offset, byte_size) named by a tensor's shared_memory_* parameters."""
@@ -208,36 +186,17 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def ModelStatistics(self, request: v2.ModelStatisticsRequest,
                         context: grpc.ServicerContext) -> v2.ModelStatisticsResponse:
-        specs = [self._spec(request.name, request.version)] if request.name else self.catalog.specs()
-        return v2.ModelStatisticsResponse(model_stats=[self._statistics(s) for s in specs])
-
-    def _statistics(self, spec: ModelSpec) -> v2.ModelStatistics:
-        s = self.inference.stats(spec.name)
-        duration = v2.StatisticDuration
-        stats = v2.ModelStatistics(
-            name=spec.name, version=spec.version, last_inference=s.last_inference_ms,
-            inference_count=s.inference_count, execution_count=s.execution_count,
-            inference_stats=v2.InferStatistics(success=duration(count=s.success_count, ns=s.success_ns),
-                                               fail=duration(count=s.fail_count, ns=s.fail_ns),
-                                               queue=duration(count=s.queue_count, ns=s.queue_ns)))
-        resident = self.scheduler.view(spec.name).resident
-        if resident is not None:
-            kind = "CPU_PINNED" if resident.tier == "host" else "GPU" if resident.device.startswith("cuda") else "CPU"
-            index = int(resident.device.split(":")[1]) if ":" in resident.device else 0
-            stats.memory_usage.add(type=kind, id=index, byte_size=resident.bytes)
-        return stats
+        specs = [self._target(request.name, request.version).spec] if request.name else None
+        return v2.ModelStatisticsResponse(model_stats=[_statistics(s) for s in self.app.statistics(specs)])
 
     # ---- model repository ----------------------------------------------------------------------
     @mapped
     def RepositoryIndex(self, request: v2.RepositoryIndexRequest,
                         context: grpc.ServicerContext) -> v2.RepositoryIndexResponse:
         response = v2.RepositoryIndexResponse()
-        for spec in self.catalog.specs():
-            view = self.scheduler.view(spec.name)
-            if request.ready and view.state != "ready":
-                continue
-            response.models.add(name=spec.name, version=spec.version, state=_REPOSITORY_STATES[view.state],
-                                reason=view.error.message if view.error else "")
+        for model in self.app.models(state="ready" if request.ready else ""):
+            response.models.add(name=model.name, version=model.spec.version, state=_REPOSITORY_STATES[model.state],
+                                reason=model.view.error.message if model.view.error else "")
         return response
 
     @mapped
@@ -260,28 +219,22 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         if unknown:
             raise WarmdError(Code.INVALID_ARGUMENT, f"unknown load parameter(s) {', '.join(unknown)}; warmd takes "
                              "`config` (a ModelConfig override in JSON)")
-        spec = self._spec(name)
+        target = self._target(name)
         fields: dict[str, Any] = {}
         if "config" in params:
             value = params["config"]
             text = value.bytes_param.decode("utf-8", "replace") if value.WhichOneof("parameter_choice") == \
                 "bytes_param" else value.string_param
-            fields = model_config.override(spec, text, self._config(spec))
-        before = self.catalog.overrides(spec.name)
-        self.catalog.override(spec.name, fields)   # without `config`: back to the spec file, as Triton rereads
-        try:
-            _, future = self.scheduler.start_load(spec.name)
-            future.result()
-        except BaseException:
-            self.catalog.override(spec.name, before)
-            raise
+            fields = model_config.override(target.spec, text, self._config(target))
+        # without `config`: back to the spec file, as Triton rereads its repository; undone when the load fails
+        with self.app.load(target.name, config=fields) as load:
+            load.result()
 
     @mapped
     def RepositoryModelUnload(self, request: v2.RepositoryModelUnloadRequest,
                               context: grpc.ServicerContext) -> v2.RepositoryModelUnloadResponse:
-        spec = self._spec(request.model_name)
-        self.scheduler.unload(spec.name, wait_s=self.drain_timeout)
-        self.catalog.override(spec.name, {})       # a config override lasts until the model's next load or unload
+        target = self._target(request.model_name)
+        self.app.unload(target.name, reset_config=True)    # a config override lasts until the next load or unload
         return v2.RepositoryModelUnloadResponse()
 
     # ---- system shared memory ------------------------------------------------------------------
@@ -289,7 +242,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def SystemSharedMemoryStatus(self, request: v2.SystemSharedMemoryStatusRequest,
                                  context: grpc.ServicerContext) -> v2.SystemSharedMemoryStatusResponse:
         response = v2.SystemSharedMemoryStatusResponse()
-        for region in self.shm.status(caller(context), request.name):
+        for region in self.regions.system_status(caller(context), request.name):
             response.regions[region.name].CopyFrom(v2.SystemSharedMemoryStatusResponse.RegionStatus(
                 name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
         return response
@@ -297,15 +250,13 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def SystemSharedMemoryRegister(self, request: v2.SystemSharedMemoryRegisterRequest,
                                    context: grpc.ServicerContext) -> v2.SystemSharedMemoryRegisterResponse:
-        owner = caller(context)
-        _name_free(owner, request.name, self.cuda_shm.has, "CUDA")
-        self.shm.register(owner, request.name, request.key, request.offset, request.byte_size)
+        self.regions.register_system(caller(context), request.name, request.key, request.offset, request.byte_size)
         return v2.SystemSharedMemoryRegisterResponse()
 
     @mapped
     def SystemSharedMemoryUnregister(self, request: v2.SystemSharedMemoryUnregisterRequest,
                                      context: grpc.ServicerContext) -> v2.SystemSharedMemoryUnregisterResponse:
-        self.shm.unregister(caller(context), request.name)
+        self.regions.unregister_system(caller(context), request.name)
         return v2.SystemSharedMemoryUnregisterResponse()
 
     # ---- CUDA shared memory --------------------------------------------------------------------
@@ -313,7 +264,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def CudaSharedMemoryStatus(self, request: v2.CudaSharedMemoryStatusRequest,
                                context: grpc.ServicerContext) -> v2.CudaSharedMemoryStatusResponse:
         response = v2.CudaSharedMemoryStatusResponse()
-        for region in self.cuda_shm.status(caller(context), request.name):
+        for region in self.regions.cuda_status(caller(context), request.name):
             response.regions[region.name].CopyFrom(v2.CudaSharedMemoryStatusResponse.RegionStatus(
                 name=region.name, device_id=region.device_id, byte_size=region.byte_size))
         return response
@@ -321,39 +272,48 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @mapped
     def CudaSharedMemoryRegister(self, request: v2.CudaSharedMemoryRegisterRequest,
                                  context: grpc.ServicerContext) -> v2.CudaSharedMemoryRegisterResponse:
-        owner = caller(context)
-        _name_free(owner, request.name, self.shm.has, "system")
-        self.cuda_shm.register(owner, request.name, request.raw_handle, request.device_id, request.byte_size)
+        self.regions.register_cuda(caller(context), request.name, request.raw_handle, request.device_id,
+                                   request.byte_size)
         return v2.CudaSharedMemoryRegisterResponse()
 
     @mapped
     def CudaSharedMemoryUnregister(self, request: v2.CudaSharedMemoryUnregisterRequest,
                                    context: grpc.ServicerContext) -> v2.CudaSharedMemoryUnregisterResponse:
-        self.cuda_shm.unregister(caller(context), request.name)
+        self.regions.unregister_cuda(caller(context), request.name)
         return v2.CudaSharedMemoryUnregisterResponse()
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _spec(self, name: str, version: str = "") -> ModelSpec:
+    def _target(self, name: str, version: str = "") -> Target:
+        """The model (at `version`, when given: a spec serves one version), looked up once."""
         try:
-            spec = self.catalog.require(name, listed_by="RepositoryIndex lists them")
+            target = self.app.target(name, listed_by="RepositoryIndex lists them")
         except WarmdError as err:     # Triton's phrase first: its clients look for it
             raise WarmdError(err.code, f"Request for unknown model: {err.message}") from None
-        if version and version != spec.version:
+        if version and version != target.spec.version:
             raise WarmdError(Code.MODEL_NOT_FOUND, f"failed to get model version from specified version string "
-                             f"{version!r}: model {name!r} has version {spec.version or '(none)'!r}; leave the "
-                             "version empty for the current one")
-        return spec
+                             f"{version!r}: model {name!r} has version {target.spec.version or '(none)'!r}; leave "
+                             "the version empty for the current one")
+        return target
+
+
+def _statistics(found: Statistics) -> v2.ModelStatistics:
+    spec, s, resident = found.spec, found.stats, found.resident
+    duration = v2.StatisticDuration
+    stats = v2.ModelStatistics(
+        name=spec.name, version=spec.version, last_inference=s.last_inference_ms,
+        inference_count=s.inference_count, execution_count=s.execution_count,
+        inference_stats=v2.InferStatistics(success=duration(count=s.success_count, ns=s.success_ns),
+                                           fail=duration(count=s.fail_count, ns=s.fail_ns),
+                                           queue=duration(count=s.queue_count, ns=s.queue_ns)))
+    if resident is not None:
+        index = gpu_index(resident.device)
+        kind = "CPU_PINNED" if resident.tier == "host" else "CPU" if index is None else "GPU"
+        stats.memory_usage.add(type=kind, id=index or 0, byte_size=resident.bytes)
+    return stats
 
 
 def _error_message(err: WarmdError) -> str:
     return f"[{err.code.value}] {err.message}"
-
-
-def _name_free(owner: str, name: str, taken: Any, kind: str) -> None:
-    """Refuse a region name the caller already uses for the other kind of shared memory."""
-    if taken(owner, name):
-        raise WarmdError(Code.INVALID_ARGUMENT, f"shared-memory region {name!r} is already registered as {kind} "
-                         "shared memory; unregister it first")
 
 
 def _param(value: v2.InferParameter) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from warmd.providers.base import CallContext, InferRequest, InferResult, Provider
+from warmd.providers.llama_cpp import LlamaCppProvider
 from warmd.providers.onnx import OnnxProvider
 from warmd.providers.remote import RemoteProvider
 from warmd.providers.sentence_transformers import SentenceTransformersProvider
@@ -10,7 +11,7 @@ from warmd.providers.transformers import TransformersProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
     p.name: p for p in (TorchProvider, SentenceTransformersProvider, TransformersProvider, OnnxProvider,
-                        RemoteProvider)
+                        RemoteProvider, LlamaCppProvider)
 }
 
 __all__ = ["PROVIDERS", "CallContext", "InferRequest", "InferResult", "Provider"]

@@ -7,11 +7,20 @@ a provider only does what it is told:
     option_files(spec)             -> local files the options name that shape the model (class method)
     supports(spec, device)         -> whether it can run this spec on this device (class method)
     estimate(spec, files)          -> bytes it expects to occupy, from file headers (class method)
+    layers(spec, files)            -> a Layers when the model can be split between a GPU and the host
+                                      layer by layer (llama.cpp), else None (class method)
     Provider(spec, files, device)  -> an unloaded instance for one model
-        .load()                    -> measured bytes after the load
+        .gpu_layers                -> set by the scheduler before load() for a model with layers():
+                                      how many of them go to the GPU
+        .load()                    -> measured bytes after the load (on its device; a split model
+                                      sets .host_bytes to what it keeps in host memory)
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
         .gone()                    -> why it can no longer serve (its runner process died), else None
+
+A provider whose model is one torch module (torch, sentence-transformers, transformers) derives from
+`ModuleProvider`, which parks, brings back and unloads `self.module` for it; one that runs only some tasks
+names them in `tasks` and calls `check_task()` in `load`.
 
 `files` is the local folder (or single file) the store resolved for the spec. Heavy imports (torch)
 happen inside `load`, never at module import, so the daemon answers list/status without them.
@@ -31,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
 import jsonschema
 
+from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.spec import ModelSpec, TensorDecl, by_importance, explain
 
@@ -56,6 +66,10 @@ class CallContext:
         self._sink = sink or (lambda kind, value: None)
         self._on_cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+
+    def stream_to(self, sink: Callable[[str, Any], None]) -> None:
+        """Send what `progress()` and `emit()` report to `sink(kind, value)` from now on (a streaming caller)."""
+        self._sink = sink
 
     def cancel(self) -> None:
         with self._lock:
@@ -92,6 +106,29 @@ class CallContext:
         self._sink("text", text)
 
 
+@dataclass(frozen=True)
+class Layers:
+    """How a model splits between a GPU and host memory, layer by layer (llama.cpp's n_gpu_layers).
+
+    `sizes`: bytes each offloadable layer takes, in the order the runtime offloads them; `host`: bytes that
+    stay in host memory however many are offloaded; `wanted`: the layers the spec asks for on a GPU;
+    `flexible`: fewer will do (the spec says `auto`).
+    """
+
+    sizes: tuple[int, ...]
+    host: int
+    wanted: int
+    flexible: bool
+
+    def host_bytes(self, on_gpu: int) -> int:
+        """Host memory the model takes with `on_gpu` layers offloaded."""
+        return self.host + sum(self.sizes[on_gpu:])
+
+    def fitting(self, total: int, room: int) -> int:
+        """The most layers (up to `wanted`) whose device share of a `total`-byte model fits in `room`."""
+        return max((k for k in range(self.wanted + 1) if total - self.host_bytes(k) <= room), default=0)
+
+
 @dataclass
 class InferRequest:
     """What a provider gets: named arrays, texts, free-form parameters, and the call's context.
@@ -122,6 +159,8 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     # JSON Schema of this provider's `options` mapping.
     options_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    # The spec tasks it runs (empty: any); `check_task` refuses a spec with another one.
+    tasks: ClassVar[tuple[str, ...]] = ()
     # Whether to_host/to_device are implemented (the host-RAM tier parks a model evicted from a GPU).
     parkable: ClassVar[bool] = False
     # Whether requests can be joined along their first dimension (or texts) and outputs split back
@@ -129,6 +168,12 @@ class Provider(abc.ABC):
     batchable: ClassVar[bool] = False
     # Whether it takes torch tensors on a GPU as inputs and honours `InferRequest.device_outputs`.
     device_tensors: ClassVar[bool] = False
+    # Set by the scheduler before load() for models with layers(): how many go to the GPU.
+    gpu_layers: int | None = None
+    # Set by load() for a model split between a GPU and the host: bytes it keeps in host memory, and
+    # (layers on the GPU, layers in all).
+    host_bytes: int = 0
+    offloaded: tuple[int, int] | None = None
 
     def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
         self.spec, self.files, self.device = spec, files, device
@@ -148,12 +193,27 @@ class Provider(abc.ABC):
     @classmethod
     def supports(cls, spec: ModelSpec, device: str) -> bool:
         """Whether this provider can run `spec` on `device` ("cpu", "cuda:0")."""
-        return device == "cpu" or device.startswith("cuda")
+        return device == "cpu" or is_gpu(device)
 
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         """Bytes the model will occupy once loaded; default: its safetensors weights at the spec's precision."""
         return safetensors_bytes(sorted(_safetensors_files(files)), spec.precision)
+
+    @classmethod
+    def layers(cls, spec: ModelSpec, files: Path) -> Layers | None:
+        """How the model splits between a GPU and host memory, for runtimes that offload layer by layer."""
+        return None
+
+    def check_task(self) -> None:
+        """Refuse (at load) a spec whose task this provider does not run.
+
+        Raises:
+            WarmdError: `spec_invalid` naming the tasks it runs.
+        """
+        if self.tasks and self.spec.task not in self.tasks:
+            raise WarmdError(Code.SPEC_INVALID, f"provider {self.name} runs tasks {', '.join(self.tasks)}; "
+                             f"the spec says {self.spec.task!r}")
 
     @abc.abstractmethod
     def load(self) -> int:
@@ -179,6 +239,27 @@ class Provider(abc.ABC):
     def to_device(self) -> None:
         """Bring parked weights back to self.device. Only if parkable."""
         raise NotImplementedError
+
+
+class ModuleProvider(Provider):
+    """A provider whose loaded model is one torch module (`self.module`, set by `load`): parking moves its
+    tensors to pinned host memory and back, unloading drops it and hands the device memory back."""
+
+    parkable = True
+    module: Any = None
+
+    def to_host(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=True)
+
+    def to_device(self) -> None:
+        self.module = move_module(self.module, self.device, to_host=False)
+
+    def unload(self) -> None:
+        if self.module is None:
+            return
+        ref = weakref.ref(self.module)
+        self.module = None
+        release_module(ref, self.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -235,7 +316,7 @@ def release_module(ref: weakref.ref, device: str) -> None:
 
 
 def _empty_cuda_cache(device: str) -> None:
-    if device.startswith("cuda") and "torch" in sys.modules:
+    if is_gpu(device) and "torch" in sys.modules:
         import torch
 
         torch.cuda.empty_cache()
@@ -310,11 +391,16 @@ def _as_declared(spec: ModelSpec, decl: TensorDecl, array: np.ndarray) -> np.nda
                     + (f" (or {', '.join(exact)}, which convert exactly)" if exact else ""))
 
 
-def check_texts(spec: ModelSpec, texts: list[str]) -> None:
-    """Refuse a text longer than the spec's `max_input_chars`, before any tokenizer sees it."""
-    for i, text in enumerate(texts):
+def check_texts(spec: ModelSpec, texts: list[str], messages: Any = None) -> None:
+    """Refuse a text, or a chat message's content (`messages`, the chat task's parameter), longer than the
+    spec's `max_input_chars`, before any tokenizer or chat template sees it."""
+    named = [(f"text {i}", text) for i, text in enumerate(texts)]
+    if isinstance(messages, list):      # a malformed conversation is the chat task's to refuse
+        named += [(f"messages[{i}] content", m["content"]) for i, m in enumerate(messages)
+                  if isinstance(m, Mapping) and isinstance(m.get("content"), str)]
+    for what, text in named:
         if len(text) > spec.max_input_chars:
-            raise bad_input(f"text {i} is {len(text)} characters; model {spec.name!r} takes at most "
+            raise bad_input(f"{what} is {len(text)} characters; model {spec.name!r} takes at most "
                             f"{spec.max_input_chars} (max_input_chars in its spec): shorten or split it, "
                             "or raise max_input_chars")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from warmd.devices import gpu_index
 from warmd.errors import Code, WarmdError
 from warmd.providers.base import InferRequest, InferResult, Provider, bad_input
 from warmd.spec import ModelSpec
@@ -45,11 +46,11 @@ class OnnxProvider(Provider):
         if "threads" in self.spec.options:
             options.intra_op_num_threads = self.spec.options["threads"]
         providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
+        index = gpu_index(self.device)
+        if index is not None:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise WarmdError(Code.DEVICE_UNAVAILABLE, f"{self.spec.name} is placed on {self.device}, but this "
                                  "onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
-            index = int(self.device.split(":")[1]) if ":" in self.device else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

@@ -9,15 +9,12 @@ Input: `text` (one or more strings). Output: tensor "embedding", FP32 [len(text)
 from __future__ import annotations
 
 import os
-import weakref
 
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
-                                  release_module, torch_dtype)
+from warmd.providers.base import InferRequest, InferResult, ModuleProvider, bad_input, module_bytes, torch_dtype
 
 
-class SentenceTransformersProvider(Provider):
+class SentenceTransformersProvider(ModuleProvider):
     name = "sentence-transformers"
-    parkable = True
     batchable = True
     options_schema = {
         "type": "object",
@@ -35,32 +32,19 @@ class SentenceTransformersProvider(Provider):
 
         hf_logging.disable_progress_bar()
 
-        self.model = SentenceTransformer(str(self.files), device=self.device, local_files_only=True)
+        self.module = SentenceTransformer(str(self.files), device=self.device, local_files_only=True)
         if self.spec.precision != "fp32":
-            self.model.to(torch_dtype(self.spec.precision))
-        self.model.eval()
-        return module_bytes(self.model)
+            self.module.to(torch_dtype(self.spec.precision))
+        self.module.eval()
+        return module_bytes(self.module)
 
     def infer(self, request: InferRequest) -> InferResult:
         import numpy as np
 
         if not request.text:
             raise bad_input(f"model {self.spec.name!r} embeds text: pass one or more texts")
-        vectors = self.model.encode(
+        vectors = self.module.encode(
             request.text, batch_size=self.spec.options.get("batch_size", 32),
             normalize_embeddings=self.spec.options.get("normalize", False),
             convert_to_numpy=True, show_progress_bar=False)
         return InferResult(tensors={"embedding": np.asarray(vectors, dtype=np.float32)})
-
-    def to_host(self) -> None:
-        self.model = move_module(self.model, self.device, to_host=True)
-
-    def to_device(self) -> None:
-        self.model = move_module(self.model, self.device, to_host=False)
-
-    def unload(self) -> None:
-        if self.model is None:
-            return
-        ref = weakref.ref(self.model)
-        self.model = None
-        release_module(ref, self.device)

@@ -18,15 +18,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import logging
 import sys
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
-from warmd.providers.base import (InferRequest, InferResult, Provider, bad_input, module_bytes, move_module,
-                                  release_module, safetensors_bytes, torch_dtype)
+from warmd.providers.base import (InferRequest, InferResult, ModuleProvider, bad_input, module_bytes,
+                                  safetensors_bytes, torch_dtype)
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-class TorchProvider(Provider):
+class TorchProvider(ModuleProvider):
     name = "torch"
-    parkable = True
     batchable = True
     device_tensors = True
     options_schema = {
@@ -53,10 +53,6 @@ class TorchProvider(Provider):
         },
     }
 
-    def __init__(self, spec: ModelSpec, files: Path, device: str) -> None:
-        super().__init__(spec, files, device)
-        self.module: Any = None
-
     @classmethod
     def estimate(cls, spec: ModelSpec, files: Path) -> int:
         return safetensors_bytes([weights_file(spec, files)], spec.precision)
@@ -71,7 +67,7 @@ class TorchProvider(Provider):
 
         path = weights_file(self.spec, self.files)
         self._dtype = torch_dtype(self.spec.precision)
-        if self.device.startswith("cuda"):
+        if is_gpu(self.device):
             from warmd.providers.staging import load_to_device
 
             state = load_to_device(path, self.device, self._dtype)
@@ -127,19 +123,6 @@ class TorchProvider(Provider):
         with torch.inference_mode():
             result = self.module(*args, **extra)
         return InferResult(tensors=self._name_outputs(result, request.device_outputs))
-
-    def to_host(self) -> None:
-        self.module = move_module(self.module, self.device, to_host=True)
-
-    def to_device(self) -> None:
-        self.module = move_module(self.module, self.device, to_host=False)
-
-    def unload(self) -> None:
-        if self.module is None:
-            return
-        ref = weakref.ref(self.module)
-        self.module = None
-        release_module(ref, self.device)
 
     def _ordered_inputs(self, request: InferRequest) -> list[tuple[str, np.ndarray]]:
         if not request.tensors:
@@ -201,8 +184,9 @@ def weights_file(spec: ModelSpec, files: Path) -> Path:
     if files.is_file():
         return files
     name = spec.options.get("weights", "model.safetensors")
-    path = (files / name).resolve()
-    if not path.is_relative_to(files.resolve()):
+    # Checked by name, not by resolving links: a Hugging Face snapshot's files are links into its blobs/.
+    path = Path(os.path.normpath(files / name))
+    if not path.is_relative_to(os.path.normpath(files)):
         raise WarmdError(Code.SPEC_INVALID, f"options.weights {name!r} points outside the model's files")
     if not path.is_file():
         raise WarmdError(Code.WEIGHTS_MISSING, f"weights file {path} does not exist; "

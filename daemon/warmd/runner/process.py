@@ -335,7 +335,8 @@ def _isolated(cls: type[Provider]) -> type[Provider]:
         adapter = Path(inspect.getfile(cls))
         target = {"adapter": str(adapter), "class": cls.__name__, "paths": [str(adapter.parent)]}
     return type(f"Isolated{cls.__name__}", (RunnerProvider,), {
-        "name": cls.name, "options_schema": cls.options_schema, "batchable": cls.batchable, "target": target,
+        "name": cls.name, "options_schema": cls.options_schema, "batchable": cls.batchable, "tasks": cls.tasks,
+        "target": target,
         "estimate": classmethod(lambda _, spec, files: cls.estimate(spec, files)),
         "supports": classmethod(lambda _, spec, device: cls.supports(spec, device)),
         "option_files": classmethod(lambda _, spec: cls.option_files(spec))})

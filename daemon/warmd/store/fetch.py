@@ -1,4 +1,5 @@
-"""One file over HTTP(S): resumable (Range), verified (sha256 or git blob sha1), atomically installed.
+"""One file over HTTP(S): resumable (Range), verified (sha256 or git blob sha1), atomically installed; and
+what every transfer shares (a disk-space check before the first byte, a size by HTTP HEAD, throttled progress).
 
 The partial file lives next to its final path as `<name>.part` and survives a killed daemon, so the next
 attempt asks for `Range: bytes=<size of part>-` and fetches only what is missing. Nothing reaches the final
@@ -6,11 +7,12 @@ path before its digest matches: write aside, verify, `os.replace`.
 """
 from __future__ import annotations
 
-import hashlib
 import errno
+import hashlib
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -18,12 +20,15 @@ from pathlib import Path
 from typing import Callable
 
 from warmd.errors import Code, WarmdError
+from warmd.jobs import Job
+from warmd.units import format_size
 
 log = logging.getLogger(__name__)
 CHUNK = 8 * 1024 * 1024     # reading a partial file back to hash it
 # The next step after a source could not be reached: what to check, or how to work without the network.
 OFFLINE_HINT = ("check the network (and HF_ENDPOINT or the URL), or start warmd with --offline to use only "
                 "files already on disk")
+PROGRESS_EVERY_S = 0.25
 RETRIES = 4            # per file, for cut connections and stalls; each retry resumes
 
 
@@ -206,3 +211,64 @@ class _HashThread:
 
 class _Refused(Exception):
     """A 4xx answer: retrying the same source will not help."""
+
+
+class Progress:
+    """Counts bytes from any thread and publishes throttled progress events for one job: the total in
+    `progress`, the file under way and its own bytes in the message."""
+
+    def __init__(self, job: Job, total: int) -> None:
+        self.job, self.total, self.done = job, total, 0
+        self.file, self.file_size, self.file_done = "", 0, 0
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def start_file(self, name: str, size: int) -> None:
+        """A new file is under way: say so at once (file boundaries are worth an event)."""
+        with self._lock:
+            self.file, self.file_size, self.file_done = name, size, 0
+            self._last = time.monotonic()
+        if name:
+            self.publish()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            self.file_done += n
+            now = time.monotonic()
+            due = now - self._last >= PROGRESS_EVERY_S
+            if due:
+                self._last = now
+        if due:
+            self.publish()
+
+    def publish(self) -> None:
+        with self._lock:
+            message = (f"{self.file} {format_size(self.file_done)}/{format_size(self.file_size)}"
+                       if self.file else "")
+            done = self.done
+        self.job.progress("download", done, self.total, unit="bytes", message=message)
+
+
+def ensure_disk(folder: Path, needed: int) -> None:
+    """Fail before the first byte when the disk cannot hold what is still to come."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise WarmdError(Code.INSUFFICIENT_DISK, f"{format_size(needed)} still to download but only "
+                         f"{format_size(free)} free in {folder}; free some space (warm rm) and retry")
+
+
+def content_length(urls: list[str]) -> int:
+    from huggingface_hub.utils import get_session
+
+    errors = []
+    for url in urls:
+        try:
+            response = get_session().head(url, follow_redirects=True, timeout=30.0)
+            if response.status_code < 400 and response.headers.get("content-length"):
+                return int(response.headers["content-length"])
+            errors.append(f"{url}: HTTP {response.status_code}")
+        except Exception as exc:  # noqa: BLE001 - try the next mirror
+            errors.append(f"{url}: {exc}")
+    raise WarmdError(Code.UNAVAILABLE, f"cannot reach any source: {'; '.join(errors)}; {OFFLINE_HINT}")

@@ -257,8 +257,6 @@ def discover(named: set[str]) -> list[dict]:
 
 # library_name on the hub -> (provider, default task)
 _LIBRARIES = {"sentence-transformers": ("sentence-transformers", "feature-extraction")}
-# transformers repos: the pipelines the transformers provider runs (its TASKS)
-_TRANSFORMERS_TASKS = ("text-generation", "feature-extraction", "text-classification", "token-classification")
 
 
 def suggest_spec(repo_id: str, revision: str) -> dict:
@@ -269,19 +267,21 @@ def suggest_spec(repo_id: str, revision: str) -> dict:
     """
     from huggingface_hub import HfApi
 
+    from warmd.providers.transformers import TASKS    # transformers repos: the pipelines that provider runs
+
     with asking(repo_id, revision):
         info = HfApi().model_info(repo_id, revision=revision)
     library = info.library_name or ""
     if library not in _LIBRARIES and "sentence-transformers" in (info.tags or []):
         library = "sentence-transformers"
-    if library == "transformers" and info.pipeline_tag in _TRANSFORMERS_TASKS:
+    if library == "transformers" and info.pipeline_tag in TASKS:
         provider, task = "transformers", info.pipeline_tag
     elif library in _LIBRARIES:
         provider, task = _LIBRARIES[library]
     else:
         raise WarmdError(Code.UNSUPPORTED_PROVIDER, f"{repo_id} is a {library or 'unknown-library'} model "
                          f"(pipeline {info.pipeline_tag or 'unknown'}); installed providers run sentence-"
-                         f"transformers repos and transformers repos for {', '.join(_TRANSFORMERS_TASKS)}. "
+                         f"transformers repos and transformers repos for {', '.join(TASKS)}. "
                          "Write its spec by hand with a torch factory.")
     architectures = (info.config or {}).get("architectures") or []
     description = f"{repo_id}" + (f" ({', '.join(architectures)})" if architectures else "")

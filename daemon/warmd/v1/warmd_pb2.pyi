@@ -57,7 +57,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Residency(_message.Message):
-    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier")
+    __slots__ = ("device", "estimated_bytes", "measured_bytes", "loaded_at", "last_used", "expires_at", "in_flight", "pinned", "tier", "gpu_layers", "total_layers")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class Residency(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     device: str
     estimated_bytes: int
     measured_bytes: int
@@ -76,10 +78,12 @@ class Residency(_message.Message):
     in_flight: int
     pinned: bool
     tier: str
-    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ...) -> None: ...
+    gpu_layers: int
+    total_layers: int
+    def __init__(self, device: _Optional[str] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., expires_at: _Optional[float] = ..., in_flight: _Optional[int] = ..., pinned: _Optional[bool] = ..., tier: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads")
+    __slots__ = ("name", "version", "description", "tags", "task", "provider", "source", "device", "precision", "pin", "keep_alive_s", "preload", "file", "signature", "state", "residency", "error_code", "error", "inputs", "outputs", "files", "downloads", "downloadable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +106,7 @@ class Model(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     DOWNLOADS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     description: str
@@ -124,7 +129,8 @@ class Model(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     files: Files
     downloads: _containers.RepeatedCompositeFieldContainer[DownloadRecord]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ..., downloads: _Optional[_Iterable[_Union[DownloadRecord, _Mapping]]] = ...) -> None: ...
+    downloadable: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., provider: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., pin: _Optional[bool] = ..., keep_alive_s: _Optional[float] = ..., preload: _Optional[bool] = ..., file: _Optional[str] = ..., signature: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., residency: _Optional[_Union[Residency, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., files: _Optional[_Union[Files, _Mapping]] = ..., downloads: _Optional[_Iterable[_Union[DownloadRecord, _Mapping]]] = ..., downloadable: _Optional[bool] = ...) -> None: ...
 
 class DownloadRecord(_message.Message):
     __slots__ = ("started", "finished", "source", "revision", "result", "error_code", "message", "bytes")
@@ -147,16 +153,18 @@ class DownloadRecord(_message.Message):
     def __init__(self, started: _Optional[float] = ..., finished: _Optional[float] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., result: _Optional[str] = ..., error_code: _Optional[str] = ..., message: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Discovered(_message.Message):
-    __slots__ = ("repo_id", "revisions", "size_on_disk", "path")
+    __slots__ = ("repo_id", "revisions", "size_on_disk", "path", "source")
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
     REVISIONS_FIELD_NUMBER: _ClassVar[int]
     SIZE_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     repo_id: str
     revisions: _containers.RepeatedScalarFieldContainer[str]
     size_on_disk: int
     path: str
-    def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, repo_id: _Optional[str] = ..., revisions: _Optional[_Iterable[str]] = ..., size_on_disk: _Optional[int] = ..., path: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Files(_message.Message):
     __slots__ = ("state", "bytes_on_disk", "revision", "bytes_total")
@@ -530,7 +538,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "plugin")
+    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction", "plugin")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -541,6 +549,7 @@ class Event(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: float
@@ -552,8 +561,87 @@ class Event(_message.Message):
     progress: Progress
     error_code: str
     reason: str
+    eviction: Eviction
     plugin: str
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., plugin: _Optional[str] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ..., plugin: _Optional[str] = ...) -> None: ...
+
+class Eviction(_message.Message):
+    __slots__ = ("time", "model", "action", "reason", "device", "bytes", "for_model", "policy", "requests_per_min", "back_s", "back_measured", "cost", "idle_s", "message")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FOR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    BACK_S_FIELD_NUMBER: _ClassVar[int]
+    BACK_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    model: str
+    action: str
+    reason: str
+    device: str
+    bytes: int
+    for_model: str
+    policy: str
+    requests_per_min: float
+    back_s: float
+    back_measured: bool
+    cost: float
+    idle_s: float
+    message: str
+    def __init__(self, time: _Optional[float] = ..., model: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., for_model: _Optional[str] = ..., policy: _Optional[str] = ..., requests_per_min: _Optional[float] = ..., back_s: _Optional[float] = ..., back_measured: _Optional[bool] = ..., cost: _Optional[float] = ..., idle_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PlanLoadRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LoadPlan(_message.Message):
+    __slots__ = ("model", "action", "device", "bytes", "free_bytes", "evictions", "download", "policy", "message", "gpu_layers", "total_layers", "host_bytes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HOST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: str
+    device: str
+    bytes: int
+    free_bytes: int
+    evictions: _containers.RepeatedCompositeFieldContainer[Eviction]
+    download: bool
+    policy: str
+    message: str
+    gpu_layers: int
+    total_layers: int
+    host_bytes: int
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., device: _Optional[str] = ..., bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ..., download: _Optional[bool] = ..., policy: _Optional[str] = ..., message: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., total_layers: _Optional[int] = ..., host_bytes: _Optional[int] = ...) -> None: ...
+
+class ListEvictionsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListEvictionsResponse(_message.Message):
+    __slots__ = ("evictions",)
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    evictions: _containers.RepeatedCompositeFieldContainer[Eviction]
+    def __init__(self, evictions: _Optional[_Iterable[_Union[Eviction, _Mapping]]] = ...) -> None: ...
 
 class RegisterRegionRequest(_message.Message):
     __slots__ = ("name", "key", "offset", "byte_size")

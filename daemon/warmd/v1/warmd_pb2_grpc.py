@@ -164,6 +164,16 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.FromString,
                 _registered_method=True)
+        self.PlanLoad = channel.unary_unary(
+                '/warmd.v1.Warmd/PlanLoad',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.PlanLoadRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.LoadPlan.FromString,
+                _registered_method=True)
+        self.ListEvictions = channel.unary_unary(
+                '/warmd.v1.Warmd/ListEvictions',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ListEvictionsRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.ListEvictionsResponse.FromString,
+                _registered_method=True)
 
 
 class WarmdServicer:
@@ -237,7 +247,8 @@ class WarmdServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancel a running job (a download keeps its partial files for the next attempt).
+        """Cancel a running job: a load stops at its next step, a download at its next chunk (keeping its
+        partial files for the next attempt). Status.jobs lists the running jobs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -357,6 +368,22 @@ class WarmdServicer:
 
     def ListPlugins(self, request, context):
         """Every plugin: folder plugins and those installed from git (source, commit, the gate's last result).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanLoad(self, request, context):
+        """What loading a model would do now, without doing it: the device, the bytes, and which models would be
+        parked or unloaded first and why (`warm load --dry-run`). Fails as the load would (insufficient_memory...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvictions(self, request, context):
+        """The residency log: the latest evictions, parks, discards from the host tier, expiries and pressure
+        reliefs, oldest first, each with its reason and the figures it was decided on (`warm ps --history`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -494,6 +521,16 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.ListPlugins,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.SerializeToString,
+            ),
+            'PlanLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanLoad,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.PlanLoadRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.LoadPlan.SerializeToString,
+            ),
+            'ListEvictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvictions,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ListEvictionsRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.ListEvictionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1198,6 +1235,60 @@ class Warmd:
             '/warmd.v1.Warmd/ListPlugins',
             warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/PlanLoad',
+            warmd_dot_v1_dot_warmd__pb2.PlanLoadRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.LoadPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ListEvictions',
+            warmd_dot_v1_dot_warmd__pb2.ListEvictionsRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.ListEvictionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
