@@ -119,3 +119,18 @@ def runner_pids(daemon_pid: int) -> list[int]:
         if ppid == daemon_pid and b"warmd.runner.child" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+# A repository with a model and no adapter (`warm add --draft`): scale.py shows how the model runs.
+DRAFTABLE = {
+    "README.md": "# scale\n\nMultiplies its input by the factor in factor.json: `scale.scale(x)`.\n",
+    "scale.py": "import json\n\n\ndef scale(x, path='factor.json'):\n    return x * json.load(open(path))['factor']\n",
+    "factor.json": '{"factor": 2.5}\n',
+}
+
+
+def drafted_answer(adapter: str = ADAPTER) -> str:
+    """A coder's answer for the DRAFTABLE repository, in the format the drafting asks for: the scale adapter
+    (`adapter`), its manifest and its example spec."""
+    files = (("warmd-plugin.yaml", MANIFEST), ("scale.yaml", SPEC), ("adapter.py", adapter))
+    return "Here is the adapter.\n\n" + "".join(f"FILE: {path}\n```\n{text}```\n\n" for path, text in files)

@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="hf://ORG/NAME|ollama://NAME:TAG|git+URL[@REV]|PATH")
     p.add_argument("--revision", default="")
     p.add_argument("--name", default="")
+    p.add_argument("--draft", action="store_true", help="git: the repository has no adapter; the profile's coder "
+                   "drafts one, each attempt gated, and the draft is shown as a diff")
+    p.add_argument("--accept", action="store_true", help="git: install the draft once it passed the gate (with "
+                   "--draft), or the last draft that passed")
     p.set_defaults(run=cmd_add)
     p = sub.add_parser("plugins", parents=[common, as_json], help="provider plugins: ls | update NAME | rm NAME")
     p.add_argument("action", choices=["ls", "update", "rm"])
@@ -293,16 +297,32 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
 def cmd_add(client: Client, args: argparse.Namespace) -> int:
     plugin = _plugin_source(args.source)
     if plugin is not None:
-        source = f"{plugin}@{args.revision}" if args.revision else plugin
-        last = client.install_plugin(source, name=args.name, on_event=lambda e: _plugin_event(args, e))
-        if not args.json:        # with --json every event, the last one included, is a line already
-            say(f"installed {last.message}")
-        return 0
+        return _add_plugin(client, args, f"{plugin}@{args.revision}" if args.revision else plugin)
+    if args.draft or args.accept:
+        raise WarmdError(Code.INVALID_ARGUMENT, "--draft and --accept are for plugins from git (git+URL or a "
+                         "local repository)")
     result = client.add(args.source, revision=args.revision, name=args.name)
     if args.json:
         return print_json(result)
     say(f"wrote {result.file}: {result.name} ({result.provider}, {result.task}); `warm pull {result.name}` "
         "fetches it")
+    return 0
+
+
+def _add_plugin(client: Client, args: argparse.Namespace, source: str) -> int:
+    drafts: list[pb.Event] = []            # the attempts of --draft, each with its diff
+
+    def on_event(event: pb.Event) -> None:
+        drafts.extend([event] if event.kind == "plugin.draft" else [])
+        _plugin_event(args, event)
+
+    try:
+        last = client.install_plugin(source, name=args.name, draft=args.draft, accept=args.accept, on_event=on_event)
+    finally:
+        if drafts and not args.json:       # the last draft, passed or not, for the user to read
+            out.print(Text(drafts[-1].diff), end="")
+    if not args.json:        # with --json every event, the last one included, is a line already
+        say(last.message if last.kind == "plugin.drafted" else f"installed {last.message}")
     return 0
 
 
@@ -353,6 +373,8 @@ def _plugin_event(args: argparse.Namespace, event: pb.Event) -> None:
         sys.stdout.flush()
     elif event.kind == "job.progress":
         note(f"{event.progress.phase}: {event.message}")
+    elif event.kind == "plugin.draft":
+        note(event.message.splitlines()[0])
 
 
 def cmd_unload(client: Client, args: argparse.Namespace) -> int:

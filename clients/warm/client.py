@@ -168,20 +168,26 @@ class Client:
         """Write a spec for `hf://org/name` into the daemon's specs folder, from the repo's metadata."""
         return self._call(self._stub.AddModel, pb.AddModelRequest(source=source, revision=revision, name=name))
 
-    def install_plugin(self, source: str, *, name: str = "",
+    def install_plugin(self, source: str, *, name: str = "", draft: bool = False, accept: bool = False,
                        on_event: Callable[[pb.Event], None] | None = None) -> pb.Event:
         """Install a provider plugin from a git repository (`git+https://host/org/repo[@REV]`, `git+file://...`
         or an absolute path), once its gate passed, with its example specs.
 
         Args:
+            draft: the repository has no adapter: the daemon's `coder` role drafts one, each attempt gated
+                (a `plugin.draft` event with its diff per attempt).
+            accept: install the draft once it passed (with `draft`), or the kept draft that passed.
             on_event: called with each event (job.progress per gate step, then plugin.installed).
         Returns:
-            The last event, `plugin.installed`, whose message names the commit and the models.
+            The last event: `plugin.installed`, whose message names the commit and the models, or
+            `plugin.drafted` (draft without accept) with the passing draft's diff.
         Raises:
-            WarmdError: `provider_failed` when the gate refused it (the message says which step and why);
-                `spec_invalid` for a broken manifest; `invalid_argument` for a bad source or a taken name.
+            WarmdError: `provider_failed` when the gate refused it (the message says which step and why; for a
+                draft, the last attempt's); `spec_invalid` for a broken manifest; `invalid_argument` for a bad
+                source, a taken name, no coder role or no passed draft to accept.
         """
-        return self._last(self._stub.InstallPlugin, pb.InstallPluginRequest(source=source, name=name), on_event)
+        return self._last(self._stub.InstallPlugin, pb.InstallPluginRequest(source=source, name=name, draft=draft,
+                                                                            accept=accept), on_event)
 
     def update_plugin(self, name: str, *, on_event: Callable[[pb.Event], None] | None = None) -> pb.Event:
         """Fetch plugin `name`'s source again and switch to its newest commit if that passes the gate (the

@@ -9,6 +9,12 @@ Rules:
 - Nothing is installed unless the gate passes: the clone and the virtualenv are staged in
   `<plugins_dir>/.staging/<operation id>` and moved into place only after it; a failure leaves nothing
   behind and says which step failed, with the traceback's last lines.
+- Drafting (`--draft`, a repository with no adapter): the `coder` (coder.py) is given the prompt of
+  draft.py; each attempt starts from the pinned commit's tree (git checkout and clean), writes the answer's
+  files and runs the same gate as any install; a refused attempt's verdict goes back to the coder, at most
+  `draft_attempts` times. The last draft is kept (draft.py) with its diff; it is installed only when its
+  gate passed: at once with `--accept`, or later by `--accept` alone, which clones its commit, adds its
+  files and gates it again. An update of a drafted plugin adds the draft's files to the new commit.
 - Install order: the files, the record, the plugins scan (the provider exists), then the example specs
   (the models appear; a spec that cannot be written undoes the install). Update: the same with the new
   commit, the spec files rewritten to point at it, so each model reloads by itself while the old version
@@ -34,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from warmd.adapters import gate, manifest
+from warmd.adapters import draft, gate, manifest
+from warmd.adapters.coder import Coder
 from warmd.adapters.gate import Verdict
 from warmd.adapters.record import Record, is_installed, read
 from warmd.catalog import Catalog
@@ -118,28 +125,34 @@ class Work:
 
 class Installer:
     def __init__(self, plugins_dir: Path, catalog: Catalog, plugins: Plugins, jobs: Jobs,
-                 gate_timeout: float, offline: bool) -> None:
+                 gate_timeout: float, offline: bool, draft_attempts: int = 3) -> None:
         self.folder, self.catalog, self.plugins, self.jobs = plugins_dir, catalog, plugins, jobs
         self.bus = jobs.bus
-        self.gate_timeout, self.offline = gate_timeout, offline
+        self.gate_timeout, self.offline, self.draft_attempts = gate_timeout, offline, draft_attempts
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
     # ---- the operations ------------------------------------------------------------------------
-    def install(self, source: str, name: str = "") -> tuple[Job, Future]:
+    def install(self, source: str, name: str = "", coder: Coder | None = None,
+                accept: bool = False) -> tuple[Job, Future]:
         """Start installing `source`.
 
+        Args:
+            coder: draft an adapter with it (`--draft`); installed only with `accept` once a draft passed.
+            accept: without a coder, install the kept draft of `source` (which passed its gate).
         Returns:
             Its job (follow it by id) and a future of what it says when it is done.
         Raises:
-            WarmdError: `invalid_argument` for a malformed source or name; `network_forbidden` for a network
-                source while offline.
+            WarmdError: `invalid_argument` for a malformed source or name, or `accept` with no passed draft
+                of it; `network_forbidden` for a network source while offline.
         """
         parsed = self._source(source)
         if name and not NAME_PATTERN.match(name):
             raise WarmdError(Code.INVALID_ARGUMENT, f"{name!r} is not a plugin name: lowercase letters, digits, "
                              ". _ -, at most 64")
-        return self._start("install", name or parsed.default_name, lambda work: self._install(work, parsed, name))
+        kept = draft.kept(self.folder, name or parsed.default_name, parsed.url) if accept and coder is None else None
+        return self._start("install", name or parsed.default_name,
+                           lambda work: self._install(work, parsed, name, coder, accept, kept))
 
     def update(self, name: str) -> tuple[Job, Future]:
         """Start updating installed plugin `name` to its source's newest commit (see `install`).
@@ -199,24 +212,39 @@ class Installer:
             return set(self._busy)
 
     # ---- install -------------------------------------------------------------------------------
-    def _install(self, op: Work, source: GitSource, name: str) -> str:
+    def _install(self, op: Work, source: GitSource, name: str, coder: Coder | None, accept: bool,
+                 kept: draft.Kept | None) -> str:
         with self._staged(op) as staging:
             checkout = staging / "checkout"
-            commit = self._clone(op, source, checkout)
+            commit = self._clone(op, GitSource(source.given, source.url, kept.commit) if kept else source, checkout)
             name = name or _manifest_name(checkout, source.default_name)
             op.plugin = name
             if (self.folder / name).exists():
                 raise WarmdError(Code.INVALID_ARGUMENT, f"a plugin named {name!r} is installed; `warm plugins update "
                                  f"{name}` fetches its newest commit, or pass --name")
             with self._claimed(name):
-                verdict = self._gated(op, checkout, name, staging, commit)
+                drafted: list[str] = []
+                if coder is not None:
+                    attempt = self._draft(op, source, checkout, name, staging, commit, coder)
+                    if not accept:
+                        said = f"a draft for {name} passed the gate at attempt {attempt.attempt}; `warm add " \
+                               f"{source.given} --accept` installs it"
+                        self._event(op, "plugin.drafted", said, diff=attempt.diff())
+                        return said
+                    verdict, drafted = attempt.verdict, sorted(attempt.files)    # the gate just passed on these
+                else:
+                    if kept is not None:
+                        draft.write(draft.Draft(kept.files), checkout)
+                        drafted = sorted(kept.files)
+                    verdict = self._gated(op, checkout, name, staging, commit)
+                assert verdict is not None
                 self._check_free(verdict)
                 record = Record(name=name, source=source.given, url=source.url, rev=source.rev, commit=commit,
                                 provider=verdict.provider["name"], batchable=verdict.provider["batchable"],
                                 adapter=str(verdict.manifest.adapter.relative_to(checkout.resolve())),  # type: ignore[union-attr]
                                 class_name=verdict.manifest.class_name,  # type: ignore[union-attr]
                                 venv=verdict.environment is not None, specs=[f"{s.name}.yaml" for s in verdict.specs],
-                                gate=verdict.summary(commit), folder=self.folder / name)
+                                gate=verdict.summary(commit), drafted=drafted, folder=self.folder / name)
                 record.folder.mkdir(parents=True)
                 try:
                     self._place(record, staging, commit)
@@ -231,6 +259,43 @@ class Installer:
                f"(provider {record.provider})"
         self._event(op, "plugin.installed", said)
         return said
+
+    def _draft(self, op: Work, source: GitSource, checkout: Path, name: str, staging: Path, commit: str,
+               coder: Coder) -> draft.Draft:
+        """Ask `coder` for an adapter until one passes the gate, at most `draft_attempts` times; keep the last
+        draft. Returns the passing one.
+
+        Raises:
+            Refused: no draft passed (the last one's verdict).
+        """
+        if any((checkout / f).exists() for f in (manifest.MANIFEST, manifest.ADAPTER)):
+            raise WarmdError(Code.INVALID_ARGUMENT, f"{source.url} has an adapter already ({manifest.MANIFEST} or "
+                             f"{manifest.ADAPTER}); `warm add {source.given}` without --draft gates it")
+        messages = [{"role": "system", "content": draft.SYSTEM},
+                    {"role": "user", "content": draft.prompt(checkout, name)}]
+        for number in range(1, self.draft_attempts + 1):
+            said = f"attempt {number} of {self.draft_attempts}"
+            self._progress(op, "draft", f"{said}: asking {coder.name}")
+            answer = coder.ask(messages, op.context)
+            for args in (["checkout", "--quiet", "--force", commit], ["clean", "-q", "-f", "-d", "-x"]):
+                _git(["-C", str(checkout), *args], source)        # each attempt starts from the commit's tree
+            attempt = draft.parse(answer, checkout)
+            attempt.attempt = number
+            draft.write(attempt, checkout)
+            attempt.verdict = verdict = self.check_folder(checkout, name, staging, op)
+            self._event(op, "plugin.draft", f"{said}: " + ("passed the gate" if verdict.passed else verdict.explain()),
+                        diff=attempt.diff())
+            if verdict.passed or op.context.cancelled.is_set():
+                break
+            messages = messages[:2] + [{"role": "assistant", "content": answer},
+                                       {"role": "user", "content": draft.feedback(attempt)}]
+        draft.keep(self.folder, name, draft.Kept(source.given, source.url, commit, coder.name, attempt.files,
+                                                 verdict.passed, verdict.step, verdict.message, attempt.diff()))
+        if not verdict.passed:
+            raise Refused(Code.CANCELLED if op.context.cancelled.is_set() else Code.PROVIDER_FAILED,
+                          f"{name} (commit {commit[:12]}): no draft by {coder.name} passed the gate in {number} "
+                          f"attempt(s); the last: {verdict.explain()}", verdict)
+        return attempt
 
     def _clone(self, op: Work, source: GitSource, dest: Path) -> str:
         self._progress(op, "clone", f"cloning {source.url}" + (f" at {source.rev}" if source.rev else ""))
@@ -285,6 +350,7 @@ class Installer:
         with self._claimed(old.name), self._staged(op) as staging:
             checkout = staging / "checkout"
             commit = self._clone(op, source, checkout)
+            self._redraft(old, checkout)
             if commit == old.commit:
                 said = f"{old.name} is at commit {commit[:12]} already, the newest of {old.url}" + \
                     (f" at {old.rev}" if old.rev else "")
@@ -313,6 +379,13 @@ class Installer:
         said = f"{old.name}: commit {old.commit[:12]} -> {commit[:12]}; its models reload while the old version serves"
         self._event(op, "plugin.updated", said)
         return said
+
+    def _redraft(self, record: Record, checkout: Path) -> None:
+        """A drafted plugin's files onto a new commit (those the commit does not have itself)."""
+        for path in record.drafted:
+            if not (checkout / path).exists():
+                (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(record.code_dir() / path, checkout / path)
 
     def _switch_specs(self, old: Record, new: Record, checkout: Path, specs: list[ModelSpec]) -> None:
         """Point the plugin's spec files at the new commit (keeping the user's edits); write the new
@@ -390,11 +463,11 @@ class Installer:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _progress(self, op: Work, step: str, message: str) -> None:
-        steps = ("clone", *gate.STEPS)
+        steps = ("clone", "draft", *gate.STEPS)
         op.job.progress(step, steps.index(step), len(steps), message=message, plugin=op.plugin)
 
-    def _event(self, op: Work, kind: str, message: str, code: Code | None = None) -> None:
-        op.job.publish(kind, plugin=op.plugin, message=message, error_code=code.value if code else "")
+    def _event(self, op: Work, kind: str, message: str, code: Code | None = None, diff: str = "") -> None:
+        op.job.publish(kind, plugin=op.plugin, message=message, error_code=code.value if code else "", diff=diff)
 
 
 def _manifest_name(checkout: Path, default: str) -> str:

@@ -39,6 +39,7 @@ class Record:
     gate: dict[str, Any]        # the gate's last verdict (a failed update's too)
     installed: float = field(default_factory=time.time)
     previous: str = ""          # the commit before the last update
+    drafted: list[str] = field(default_factory=list)   # files a coder drafted (`--draft`), added to each commit
     folder: Path = field(default=Path(), compare=False)   # <plugins_dir>/<name>; not stored
 
     def code_dir(self, commit: str = "") -> Path:

@@ -235,7 +235,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
     # ---- plugins -------------------------------------------------------------------------------
     @mapped_stream
     def InstallPlugin(self, request: pb.InstallPluginRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
-        with self.app.install_plugin(request.source, request.name) as install:
+        with self.app.install_plugin(request.source, request.name, request.draft, request.accept) as install:
             yield from install.events(context.is_active)
 
     @mapped_stream

@@ -417,12 +417,16 @@ class GateResult(_message.Message):
     def __init__(self, result: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., output: _Optional[str] = ..., commit: _Optional[str] = ..., at: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class InstallPluginRequest(_message.Message):
-    __slots__ = ("source", "name")
+    __slots__ = ("source", "name", "draft", "accept")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
     source: str
     name: str
-    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    draft: bool
+    accept: bool
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., draft: _Optional[bool] = ..., accept: _Optional[bool] = ...) -> None: ...
 
 class UpdatePluginRequest(_message.Message):
     __slots__ = ("name",)
@@ -538,7 +542,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction", "plugin")
+    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction", "plugin", "diff")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -551,6 +555,7 @@ class Event(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVICTION_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: float
     kind: str
@@ -563,7 +568,8 @@ class Event(_message.Message):
     reason: str
     eviction: Eviction
     plugin: str
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ..., plugin: _Optional[str] = ...) -> None: ...
+    diff: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ..., plugin: _Optional[str] = ..., diff: _Optional[str] = ...) -> None: ...
 
 class Eviction(_message.Message):
     __slots__ = ("time", "model", "action", "reason", "device", "bytes", "for_model", "policy", "requests_per_min", "back_s", "back_measured", "cost", "idle_s", "message")

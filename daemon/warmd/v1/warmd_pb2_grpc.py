@@ -345,7 +345,8 @@ class WarmdServicer:
         """Install a provider plugin from a git repository: clone, pin the commit, run the gate (import, load and
         run the manifest's examples in separate processes), and only if it passes install it with its example
         specs. Streams the job's events (job.progress per gate step); the last is "plugin.installed", or the
-        call ends with an error whose message says which step failed and why.
+        call ends with an error whose message says which step failed and why. With `draft`, a code model writes
+        the adapter first (see InstallPluginRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
