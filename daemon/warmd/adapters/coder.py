@@ -8,7 +8,8 @@ Rules:
   statistics), and a cancelled job stops its generation;
 - a remote one is `POST {url}/chat/completions` in OpenAI's request and response shape (httpx, the `draft`
   extra, imported only then), with `Authorization: Bearer $token_env` when the role names the variable;
-  an offline daemon talks only to a loopback endpoint (`network_forbidden` otherwise). Its failures name
+  an offline daemon talks only to a loopback endpoint (`network_forbidden` otherwise); a cancelled job
+  stops once the answer is in (the request is not interrupted). Its failures name
   the endpoint: `unavailable` (unreachable, 5xx, no answer in time), `unauthenticated` (401/403),
   `invalid_argument` (another 4xx: the model name, the request), `provider_failed` (an answer that is not
   OpenAI's shape).

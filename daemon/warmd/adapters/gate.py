@@ -11,8 +11,8 @@ Steps, in this order; a failure names the first step that failed, with the trace
 The runner steps share one timeout (`gate_timeout`): a runner still busy when it runs out is killed and
 its step fails. A cancelled job stops the gate at its next step (a runner under way is killed).
 
-`check_folder` gates any folder holding an adapter: a fresh clone (`warm add git+URL`) today; an adapter
-drafted by a code model can be fed to it the same way.
+`check_folder` gates any folder holding an adapter: a fresh clone (`warm add git+URL`), or one with an
+adapter a code model drafted (`--draft`, each attempt).
 """
 from __future__ import annotations
 

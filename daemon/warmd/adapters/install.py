@@ -183,7 +183,7 @@ class Installer:
 
     def check_folder(self, folder: Path, name: str, workdir: Path, op: Work) -> Verdict:
         """Gate the adapter in `folder` for operation `op`, reporting each step (see gate.py). The one entry
-        for any folder: a clone today, a drafted adapter later."""
+        for any folder: a clone, or a clone with a drafted adapter."""
         return gate.check_folder(folder, name, workdir, self.gate_timeout, self.offline,
                                  lambda step, message: self._progress(op, step, message), op.context)
 
