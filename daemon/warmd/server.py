@@ -35,7 +35,9 @@ from warmd.v1 import warmd_pb2, warmd_pb2_grpc
 from warmd.v2 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("warmd")
-STOP_WAIT_S = 2.0     # after the drain: how long the servers may take to cancel what is left
+# After the drain: how long the servers may take to send the answers of calls whose servicer has returned
+# (a drained call's answer is still on its way) before what is left is cancelled.
+STOP_WAIT_S = 2.0
 
 
 class Daemon:
@@ -165,8 +167,8 @@ class Daemon:
         if not self.drain.wait_idle(drain):
             log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
                         self.drain.running(), drain)
-        for event in [srv.stop(grace=None) for srv in self.servers]:
-            event.wait(STOP_WAIT_S)
+        for event in [srv.stop(grace=STOP_WAIT_S) for srv in self.servers]:
+            event.wait(STOP_WAIT_S + 1.0)
         self.app.catalog.stop()
         self.app.plugins.stop()
         if self.metrics is not None:
