@@ -96,11 +96,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(run=cmd_rm)
     p = sub.add_parser("add", parents=[common, as_json],
-                       help="write a spec for hf://ORG/NAME (from its metadata) or ollama://NAME:TAG (Ollama's store)")
-    p.add_argument("source", metavar="hf://ORG/NAME|ollama://NAME:TAG")
+                       help="write a spec for hf://ORG/NAME (from its metadata) or ollama://NAME:TAG (Ollama's store), "
+                       "or install a plugin from git+URL[@REV] (or a local git repository) once its gate passes")
+    p.add_argument("source", metavar="hf://ORG/NAME|ollama://NAME:TAG|git+URL[@REV]|PATH")
     p.add_argument("--revision", default="")
     p.add_argument("--name", default="")
+    p.add_argument("--draft", action="store_true", help="git: the repository has no adapter; the profile's coder "
+                   "drafts one, each attempt gated, and the draft is shown as a diff")
+    p.add_argument("--accept", action="store_true", help="git: install the draft once it passed the gate (with "
+                   "--draft), or the last draft that passed")
     p.set_defaults(run=cmd_add)
+    p = sub.add_parser("plugins", parents=[common, as_json], help="provider plugins: ls | update NAME | rm NAME")
+    p.add_argument("action", choices=["ls", "update", "rm"])
+    p.add_argument("plugin", nargs="?", default="", metavar="NAME")
+    p.set_defaults(run=cmd_plugins)
     p = sub.add_parser("unload", parents=[common, as_json], help="unload a model (after in-flight requests)")
     p.add_argument("name")
     p.set_defaults(run=cmd_unload)
@@ -286,12 +295,86 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_add(client: Client, args: argparse.Namespace) -> int:
+    plugin = _plugin_source(args.source)
+    if plugin is not None:
+        return _add_plugin(client, args, f"{plugin}@{args.revision}" if args.revision else plugin)
+    if args.draft or args.accept:
+        raise WarmdError(Code.INVALID_ARGUMENT, "--draft and --accept are for plugins from git (git+URL or a "
+                         "local repository)")
     result = client.add(args.source, revision=args.revision, name=args.name)
     if args.json:
         return print_json(result)
     say(f"wrote {result.file}: {result.name} ({result.provider}, {result.task}); `warm pull {result.name}` "
         "fetches it")
     return 0
+
+
+def _add_plugin(client: Client, args: argparse.Namespace, source: str) -> int:
+    drafts: list[pb.Event] = []            # the attempts of --draft, each with its diff
+
+    def on_event(event: pb.Event) -> None:
+        drafts.extend([event] if event.kind == "plugin.draft" else [])
+        _plugin_event(args, event)
+
+    try:
+        last = client.install_plugin(source, name=args.name, draft=args.draft, accept=args.accept, on_event=on_event)
+    finally:
+        if drafts and not args.json:       # the last draft, passed or not, for the user to read
+            out.print(Text(drafts[-1].diff), end="")
+    if not args.json:        # with --json every event, the last one included, is a line already
+        say(last.message if last.kind == "plugin.drafted" else f"installed {last.message}")
+    return 0
+
+
+def cmd_plugins(client: Client, args: argparse.Namespace) -> int:
+    if args.action != "ls" and not args.plugin:
+        raise WarmdError(Code.INVALID_ARGUMENT, f"warm plugins {args.action} NAME")
+    if args.action == "update":
+        last = client.update_plugin(args.plugin, on_event=lambda e: _plugin_event(args, e))
+        if not args.json:
+            say(last.message)
+        return 0
+    if args.action == "rm":
+        removed = client.remove_plugin(args.plugin)
+        if args.json:
+            return print_json({"removed": removed})
+        say(f"removed {args.plugin}: {', '.join(removed)}")
+        return 0
+    plugins = client.plugins()
+    if args.json:
+        return print_json(plugins)
+    table = Table("NAME", "PROVIDER", "STATE", "SOURCE", "COMMIT", "GATE", "MODELS", box=None)
+    for p in plugins:
+        gate = f"{p.gate.result} ({p.gate.step}, {p.gate.commit[:12]})" if p.gate.result == "failed" else p.gate.result
+        _row(table, p.name, p.provider, p.state, p.source or p.folder, p.commit[:12], gate, ", ".join(p.models))
+    out.print(table)
+    for p in plugins:
+        if p.error:
+            say(f"{p.name}: {p.error}")
+        elif p.gate.result == "failed":
+            say(f"{p.name}: the update to {p.gate.commit[:12]} failed at step {p.gate.step!r}: {p.gate.message}; "
+                f"still serving {p.commit[:12]}")
+    return 0
+
+
+def _plugin_source(text: str) -> str | None:
+    """A plugin source for the daemon (git+URL, or a local repository made absolute), or None for hf://."""
+    if text.startswith("git+"):
+        return text
+    folder, at, rev = text.rpartition("@") if "@" in text else (text, "", "")
+    if Path(folder).expanduser().is_dir():
+        return str(Path(folder).expanduser().resolve()) + (at + rev if at else "")
+    return None
+
+
+def _plugin_event(args: argparse.Namespace, event: pb.Event) -> None:
+    if args.json:
+        print_json(event)
+        sys.stdout.flush()
+    elif event.kind == "job.progress":
+        note(f"{event.progress.phase}: {event.message}")
+    elif event.kind == "plugin.draft":
+        note(event.message.splitlines()[0])
 
 
 def cmd_unload(client: Client, args: argparse.Namespace) -> int:

@@ -168,6 +168,40 @@ class Client:
         """Write a spec for `hf://org/name` into the daemon's specs folder, from the repo's metadata."""
         return self._call(self._stub.AddModel, pb.AddModelRequest(source=source, revision=revision, name=name))
 
+    def install_plugin(self, source: str, *, name: str = "", draft: bool = False, accept: bool = False,
+                       on_event: Callable[[pb.Event], None] | None = None) -> pb.Event:
+        """Install a provider plugin from a git repository (`git+https://host/org/repo[@REV]`, `git+file://...`
+        or an absolute path), once its gate passed, with its example specs.
+
+        Args:
+            draft: the repository has no adapter: the daemon's `coder` role drafts one, each attempt gated
+                (a `plugin.draft` event with its diff per attempt).
+            accept: install the draft once it passed (with `draft`), or the kept draft that passed.
+            on_event: called with each event (job.progress per gate step, then plugin.installed).
+        Returns:
+            The last event: `plugin.installed`, whose message names the commit and the models, or
+            `plugin.drafted` (draft without accept) with the passing draft's diff.
+        Raises:
+            WarmdError: `provider_failed` when the gate refused it (the message says which step and why; for a
+                draft, the last attempt's); `spec_invalid` for a broken manifest; `invalid_argument` for a bad
+                source, a taken name, no coder role or no passed draft to accept.
+        """
+        return self._last(self._stub.InstallPlugin, pb.InstallPluginRequest(source=source, name=name, draft=draft,
+                                                                            accept=accept), on_event)
+
+    def update_plugin(self, name: str, *, on_event: Callable[[pb.Event], None] | None = None) -> pb.Event:
+        """Fetch plugin `name`'s source again and switch to its newest commit if that passes the gate (the
+        installed one serves meanwhile). Returns the last event, `plugin.updated`."""
+        return self._last(self._stub.UpdatePlugin, pb.UpdatePluginRequest(name=name), on_event)
+
+    def remove_plugin(self, name: str) -> list[str]:
+        """Remove a plugin installed from git and the specs it wrote; returns the paths deleted."""
+        return list(self._call(self._stub.RemovePlugin, pb.RemovePluginRequest(name=name)).removed)
+
+    def plugins(self) -> list[pb.Plugin]:
+        """Every plugin: folder plugins and those installed from git (source, commit, state, last gate)."""
+        return list(self._call(self._stub.ListPlugins, pb.ListPluginsRequest()).plugins)
+
     def pin(self, name: str, pinned: bool = True) -> pb.Model:
         """Pin a model (never evicted, never expires) or unpin it, until the daemon restarts."""
         return self._call(self._stub.PinModel, pb.PinModelRequest(name=name, pinned=pinned))
@@ -320,6 +354,13 @@ class Client:
             return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise self._error(err) from None
+
+    def _last(self, method: Any, request: Any, on_event: Callable[[pb.Event], None] | None) -> pb.Event:
+        last = pb.Event()
+        for last in self._stream(method, request):
+            if on_event is not None:
+                on_event(last)
+        return last
 
     def _stream(self, method: Any, request: Any) -> Iterator[Any]:
         return self._events(method(request, metadata=self._metadata))

@@ -257,16 +257,27 @@ class Catalog:
                              "pass another name")
         return target
 
-    def write_spec(self, name: str, body: dict) -> Path:
+    def write_spec(self, name: str, body: dict, note: str = "written by `warm add`; edit freely") -> Path:
         """Write a new spec file `<name>.yaml`, validated before it appears (temp file, then rename).
 
+        Args:
+            note: the comment on its first line.
         Raises:
             WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
                 when the content does not validate.
         """
         target = self.check_free(name)
-        text = f"# written by `warm add`; edit freely\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False)
-        tmp = self.root / f".{name}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
+        self.replace_spec(target, f"# {note}\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False))
+        return target
+
+    def replace_spec(self, target: Path, text: str) -> None:
+        """Write `text` to spec file `target` in the specs folder (new or replacing one), validated before it
+        appears (temp file, then rename), and rescan.
+
+        Raises:
+            WarmdError: `spec_invalid` when the content does not validate (the file stays as it was).
+        """
+        tmp = self.root / f".{target.stem}.yaml.tmp"      # a dotfile: the watcher ignores it until the rename
         tmp.write_text(text, encoding="utf-8")
         try:
             parse_spec_file(tmp, self.root, self.path_roots, self.providers)
@@ -275,7 +286,6 @@ class Catalog:
             raise WarmdError(err.code, str(err)) from None
         tmp.replace(target)
         self.rescan()
-        return target
 
     # ---- watching ------------------------------------------------------------------------------
     def start(self) -> None:

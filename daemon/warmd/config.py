@@ -59,6 +59,10 @@ class Settings:
     offline: bool = False
     # Seconds a download connection may stay silent before it is dropped and resumed.
     download_timeout: float = 30.0
+    # Seconds the gate of a plugin from git may take to import, load and run its examples.
+    gate_timeout: float = 300.0
+    # How many drafts the coder may write for `warm add --draft`, each gated, before it gives up.
+    draft_attempts: int = 3
     # Memory budgets: a fraction of the device's memory (0 < x <= 1) or bytes.
     cpu_budget: float = 0.5
     gpu_budget: float = 0.9
@@ -113,9 +117,14 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
+    if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout",
+                "gate_timeout"):
         return parse_duration(value)
     if name == "rpc_threads":
+        return int(value)
+    if name == "draft_attempts":
+        if int(value) < 1 or int(value) > 20:
+            raise ValueError(f"draft_attempts must be 1 to 20, not {value!r}")
         return int(value)
     if name in ("cpu_budget", "gpu_budget", "host_tier_budget"):
         return _budget(value)

@@ -1,6 +1,7 @@
-"""Long operations as jobs — loads and downloads — in one daemon-wide registry.
+"""Long operations as jobs — loads, downloads, plugin installs and updates — in one daemon-wide registry.
 
-Every long operation is a `Job`: an id, a kind (`load`, `download`), the model it is for, its events
+Every long operation is a `Job`: an id, a kind (`load`, `download`, `plugin.install`, `plugin.update`), the
+model it is for (empty for a plugin's: its events name the plugin), its events
 (each carries the job's id; `job.progress` with phase, done/total and unit) and cooperative cancellation.
 `Jobs` holds the jobs while they run:
 - `Status.jobs` lists them (`running`), with each one's latest progress;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus, Subscription
@@ -25,7 +27,7 @@ from warmd.v1 import warmd_pb2 as pb
 
 @dataclass(eq=False)
 class Job:
-    kind: str                     # "load" | "download"
+    kind: str                     # "load" | "download" | "plugin.install" | "plugin.update"
     model: str
     bus: EventBus
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -35,6 +37,7 @@ class Job:
     _waits_on: list["Job"] = field(default_factory=list)
     _latest: dict[str, pb.Event] = field(default_factory=dict)    # kind -> latest event, for followers
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _on_cancel: list[Callable[[], None]] = field(default_factory=list)
 
     def publish(self, kind: str, **fields) -> pb.Event:  # type: ignore[no-untyped-def]
         """Publish one of this job's events (its id and model filled in) and keep it for late followers."""
@@ -45,11 +48,12 @@ class Job:
         return event
 
     def progress(self, phase: str, done: int = 0, total: int = 0, unit: str = "steps",
-                 message: str = "") -> None:
+                 message: str = "", **fields) -> None:  # type: ignore[no-untyped-def]
+        """Publish `job.progress` (with `fields`, e.g. a plugin's name) and keep it as the latest."""
         self.last = pb.Progress(phase=phase, done=done, total=total, unit=unit)
         self.last_message = message
         self.publish("job.progress", message=message, progress=pb.Progress(phase=phase, done=done, total=total,
-                                                                           unit=unit))
+                                                                           unit=unit), **fields)
 
     def wait_on(self, other: "Job") -> None:
         """This job waits for `other` (a load for its download): its followers see `other`'s events too."""
@@ -75,6 +79,19 @@ class Job:
 
     def cancel(self) -> None:
         self._cancel.set()
+        with self._lock:
+            callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the job is cancelled (at once if it is): for work that stops from another
+        thread (a plugin's gate, which kills its runner processes)."""
+        with self._lock:
+            if not self._cancel.is_set():
+                self._on_cancel.append(callback)
+                return
+        callback()
 
     @property
     def cancelled(self) -> bool:

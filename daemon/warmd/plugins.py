@@ -1,5 +1,12 @@
 """Provider plugins: `<plugins_dir>/<name>/adapter.py`, each defining one `Provider` subclass.
 
+Two kinds live in the plugins folder:
+- folder plugins, an adapter.py the user put there: trusted code, imported into the daemon as before
+  (a spec may still ask for `isolation: process`);
+- plugins installed from git (`warm add git+URL`, warmd.adapters), recognised by their install record
+  (plugin.json): never imported here. Each registers a runner-backed provider (warmd.runner) built from
+  its record, so its code only ever runs in runner processes.
+
 Only the configured plugins folder is trusted: a plugin folder or adapter that resolves outside it (a
 symlink) is refused unread. A plugin that fails to import, defines no provider (or several), or reuses a
 built-in provider's name is reported with its error and stays disabled; the daemon and every other model
@@ -18,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from warmd.adapters.record import RECORD, Record, is_installed, read
 from warmd.providers import Provider
+from warmd.runner.process import runner_class
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0
@@ -31,6 +40,7 @@ class PluginState:
     folder: Path
     provider: str = ""        # the provider name it registered, when it works
     error: str = ""           # why it is disabled
+    record: Record | None = None    # installed from git: its install record
 
 
 class Plugins:
@@ -48,6 +58,7 @@ class Plugins:
         self._fingerprint: tuple = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._scan_lock = threading.Lock()
 
     def start(self) -> None:
         self.scan()
@@ -68,9 +79,14 @@ class Plugins:
                 log.exception("scanning plugins in %s failed", self.folder)
 
     def scan(self) -> None:
-        """Load new or changed plugins, drop vanished ones; call on_change if providers changed."""
+        """Load new or changed plugins, drop vanished ones; call on_change if providers changed. (Called by
+        the poll thread and by installs, which need the provider registered before they write specs.)"""
+        with self._scan_lock:
+            self._scan()
+
+    def _scan(self) -> None:
         folders = self._folders()
-        fingerprint = tuple((f.name, _mtime(f / ADAPTER)) for f in folders)
+        fingerprint = tuple((f.name, _mtime(f / ADAPTER), _mtime(f / RECORD)) for f in folders)
         if fingerprint == self._fingerprint:
             return
         self._fingerprint = fingerprint
@@ -110,30 +126,70 @@ class Plugins:
         if not folder.resolve().is_relative_to(root) or not adapter.resolve().is_relative_to(root):
             return PluginState(folder.name, folder, error=f"{adapter} resolves outside the plugins folder {root}; "
                                "only code inside it is trusted")
+        if is_installed(folder):
+            return self._installed(folder)
         if not adapter.is_file():
             return PluginState(folder.name, folder, error=f"no {ADAPTER} in {folder}")
-        module_name = f"warmd_plugin_{folder.name}_{_mtime(adapter)}"
         try:
-            spec = importlib.util.spec_from_file_location(module_name, adapter)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit or SyntaxError disables only it
-            sys.modules.pop(module_name, None)
-            return PluginState(folder.name, folder, error=f"import failed: {exc!r}")
+            cls = import_provider(adapter, f"warmd_plugin_{folder.name}_{_mtime(adapter)}")
+        except AdapterError as exc:
+            return PluginState(folder.name, folder, error=str(exc))
+        if cls.name in self._builtin:
+            return PluginState(folder.name, folder, error=f"provider name {cls.name!r} is built in; pick another")
+        self._loaded[folder.name] = cls
+        return PluginState(folder.name, folder, provider=cls.name)
+
+    def _installed(self, folder: Path) -> PluginState:
+        """A plugin installed from git: a runner-backed provider from its record; its code is not imported."""
+        try:
+            record = read(folder)
+        except ValueError as exc:
+            return PluginState(folder.name, folder, error=str(exc))
+        if record.provider in self._builtin:
+            return PluginState(folder.name, folder, error=f"provider name {record.provider!r} is built in", record=record)
+        self._loaded[folder.name] = runner_class(record.provider, record.batchable, record.target(), record.code_dir())
+        return PluginState(folder.name, folder, provider=record.provider, record=record)
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be used; the message says why (for a person)."""
+
+
+def import_provider(adapter: Path, module_name: str, class_name: str = "") -> type[Provider]:
+    """Import an adapter file and return its provider class.
+
+    Args:
+        adapter: the Python file.
+        module_name: the name to import it under (unique per version of the file).
+        class_name: the class to take; empty: the one Provider subclass the file defines.
+    Returns:
+        The class, which has a `name`.
+    Raises:
+        AdapterError: the import failed (a SyntaxError, a SystemExit...), no such class, not exactly one
+            Provider subclass, or one without a `name`.
+    """
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, adapter)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException as exc:  # noqa: BLE001 - a plugin's SystemExit or SyntaxError disables only it
+        sys.modules.pop(module_name, None)
+        raise AdapterError(f"import failed: {exc!r}") from exc
+    if class_name:
+        found = [c for c in [getattr(module, class_name, None)] if inspect.isclass(c) and issubclass(c, Provider)]
+        if not found:
+            raise AdapterError(f"{adapter} has no Provider subclass named {class_name!r}")
+    else:
         found = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, Provider)
                  and c is not Provider and c.__module__ == module_name and not inspect.isabstract(c)]
         if len(found) != 1:
-            return PluginState(folder.name, folder, error=f"{adapter} must define exactly one Provider subclass, "
-                               f"found {len(found)}")
-        cls = found[0]
-        name = getattr(cls, "name", "")
-        if not isinstance(name, str) or not name:
-            return PluginState(folder.name, folder, error=f"{cls.__name__} has no `name`")
-        if name in self._builtin:
-            return PluginState(folder.name, folder, error=f"provider name {name!r} is built in; pick another")
-        self._loaded[folder.name] = cls
-        return PluginState(folder.name, folder, provider=name)
+            raise AdapterError(f"{adapter} must define exactly one Provider subclass, found {len(found)}")
+    cls = found[0]
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name:
+        raise AdapterError(f"{cls.__name__} has no `name`")
+    return cls
 
 
 def _mtime(path: Path) -> int:

@@ -9,6 +9,15 @@ A profile is a file `<profiles_dir>/<name>.yaml` mapping roles to ordered prefer
         max_memory: 1GiB                # optional: models estimated above it are passed over
       chat:
         prefer: [qwen-7b, qwen-1.5b]
+      coder:                            # drafts adapters (`warm add git+URL --draft`)
+        prefer: [qwen-coder]
+        endpoint:                       # optional: when no preferred model qualifies, an OpenAI-compatible
+          url: http://127.0.0.1:8080/v1 #   server (POST {url}/chat/completions); a role may have only this
+          model: qwen2.5-coder
+          token_env: CODER_TOKEN        # optional: the environment variable holding its bearer token
+
+A role's `endpoint` is a fallback only callers that can talk to it use (the drafting of adapters); for
+everything else the role resolves to a model warmd serves, or fails as it would without it.
 
 `warm profile use NAME` makes it the active profile (kept in the data folder, so it survives restarts),
 loads each role's chosen model and unloads the models the previous profile chose that the new one does not.
@@ -18,6 +27,7 @@ Files are read on every call: an edit takes effect at the next resolution.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -36,7 +46,17 @@ from warmd.store.sources import handler
 from warmd.units import format_size, parse_size
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_RULE_KEYS = ("prefer", "task", "max_memory")
+_RULE_KEYS = ("prefer", "task", "max_memory", "endpoint")
+_ENDPOINT_KEYS = ("url", "model", "token_env")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible server a role falls back to: `url` is its API base (…/v1)."""
+
+    url: str
+    model: str
+    token_env: str = ""
 DEFAULT = "default"
 
 
@@ -47,6 +67,7 @@ class Choice:
     passed_over: list[tuple[str, str]] = field(default_factory=list)   # (model, why)
     candidates: list[str] = field(default_factory=list)        # the role's `prefer` list
     chosen: str = ""                                           # the user's pick, if any
+    endpoint: Endpoint | None = None                           # the fallback, when no model qualifies
 
 
 class Profiles:
@@ -99,25 +120,34 @@ class Profiles:
                 raise ValueError("the top level must be a mapping with `roles:`")
             _known_keys(body, ("roles",), "at the top level")      # a typo must not mean "no roles"
             for role, rule in roles.items():
-                if not isinstance(rule, dict) or not isinstance(rule.get("prefer"), list) or not rule["prefer"]:
-                    raise ValueError(f"role {role!r} needs `prefer: [model, ...]`")
+                if not isinstance(rule, dict) or not isinstance(rule.get("prefer", []), list) or not (
+                        rule.get("prefer") or "endpoint" in rule):
+                    raise ValueError(f"role {role!r} needs `prefer: [model, ...]` (or an `endpoint:`)")
                 _known_keys(rule, _RULE_KEYS, f"in role {role!r}")
                 if "max_memory" in rule:
                     rule["max_memory"] = parse_size(rule["max_memory"])
+                if "endpoint" in rule:
+                    rule["endpoint"] = _endpoint(role, rule["endpoint"])
             return roles
         except (yaml.YAMLError, ValueError, UnicodeDecodeError) as exc:
             raise WarmdError(Code.INVALID_ARGUMENT, f"{path}: {exc}") from None
 
     # ---- choosing ------------------------------------------------------------------------------
-    def resolve(self, role: str, profile: str = "") -> Choice:
+    def resolve(self, role: str, profile: str = "", endpoint: bool = False) -> Choice:
         """The model that plays `role` in the profile (default: the active one), and why others did not.
 
+        Args:
+            endpoint: the caller can use the role's `endpoint`: when no model qualifies, the choice has
+                no model and that endpoint.
         Raises:
             WarmdError: `invalid_argument` for an unknown role or profile; `unavailable` when no
                 preferred model qualifies (the message lists why each was passed over).
         """
         profile = profile or self.active()
-        choice = self._choose(role, self._rule(profile, role), self.picks(profile).get(role, ""))
+        rule = self._rule(profile, role)
+        choice = self._choose(role, rule, self.picks(profile).get(role, ""))
+        if not choice.model and endpoint and "endpoint" in rule:
+            return dataclasses.replace(choice, endpoint=rule["endpoint"])
         if not choice.model:
             why = "; ".join(f"{m}: {r}" for m, r in choice.passed_over)
             raise WarmdError(Code.UNAVAILABLE, f"no model can play {role!r} in profile {profile!r}: {why}")
@@ -131,7 +161,7 @@ class Profiles:
         return rules[role]
 
     def _choose(self, role: str, rule: dict, pick: str = "") -> Choice:
-        candidates = [str(name) for name in rule["prefer"]]
+        candidates = [str(name) for name in rule.get("prefer", [])]
         pick = pick if pick in candidates else ""
         passed: list[tuple[str, str]] = []
         for name in ([pick] if pick else []) + [c for c in candidates if c != pick]:
@@ -201,7 +231,7 @@ class Profiles:
         """
         profile = self.active()
         rule = self._rule(profile, role)
-        candidates = [str(name) for name in rule["prefer"]]
+        candidates = [str(name) for name in rule.get("prefer", [])]
         if model and model not in candidates:
             raise WarmdError(Code.INVALID_ARGUMENT, f"{model!r} is not a candidate for {role!r} in profile "
                              f"{profile!r} (candidates: {', '.join(candidates)}); add it to the role's `prefer`")
@@ -239,3 +269,19 @@ def _known_keys(mapping: dict, known: tuple[str, ...], where: str) -> None:
     for key in mapping:
         if key not in known:
             raise ValueError(f"unknown key {key!r} {where}{did_you_mean(key, known)}; known: {', '.join(known)}")
+
+
+def _endpoint(role: str, value: object) -> Endpoint:
+    """A role's `endpoint:` mapping, checked."""
+    if not isinstance(value, dict):
+        raise ValueError(f"role {role!r}: `endpoint` must be a mapping with `url:` and `model:`")
+    _known_keys(value, _ENDPOINT_KEYS, f"in role {role!r}'s endpoint")
+    url, model, token_env = value.get("url"), value.get("model"), value.get("token_env", "")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"role {role!r}: the endpoint's `url` must be http://... or https://... (its API base, "
+                         "e.g. http://127.0.0.1:8080/v1)")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"role {role!r}: the endpoint needs `model:` (the name the server knows it by)")
+    if not isinstance(token_env, str):
+        raise ValueError(f"role {role!r}: the endpoint's `token_env` is the name of an environment variable")
+    return Endpoint(url.rstrip("/"), model, token_env)

@@ -8,7 +8,7 @@ Rules held here (with policy.py):
   and unloaded when its last request returns;
 - an edited spec reloads in the background; the old version serves until the new one is ready, and a
   failed reload leaves the old version serving;
-- a removed spec's model is retired;
+- a removed spec's model is retired, and so is one whose provider is gone (its runner process died);
 - an idle model is unloaded once its keep_alive has passed, unless pinned (-1 = forever, 0 = at once);
   what a request or a load asks for is capped by `max_keep_alive`; pins always win;
 - memory is counted in bytes per device (measured after a load, estimated before it) and never exceeds
@@ -33,7 +33,7 @@ discard, expiry and pressure relief is kept in a bounded log (`evictions`) with 
 decided on, which its events also carry (`Event.eviction`).
 
 Events: model.loading, model.loaded, model.failed, model.unloading, model.unloaded (reason: request,
-spec_changed, spec_removed, keep_alive, evicted, pressure, removed, profile, shutdown), model.parked,
+spec_changed, spec_removed, keep_alive, evicted, pressure, removed, profile, shutdown, exited), model.parked,
 model.unparked, model.pinned, model.unpinned, and job.progress for each load phase.
 """
 from __future__ import annotations
@@ -57,6 +57,7 @@ from warmd.policy import Demand, Move
 from warmd.providers import Provider
 from warmd.providers.base import Layers
 from warmd.residents import Resident, State
+from warmd.runner.process import provider_class
 from warmd.spec import ModelSpec
 from warmd.store import Store
 from warmd.store.sources import handler
@@ -160,7 +161,7 @@ class Scheduler:
                 current = slot.current if slot is not None else None
                 # Serving: its spec is in the catalog (a removed spec's model is retired at once), and the
                 # caller (the application layer) looked the name up already: no second lookup per request.
-                if current is not None and current.serving:
+                if current is not None and current.serving and not self._exited_locked(current):
                     current.in_flight += 1
                     current.last_used = time.time()
                     self._demand[name] = self._demand.get(name, Demand()).used(current.last_used)
@@ -246,7 +247,7 @@ class Scheduler:
         job.progress("resolve", 0, 3, message=f"locating {spec.source.describe()}")
         files = self.store.ensure(spec, job)    # downloads first when allowed; the job waits on that one
         job.check()
-        cls = self.providers[spec.provider]
+        cls = provider_class(spec, self.providers[spec.provider])
         estimated = spec.memory if spec.memory is not None else cls.estimate(spec, files)
         split = cls.layers(spec, files) if spec.memory is None else None
         resident = self._admit(spec, estimated, job, lambda plan: Resident(
@@ -658,8 +659,19 @@ class Scheduler:
                 self._commit_locked(policy.expire(self._snapshot_locked(free)))
                 relief = policy.relieve(self._snapshot_locked(free))
                 self._commit_locked(relief)
+                for resident in [s.current for s in self._slots.values() if s.current is not None]:
+                    self._exited_locked(resident)
             if relief:
                 log.warning("memory pressure: evicting %s", ", ".join(m.name for m in relief))
+
+    def _exited_locked(self, resident: Resident) -> bool:
+        """Retire `resident` if it serves but its provider no longer can (a runner process that died): its
+        memory is already back, and the next request loads it again. Returns whether it was retired."""
+        gone = resident.provider.gone() if resident.serving and resident.provider is not None else None
+        if gone is not None:
+            log.warning("%s", gone)
+            self._retire_locked(resident, "exited")
+        return gone is not None
 
     # ---- views and shutdown --------------------------------------------------------------------
     def view(self, name: str) -> ModelView:

@@ -90,6 +90,7 @@ class ModelSpec:
     inputs: tuple[TensorDecl, ...] = ()
     outputs: tuple[TensorDecl, ...] = ()
     placement: str = ""                         # local | cluster | "" (the daemon's `placement` setting)
+    isolation: str = "auto"                     # auto: the provider's way | process: a runner process of its own
     # Fingerprint of the local files the model is built from (path/package sources, a torch factory
     # module): set by the catalog (warmd.store.local), so editing a weights file is a new version too.
     content: str = ""
@@ -105,6 +106,8 @@ class ModelSpec:
             "content": self.content,
             "inputs": [vars(d) for d in self.inputs], "outputs": [vars(d) for d in self.outputs],
         }
+        if self.isolation != "auto":    # only when set: the signatures of every other spec stay as they were
+            loaded["isolation"] = self.isolation
         canonical = json.dumps(loaded, sort_keys=True, separators=(",", ":"), default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -181,17 +184,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
     Raises:
         SpecFileError: anything wrong with the file, with field and line where known.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecFileError(path, f"cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecFileError(path, f"file is {len(raw)} bytes; a spec may be at most {MAX_SPEC_BYTES}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecFileError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
-    node, data = _load_yaml(path, text)
+    node, data = read_yaml_file(path)
     if data is None:
         raise SpecFileError(path, "empty file (nothing but comments or blank lines); a spec needs at least "
                             "`provider:` and `source:` (README, Spec format)", line=1)
@@ -202,7 +195,7 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
     errors = by_importance(_validator().iter_errors(data))
     if errors:
         message, where = explain(errors[0])
-        raise SpecFileError(path, message, field=".".join(map(str, where)), line=_line_of(node, where))
+        raise SpecFileError(path, message, field=".".join(map(str, where)), line=line_of(node, where))
 
     name = data.get("name", path.stem)
     if "name" not in data and not NAME_PATTERN.match(name):
@@ -213,16 +206,16 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
     if provider_cls is None:
         raise SpecFileError(path, f"unknown provider {data['provider']!r}{did_you_mean(data['provider'], providers)}"
                             f"; installed: {', '.join(sorted(providers))}", field="provider",
-                            line=_line_of(node, ["provider"]), code=Code.UNSUPPORTED_PROVIDER)
+                            line=line_of(node, ["provider"]), code=Code.UNSUPPORTED_PROVIDER)
     options = data.get("options", {})
     for message, opt_path in provider_cls.validate_options(options):
         dotted = ["options", *opt_path]
-        raise SpecFileError(path, message, field=".".join(map(str, dotted)), line=_line_of(node, dotted))
+        raise SpecFileError(path, message, field=".".join(map(str, dotted)), line=line_of(node, dotted))
 
     keep_alive = parse_duration(data["keep_alive"]) if "keep_alive" in data else None
     if keep_alive is not None and keep_alive < 0 and keep_alive != -1:
         raise SpecFileError(path, "keep_alive must be -1 (forever), 0, or a positive duration",
-                            field="keep_alive", line=_line_of(node, ["keep_alive"]))
+                            field="keep_alive", line=line_of(node, ["keep_alive"]))
 
     given = {key: convert(data[key]) for key, convert in _FIELDS.items() if key in data}
     return ModelSpec(name=name, file=path, provider=data["provider"], keep_alive=keep_alive,
@@ -239,8 +232,30 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "version": str, "description": str, "tags": tuple, "task": str, "options": dict, "device": str,
     "precision": str, "memory": parse_size, "pin": bool, "preload": bool, "max_in_flight": int,
     "max_queue": int, "max_batch": int, "max_delay_ms": float, "max_input_chars": int,
-    "inputs": _tensors, "outputs": _tensors, "placement": str,
+    "inputs": _tensors, "outputs": _tensors, "placement": str, "isolation": str,
 }
+
+
+def read_yaml_file(path: Path) -> tuple[yaml.Node | None, Any]:
+    """Read a small YAML file written by someone else (a spec, a plugin's manifest) safely: at most
+    MAX_SPEC_BYTES of UTF-8, no alias bombs, no duplicate keys.
+
+    Returns:
+        (the node tree, for line numbers; the plain data), both None for an empty document.
+    Raises:
+        SpecFileError: the file cannot be read or is not such YAML.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecFileError(path, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecFileError(path, f"file is {len(raw)} bytes; a spec may be at most {MAX_SPEC_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    return _load_yaml(path, text)
 
 
 def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
@@ -361,7 +376,7 @@ def _keys_allowed(node_schema: dict[str, Any], instance: Mapping[str, Any]) -> l
     return list(node_schema.get("properties", {}))
 
 
-def _line_of(node: yaml.Node | None, where: list[Any]) -> int:
+def line_of(node: yaml.Node | None, where: list[Any]) -> int:
     """1-based line of the value at `where` in the node tree (or of its deepest existing parent)."""
     line = node.start_mark.line + 1 if node is not None else 0
     for key in where:
@@ -387,7 +402,7 @@ def _source(path: Path, node: yaml.Node | None, src: dict[str, Any], root: Path,
     subdir = Path(fields.get("subdir", ""))
     if subdir.is_absolute() or ".." in subdir.parts:
         raise SpecFileError(path, "subdir must be a relative folder inside the package",
-                            field="source.subdir", line=_line_of(node, ["source", "subdir"]))
+                            field="source.subdir", line=line_of(node, ["source", "subdir"]))
     ref = str(_checked_path(path, node, src["path"], root, path_roots)) if kind == "path" else src[kind]
     return Source(kind, ref, **fields)
 
@@ -404,6 +419,6 @@ def _checked_path(path: Path, node: yaml.Node | None, value: str, root: Path,
         hint = f"relative paths must stay inside the specs folder {allowed[0]}"
     if not any(target == r or target.is_relative_to(r) for r in allowed):
         raise SpecFileError(path, f"{value!r} resolves to {target}, outside the allowed roots: {hint}",
-                            field="source.path", line=_line_of(node, ["source", "path"]))
+                            field="source.path", line=line_of(node, ["source", "path"]))
     return target
 

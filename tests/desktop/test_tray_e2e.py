@@ -18,6 +18,7 @@ import pytest
 
 from hubserver import Hub
 from models import affine_spec, affine_specs
+from plugin_repos import ADAPTER, MANIFEST, commit, scale_files
 from waiting import wait_until
 from warm.tray.state import Action, TrayState, outline, selectable
 from warmd.v1 import warmd_pb2 as pb
@@ -37,7 +38,7 @@ def desktop(short_tmp: Path):  # type: ignore[no-untyped-def]
 
 
 def _menu(client) -> list:  # type: ignore[no-untyped-def]
-    state = TrayState()
+    state = TrayState(can_add_url=True)        # GTK is there: the tray offers "Add model from URL…"
     state.snapshot(client.list(), client.list_profiles(), client.status())
     return state.menu()
 
@@ -223,3 +224,43 @@ def test_without_a_tray_or_a_display_it_says_so(short_tmp: Path) -> None:
     assert out.returncode == 2 and "needs a graphical session" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
+
+
+def test_add_a_model_from_a_url(start_daemon, short_tmp: Path, desktop: Desktop) -> None:
+    good, broken = short_tmp / "scale", short_tmp / "broken"
+    commit(good, scale_files(2.5))
+    commit(broken, scale_files(adapter=ADAPTER.replace("return 8", "raise RuntimeError('weights gone')"),
+                               manifest=MANIFEST.replace("name: scale", "name: broken")))
+    daemon = start_daemon()
+    tray = desktop.start_tray(daemon.socket)
+    icon = _tray_ready(desktop, tray)
+
+    def add(url: str, screenshot: Path | None = None) -> None:
+        _pick(desktop, icon, _shown(desktop, client), Action("add_url"))
+        found: list[str] = []
+        wait_until(lambda: found.extend(desktop.windows_named("Add model from URL")) or found, timeout=30)
+        desktop.xdotool("windowfocus", "--sync", found[0])
+        desktop.xdotool("type", "--delay", "10", url)
+        if screenshot is not None:
+            desktop.screenshot(screenshot)
+        desktop.keys("Return")
+        wait_until(lambda: not desktop.windows_named("Add model from URL"), timeout=30)
+
+    with daemon.client() as client:
+        add(f"git+file://{good}", screenshot=ARTIFACTS / "tray-add-url.png")
+        wait_until(lambda: any(n["title"] == "Model added" for n in desktop.notes()), timeout=60)
+        titles = [n["title"] for n in desktop.notes()]
+        assert titles[:3] == ["Adding a model", "Testing the adapter", "Model added"], titles
+        assert "scale at commit" in desktop.notes()[2]["body"]
+        assert [m.name for m in client.list().models] == ["scale"]
+        items = _shown(desktop, client)                          # the new model is in the menu
+        assert any(i.label == "scale (available)" for i in items)
+        _pick(desktop, icon, items, Action("load", ("scale",)))
+        wait_until(lambda: client.get("scale").state == pb.READY, timeout=30)
+
+        add(str(broken))
+        wait_until(lambda: any(n["title"] == "Adding a model failed" for n in desktop.notes()), timeout=60)
+        [failed] = [n for n in desktop.notes() if n["title"] == "Adding a model failed"]
+        assert "the gate failed at step 'load'" in failed["body"] and "weights gone" in failed["body"]
+        assert [m.name for m in client.list().models] == ["scale"]          # nothing installed
+        assert [p.name for p in client.plugins()] == ["scale"]

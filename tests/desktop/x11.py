@@ -108,6 +108,10 @@ class Desktop:
         """Windows by WM_CLASS instance (warm-tray's is its program name; its title is the tooltip)."""
         return self.xdotool("search", *(["--onlyvisible"] if visible else []), "--classname", f"^{classname}$").split()
 
+    def windows_named(self, title: str) -> list[str]:
+        """Visible windows whose title is exactly `title` (a dialog)."""
+        return self.xdotool("search", "--onlyvisible", "--name", f"^{title}$").split()
+
     def geometry(self, window: str) -> tuple[int, int, int, int]:
         values = dict(line.split("=") for line in
                       self.xdotool("getwindowgeometry", "--shell", window).split())

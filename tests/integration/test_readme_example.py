@@ -1,9 +1,12 @@
-"""The README's torch example ("### A torch model, step by step") run as written: its `file=` blocks
-are saved into the default specs folder of a fresh home, a daemon serves that folder, and each `$ `
-line of its console block runs through bash from the checkout; what they print must be what the README
-shows."""
+"""The README's examples run as written. The torch example ("### A torch model, step by step"): its
+`file=` blocks are saved into the default specs folder of a fresh home, a daemon serves that folder, and
+each `$ ` line of its console block runs through bash from the checkout; what they print must be what the
+README shows. The plugin example ("### A plugin from git, step by step"): its blocks are the files of a
+repository folder, and its console block commits and installs it from there (only the commit differs)."""
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +14,12 @@ from pathlib import Path
 from conftest import REPO
 
 HEADING = "### A torch model, step by step"
+PLUGIN_HEADING = "### A plugin from git, step by step"
 
 
-def _section() -> str:
+def _section(heading: str = HEADING) -> str:
     text = (REPO / "README.md").read_text()
-    start = text.index(HEADING) + len(HEADING)
+    start = text.index(heading) + len(heading)
     end = text.find("\n### ", start)
     return text[start:end if end != -1 else len(text)]
 
@@ -59,3 +63,28 @@ def test_the_torch_example_runs_as_written(start_daemon, short_tmp: Path) -> Non
         printed += result.stdout.splitlines()
     assert printed == shown
     assert (specs / "tiny.safetensors").is_file()
+
+
+def test_the_plugin_example_installs_from_its_repository(start_daemon, short_tmp: Path) -> None:
+    blocks = _blocks(_section(PLUGIN_HEADING))
+    files = {info.split("file=")[1]: body for info, body in blocks if "file=" in info}
+    assert set(files) == {"adapter.py", "factor.json", "scale.yaml", "warmd-plugin.yaml"}
+    [console] = [body for info, body in blocks if info == "console"]
+    repo = short_tmp / "scale-plugin"
+    repo.mkdir()
+    for name, body in files.items():
+        (repo / name).write_text(body)
+    daemon = start_daemon()
+
+    env = {**daemon.env, "WARMD_SOCKET": str(daemon.socket),
+           "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{daemon.env['PATH']}"}
+    commands = [line[2:] for line in console.splitlines() if line.startswith("$ ")]
+    shown = [line for line in console.splitlines() if not line.startswith("$ ")]
+    printed = []
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=short_tmp, capture_output=True, text=True,
+                                timeout=120, env=env)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        printed += result.stdout.splitlines()
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert printed == [re.sub(r"commit [0-9a-f]{12}", f"commit {head[:12]}", line) for line in shown]

@@ -47,6 +47,8 @@ def test_scopes_revocation_and_hashed_storage(start_daemon, short_tmp: Path) -> 
         assert c.infer("affine", {"x": X}).outputs["y"].shape == (1, 4)   # loads on demand
         assert error_code(lambda: c.unload("affine")) is Code.PERMISSION_DENIED
         assert error_code(lambda: c.pin("affine", True)) is Code.PERMISSION_DENIED
+        assert error_code(lambda: c.install_plugin("git+https://127.0.0.1:9/r")) is Code.PERMISSION_DENIED
+        assert c.plugins() == []                                           # listing is read
     with as_("admin") as c:
         c.unload("affine")
         c.load("affine")
@@ -92,4 +94,3 @@ def test_every_rpc_of_both_services_has_its_scope_in_the_table_and_an_unknown_on
     assert set(METHOD_SCOPES.values()) <= set(SCOPES)
     assert required_scope("/warmd.v1.Warmd/SomethingNew") == "admin"
     assert required_scope("/inference.GRPCInferenceService/SomethingNew") == "admin"
-

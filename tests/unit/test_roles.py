@@ -23,7 +23,8 @@ def test_a_profile_reads_its_roles(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, message", [
     ("role:\n  embedder:\n    prefer: [a]\n", "unknown key 'role' at the top level (did you mean 'roles'?); known: roles"),
     ("roles:\n  embedder:\n    prefer: [a]\n    max_mem: 1GiB\n",
-     "unknown key 'max_mem' in role 'embedder' (did you mean 'max_memory'?); known: prefer, task, max_memory"),
+     "unknown key 'max_mem' in role 'embedder' (did you mean 'max_memory'?); known: prefer, task, max_memory, "
+     "endpoint"),
 ])
 def test_an_unknown_key_names_the_nearest_one(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(WarmdError) as info:

@@ -218,3 +218,12 @@ def test_warmd_validate_says_when_a_path_checks_nothing(tmp_path: Path, capsys: 
         f"error {tmp_path / 'speks'}: does not exist",
         f"error {tmp_path / 'notes.txt'}: is not a spec file (*.yaml, *.yml)",
         f"error {tmp_path / 'empty'}: has no spec files (*.yaml, *.yml)"]
+
+
+def test_isolation_is_part_of_the_signature_only_when_asked_for(tmp_path: Path) -> None:
+    body = "provider: torch\nsource: {path: m.safetensors}\noptions: {factory: 'm.py:f'}\n"
+    for name, extra in (("plain", ""), ("auto", "isolation: auto\n"), ("own", "isolation: process\n")):
+        (tmp_path / f"{name}.yaml").write_text(body + extra)
+    plain, auto, own = (_parse(tmp_path / f"{n}.yaml") for n in ("plain", "auto", "own"))
+    assert (plain.isolation, own.isolation) == ("auto", "process")
+    assert plain.signature == auto.signature != own.signature

@@ -166,3 +166,26 @@ def test_outline_shows_checks_disabled_items_and_submenus_on_one_line() -> None:
                               "Quit tray")
     changed = [Item("alpha (ready)", checked=False), *items[1:]]
     assert outline(changed) != outline(items)       # a check mark alone changes what the tray logs
+
+
+def test_adding_a_model_from_a_url_shows_the_gate_as_it_goes() -> None:
+    state = _state([_model("alpha")])
+    assert not any(i.action == Action("add_url") for i in state.menu())      # no dialog on this desktop
+    state.can_add_url = True
+    assert any(i.label == "Add model from URL…" and i.action == Action("add_url") for i in state.menu())
+
+    def progress(step: str, message: str) -> pb.Event:
+        return pb.Event(kind="job.progress", plugin="scale", job_id="j1", message=message,
+                        progress=pb.Progress(phase=step, done=1, total=8))
+
+    assert state.apply(progress("clone", "cloning /r")).notify == ("Adding a model", "scale: cloning /r")
+    assert state.apply(progress("import", "importing adapter.py")).notify[0] == "Testing the adapter"
+    assert state.apply(progress("load", "loading scale")).notify is None
+    assert state.status().kind == "busy" and "adding scale (load: loading scale)" in state.status().title
+    done = state.apply(pb.Event(kind="plugin.installed", plugin="scale", job_id="j1", message="scale at commit abc"))
+    assert done.refresh and done.notify == ("Model added", "scale at commit abc")
+    assert state.status().kind == "idle"
+    failed = state.apply(pb.Event(kind="plugin.failed", plugin="other", job_id="j2", error_code="provider_failed",
+                                  message="the gate failed at step 'load': boom"))
+    assert failed.notify == ("Adding a model failed", "the gate failed at step 'load': boom [provider_failed]")
+    assert state.status().kind == "error" and "adding other failed" in state.status().title

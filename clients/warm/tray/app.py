@@ -7,7 +7,7 @@ after the checks in `desktop_backend`, because importing it without a display fa
 
 Threads: pystray's loop owns the main thread; `_follow` holds the watch stream (reconnecting with backoff);
 `_refresh_loop` re-reads the daemon when events say so; each menu action runs on a thread of its own so the
-menu never blocks on a load or a download.
+menu never blocks on a load or a download ("Add model from URL…" asks in a GTK dialog first: dialog.py).
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from warm.client import Client
+from warm.tray import dialog
 from warm.tray.state import Action, Item, Status, TrayState, outline
 from warmd import paths
 from warmd.errors import Code, WarmdError
+from warmd.v1 import warmd_pb2 as pb
 
 log = logging.getLogger("warm.tray")
 
@@ -131,7 +133,7 @@ class Tray:
         from warm.tray import icons
 
         self._connect, self._pystray, self._icons = connect, pystray, icons
-        self.state = TrayState()
+        self.state = TrayState(can_add_url=dialog.available())
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._dirty = threading.Event()
@@ -274,6 +276,9 @@ class Tray:
         if action.verb == "quit":
             self.stop()
             return
+        if action.verb == "add_url":
+            dialog.ask_url(self._add)
+            return
         threading.Thread(target=self._act, args=(action,), name=f"tray-{action.verb}", daemon=True).start()
 
     def _act(self, action: Action) -> None:
@@ -293,6 +298,19 @@ class Tray:
             self._notify(model, f"warm-tray: {action.verb} failed", f"{err.message} [{err.code.value}]")
         self._dirty.set()
         self._render()
+
+    def _add(self, url: str) -> None:
+        """Install the plugin at `url`. The daemon's events tell how the gate goes and how it ends (see
+        TrayState); a refusal before it began (a malformed URL) has no event, so it is told here."""
+        log.info("action add_url %s", url)
+        began: list[pb.Event] = []
+        try:
+            with self._connect() as client:
+                client.install_plugin(_source(url), on_event=began.append)
+        except WarmdError as err:
+            if not began:
+                self._notify("", "Adding a model failed", f"{err.message} [{err.code.value}]")
+        self._dirty.set()
 
     def _run(self, client: Client, action: Action) -> None:
         verb, args = action.verb, action.args
@@ -317,6 +335,12 @@ class Tray:
             open_file(Path(self.state.log_file or paths.default_log_dir() / "warmd.log"))
         else:
             raise WarmdError(Code.INVALID_ARGUMENT, f"unknown tray action {verb!r}")
+
+
+def _source(url: str) -> str:
+    """What the user typed as the daemon takes it: a local folder made absolute, anything else as it is."""
+    folder = Path(url).expanduser()
+    return str(folder.resolve()) if not url.startswith("git+") and folder.is_dir() else url
 
 
 def open_file(path: Path) -> None:

@@ -16,7 +16,8 @@ _RESIDENT = (pb.LOADING, pb.READY)
 
 @dataclass(frozen=True)
 class Action:
-    """What a menu item does. verbs: load unload pin unpin pull cancel choose profile open_logs pause quit."""
+    """What a menu item does. verbs: load unload pin unpin pull cancel choose profile open_logs pause add_url
+    (ask for a plugin's repository URL, then install it) quit."""
 
     verb: str
     args: tuple[str, ...] = ()
@@ -53,6 +54,16 @@ class Download:
     total: int = 0
 
 
+@dataclass
+class Install:
+    """A plugin being added from a URL (or updated): the gate's step as it goes."""
+
+    job_id: str
+    plugin: str
+    step: str = ""
+    message: str = ""
+
+
 @dataclass(frozen=True)
 class Change:
     """What an event asks of the app: a fresh snapshot, and/or a desktop notification (title, body)."""
@@ -70,6 +81,8 @@ class TrayState:
     profiles: list[str] = field(default_factory=list)
     active_profile: str = ""
     downloads: dict[str, Download] = field(default_factory=dict)       # by job id
+    installs: dict[str, Install] = field(default_factory=dict)         # plugins being added, by job id
+    can_add_url: bool = False                                          # the app has a dialog to ask for one
     loads: dict[str, float] = field(default_factory=dict)              # model -> fraction of its load job
     errors: dict[str, str] = field(default_factory=dict)               # model (or "" for the tray) -> message
     log_file: str = ""
@@ -95,10 +108,13 @@ class TrayState:
         self.connected, self.retry_in = False, retry_in
         self.downloads.clear()
         self.loads.clear()
+        self.installs.clear()
 
     def apply(self, event: pb.Event) -> Change:
         """Fold one watch event in; returns whether a snapshot is due and what to notify."""
         kind, name = event.kind, event.model
+        if event.plugin:
+            return self._plugin(event)
         if kind == "job.progress":
             return self._progress(event)
         if kind == "download.started":
@@ -125,6 +141,26 @@ class TrayState:
             self.loads.pop(name, None)
         return Change(refresh=kind.startswith(("model.", "catalog.")))
 
+    def _plugin(self, event: pb.Event) -> Change:
+        """A plugin's install or update: its gate's progress and result, as notifications."""
+        kind, plugin = event.kind, event.plugin
+        if kind == "job.progress":
+            install = self.installs.setdefault(event.job_id, Install(event.job_id, plugin))
+            install.plugin, install.step, install.message = plugin, event.progress.phase, event.message
+            if event.progress.phase == "clone":
+                return Change(notify=("Adding a model", f"{plugin}: {event.message}"))
+            if event.progress.phase == "import":
+                return Change(notify=("Testing the adapter", f"{plugin}: import, load and run its example in a "
+                                                             "separate process"))
+            return Change()
+        self.installs.pop(event.job_id, None)
+        if kind in ("plugin.installed", "plugin.updated"):
+            return Change(True, ("Model added" if kind == "plugin.installed" else "Plugin updated", event.message))
+        if kind == "plugin.failed":
+            self.errors[""] = f"adding {plugin} failed [{event.error_code}]"
+            return Change(True, ("Adding a model failed", f"{event.message[:600]} [{event.error_code}]"))
+        return Change(refresh=True)
+
     def _progress(self, event: pb.Event) -> Change:
         p = event.progress
         if p.unit == "bytes":
@@ -145,11 +181,12 @@ class TrayState:
     def status(self) -> Status:
         if not self.connected:
             return Status("unreachable", f"warmd is not reachable; retrying in {self.retry_in:.0f} s")
-        if self.downloads or self.loads:
+        if self.downloads or self.loads or self.installs:
             done = sum(d.done for d in self.downloads.values())
             total = sum(d.total for d in self.downloads.values())
             parts = [f"downloading {d.model} {_percent(d.done, d.total)}" for d in self.downloads.values()]
             parts += [f"loading {name}" for name in self.loads]
+            parts += [f"adding {i.plugin} ({i.step}: {i.message})" for i in self.installs.values()]
             fractions = [done / total] if total else []
             fractions += list(self.loads.values())
             return Status("busy", "warmd: " + ", ".join(parts),
@@ -175,6 +212,8 @@ class TrayState:
                 Item(p, Action("profile", (p,)), checked=p == self.active_profile, radio=True)
                 for p in self.profiles)))
         items.append(Item("Pause (unload everything)", Action("pause"), enabled=bool(self.resident())))
+        if self.can_add_url:
+            items += [SEPARATOR, Item("Add model from URL…", Action("add_url"))]
         return [*items, *tail]
 
     def _choices(self) -> list[Item]:

@@ -6,7 +6,7 @@ including the ones before it:
 
     read   list, show, status, watch; V2 health, metadata, config, index, statistics
     infer  + running models (which loads them on demand) and shared-memory regions
-    admin  + pull, load, unload, rm, add, pin, and managing tokens
+    admin  + pull, load, unload, rm, add, pin, installing plugins, and managing tokens
 
 Every RPC of both services is placed in `METHOD_SCOPES`; one that is not (added to a .proto, forgotten
 here) needs `admin`, so a forgotten entry fails closed. A missing or unknown (revoked) token is
@@ -30,7 +30,7 @@ _WARMD, _V2 = "/warmd.v1.Warmd/", "/inference.GRPCInferenceService/"
 # table fails closed. tests/integration/test_tokens.py checks it against the methods the .proto files define.
 _READ = {
     _WARMD: ("ListModels", "GetModel", "Status", "Watch", "ResolveRole", "ListProfiles", "PlanLoad",
-             "ListEvictions"),
+             "ListEvictions", "ListPlugins"),
     _V2: ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
           "ModelStatistics", "RepositoryIndex", "SystemSharedMemoryStatus", "CudaSharedMemoryStatus"),
 }
@@ -41,7 +41,8 @@ _INFER = {
 }
 _ADMIN = {
     _WARMD: ("LoadModel", "UnloadModel", "PullModel", "CancelJob", "RemoveModel", "AddModel", "PinModel",
-             "CreateToken", "ListTokens", "RevokeToken", "UseProfile", "ChooseRoleModel"),
+             "CreateToken", "ListTokens", "RevokeToken", "UseProfile", "ChooseRoleModel", "InstallPlugin",
+             "UpdatePlugin", "RemovePlugin"),
     _V2: ("RepositoryModelLoad", "RepositoryModelUnload"),
 }
 METHOD_SCOPES = {service + method: scope for scope, table in (("read", _READ), ("infer", _INFER), ("admin", _ADMIN))

@@ -16,7 +16,7 @@ from warmd.api.auth import caller
 from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
 from warmd.app import App, Inferred, ModelInfo, Provenance, Target, select_outputs
-from warmd.app.views import Discovered
+from warmd.app.views import Discovered, PluginInfo
 from warmd.errors import Code, WarmdError
 from warmd.providers import CallContext, InferRequest
 from warmd.roles import Choice
@@ -110,8 +110,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             hf_cache=str(st.hf_cache), plugins_dir=str(s.plugins_dir),
             jobs=[pb.JobInfo(id=j.id, kind=j.kind, model=j.model, progress=j.last, message=j.last_message)
                   for j in st.jobs],
-            plugins=[pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error)
-                     for p in st.plugins],
+            plugins=[plugin_proto(p) for p in st.plugins],
             devices=[pb.DeviceStatus(name=u.device.name, total=u.device.total, budget=u.device.budget, used=u.used,
                                      free=-1 if u.free is None else u.free, reserve=u.device.reserve,
                                      simulated=u.device.simulated)
@@ -233,6 +232,25 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         self.app.regions.unregister_system(caller(context), request.name)
         return pb.UnregisterRegionResponse()
 
+    # ---- plugins -------------------------------------------------------------------------------
+    @mapped_stream
+    def InstallPlugin(self, request: pb.InstallPluginRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        with self.app.install_plugin(request.source, request.name, request.draft, request.accept) as install:
+            yield from install.events(context.is_active)
+
+    @mapped_stream
+    def UpdatePlugin(self, request: pb.UpdatePluginRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        with self.app.update_plugin(request.name) as update:
+            yield from update.events(context.is_active)
+
+    @mapped
+    def RemovePlugin(self, request: pb.RemovePluginRequest, context: grpc.ServicerContext) -> pb.RemovePluginResponse:
+        return pb.RemovePluginResponse(removed=self.app.remove_plugin(request.name))
+
+    @mapped
+    def ListPlugins(self, request: pb.ListPluginsRequest, context: grpc.ServicerContext) -> pb.ListPluginsResponse:
+        return pb.ListPluginsResponse(plugins=[plugin_proto(p) for p in self.app.plugin_list()])
+
 
 # ---- messages ----------------------------------------------------------------------------------
 def model_proto(m: ModelInfo) -> pb.Model:
@@ -254,6 +272,16 @@ def model_proto(m: ModelInfo) -> pb.Model:
             pinned=r.pinned, tier=r.shown_tier, gpu_layers=r.offloaded[0], total_layers=r.offloaded[1],
             location=m.location))
     return model
+
+
+def plugin_proto(info: PluginInfo) -> pb.Plugin:
+    p, record = info.plugin, info.plugin.record
+    plugin = pb.Plugin(name=p.name, provider=p.provider, folder=str(p.folder), error=p.error, state=info.state,
+                       isolated=info.isolated, models=info.models)
+    if record is not None:
+        gate = {k: v for k, v in record.gate.items() if k in pb.GateResult.DESCRIPTOR.fields_by_name}
+        plugin.MergeFrom(pb.Plugin(source=record.source, commit=record.commit, gate=pb.GateResult(**gate)))
+    return plugin
 
 
 def spec_error(err: SpecFileError) -> pb.SpecError:

@@ -2,16 +2,17 @@
 (api/service.py), the Open Inference Protocol (api/v2.py) and the HTTP dialects — so that a lookup, an
 admission gate, a statistics path or a message exists once, whatever protocol a request came in by.
 
-`App` owns the daemon's parts (catalog, plugins, store, scheduler, inference, profiles, shared-memory
-regions, tokens) and answers in plain data (app/views.py, app/calls.py: dataclasses and numpy arrays; events
-are the daemon's one event type, warmd.v1.Event). A front only translates its wire to these calls and back.
+`App` owns the daemon's parts (catalog, plugins and their installer, store, scheduler, inference,
+profiles, shared-memory regions, tokens) and answers in plain data (app/views.py, app/calls.py:
+dataclasses and numpy arrays; events are the daemon's one event type, warmd.v1.Event). A front only
+translates its wire to these calls and back.
 
 Rules held here:
 - one lookup per call: a model name is found in the catalog once (`model_not_found` naming the nearest
   name), and what the call needs (spec, provider) is handed on, never looked up again by name;
-- long operations (loads, downloads) are jobs the caller follows (`Operation`, app/follow.py); a refused
-  operation changes nothing (`remove` checks before it unloads, a V2 load's config override is undone when
-  its load fails);
+- long operations (loads, downloads, plugin installs and updates) are jobs the caller follows
+  (`Operation`, app/follow.py); a refused operation changes nothing (`remove` checks before it unloads,
+  a V2 load's config override is undone when its load fails);
 - nothing here speaks a wire: no protobuf messages are built here but events, and no gRPC context is read.
 """
 from __future__ import annotations
@@ -21,15 +22,19 @@ import dataclasses
 import os
 import sys
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from warmd import __version__, devices
+from warmd.adapters import coder
+from warmd.adapters.coder import Coder
+from warmd.adapters.install import Installer
 from warmd.tokens import TokenInfo, TokenStore
 from warmd.app.calls import ChatRequest, Chunk, Inferred, Target, embeddings, select_outputs, stream
 from warmd.app.follow import EventStream, Operation
 from warmd.app.regions import Regions
-from warmd.app.views import (Added, DaemonStatus, DeviceUse, Discovered, ModelInfo, Provenance, Removed,
-                             Statistics)
+from warmd.app.views import (Added, DaemonStatus, DeviceUse, Discovered, ModelInfo, PluginInfo, Provenance,
+                             Removed, Statistics)
 from warmd.catalog import Catalog
 from warmd.cluster import Placement
 from warmd.config import Settings
@@ -71,10 +76,13 @@ class App:
             from warmd.cluster.front import ClusterProvider
 
             self.providers[ClusterProvider.name] = ClusterProvider
-        self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir], self.providers, self.bus, s.reload_debounce,
-                               place=Placement(s.cluster, s.placement))
+        # The plugins folder is a path root too: specs installed with a plugin point into its checkout.
+        self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir, s.plugins_dir], self.providers, self.bus,
+                               s.reload_debounce, place=Placement(s.cluster, s.placement))
         self.plugins = Plugins(s.plugins_dir, self.providers, on_change=self.catalog.revalidate)
-        self.jobs = Jobs(self.bus)              # every long operation: loads and downloads
+        self.jobs = Jobs(self.bus)              # every long operation: loads, downloads, plugin installs
+        self.installer = Installer(s.plugins_dir, self.catalog, self.plugins, self.jobs, s.gate_timeout, s.offline,
+                                   s.draft_attempts)
         self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout,
                            jobs=self.jobs)
         inventory = devices.inventory(s.cpu_budget, s.gpu_budget, s.gpu_reserve, s.simulated_gpus)
@@ -245,9 +253,72 @@ class App:
         self.scheduler.pin(name, pinned)
         return self.model(name)
 
+    # ---- plugins -------------------------------------------------------------------------------
+    def install_plugin(self, source: str, name: str = "", draft: bool = False, accept: bool = False) -> Operation:
+        """Install a provider plugin from git (`git+URL[@REV]` or a local repository): clone, pin the commit,
+        gate it, install it with its example specs, as an operation to follow (its events name the plugin);
+        leaving it early cancels it.
+
+        Args:
+            draft: the repository has no adapter: the active profile's `coder` drafts one (installer.py);
+                the operation ends with `plugin.drafted` unless `accept`.
+            accept: install the draft once it passed; without `draft`, the kept draft that passed.
+        Raises:
+            WarmdError: `invalid_argument` (a malformed source or name, no coder role, nothing to accept),
+                `network_forbidden` (offline), `unavailable` (no model can be the coder); once followed, the
+                gate's refusal (which step, the traceback's last lines) or the clone's error.
+        """
+        coder = self._coder() if draft else None
+        job, future = self.installer.install(source, name, coder, accept)
+        return self._plugin_operation(name or source, "plugin.drafted" if draft and not accept else "plugin.installed",
+                                      job, future)
+
+    def update_plugin(self, name: str) -> Operation:
+        """Fetch plugin `name`'s source again, gate the new commit and switch only if it passes (the old one
+        serves meanwhile), as an operation to follow; leaving it early cancels it.
+
+        Raises:
+            WarmdError: `invalid_argument` for a name no git install has; `busy` while it installs or updates.
+        """
+        return self._plugin_operation(name, "plugin.updated", *self.installer.update(name))
+
+    def remove_plugin(self, name: str) -> list[str]:
+        """Remove a plugin installed from git with the specs it wrote (their models unload).
+
+        Returns:
+            The paths deleted.
+        Raises:
+            WarmdError: `invalid_argument` for a name no git install has; `busy` while it installs or updates.
+        """
+        return self.installer.remove(name)
+
+    def plugin_list(self) -> list[PluginInfo]:
+        """Every plugin: folder plugins and those installed from git (source, commit, the gate's last result)."""
+        updating = self.installer.updating()
+        return [PluginInfo(p, p.name in updating) for p in self.plugins.states()]
+
+    def _coder(self) -> Coder:
+        """The active profile's `coder`: a chat model this daemon serves, else the role's endpoint.
+
+        Raises:
+            WarmdError: `invalid_argument` when the profile has no coder role; `unavailable` when none of its
+                models qualifies and it has no endpoint; what coder.remote refuses.
+        """
+        choice = self.profiles.resolve("coder", endpoint=True)
+        if choice.endpoint is not None:
+            return coder.remote(choice.endpoint, self.settings.offline)
+        target = self.target(choice.model)
+        return coder.local(choice.model, lambda messages, sampling, context: self.chat(
+            target, ChatRequest(list(messages), dict(sampling)), context))
+
+    def _plugin_operation(self, plugin: str, final_kind: str, job: Job, future: Future) -> Operation:
+        exits = contextlib.ExitStack()
+        exits.callback(lambda: future.done() or job.cancel())     # a caller who leaves cancels it
+        return Operation(plugin, final_kind, job, future, self.jobs.follow(job), exits)
+
     # ---- jobs and events -----------------------------------------------------------------------
     def running(self) -> list[Job]:
-        """The long operations under way: loads and downloads."""
+        """The long operations under way: loads, downloads, plugin installs and updates."""
         return self.jobs.running()
 
     def cancel(self, job_id: str) -> None:
@@ -268,7 +339,7 @@ class App:
             version=__version__, pid=os.getpid(), started_at=self.started_at, torch_imported="torch" in sys.modules,
             resident=[self._info(r.spec, None) for r in self.scheduler.resident()],
             models=len(self.catalog.specs()), rejected=len(self.catalog.rejected()), jobs=self.running(),
-            plugins=self.plugins.states(), hf_cache=hub.cache_root(), settings=self.settings,
+            plugins=self.plugin_list(), hf_cache=hub.cache_root(), settings=self.settings,
             devices=[DeviceUse(d, used, free) for d, used, free in self.scheduler.device_usage()])
 
     # ---- inference -----------------------------------------------------------------------------

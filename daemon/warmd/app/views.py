@@ -156,6 +156,33 @@ class Statistics:
 
 
 @dataclass(frozen=True)
+class PluginInfo:
+    """A plugin as every front shows it: a folder plugin, or one installed from git with its record."""
+
+    plugin: PluginState
+    updating: bool = False         # an update is under way (the installed commit serves meanwhile)
+
+    @property
+    def state(self) -> str:
+        """installed | updating | disabled (folder plugins: loaded | disabled)."""
+        if self.plugin.error:
+            return "disabled"
+        if self.updating:
+            return "updating"
+        return "installed" if self.plugin.record is not None else "loaded"
+
+    @property
+    def isolated(self) -> bool:
+        """Its code runs in runner processes only (installed from git)."""
+        return self.plugin.record is not None
+
+    @property
+    def models(self) -> list[str]:
+        """The models of the specs it installed."""
+        return [Path(f).stem for f in self.plugin.record.specs] if self.plugin.record is not None else []
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     version: str
     pid: int
@@ -165,7 +192,7 @@ class DaemonStatus:
     models: int
     rejected: int
     jobs: list[Job]
-    plugins: list[PluginState]
+    plugins: list[PluginInfo]
     devices: list[DeviceUse]
     hf_cache: Path
     settings: Settings        # paths and policies as configured

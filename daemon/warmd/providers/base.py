@@ -17,6 +17,7 @@ a provider only does what it is told:
         .infer(request)            -> outputs
         .unload()                  -> frees everything it holds
         .location()                -> where a model that runs elsewhere is (a cluster replica), else ""
+        .gone()                    -> why it can no longer serve (its runner process died), else None
 
 A provider whose model is one torch module (torch, sentence-transformers, transformers) derives from
 `ModuleProvider`, which parks, brings back and unloads `self.module` for it; one that runs only some tasks
@@ -238,6 +239,11 @@ class Provider(abc.ABC):
         """Where the model is when it runs outside this process (the cluster replicas holding it), for
         `warm ps`; "" for a model held here."""
         return ""
+
+    def gone(self) -> WarmdError | None:
+        """Why this loaded model can no longer serve, or None while it can: a provider whose model lives in
+        another process (a runner) says so once that process exited; the scheduler then retires it."""
+        return None
 
     def to_host(self) -> None:
         """Move the weights to (pinned) host memory and give the device memory back. Only if parkable."""

@@ -413,7 +413,8 @@ def parse_reference(text: str) -> tuple[SourceKind, str]:
     """
     kind, sep, ref = text.partition(":")
     if not sep or kind not in KINDS:
-        raise WarmdError(Code.INVALID_ARGUMENT, f"source {text!r} must look like hf://org/name or ollama://name:tag")
+        raise WarmdError(Code.INVALID_ARGUMENT, f"source {text!r} must look like hf://org/name or ollama://name:tag "
+                         "(a plugin's repository: git+URL[@REV] or the folder of a local git repository)")
     return KINDS[kind], ref.removeprefix("//")
 
 

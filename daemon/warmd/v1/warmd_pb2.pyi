@@ -377,16 +377,86 @@ class JobInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Plugin(_message.Message):
-    __slots__ = ("name", "provider", "folder", "error")
+    __slots__ = ("name", "provider", "folder", "error", "source", "commit", "state", "gate", "models", "isolated")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     FOLDER_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATED_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     folder: str
     error: str
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., folder: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    source: str
+    commit: str
+    state: str
+    gate: GateResult
+    models: _containers.RepeatedScalarFieldContainer[str]
+    isolated: bool
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., folder: _Optional[str] = ..., error: _Optional[str] = ..., source: _Optional[str] = ..., commit: _Optional[str] = ..., state: _Optional[str] = ..., gate: _Optional[_Union[GateResult, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., isolated: _Optional[bool] = ...) -> None: ...
+
+class GateResult(_message.Message):
+    __slots__ = ("result", "step", "message", "output", "commit", "at", "seconds")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    step: str
+    message: str
+    output: str
+    commit: str
+    at: float
+    seconds: float
+    def __init__(self, result: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., output: _Optional[str] = ..., commit: _Optional[str] = ..., at: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class InstallPluginRequest(_message.Message):
+    __slots__ = ("source", "name", "draft", "accept")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    name: str
+    draft: bool
+    accept: bool
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., draft: _Optional[bool] = ..., accept: _Optional[bool] = ...) -> None: ...
+
+class UpdatePluginRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemovePluginRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemovePluginResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPluginsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPluginsResponse(_message.Message):
+    __slots__ = ("plugins",)
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
+    def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
 
 class ModelSignature(_message.Message):
     __slots__ = ("name", "version", "signature", "source", "revision", "precision", "device")
@@ -474,7 +544,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction")
+    __slots__ = ("seq", "time", "kind", "model", "file", "message", "job_id", "progress", "error_code", "reason", "eviction", "plugin", "diff")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -486,6 +556,8 @@ class Event(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVICTION_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: float
     kind: str
@@ -497,7 +569,9 @@ class Event(_message.Message):
     error_code: str
     reason: str
     eviction: Eviction
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ...) -> None: ...
+    plugin: str
+    diff: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., file: _Optional[str] = ..., message: _Optional[str] = ..., job_id: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error_code: _Optional[str] = ..., reason: _Optional[str] = ..., eviction: _Optional[_Union[Eviction, _Mapping]] = ..., plugin: _Optional[str] = ..., diff: _Optional[str] = ...) -> None: ...
 
 class Eviction(_message.Message):
     __slots__ = ("time", "model", "action", "reason", "device", "bytes", "for_model", "policy", "requests_per_min", "back_s", "back_measured", "cost", "idle_s", "message")

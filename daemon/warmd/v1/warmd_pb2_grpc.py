@@ -144,6 +144,26 @@ class WarmdStub:
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.SerializeToString,
                 response_deserializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
                 _registered_method=True)
+        self.InstallPlugin = channel.unary_stream(
+                '/warmd.v1.Warmd/InstallPlugin',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.InstallPluginRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+                _registered_method=True)
+        self.UpdatePlugin = channel.unary_stream(
+                '/warmd.v1.Warmd/UpdatePlugin',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.UpdatePluginRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+                _registered_method=True)
+        self.RemovePlugin = channel.unary_unary(
+                '/warmd.v1.Warmd/RemovePlugin',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.RemovePluginRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.RemovePluginResponse.FromString,
+                _registered_method=True)
+        self.ListPlugins = channel.unary_unary(
+                '/warmd.v1.Warmd/ListPlugins',
+                request_serializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.SerializeToString,
+                response_deserializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.FromString,
+                _registered_method=True)
         self.PlanLoad = channel.unary_unary(
                 '/warmd.v1.Warmd/PlanLoad',
                 request_serializer=warmd_dot_v1_dot_warmd__pb2.PlanLoadRequest.SerializeToString,
@@ -321,6 +341,39 @@ class WarmdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallPlugin(self, request, context):
+        """Install a provider plugin from a git repository: clone, pin the commit, run the gate (import, load and
+        run the manifest's examples in separate processes), and only if it passes install it with its example
+        specs. Streams the job's events (job.progress per gate step); the last is "plugin.installed", or the
+        call ends with an error whose message says which step failed and why. With `draft`, a code model writes
+        the adapter first (see InstallPluginRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePlugin(self, request, context):
+        """Fetch a plugin's source again, gate the new commit, and switch to it only if it passes (the installed
+        one keeps serving meanwhile). The last event is "plugin.updated".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePlugin(self, request, context):
+        """Remove a plugin installed from git with the specs it wrote.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlugins(self, request, context):
+        """Every plugin: folder plugins and those installed from git (source, commit, the gate's last result).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PlanLoad(self, request, context):
         """What loading a model would do now, without doing it: the device, the bytes, and which models would be
         parked or unloaded first and why (`warm load --dry-run`). Fails as the load would (insufficient_memory...).
@@ -449,6 +502,26 @@ def add_WarmdServicer_to_server(servicer, server):
                     servicer.ChooseRoleModel,
                     request_deserializer=warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.FromString,
                     response_serializer=warmd_dot_v1_dot_warmd__pb2.RoleChoice.SerializeToString,
+            ),
+            'InstallPlugin': grpc.unary_stream_rpc_method_handler(
+                    servicer.InstallPlugin,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.InstallPluginRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.Event.SerializeToString,
+            ),
+            'UpdatePlugin': grpc.unary_stream_rpc_method_handler(
+                    servicer.UpdatePlugin,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.UpdatePluginRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.Event.SerializeToString,
+            ),
+            'RemovePlugin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePlugin,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.RemovePluginRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.RemovePluginResponse.SerializeToString,
+            ),
+            'ListPlugins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlugins,
+                    request_deserializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.FromString,
+                    response_serializer=warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.SerializeToString,
             ),
             'PlanLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.PlanLoad,
@@ -1055,6 +1128,114 @@ class Warmd:
             '/warmd.v1.Warmd/ChooseRoleModel',
             warmd_dot_v1_dot_warmd__pb2.ChooseRoleModelRequest.SerializeToString,
             warmd_dot_v1_dot_warmd__pb2.RoleChoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallPlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warmd.v1.Warmd/InstallPlugin',
+            warmd_dot_v1_dot_warmd__pb2.InstallPluginRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/warmd.v1.Warmd/UpdatePlugin',
+            warmd_dot_v1_dot_warmd__pb2.UpdatePluginRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePlugin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/RemovePlugin',
+            warmd_dot_v1_dot_warmd__pb2.RemovePluginRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.RemovePluginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlugins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmd.v1.Warmd/ListPlugins',
+            warmd_dot_v1_dot_warmd__pb2.ListPluginsRequest.SerializeToString,
+            warmd_dot_v1_dot_warmd__pb2.ListPluginsResponse.FromString,
             options,
             channel_credentials,
             insecure,
