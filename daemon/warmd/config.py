@@ -63,6 +63,13 @@ class Settings:
     simulated_gpus: list[int] = field(default_factory=list)
     max_message_bytes: int = 64 * 1024 * 1024
     rpc_threads: int = 32
+    # Threads one call of a model on the CPU may use (torch's intra-op threads: OMP_NUM_THREADS and
+    # MKL_NUM_THREADS, unless set in the environment); 0 = the CPUs / 4, at least 1, so that a model's
+    # default max_in_flight (4) calls share the CPUs instead of each spreading over all of them.
+    cpu_threads: int = 0
+
+    def threads_per_call(self) -> int:
+        return self.cpu_threads or max(1, (os.cpu_count() or 1) // 4)
 
     @property
     def log_file(self) -> Path:
@@ -95,8 +102,11 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value).strip().lower() in ("1", "true", "yes", "on")
     if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout"):
         return parse_duration(value)
-    if name == "rpc_threads":
-        return int(value)
+    if name in ("rpc_threads", "cpu_threads"):
+        number = int(value)
+        if number < 0:
+            raise ValueError(f"must be 0 or more, not {value!r}")
+        return number
     if name in ("cpu_budget", "gpu_budget", "host_tier_budget"):
         return _budget(value)
     if name in ("gpu_reserve", "max_message_bytes"):
