@@ -31,6 +31,7 @@ class ModelInfo:
     default_keep_alive: float
     store: Store = field(repr=False)
     downloads: list[dict] = field(default_factory=list)
+    listed: bool = False        # one of a listing: its files as the store remembers them (Store.state)
 
     @property
     def name(self) -> str:
@@ -66,7 +67,7 @@ class ModelInfo:
 
     @functools.cached_property
     def files(self) -> FilesState:
-        return self.store.state(self.spec)
+        return self.store.state(self.spec, remembered=self.listed)
 
     @property
     def error_code(self) -> str:
