@@ -15,6 +15,7 @@ Per-spec figures (ms or KiB per 1 000 specs) show whether each grows at most lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import queue
@@ -60,7 +61,12 @@ def edit_to_changed(client, specs: Path, count: int) -> float:  # type: ignore[n
     target = count // 2
     events: queue.Queue = queue.Queue()
     stream = client.watch(kinds=["catalog.changed"], model=f"model-{target:05d}")
-    threading.Thread(target=lambda: [events.put(time.monotonic()) for _ in stream], daemon=True).start()
+
+    def follow() -> None:
+        with contextlib.suppress(Exception):           # the stream ends with the daemon
+            for _ in stream:
+                events.put(time.monotonic())
+    threading.Thread(target=follow, daemon=True).start()
     time.sleep(0.5)                             # the stream is subscribed
     path = specs / f"model-{target:05d}.yaml"
     t0 = time.monotonic()
