@@ -43,7 +43,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         models = self.app.models(request.task, request.tag, _STATE_NAMES.get(request.state, ""))
         discovered = self.app.discovered() if request.include_discovered else []
         listed = [self._listed_bytes(m) for m in models]
-        if not (request.task or request.tag or request.state):
+        if len(self._listed) > len(models) and not (request.task or request.tag or request.state):
             names = {m.name for m in models}
             self._listed = {n: v for n, v in self._listed.items() if n in names}    # forget removed models
         rest = pb.ListModelsResponse(rejected=[spec_error(e) for e in self.app.rejected()],
