@@ -163,10 +163,13 @@ class Daemon:
         self.health.enter_graceful_shutdown()
         self.drain.close(drain)
         self.app.bus.close_all()    # ends watch streams, which would otherwise hold the drain open
-        if not self.drain.wait_idle(drain):
+        idle = self.drain.wait_idle(drain)
+        if not idle:
             log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
                         self.drain.running(), drain)
-        for event in [srv.stop(grace=None) for srv in self.servers]:
+        # Idle, what is left are answers on their way out (a servicer returned, its response not sent yet):
+        # they get STOP_WAIT_S to leave; stopping with no grace cancelled them (1 drained call in ~6 lost its answer).
+        for event in [srv.stop(grace=STOP_WAIT_S if idle else None) for srv in self.servers]:
             event.wait(STOP_WAIT_S)
         self.app.catalog.stop()
         self.app.plugins.stop()
