@@ -10,7 +10,7 @@ and url) unless the daemon is offline (`network_forbidden`) or its download poli
 every call: a local kind's files (path, package, Ollama) are watched by the catalog, whose fingerprint of them
 (`spec.content`) is part of the key, so an edit is seen at its watcher event; a downloadable kind's (hub,
 url) is read again while it downloads, after any download ended, a size was learned, files were removed or verified, and at most
-FILES_TTL_S later (other tools write the Hugging Face cache too).
+FILES_TTL_S later (other tools write the Hugging Face cache too); a remote's is asked every time.
 """
 from __future__ import annotations
 
@@ -92,6 +92,8 @@ class Store:
             return known.state
         kind = handler(spec.source)
         state = kind.state(self, spec)
+        if kind.live:
+            return state
         self._states[spec.name] = _Known(spec.source, spec.content, state, time.monotonic(), changes,
                                          kind.downloadable)
         return state
