@@ -92,7 +92,7 @@ def main() -> int:
     lines = [f"# Catalog scale: {', '.join(map(str, sizes))} spec files", "",
              f"`.venv/bin/python bench/catalog_scale.py --sizes {args.sizes} --calls {args.calls}"
              f"{' --checkout ' + str(args.checkout) if args.checkout else ''}` on {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')} (a machine shared with other work). "
+             f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}. "
              f"Empty folder: ready {base['ready']:.2f} s, RSS {base['rss'] / 2**20:.0f} MiB, ListModels "
              f"{base['list_p50'] * 1e3:.1f} ms.", "",
              "| specs | ready | ready per 1 000 specs | ListModels p50 | max | p50 per 1 000 specs | "

@@ -73,7 +73,7 @@ def main() -> int:
                                                  server_pid=server.pid))
     lines = ["# grpcio server models, echo under 32 clients", "",
              f"`.venv/bin/python bench/grpc_servers.py --seconds {args.seconds:g} --rounds {args.rounds}` on "
-             f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')} (a shared machine); "
+             f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
              "median of the rounds", "", "| server | calls/s | server CPU µs/call |", "|---|---|---|"]
     for name, loads in runs.items():
         load = median_load(loads)

@@ -465,8 +465,8 @@ def main() -> int:
     with workdir() as root, contextlib.ExitStack() as stack:
         # floor
         echo_port = free_port()
-        stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
-                                     f"127.0.0.1:{echo_port}"], root / "echo.log"))
+        echo_proc = stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
+                                                 f"127.0.0.1:{echo_port}"], root / "echo.log"))
         echo = Echo(f"127.0.0.1:{echo_port}")
         wait_for(lambda: echo.infer("mlp1") or True)
 
@@ -526,7 +526,7 @@ def main() -> int:
             rows["TorchServe 0.12.0"]["load2"], rows["TorchServe 0.12.0"]["load3"] = loads
             rows["TorchServe 0.12.0"]["rss3"] = tree_rss(ts.pid)
         # throughput: rounds alternate between servers (a shared machine's noise hits each alike)
-        loads = [("bare grpcio echo (floor)", "echo", f"127.0.0.1:{echo_port}", "", None),
+        loads = [("bare grpcio echo (floor)", "echo", f"127.0.0.1:{echo_port}", "", echo_proc),
                  ("warmd", "v2", f"127.0.0.1:{w_port}", token, warmd),
                  ("MLServer 1.7.1", "v2", f"127.0.0.1:{m_port}", "", mls)]
         if "TorchServe 0.12.0" in servers:

@@ -112,7 +112,7 @@ def main() -> int:
     lines = [f"# Profile of the call path: {args.tag}, {args.transport}, 32 clients, tiny MLP", "",
              f"`.venv/bin/python bench/profile_calls.py --transport {args.transport} --tag {args.tag} --seconds "
              f"{args.seconds:g}{' --checkout ' + str(args.checkout) if args.checkout else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')} "
-             f"(a shared machine: calls/s moves with the other load; CPU per call much less), daemon from "
+             f"(calls/s moves with whatever else runs; CPU per call much less), daemon from "
              f"{args.checkout or 'this checkout'}. Flame graph of the running threads: [{name}.svg]({name}.svg).", "",
              "| calls/s | daemon CPU µs/call | everything else (clients, other users) CPU µs/call | daemon share of busy CPU |",
              "|---|---|---|---|",
