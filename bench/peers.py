@@ -10,7 +10,8 @@ each, all on 127.0.0.1, and measures in one run:
 - infer p50/p99, [1,64] float32, sequential calls; rounds alternate between servers. warmd and MLServer get
   the same Open Inference Protocol (V2) gRPC client; TorchServe its own gRPC inference API; the floor is a
   bare grpcio echo server carrying the same V2 request bytes;
-- throughput of 32 concurrent clients (threads in 4 processes);
+- throughput of 32 concurrent clients (grpc.aio coroutines in 2 processes, a channel each), with the
+  server's CPU time per call;
 - time to ready (process start until the model answers), time to load a second and a third model;
 - memory (RSS of the server's process tree) idle with one model and with three.
 
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -231,6 +234,15 @@ class TorchServeGrpc:
     def __init__(self, address: str, folder: Path) -> None:
         import grpc
         import numpy as np
+
+        stubs = self.stubs(folder)
+        self.pb = sys.modules["ts_inference_pb2"]
+        self.stub = stubs.InferenceAPIsServiceStub(grpc.insecure_channel(address))
+        self.body = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32).tobytes()
+
+    @staticmethod
+    def stubs(folder: Path):  # type: ignore[no-untyped-def]
+        """The service stubs module, compiled from TORCHSERVE_PROTO into `folder` once."""
         from grpc_tools import protoc
 
         if not (folder / "ts_inference_pb2.py").exists():
@@ -238,12 +250,9 @@ class TorchServeGrpc:
             protoc.main(["protoc", f"-I{folder}", f"--python_out={folder}", f"--grpc_python_out={folder}",
                          "ts_inference.proto"])
         sys.path.insert(0, str(folder))
-        import ts_inference_pb2
         import ts_inference_pb2_grpc
 
-        self.pb = ts_inference_pb2
-        self.stub = ts_inference_pb2_grpc.InferenceAPIsServiceStub(grpc.insecure_channel(address))
-        self.body = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32).tobytes()
+        return ts_inference_pb2_grpc
 
     def infer(self, model: str) -> None:
         reply = self.stub.Predictions(self.pb.PredictionsRequest(model_name=model, input={"data": self.body}),
@@ -264,37 +273,95 @@ class Echo:
         self.call(self.body, timeout=60)
 
 
-# Throughput: threads in client processes, V2 ModelInfer (or the echo call) back to back.
+# Throughput: N concurrent clients, each with its own channel, calling back to back. They are coroutines of
+# grpc.aio in PROCESSES processes: a thread per client (the old load) cost 0.45-0.9 ms of CPU per call, as
+# much as the server, and more the slower the server answered, so on 2 CPUs calls/s measured the clients too.
+PROCESSES = 2
 LOAD_CLIENT = r'''
-import sys, threading, time
+import asyncio, sys, time
 sys.path[:0] = [sys.argv[1] + "/daemon", sys.argv[1] + "/bench"]
 import grpc
-from peers import V2, Echo
-kind, address, model, threads, seconds, token = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
-from pathlib import Path
-from peers import TorchServeGrpc
-done = [0] * threads
-stop = time.monotonic() + seconds
-def run(k):
-    if kind == "echo":
-        client = Echo(address)
-    elif kind == "torchserve":
-        client = TorchServeGrpc(address, Path(token))      # here `token` carries the stubs folder
-    else:
-        client = V2(address, (("authorization", "Bearer " + token),) if token else ())
-    while time.monotonic() < stop:
-        client.infer(model); done[k] += 1
-ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
-[t.start() for t in ts]; [t.join() for t in ts]
-print(sum(done))
+from peers import aio_call
+kind, address, model, clients, seconds, token = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+async def main():
+    stop = time.monotonic() + seconds
+    async def client():
+        call, done = aio_call(kind, grpc.aio.insecure_channel(address), model, token), 0
+        while time.monotonic() < stop:
+            await call(); done += 1
+        return done
+    return sum(await asyncio.gather(*[client() for _ in range(clients)]))
+print(asyncio.run(main()))
 '''
 
 
-def throughput(kind: str, address: str, model: str, token: str = "", clients: int = 32, seconds: float = 5) -> float:
-    procs = [subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(REPO), kind, address, model,
-                               str(clients // 4), str(seconds), token], stdout=subprocess.PIPE, text=True)
-             for _ in range(4)]
-    return sum(int(p.communicate(timeout=seconds + 120)[0].strip() or 0) for p in procs) / seconds
+def aio_call(kind: str, channel, model: str, token: str):  # type: ignore[no-untyped-def]
+    """One client's call on a grpc.aio `channel`: echo, V2 ModelInfer or TorchServe's Predictions (for
+    TorchServe, `token` is the folder of its compiled stubs)."""
+    if kind == "echo":
+        from echo_server import METHOD
+
+        echo, body = channel.unary_unary(METHOD), v2_request("mlp1").SerializeToString()
+        return lambda: echo(body, timeout=60)
+    if kind == "torchserve":
+        stubs = TorchServeGrpc.stubs(Path(token))
+        ts, pb = stubs.InferenceAPIsServiceStub(channel), sys.modules["ts_inference_pb2"]
+        body = v2_request("mlp1").raw_input_contents[0]
+        return lambda: ts.Predictions(pb.PredictionsRequest(model_name=model, input={"data": body}), timeout=60)
+    from warmd.v2 import inference_pb2_grpc
+
+    stub, request = inference_pb2_grpc.GRPCInferenceServiceStub(channel), v2_request(model)
+    metadata = (("authorization", "Bearer " + token),) if token else ()
+    return lambda: stub.ModelInfer(request, timeout=60, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What a throughput run measured: calls/s, and CPU microseconds per call of the load's clients and of
+    the server (when its pid was given): on a shared machine calls/s moves with everything else that runs,
+    CPU per call much less."""
+
+    rate: float
+    client_us: float
+    server_us: float | None = None
+
+
+def throughput(kind: str, address: str, model: str, token: str = "", clients: int = 32, seconds: float = 5,
+               server_pid: int | None = None) -> Load:
+    """Run `clients` concurrent clients for `seconds` against `address` (see LOAD_CLIENT)."""
+    per = [clients // PROCESSES + (k < clients % PROCESSES) for k in range(PROCESSES)]
+    server0 = tree_cpu(server_pid) if server_pid else 0.0
+    children0 = _children_cpu()
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, str(REPO), kind, address, model, str(n),
+                               str(seconds), token], stdout=subprocess.PIPE, text=True) for n in per if n]
+    calls = sum(int(p.communicate(timeout=seconds + 120)[0].strip() or 0) for p in procs)
+    per_call = lambda cpu: cpu / max(calls, 1) * 1e6  # noqa: E731
+    return Load(calls / seconds, per_call(_children_cpu() - children0),
+                per_call(tree_cpu(server_pid) - server0) if server_pid else None)
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds so far of process `pid` (all its threads) and of its descendants."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def median_load(runs: list[Load]) -> Load:
+    """Each figure's median over `runs`."""
+    servers = [r.server_us for r in runs if r.server_us is not None]
+    return Load(statistics.median(r.rate for r in runs), statistics.median(r.client_us for r in runs),
+                statistics.median(servers) if servers else None)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)      # the load's processes, once waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---- the servers -----------------------------------------------------------------------------------
@@ -388,7 +455,7 @@ def latency(client, model: str, calls: int) -> list[float]:  # type: ignore[no-u
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per round and server")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="latency and throughput rounds")
     parser.add_argument("--seconds", type=float, default=5, help="throughput run per server")
     parser.add_argument("--no-torchserve", action="store_true")
     args = parser.parse_args()
@@ -398,8 +465,8 @@ def main() -> int:
     with workdir() as root, contextlib.ExitStack() as stack:
         # floor
         echo_port = free_port()
-        stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
-                                     f"127.0.0.1:{echo_port}"], root / "echo.log"))
+        echo_proc = stack.enter_context(started([sys.executable, str(REPO / "bench" / "echo_server.py"),
+                                                 f"127.0.0.1:{echo_port}"], root / "echo.log"))
         echo = Echo(f"127.0.0.1:{echo_port}")
         wait_for(lambda: echo.infer("mlp1") or True)
 
@@ -458,12 +525,16 @@ def main() -> int:
                 loads.append(time.monotonic() - t0)
             rows["TorchServe 0.12.0"]["load2"], rows["TorchServe 0.12.0"]["load3"] = loads
             rows["TorchServe 0.12.0"]["rss3"] = tree_rss(ts.pid)
-            rows["TorchServe 0.12.0"]["tput"] = throughput("torchserve", f"127.0.0.1:{ports['grpc']}", "mlp1",
-                                                           str(root), seconds=args.seconds)
-        rows["bare grpcio echo (floor)"]["tput"] = throughput("echo", f"127.0.0.1:{echo_port}", "mlp1",
-                                                              seconds=args.seconds)
-        rows["warmd"]["tput"] = throughput("v2", f"127.0.0.1:{w_port}", "mlp1", token, seconds=args.seconds)
-        rows["MLServer 1.7.1"]["tput"] = throughput("v2", f"127.0.0.1:{m_port}", "mlp1", seconds=args.seconds)
+        # throughput: rounds alternate between servers (a shared machine's noise hits each alike)
+        loads = [("bare grpcio echo (floor)", "echo", f"127.0.0.1:{echo_port}", "", echo_proc),
+                 ("warmd", "v2", f"127.0.0.1:{w_port}", token, warmd),
+                 ("MLServer 1.7.1", "v2", f"127.0.0.1:{m_port}", "", mls)]
+        if "TorchServe 0.12.0" in servers:
+            loads.append(("TorchServe 0.12.0", "torchserve", f"127.0.0.1:{ports['grpc']}", str(root), ts))
+        for _ in range(args.rounds):
+            for name, kind, address, secret, proc in loads:
+                rows[name].setdefault("tput", []).append(throughput(   # type: ignore[union-attr]
+                    kind, address, "mlp1", secret, seconds=args.seconds, server_pid=proc.pid if proc else None))
     report(rows, args)
     return 0
 
@@ -477,18 +548,22 @@ def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None
 
     mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
     sec = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+    tput = {name: median_load(row["tput"]) for name, row in rows.items()}  # type: ignore[arg-type]
     lines = ["# warmd, MLServer and TorchServe side by side", "",
-             f"`.venv/bin/python bench/peers.py --calls {args.calls} --rounds {args.rounds}` on {platform.machine()}, "
+             f"`.venv/bin/python bench/peers.py --calls {args.calls} --rounds {args.rounds} --seconds {args.seconds:g}` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}. Tiny MLP 64-128-10, [1,64] float32, all over TCP on "
-             "127.0.0.1; warmd and MLServer with the same V2 gRPC client.", "",
-             "| server | infer p50 | p99 | p50 / floor | p50 / warmd | calls/s, 32 clients | ready | load 2nd | "
-             "load 3rd | RSS, 1 model | RSS, 3 models |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "127.0.0.1; warmd and MLServer with the same V2 gRPC client. Throughput: 32 clients (grpc.aio, "
+             f"{PROCESSES} processes), median of {args.rounds} rounds alternating between servers; server CPU per "
+             "call covers the server's process tree.", "",
+             "| server | infer p50 | p99 | p50 / floor | p50 / warmd | calls/s, 32 clients | calls/s / floor | "
+             "server CPU µs/call | ready | load 2nd | load 3rd | RSS, 1 model | RSS, 3 models |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lat = row["lat"]
         p50 = statistics.median(lat)  # type: ignore[arg-type]
         lines.append(f"| {name} | {p50 * 1e3:.2f} ms | {percentile(lat, 99) * 1e3:.2f} ms | {p50 / floor:.2f}x | "  # type: ignore[arg-type]
-                     f"{p50 / own:.2f}x | {cell(row, 'tput', lambda v: f'{v:.0f}')} | {cell(row, 'ready', sec)} | "
+                     f"{p50 / own:.2f}x | {tput[name].rate:.0f} | {tput[name].rate / tput['bare grpcio echo (floor)'].rate:.2f}x | "
+                     f"{tput[name].server_us or 0:.0f} | {cell(row, 'ready', sec)} | "
                      f"{cell(row, 'load2', sec)} | {cell(row, 'load3', sec)} | {cell(row, 'rss1', mib)} | "
                      f"{cell(row, 'rss3', mib)} |")
     write_report("peers", lines)

@@ -1,15 +1,20 @@
-"""Throughput with 32 concurrent clients, tiny MLP, with and without dynamic batching, against a bare grpcio
-echo server under the same load (the floor: what the transport alone sustains), all on Unix sockets.
+"""Throughput with 32 concurrent clients, tiny MLP, against a bare grpcio echo server under the same load
+(the floor: what the transport alone sustains), all on Unix sockets.
 
-    .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5]
+    .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5] [--rounds 2] [--baseline DIR]
 
-The load is bench/peers.py's: threads in 4 client processes (one process's GIL would cap them first), each
-with its own channel, sending V2 ModelInfer requests ([1,64] float32) back to back; the echo server gets
-the same request bytes. Servers are measured one after another.
+The load is bench/peers.py's (grpc.aio clients in 2 processes, a channel each, V2 ModelInfer [1,64] float32
+back to back; the echo server gets the same request bytes); the daemon runs with its default settings, as
+in bench/peers.py. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
+its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Rounds
+alternate between the servers; each figure is the median of the rounds. Server CPU per call is the figure
+a shared machine disturbs least. `--baseline DIR` adds the same rows for another checkout's daemon/ (e.g.
+`git worktree add DIR main`), measured in the same rounds: before/after a change in one run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -18,52 +23,70 @@ import time
 from pathlib import Path
 
 from common import process, wait_for, workdir, write_report
-from peers import throughput
+from peers import Load, median_load, throughput
 
 from models import write_mlp
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
+ROWS = {"warmd, spec defaults (max_in_flight 4)": "mlp", "warmd, max_in_flight 32": "wide",
+        "warmd, dynamic batching (max_batch 32, 1 ms)": "batched"}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another checkout whose daemon/ to run beside this one")
     args = parser.parse_args()
     from warm import Client
 
-    results: dict[str, float] = {}
-    with workdir() as root:
+    daemons = {"": None, **({"baseline ": args.baseline.resolve() / "daemon"} if args.baseline else {})}
+    runs: dict[str, list[Load]] = {"bare grpcio echo (floor)": []}
+    with workdir() as root, contextlib.ExitStack() as stack:
         specs = root / "specs"
         specs.mkdir()
-        write_mlp(specs, "mlp")
-        write_mlp(specs, "batched")
-        base = (specs / "mlp.yaml").read_text() + f"max_in_flight: {args.clients}\n"
-        (specs / "mlp.yaml").write_text(base)
-        (specs / "batched.yaml").write_text(base + f"max_batch: {args.clients}\nmax_delay_ms: 1\n")
-        wsock, esock = root / "w.sock", root / "e.sock"
-        with process([sys.executable, str(ECHO), str(esock)], root, "echo.log"):
-            wait_for(lambda: esock.exists())
-            time.sleep(0.5)
-            results["bare grpcio echo (floor)"] = throughput("echo", f"unix:{esock}", "", clients=args.clients,
-                                                             seconds=args.seconds)
-        with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(wsock)],
-                     root, "warmd.log", {"WARMD_RPC_THREADS": str(args.clients * 2)}):
-            with Client(wsock, timeout=60) as c:
-                wait_for(lambda: c.status())
-                c.load("mlp")
-                c.load("batched")
-            for name, model in (("warmd, no batching", "mlp"),
-                                ("warmd, dynamic batching (max_batch 32, 1 ms)", "batched")):
-                results[name] = throughput("v2", f"unix:{wsock}", model, clients=args.clients, seconds=args.seconds)
-    floor = results["bare grpcio echo (floor)"]
+        for model in ROWS.values():
+            write_mlp(specs, model)
+        wide = f"max_in_flight: {args.clients}\n"
+        (specs / "wide.yaml").write_text((specs / "wide.yaml").read_text() + wide)
+        (specs / "batched.yaml").write_text((specs / "batched.yaml").read_text() + wide +
+                                            f"max_batch: {args.clients}\nmax_delay_ms: 1\n")
+        esock = root / "e.sock"
+        echo = stack.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
+        started = {}
+        for prefix, daemon_dir in daemons.items():     # each its own state folders; they share the specs
+            home = root / (prefix.strip() or "warmd")
+            home.mkdir()
+            sock = home / "w.sock"
+            proc = stack.enter_context(process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs),
+                                                "--socket", str(sock)], home, "warmd.log",
+                                               {"PYTHONPATH": str(daemon_dir)} if daemon_dir else None))
+            with Client(sock, timeout=60) as c:
+                wait_for(lambda: c.status(), timeout=60)
+                for model in ROWS.values():
+                    c.load(model)
+            started[prefix] = (sock, proc)
+        wait_for(lambda: esock.exists())
+        for _ in range(args.rounds):
+            runs["bare grpcio echo (floor)"].append(throughput("echo", f"unix:{esock}", "", clients=args.clients,
+                                                               seconds=args.seconds, server_pid=echo.pid))
+            for prefix, (sock, proc) in started.items():
+                for name, model in ROWS.items():
+                    runs.setdefault(prefix + name, []).append(throughput(
+                        "v2", f"unix:{sock}", model, clients=args.clients, seconds=args.seconds, server_pid=proc.pid))
+    results = {name: median_load(loads) for name, loads in runs.items()}
+    floor = results["bare grpcio echo (floor)"].rate
     lines = [f"# Throughput, {args.clients} concurrent clients, tiny MLP 64-128-10, [1,64] float32", "",
-             f"`.venv/bin/python bench/throughput.py --clients {args.clients} --seconds {args.seconds:g}` on "
-             f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; clients in 4 processes on "
-             "the same machine (they share its CPUs with the server)", "",
-             "| server | calls/s | ratio to the floor |", "|---|---|---|"]
-    lines += [f"| {name} | {rate:.0f} | {rate / floor:.2f}x |" for name, rate in results.items()]
-    write_report("throughput", lines)
-    print(json.dumps(results))
+             f"`.venv/bin/python bench/throughput.py --clients {args.clients} --seconds {args.seconds:g} --rounds "
+             f"{args.rounds}{' --baseline ' + str(args.baseline) if args.baseline else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
+             "clients (grpc.aio, 2 processes) on the same machine, sharing its CPUs with the server", "",
+             "| server | calls/s | ratio to the floor | server CPU µs/call | clients' CPU µs/call |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r.rate:.0f} | {r.rate / floor:.2f}x | {r.server_us or 0:.0f} | {r.client_us:.0f} |"
+              for name, r in results.items()]
+    write_report("throughput-baseline" if args.baseline else "throughput", lines)
+    print(json.dumps({name: r.rate for name, r in results.items()}))
     return 0
 
 

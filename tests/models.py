@@ -54,6 +54,13 @@ FACTORY = textwrap.dedent('''
             return x
 
 
+    class Threads(torch.nn.Module):
+        """Returns the intra-op threads torch runs this call with (the daemon's cpu_threads)."""
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
+
+
     def mlp(sizes=(64, 128, 10)):
         layers = []
         for a, b in zip(sizes, sizes[1:]):

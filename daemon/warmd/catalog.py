@@ -1,6 +1,7 @@
 """The set of specs in the specs folder, kept current by watching it and every model's local files.
 
-A rescan reads every spec file (re-parsing only files whose bytes changed), fingerprints each model's
+A rescan looks at every spec file (reading only files whose stat changed, re-parsing only files whose bytes
+changed), fingerprints each model's
 local inputs (its path or package source, a torch factory module: sizes, mtimes, inodes, see
 warmd.store.local), then compares the new set of models with the old by name: added, changed, removed.
 An edited weights file or factory module is a changed model, like an edited spec. A file that used to
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ from warmd.watch import Watches
 log = logging.getLogger(__name__)
 SAFETY_RESCAN_S = 5.0      # also rescans when no file event came (folder deleted and recreated, NFS)
 MAX_DEBOUNCE_S = 1.0
+# A file whose stat is unchanged is not read again, unless it changed this recently: file times tick
+# coarsely (a few ms), so two writes of the same size within one tick have the same stat (git's "racy" rule).
+RACY_NS = 2 * 10**9
 
 # (old, new): (None, spec) added; (spec, spec) changed; (spec, None) removed.
 ChangeListener = Callable[[ModelSpec | None, ModelSpec | None], None]
@@ -49,6 +54,7 @@ ChangeListener = Callable[[ModelSpec | None, ModelSpec | None], None]
 @dataclass
 class _FileState:
     digest: str
+    stamp: tuple[int, int, int, int] | None     # (mtime, ctime, size, inode) when it was read
     spec: ModelSpec | None = None
     error: SpecFileError | None = None
 
@@ -148,26 +154,31 @@ class Catalog:
 
     def _spec_files(self) -> tuple[list[Path], SpecFileError | None]:
         try:
-            entries = sorted(self.root.iterdir())
+            with os.scandir(self.root) as found:      # its entries know their type: no stat per file
+                entries = sorted(((e.name, e.is_file()) for e in found))
         except OSError as exc:
             # An unreadable or missing folder means "no specs", said loudly (a rejected folder), not a crash.
             return [], SpecFileError(self.root, f"the specs folder cannot be read: {exc.strerror}; "
                                      "create it or make it readable (the daemon picks it up)")
-        return [p for p in entries if is_spec_file(p)], None
+        return [self.root / name for name, regular in entries if regular and is_spec_name(name)], None
 
     def _file_state(self, path: Path) -> _FileState:
+        with self._lock:
+            known = self._files.get(path)
+        stamp = _stamp(path)
+        if known is not None and stamp is not None and known.stamp == stamp and \
+                time.time_ns() - max(stamp[0], stamp[1]) > RACY_NS:
+            return known        # unchanged since it was read: not read again (10 000 specs, every 5 s)
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             digest = ""
-        with self._lock:
-            known = self._files.get(path)
         if known is not None and known.digest == digest and digest:
-            return known
+            return dataclasses.replace(known, stamp=stamp)
         try:
-            return _FileState(digest, spec=parse_spec_file(path, self.root, self.path_roots, self.providers))
+            return _FileState(digest, stamp, spec=parse_spec_file(path, self.root, self.path_roots, self.providers))
         except SpecFileError as err:
-            return _FileState(digest, error=err)
+            return _FileState(digest, stamp, error=err)
 
     def _assemble(self, states: dict[Path, _FileState], old_specs: dict[str, ModelSpec],
                   ) -> tuple[dict[str, ModelSpec], dict[Path, SpecFileError], list[Path]]:
@@ -218,7 +229,7 @@ class Catalog:
                                  error_code=err.code.value)
         for name in sorted(set(old) | set(new)):
             before, after = old.get(name), new.get(name)
-            if before == after:
+            if before is after or before == after:
                 continue
             if before is None:
                 kind, message = "catalog.added", f"added from {after.file.name}"
@@ -336,7 +347,18 @@ def _change(before: ModelSpec, after: ModelSpec) -> str:
     return "weights or options changed"
 
 
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino
+
+
 def is_spec_file(path: Path) -> bool:
     """`*.yaml`/`*.yml`, not hidden, not an editor's lock or backup file."""
-    name = path.name
-    return path.suffix in (".yaml", ".yml") and not name.startswith((".", "#")) and path.is_file()
+    return is_spec_name(path.name) and path.is_file()
+
+
+def is_spec_name(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) and not name.startswith((".", "#"))

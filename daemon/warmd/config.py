@@ -79,6 +79,13 @@ class Settings:
     cluster: str = ""
     # Where specs without their own `placement:` run: local, or cluster (every spec).
     placement: str = "local"
+    # Threads one call of a model on the CPU may use (torch's intra-op threads: OMP_NUM_THREADS and
+    # MKL_NUM_THREADS, unless set in the environment); 0 = the CPUs / 4, at least 1, so that a model's
+    # default max_in_flight (4) calls share the CPUs instead of each spreading over all of them.
+    cpu_threads: int = 0
+
+    def threads_per_call(self) -> int:
+        return self.cpu_threads or max(1, (os.cpu_count() or 1) // 4)
 
     @property
     def log_file(self) -> Path:
@@ -120,8 +127,11 @@ def _coerce(name: str, value: Any) -> Any:
     if name in ("keep_alive", "max_keep_alive", "drain_timeout", "reload_debounce", "download_timeout",
                 "gate_timeout"):
         return parse_duration(value)
-    if name == "rpc_threads":
-        return int(value)
+    if name in ("rpc_threads", "cpu_threads"):
+        number = int(value)
+        if number < 0:
+            raise ValueError(f"must be 0 or more, not {value!r}")
+        return number
     if name == "draft_attempts":
         if int(value) < 1 or int(value) > 20:
             raise ValueError(f"draft_attempts must be 1 to 20, not {value!r}")

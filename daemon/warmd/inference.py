@@ -1,6 +1,6 @@
 """Running a model: one path for every front (the application layer's `infer`: warmd.v1 Infer and
-InferStream, V2 ModelInfer and ModelStreamInfer, the HTTP dialects). It admits calls per model (`max_in_flight` running, `max_queue` waiting, beyond that
-`busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports.
+InferStream, V2 ModelInfer and ModelStreamInfer, the HTTP dialects). It admits calls per model (`max_in_flight` running, `max_queue` waiting in order of
+arrival, beyond that `busy` at once, never a hang) and keeps the per-model statistics that V2's ModelStatistics reports.
 
 It is also the error boundary of every provider: inputs are checked against the spec before a provider
 sees them (declared dtypes and shapes, `max_input_chars`), and whatever a provider raises leaves as a
@@ -10,6 +10,7 @@ Every failure is counted with its code (statistics, metrics).
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import logging
@@ -21,13 +22,12 @@ from typing import Callable, Mapping
 
 from warmd.batching import Batcher
 from warmd.errors import Code, WarmdError
-from warmd.providers import InferRequest, InferResult, Provider
+from warmd.providers import CallContext, InferRequest, InferResult, Provider
 from warmd.providers.base import check_texts, conform_inputs
 from warmd.scheduler import Resident, Scheduler
 from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-QUEUE_POLL_S = 0.05     # how often a queued call looks at its cancellation and deadline
 # A request this big (text characters or tensor bytes) leaves freed heap behind (tokenizers, decoded
 # messages) that glibc keeps unless asked: after one, the heap is trimmed (~1 ms) so the RSS comes back.
 TRIM_AFTER_BYTES = 64 * 2**10
@@ -53,13 +53,63 @@ class ModelStats:
     queue_ns: int = 0
 
 
+class _Ticket:
+    """A queued call's place: granted a slot by the call that leaves it, or woken by its cancellation."""
+
+    def __init__(self) -> None:
+        self.granted = False
+        self.woken = threading.Event()
+
+
 class _Gate:
-    """One model's admission: how many calls run and how many wait."""
+    """One model's admission: how many calls run, and the calls waiting for a slot, first come first served.
+    A call that leaves hands its slot to the first waiting one (no waiter polls, none barges past)."""
 
     def __init__(self) -> None:
         self.running = 0
-        self.waiting = 0
-        self.changed = threading.Condition()
+        self.queue: collections.deque[_Ticket] = collections.deque()
+        self.lock = threading.Lock()
+
+    def admit(self, spec: ModelSpec, context: CallContext) -> None:
+        """Take a slot, waiting for one in the queue.
+
+        Raises:
+            WarmdError: `busy` at once when the queue is full; `cancelled` / `deadline_exceeded` when the
+                caller gives up while waiting (its place is given up).
+        """
+        with self.lock:
+            if self.running < spec.max_in_flight and not self.queue:
+                self.running += 1
+                return
+            if len(self.queue) >= spec.max_queue:
+                raise WarmdError(Code.BUSY, f"model {spec.name!r} is busy: {self.running} running, "
+                                 f"{len(self.queue)} waiting (max_in_flight {spec.max_in_flight}, max_queue "
+                                 f"{spec.max_queue} in its spec); retry later")
+            ticket = _Ticket()
+            self.queue.append(ticket)
+        context.on_cancel(ticket.woken.set)
+        while True:
+            left = None if context.deadline is None else context.deadline - time.monotonic()
+            ticket.woken.wait(None if left is None else max(0.0, left))
+            with self.lock:
+                if ticket.granted:
+                    return
+                try:
+                    context.check()
+                except WarmdError:
+                    self.queue.remove(ticket)
+                    raise
+
+    def leave(self, spec: ModelSpec) -> None:
+        """Give the slot back: to the first waiting calls while there is room (max_in_flight may have
+        changed with the spec), else free."""
+        with self.lock:
+            self.running -= 1
+            while self.queue and self.running < spec.max_in_flight:
+                ticket = self.queue.popleft()
+                ticket.granted = True
+                self.running += 1
+                ticket.woken.set()
 
 
 class Inference:
@@ -90,7 +140,7 @@ class Inference:
         try:
             request.tensors = conform_inputs(spec, request.tensors)
             check_texts(spec, request.text, request.parameters.get("messages"))
-            self._admit(spec, gate, request)
+            gate.admit(spec, request.context)
             queued = time.perf_counter_ns() - t0
             try:
                 request.context.check()
@@ -102,9 +152,7 @@ class Inference:
                         result = resident.provider.infer(request)
                     self._executed(model)
             finally:
-                with gate.changed:
-                    gate.running -= 1
-                    gate.changed.notify()
+                gate.leave(spec)
         except Exception as exc:  # noqa: BLE001 - the boundary: every provider failure gets its code here
             # Raised from here, not kept in a local: a frame holding the error its traceback holds is a cycle
             # that keeps the request (a 10 MiB text) alive until the garbage collector runs.
@@ -140,28 +188,11 @@ class Inference:
         with self._lock:
             self._stats.setdefault(model, ModelStats()).execution_count += 1
 
-    def _admit(self, spec: ModelSpec, gate: _Gate, request: InferRequest) -> None:
-        model = spec.name
-        with gate.changed:
-            if gate.running >= spec.max_in_flight:
-                if gate.waiting >= spec.max_queue:
-                    raise WarmdError(Code.BUSY, f"model {model!r} is busy: {gate.running} running, {gate.waiting} "
-                                     f"waiting (max_in_flight {spec.max_in_flight}, max_queue {spec.max_queue} "
-                                     "in its spec); retry later")
-                gate.waiting += 1
-                try:
-                    while gate.running >= spec.max_in_flight:
-                        request.context.check()
-                        gate.changed.wait(QUEUE_POLL_S)
-                finally:
-                    gate.waiting -= 1
-            gate.running += 1
-
     def queue_depth(self, model: str) -> tuple[int, int]:
         """(running, waiting) calls of `model` now."""
         gate = self._gate(model)
-        with gate.changed:
-            return gate.running, gate.waiting
+        with gate.lock:
+            return gate.running, len(gate.queue)
 
     def _record(self, model: str, request: InferRequest, t0: int, ok: bool, queued_ns: int = 0,
                 code: str = "ok") -> None:

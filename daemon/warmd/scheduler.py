@@ -98,6 +98,9 @@ class ModelView:
     pinned: bool | None = None       # `warm pin`/`unpin` over the spec's pin (None: the spec decides)
 
 
+AVAILABLE = ModelView("available", None, None)
+
+
 @dataclass(frozen=True)
 class DryRun:
     """What a load would do now (`plan_load`)."""
@@ -676,17 +679,28 @@ class Scheduler:
     # ---- views and shutdown --------------------------------------------------------------------
     def view(self, name: str) -> ModelView:
         with self._lock:
-            slot = self._slots.get(name) or _Slot()
-            pinned = self._pins.get(name)
-            if slot.current is not None:
-                return ModelView("ready", slot.current, slot.error, pinned)
-            if slot.loading is not None:
-                return ModelView("loading", None, slot.error, pinned)
-            retiring = next((r for r in self._residents if r.spec.name == name
-                             and (r.state in _LEAVING or r.pending_retire)), None)
-            if retiring is not None:
-                return ModelView("unloading", retiring, None, pinned)
-            return ModelView("failed" if slot.error else "available", None, slot.error, pinned)
+            return self._view(name, self._retiring())
+
+    def views(self) -> dict[str, ModelView]:
+        """The view of every model the scheduler knows something about (a load, a resident, an error, a
+        pin), in one look; any other model is AVAILABLE."""
+        with self._lock:
+            retiring = self._retiring()
+            return {name: self._view(name, retiring) for name in {*self._slots, *self._pins, *retiring}}
+
+    def _retiring(self) -> dict[str, Resident]:
+        return {r.spec.name: r for r in self._residents if r.state in _LEAVING or r.pending_retire}
+
+    def _view(self, name: str, retiring: dict[str, Resident]) -> ModelView:
+        slot = self._slots.get(name) or _Slot()
+        pinned = self._pins.get(name)
+        if slot.current is not None:
+            return ModelView("ready", slot.current, slot.error, pinned)
+        if slot.loading is not None:
+            return ModelView("loading", None, slot.error, pinned)
+        if name in retiring:
+            return ModelView("unloading", retiring[name], None, pinned)
+        return ModelView("failed" if slot.error else "available", None, slot.error, pinned)
 
     def resident(self) -> list[Resident]:
         with self._lock:

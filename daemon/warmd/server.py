@@ -58,6 +58,7 @@ class Daemon:
     def run(self) -> int:
         self._check_specs_folder()
         self._take_lock()
+        limit_cpu_threads(self.settings.threads_per_call())
         try:
             self.app.plugins.start()
             self.app.catalog.start()
@@ -229,6 +230,15 @@ def check_tcp(address: str, allow_remote: bool,
     if not loopback and not allow_remote:
         raise WarmdError(Code.INVALID_ARGUMENT, f"{address!r} is not a loopback address; {remedy}")
     return host
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Size the runtimes' thread pools (read when torch is first imported, after this) to `threads` per call,
+    unless the environment sizes them already. Measured on 2 CPUs: a tiny MLP's forward took 0.03-0.08 ms with
+    one OpenMP thread and 1.5-1.8 ms with two while the CPUs were busy, its second thread waiting to be
+    scheduled; concurrent calls are the daemon's parallelism."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
 
 
 def sd_notify(message: bytes) -> None:

@@ -3,12 +3,14 @@ real tokenizer), cancel and deadlines that free the slot, `busy` under overload,
 and the transformers encoder tasks."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from models import affine_spec, affine_specs, write_factory, write_tiny_transformer
 from waiting import succeeds, wait_until
@@ -227,3 +229,24 @@ def test_dynamic_batching_gives_the_unbatched_results_in_fewer_calls(start_daemo
     assert stats.inference_count == sum(len(x) for x in inputs)        # rows
     assert stats.inference_stats.success.count == len(inputs)          # requests
     assert stats.execution_count < len(inputs)                          # fewer provider calls than requests
+
+
+THREADS_SPEC = ("task: custom\nprovider: torch\ndevice: cpu\nsource: {path: none.safetensors}\n"
+                "options: {factory: testmodels.py:Threads}\n")
+
+
+@pytest.mark.parametrize(("config", "env", "expected"), [
+    ({}, {}, max(1, (os.cpu_count() or 1) // 4)),                # the default: the CPUs / 4, at least 1
+    ({"cpu_threads": 2}, {}, 2),                                  # (torch caps it at the CPUs there are)
+    ({"cpu_threads": 1}, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, 2),   # the environment wins
+])
+def test_a_call_on_the_cpu_runs_with_cpu_threads_intra_op_threads(start_daemon, short_tmp: Path, config: dict,
+                                                                   env: dict, expected: int) -> None:
+    specs = short_tmp / "specs"
+    specs.mkdir()
+    write_factory(specs)
+    save_file({}, str(specs / "none.safetensors"))     # the module has no weights
+    (specs / "threads.yaml").write_text(THREADS_SPEC)
+    daemon = start_daemon(specs, config=config, env={"OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None, **env})
+    with daemon.client() as c:
+        assert c.infer("threads", {"x": np.zeros((1, 1), np.float32)}).outputs["output"].tolist() == [[expected]]

@@ -2,6 +2,9 @@
 and once the daemon drains, answers new ones `unavailable` "warmd is shutting down" (not a closed socket,
 which a client can only report as "not reachable"). The HTTP front counts its requests through the same
 gate (`admit`, `leave`), so one drain waits for every front.
+
+It rebuilds each method's handler once (it goes last among the interceptors); the rebuilt handlers'
+serializers also pass through responses a servicer serialized itself (api/serialized.py).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import grpc
 
 from warmd.api.auth import OPEN_METHODS
 from warmd.api.errors import abort
+from warmd.api.serialized import passing_through
 from warmd.errors import Code, WarmdError
 
 # (request streaming, response streaming) -> the handler's behaviour attribute and how to build one
@@ -77,7 +81,7 @@ class Drain(grpc.ServerInterceptor):
         inner = getattr(handler, attr)
         behaviour = self._counted_stream(inner) if handler.response_streaming else self._counted(inner)
         return build(behaviour, request_deserializer=handler.request_deserializer,
-                     response_serializer=handler.response_serializer)
+                     response_serializer=passing_through(handler.response_serializer))
 
     def _counted(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:

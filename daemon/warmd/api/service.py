@@ -1,7 +1,8 @@
 """warmd.v1.Warmd: the daemon's own API, as translation between its messages and the application layer.
 
 Each method reads its request into a call of `App` (warmd.app) and writes the answer back as protobuf; no
-rule of the daemon lives here. Tensors travel as raw little-endian bytes or as windows of the caller's
+rule of the daemon lives here. ListModels keeps each model's message serialized while what it shows is
+unchanged (a catalog of 10 000 specs answers from those bytes; api/serialized.py). Tensors travel as raw little-endian bytes or as windows of the caller's
 shared-memory regions (the caller is told apart by its TCP token, api/auth.caller).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 from warmd.api.auth import caller
 from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
+from warmd.api.serialized import Serialized, field_bytes
 from warmd.app import App, Inferred, ModelInfo, Provenance, Target, select_outputs
 from warmd.app.views import Discovered, PluginInfo
 from warmd.errors import Code, WarmdError
@@ -33,15 +35,32 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         self.app = app
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
+        self._listed: dict[str, tuple[tuple, bytes]] = {}     # model name -> (what it showed, its field bytes)
 
     # ---- models --------------------------------------------------------------------------------
     @mapped
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> Serialized:
         models = self.app.models(request.task, request.tag, _STATE_NAMES.get(request.state, ""))
         discovered = self.app.discovered() if request.include_discovered else []
-        return pb.ListModelsResponse(models=[model_proto(m) for m in models],
-                                     rejected=[spec_error(e) for e in self.app.rejected()],
+        listed = [self._listed_bytes(m) for m in models]
+        if len(self._listed) > len(models) and not (request.task or request.tag or request.state):
+            names = {m.name for m in models}
+            self._listed = {n: v for n, v in self._listed.items() if n in names}    # forget removed models
+        rest = pb.ListModelsResponse(rejected=[spec_error(e) for e in self.app.rejected()],
                                      discovered=[discovered_proto(d) for d in discovered])
+        return Serialized(b"".join(listed) + rest.SerializeToString())
+
+    def _listed_bytes(self, m: ModelInfo) -> bytes:
+        """The model as ListModelsResponse's field `models`, serialized once while what it shows is unchanged
+        (its spec, state, errors and files); a resident model's figures change with every request."""
+        shown = (m.spec, m.view, m.file_error, m.files)
+        known = self._listed.get(m.name)
+        if known is not None and known[0] == shown:
+            return known[1]
+        data = field_bytes(1, model_proto(m).SerializeToString())
+        if m.resident is None:
+            self._listed[m.name] = (shown, data)
+        return data
 
     @mapped
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.Model:

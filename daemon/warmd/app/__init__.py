@@ -46,7 +46,7 @@ from warmd.plugins import Plugins
 from warmd.providers import PROVIDERS, CallContext, InferRequest, Provider
 from warmd.roles import Choice, Profiles
 from warmd.policy import Move
-from warmd.scheduler import DryRun, ModelView, Scheduler
+from warmd.scheduler import AVAILABLE, DryRun, ModelView, Scheduler
 from warmd.spec import ModelSpec, SpecFileError
 from warmd.store import Store, hub
 from warmd.store.sources import KINDS, parse_reference
@@ -116,8 +116,9 @@ class App:
     def models(self, task: str = "", tag: str = "", state: str = "") -> list[ModelInfo]:
         """The catalog's models, filtered by task, tag and state (available | loading | ready | unloading | failed)."""
         errors = {e.file: e for e in self.catalog.rejected()}
-        found = [self._info(s, errors.get(s.file)) for s in self.catalog.specs()
-                 if (not task or s.task == task) and (not tag or tag in s.tags)]
+        views = self.scheduler.views()      # one look for all: a catalog may hold 10 000 specs
+        found = [self._info(s, errors.get(s.file), views.get(s.name, AVAILABLE), listed=True)
+                 for s in self.catalog.specs() if (not task or s.task == task) and (not tag or tag in s.tags)]
         return [m for m in found if not state or m.state == state]
 
     def model(self, name: str) -> ModelInfo:
@@ -432,6 +433,7 @@ class App:
         self.tokens.revoke(name)
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _info(self, spec: ModelSpec, file_error: SpecFileError | None) -> ModelInfo:
-        return ModelInfo(spec, self.scheduler.view(spec.name), file_error, self.scheduler.default_keep_alive,
-                         self.store)
+    def _info(self, spec: ModelSpec, file_error: SpecFileError | None, view: ModelView | None = None,
+              listed: bool = False) -> ModelInfo:
+        return ModelInfo(spec, view or self.scheduler.view(spec.name), file_error, self.scheduler.default_keep_alive,
+                         self.store, listed=listed)

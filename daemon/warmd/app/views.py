@@ -6,7 +6,6 @@ older version still serves, what counts as its keep_alive and pin, whether its f
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from warmd.config import Settings
@@ -31,6 +30,8 @@ class ModelInfo:
     default_keep_alive: float
     store: Store = field(repr=False)
     downloads: list[dict] = field(default_factory=list)
+    listed: bool = False        # one of a listing: its files as the store remembers them (Store.state)
+    _files: FilesState | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -71,9 +72,16 @@ class ModelInfo:
         """Whether `warm pull` fetches its files (hf, url); the other kinds are local or remote."""
         return handler(self.spec.source).downloadable
 
-    @functools.cached_property
+    @property
     def files(self) -> FilesState:
-        return self.store.state(self.spec)
+        # Read once (not functools.cached_property: it takes a lock per access, and a listing has 10 000)
+        if self._files is None:
+            self._files = self.store.state(self.spec, remembered=self.listed)
+        return self._files
+
+    @files.setter
+    def files(self, value: FilesState) -> None:
+        self._files = value
 
     @property
     def error_code(self) -> str:

@@ -5,6 +5,12 @@ source (where its files are, what `warm ls` shows of them, how they download, wh
 kind's handler (store/sources.py). `Store.ensure(spec)` downloads what is missing (downloadable kinds: hub
 and url) unless the daemon is offline (`network_forbidden`) or its download policy is `never`
 (`weights_missing`); `Store.pull` is the block a caller follows a download in.
+
+`Store.state(spec, remembered=True)` (what `warm ls` shows of a model's files) is not read from disk on
+every call: a local kind's files (path, package, Ollama) are watched by the catalog, whose fingerprint of them
+(`spec.content`) is part of the key, so an edit is seen at its watcher event; a downloadable kind's (hub,
+url) is read again while it downloads, after any download ended, a size was learned, files were removed or verified, and at most
+FILES_TTL_S later (other tools write the Hugging Face cache too); a remote's is asked every time.
 """
 from __future__ import annotations
 
@@ -12,14 +18,16 @@ import concurrent.futures
 import contextlib
 import hashlib
 import threading
+import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.jobs import Job, Jobs
-from warmd.spec import ModelSpec
+from warmd.spec import ModelSpec, Source
 from warmd.store import hub
 from warmd.store.downloads import Downloads
 from warmd.store.sources import FilesState, handler
@@ -27,7 +35,20 @@ from warmd.store.sources import FilesState, handler
 __all__ = ["FilesState", "Store", "file_sha256"]
 
 _CHUNK = 8 * 1024 * 1024
+FILES_TTL_S = 5.0        # a downloadable kind's remembered state is read again after this (the catalog's safety rescan)
 CANCEL_POLL_S = 0.1      # how often a load waiting on a download looks at its own cancellation
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A model's files' state as read, and what it was read for."""
+
+    source: Source
+    content: str              # the catalog's fingerprint of the local inputs
+    state: FilesState
+    at: float                 # time.monotonic() when read
+    changes: tuple[int, int]  # Store._changes() then
+    downloadable: bool
 
 
 class Store:
@@ -39,6 +60,8 @@ class Store:
         self.jobs = jobs or Jobs(bus)
         self.downloads = Downloads(data_dir, self.jobs, timeout_s)
         self._verified: dict[tuple[str, int, int], str] = {}
+        self._states: dict[str, _Known] = {}      # model name -> its files' state as last read
+        self._edits = 0          # removals and new verifications: a files state may differ after each
         self._lock = threading.Lock()
 
     # ---- local ---------------------------------------------------------------------------------
@@ -54,9 +77,31 @@ class Store:
             self.verify(path, spec.source.sha256)
         return path
 
-    def state(self, spec: ModelSpec) -> FilesState:
-        """Missing, partial, complete (present, not checked by warmd) or verified, and bytes on disk."""
-        return handler(spec.source).state(self, spec)
+    def state(self, spec: ModelSpec, remembered: bool = False) -> FilesState:
+        """Missing, partial, complete (present, not checked by warmd) or verified, and bytes on disk.
+
+        Args:
+            remembered: as last read unless it may have changed since (see the module's rules), for
+                listings; without it, read now (what a decision such as `pull` rests on).
+        """
+        known = self._states.get(spec.name)
+        changes = self._changes()
+        if remembered and known is not None and known.changes == changes and known.content == spec.content and \
+                (known.source is spec.source or known.source == spec.source) and not (known.downloadable and (
+                    time.monotonic() - known.at > FILES_TTL_S or self.downloads.active(spec))):
+            return known.state
+        kind = handler(spec.source)
+        state = kind.state(self, spec)
+        if kind.live:
+            return state
+        self._states[spec.name] = _Known(spec.source, spec.content, state, time.monotonic(), changes,
+                                         kind.downloadable)
+        return state
+
+    def _changes(self) -> tuple[int, int]:
+        """Counts that move whenever what this store knows of files changes: downloads ended, sizes
+        learned, removals, verifications."""
+        return self.downloads.changes, self._edits
 
     def probe_size(self, spec: ModelSpec, wait_s: float = 2.0) -> int:
         """The full size of a downloadable spec's files, asking the source when no listing is known yet
@@ -133,7 +178,11 @@ class Store:
         Raises:
             WarmdError: what `check_removable` refuses.
         """
-        return handler(spec.source).remove(self, spec, others)
+        try:
+            return handler(spec.source).remove(self, spec, others)
+        finally:
+            with self._lock:
+                self._edits += 1
 
     def is_verified(self, path: Path, sha256: str) -> bool:
         """Whether `path` was checked against `sha256` at its current size and mtime (no hashing here)."""
@@ -155,7 +204,9 @@ class Store:
                              f"{path} has sha256 {digest}, the spec expects {sha256}; "
                              "replace the file or correct the spec's sha256")
         with self._lock:
-            self._verified[key] = digest
+            if self._verified.get(key) != digest:
+                self._verified[key] = digest
+                self._edits += 1
 
 
 def file_sha256(path: Path) -> str:

@@ -40,6 +40,7 @@ class Downloads:
         self._sizes: dict[str, int] = {}          # source key -> full size, from listings
         self._probes: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self.changes = 0    # transfers that ended (what is on disk may differ) and sizes learned
 
     def start(self, spec: ModelSpec) -> tuple[Job, Future]:
         """Start (or join) the download of `spec`'s files. The future resolves to the local path.
@@ -64,7 +65,10 @@ class Downloads:
 
     def know_size(self, spec: ModelSpec, size: int) -> int:
         """Remember the full size of the spec's files (a transfer listed them); returns it."""
-        self._sizes[_key(spec.source)] = size
+        with self._lock:
+            if self._sizes.get(_key(spec.source)) != size:
+                self._sizes[_key(spec.source)] = size
+                self.changes += 1
         return size
 
     def probe_size(self, spec: ModelSpec, wait_s: float) -> int:
@@ -120,15 +124,23 @@ class Downloads:
             err = at_boundary(exc, Code.UNAVAILABLE, f"download of {spec.source.describe()}", log)
             self._remember(spec.name, record, "cancelled" if err.code is Code.CANCELLED else "failed", err)
             job.publish("download.failed", error_code=err.code.value, message=err.message)
-            with self._lock:
-                self._active.pop(key, None)
+            self._end(key)
             transfer.future.set_exception(err)
             return
         self._remember(spec.name, record, "ok", None)
         job.publish("download.finished", message=str(path))
+        self._end(key)
+        transfer.future.set_result(path)
+
+    def _end(self, key: str) -> None:
         with self._lock:
             self._active.pop(key, None)
-        transfer.future.set_result(path)
+            self.changes += 1
+
+    def active(self, spec: ModelSpec) -> bool:
+        """Whether the spec's files are being downloaded now."""
+        with self._lock:
+            return _key(spec.source) in self._active
 
     # ---- history -------------------------------------------------------------------------------
     def _remember(self, model: str, record: dict, result: str, err: WarmdError | None) -> None:

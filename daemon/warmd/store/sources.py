@@ -59,6 +59,7 @@ class SourceKind:
 
     name: ClassVar[str]
     downloadable: ClassVar[bool] = False
+    live: ClassVar[bool] = False      # its state is asked of something running (a remote), never remembered
 
     def describe(self, src: Source) -> str:
         return f"{self.name}:{src.ref}"
@@ -322,6 +323,7 @@ class RemoteSource(SourceKind):
     """A model behind another Open Inference Protocol endpoint: nothing local, its health instead of files."""
 
     name = "remote"
+    live = True
 
     def local(self, store: Store, spec: ModelSpec) -> Path:
         return spec.file.parent           # nothing local: the model lives at the endpoint
