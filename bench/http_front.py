@@ -118,8 +118,7 @@ def main() -> int:
         f"`.venv/bin/python bench/http_front.py --trials {args.trials} --tokens {args.tokens} "
         f"--seconds {args.seconds:g} "
         f"--switches {args.switches} --threads {args.threads}` on {platform.machine()}, {os.cpu_count()} CPUs "
-        "shared with other engineers' work (figures move with their load), "
-        f"llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d %H:%M')}; chat models "
+        f"(load average {os.getloadavg()[0]:.1f} at the start), llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d %H:%M')}; chat models "
         f"{SHAPE.layers} layers x {SHAPE.hidden} (F32, {model_mib(SHAPE):.0f} MiB), greedy, "
         f"{args.threads} llama.cpp threads on both servers", "",
         "| what | warmd `/v1/chat/completions` | warmd InferStream | llama_cpp.server | OpenAI endpoint vs |",
