@@ -153,24 +153,14 @@ def routes(app: App) -> APIRouter:
         target = app.target(body.model)
         context = CallContext()
         pump = Pump(app.chat(target, body.request(), context))
-        reply = Reply("chatcmpl", "chat.completion", target.name)
-        if not body.stream:
-            return reply.chat(await pump.result())
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = reply.events(await started(pump), include_usage, chat=True)
-        return Stream(events, context.cancel, "text/event-stream")
+        return await answer(pump, context, body, Reply("chatcmpl", "chat.completion", target.name), chat=True)
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: CompletionBody, caller: Caller = Depends(needs("infer"))) -> Any:
         target = app.target(body.model)
         context = CallContext()
         pump = Pump(app.generate(target, body.text(), body.sampling(), context))
-        reply = Reply("cmpl", "text_completion", target.name)
-        if not body.stream:
-            return reply.completion(await pump.result())
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = reply.events(await started(pump), include_usage, chat=False)
-        return Stream(events, context.cancel, "text/event-stream")
+        return await answer(pump, context, body, Reply("cmpl", "text_completion", target.name), chat=False)
 
     @router.post("/v1/embeddings")
     def embeddings(body: EmbeddingBody, caller: Caller = Depends(needs("infer"))) -> dict[str, Any]:
@@ -184,6 +174,17 @@ def routes(app: App) -> APIRouter:
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     return router
+
+
+async def answer(pump: Pump, context: CallContext, body: Sampled, reply: "Reply", chat: bool) -> Any:
+    """A completion's answer: the whole result, or with `stream` its server-sent events (closing them
+    cancels the call)."""
+    if not body.stream:
+        done = await pump.result()
+        return reply.chat(done) if chat else reply.completion(done)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    events = reply.events(await started(pump), include_usage, chat=chat)
+    return Stream(events, context.cancel, "text/event-stream")
 
 
 def _model(name: str, created: float) -> dict[str, Any]:
