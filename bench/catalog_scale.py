@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import process, wait_for, workdir, write_report
+from common import REPO, compile_daemon, process, wait_for, workdir, write_report
 from peers import tree_rss
 from ready import SPEC
 
@@ -81,6 +81,7 @@ def main() -> int:
     parser.add_argument("--checkout", type=Path, help="run another checkout's daemon/ (e.g. main's)")
     args = parser.parse_args()
     env: dict[str, str | None] = {"PYTHONPATH": str(args.checkout.resolve() / "daemon")} if args.checkout else {}
+    compile_daemon(args.checkout.resolve() if args.checkout else REPO)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = {}
     with workdir() as root:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common import REPO, percentile, wait_for, workdir, write_report
+from common import REPO, compile_daemon, percentile, wait_for, workdir, write_report
 
 from waiting import free_port
 
@@ -460,6 +460,7 @@ def main() -> int:
     parser.add_argument("--no-torchserve", action="store_true")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run the cleanups of every started server
+    compile_daemon()        # as installed: the peers' packages are compiled by pip
     mls_python = ensure_venv("mlserver")
     rows: dict[str, dict[str, object]] = {}
     with workdir() as root, contextlib.ExitStack() as stack:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from common import process, wait_for, workdir, write_report
+from common import compile_daemon, process, wait_for, workdir, write_report
 from echo_server import METHOD
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
@@ -61,6 +61,7 @@ def main() -> int:
     parser.add_argument("--specs", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    compile_daemon()
     warmd_s, echo_s = [], []
     with workdir() as root:
         specs = root / "specs"

@@ -73,6 +73,7 @@ class Settings:
     # Sizes of simulated GPUs (accounted as cuda:N, tensors kept in host memory): try policies without one.
     simulated_gpus: list[int] = field(default_factory=list)
     max_message_bytes: int = 64 * 1024 * 1024
+    # Worker threads for gRPC calls that may wait (loads, streams, slow models); quick calls run on the loop.
     rpc_threads: int = 32
     # The Ray cluster (`ray start --head` address, or ray://HOST:PORT) whose `warmd cluster deploy`ed
     # application serves the specs placed there; empty = no cluster.

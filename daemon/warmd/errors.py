@@ -115,6 +115,12 @@ _FROM_STATUS: dict[grpc.StatusCode, Code] = {
 }
 
 
+class WouldWait(BaseException):
+    """Not an error a caller sees: a call tried on the gRPC event loop (api/aio.py) would wait for a slot, a
+    load or a slow model, so it starts again on a worker thread. Raised before the call has any effect; a
+    BaseException, so that no boundary that turns exceptions into codes (`except Exception`) takes it."""
+
+
 class WarmdError(Exception):
     """An error with a stable code and a message a person can act on.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from warmd.batching import Batcher
-from warmd.errors import Code, WarmdError
+from warmd.errors import Code, WarmdError, WouldWait
 from warmd.providers import CallContext, InferRequest, InferResult, Provider
 from warmd.providers.base import check_texts, conform_inputs
 from warmd.scheduler import Resident, Scheduler
@@ -29,8 +29,11 @@ from warmd.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 # A request this big (text characters or tensor bytes) leaves freed heap behind (tokenizers, decoded
-# messages) that glibc keeps unless asked: after one, the heap is trimmed (~1 ms) so the RSS comes back.
+# messages) that glibc keeps unless asked: after one, the heap is trimmed (~1 ms) so the RSS comes back,
+# TRIM_DELAY_S later: the gRPC front frees the request's buffers on its loop's thread (in that thread's own
+# malloc arena) only after the call returned.
 TRIM_AFTER_BYTES = 64 * 2**10
+TRIM_DELAY_S = 0.1
 # What runtimes say when the inputs do not fit the model: torch's shape and dtype errors, a forward() that
 # takes another number of inputs, an index past an embedding, ONNX Runtime's INVALID_ARGUMENT status.
 _INPUT_MISMATCH = re.compile(
@@ -38,6 +41,10 @@ _INPUT_MISMATCH = re.compile(
     r"for '|index out of range|dimension out of range|positional argument|unexpected keyword argument|"
     r"invalid_argument|invalid rank|invalid dimensions", re.IGNORECASE)
 _OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
+# A call may run on the gRPC event loop (api/aio.py) when its model's forward takes less than this (a moving
+# average of the last calls): the loop answers nothing else meanwhile.
+QUICK_S = 0.001
+_QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
 
 
 @dataclass
@@ -74,6 +81,7 @@ class _Gate:
         """Take a slot, waiting for one in the queue.
 
         Raises:
+            WouldWait: when there is no free slot now and the call runs on the event loop.
             WarmdError: `busy` at once when the queue is full; `cancelled` / `deadline_exceeded` when the
                 caller gives up while waiting (its place is given up).
         """
@@ -81,6 +89,8 @@ class _Gate:
             if self.running < spec.max_in_flight and not self.queue:
                 self.running += 1
                 return
+            if context.inline:
+                raise WouldWait
             if len(self.queue) >= spec.max_queue:
                 raise WarmdError(Code.BUSY, f"model {spec.name!r} is busy: {self.running} running, "
                                  f"{len(self.queue)} waiting (max_in_flight {spec.max_in_flight}, max_queue "
@@ -118,6 +128,7 @@ class Inference:
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
         self._batchers: dict[tuple, Batcher] = {}
+        self._forward_s: dict[str, float] = {}     # model -> moving average of its provider's infer() time
         self._lock = threading.Lock()
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
         self.observer: Callable[[str, str, float], None] | None = None
@@ -133,9 +144,15 @@ class Inference:
             WarmdError: `busy` when the model's queue is full; `cancelled` / `deadline_exceeded` when the
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
+            WouldWait: the request runs on the event loop (`context.inline`) and would wait for a slot or a
+                load, or its model is not quick (QUICK_S); nothing was counted or run.
         """
         model = spec.name
         t0 = time.perf_counter_ns()
+        inline = request.context.inline
+        size = _size(request)
+        if inline and not self._quick(spec, size):
+            raise WouldWait
         gate = self._gate(model)
         try:
             request.tensors = conform_inputs(spec, request.tensors)
@@ -148,8 +165,13 @@ class Inference:
                 if batcher is not None:
                     resident, result = batcher.submit(request, keep_alive)
                 else:
-                    with self.scheduler.acquire(model, keep_alive=keep_alive) as resident:
+                    resident = self.scheduler.hold(model, keep_alive, wait=not inline)
+                    try:
+                        started = time.perf_counter()
                         result = resident.provider.infer(request)
+                        self._timed(model, time.perf_counter() - started)
+                    finally:
+                        self.scheduler.release(resident)
                     self._executed(model)
             finally:
                 gate.leave(spec)
@@ -158,7 +180,8 @@ class Inference:
             # that keeps the request (a 10 MiB text) alive until the garbage collector runs.
             raise self._failed(spec, request, t0, exc) from None
         finally:
-            _trim_after(request)
+            if size >= TRIM_AFTER_BYTES:
+                _TRIMMER.soon()
         self._record(model, request, t0, ok=True, queued_ns=queued)
         return resident, result
 
@@ -167,6 +190,18 @@ class Inference:
         err = exc if isinstance(exc, WarmdError) else provider_error(spec, request, exc)
         self._record(spec.name, request, t0, ok=False, code=err.code.value)
         return err
+
+    def _quick(self, spec: ModelSpec, size: int) -> bool:
+        """Whether the request may run on the event loop: a small request to an in-process, unbatched model
+        whose forward has been quick (measured on worker threads first)."""
+        cls = self.providers.get(spec.provider)
+        forward = self._forward_s.get(spec.name)
+        return (forward is not None and forward < QUICK_S and cls is not None and cls.in_process
+                and (spec.max_batch <= 1 or not cls.batchable) and size < TRIM_AFTER_BYTES)
+
+    def _timed(self, model: str, seconds: float) -> None:
+        known = self._forward_s.get(model)
+        self._forward_s[model] = seconds if known is None else known + _QUICK_WEIGHT * (seconds - known)
 
     def _gate(self, model: str) -> _Gate:
         with self._lock:
@@ -255,12 +290,35 @@ def _declared(spec: ModelSpec) -> str:
         "no inputs (add `inputs:` to it to have requests checked before the model runs)"
 
 
-def _trim_after(request: InferRequest) -> None:
-    """Give freed heap back to the system after a big request (glibc only): what the provider freed (a
-    tokenizer's buffers, ~20 MiB for 95k characters) stays in the process otherwise."""
-    size = sum(len(t) for t in request.text) + sum(a.nbytes for a in request.tensors.values())
-    if size >= TRIM_AFTER_BYTES and _LIBC is not None:
-        _LIBC.malloc_trim(0)
+class _Trimmer:
+    """Gives freed heap back to the system after big requests (glibc only): what a provider or the front
+    freed (a tokenizer's buffers, ~20 MiB for 95k characters; a 10 MiB message) stays in the process
+    otherwise. One trim TRIM_DELAY_S after the first big request of a moment serves all of that moment's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = False
+
+    def soon(self) -> None:
+        if _LIBC is None:
+            return
+        with self._lock:
+            if self._pending:
+                return
+            self._pending = True
+        timer = threading.Timer(TRIM_DELAY_S, self._trim)
+        timer.daemon = True
+        timer.start()
+
+    def _trim(self) -> None:
+        with self._lock:
+            self._pending = False
+        _LIBC.malloc_trim(0)  # type: ignore[union-attr]
+
+
+def _size(request: InferRequest) -> int:
+    """Text characters plus tensor bytes."""
+    return sum(len(t) for t in request.text) + sum(getattr(a, "nbytes", 0) for a in request.tensors.values())
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -273,3 +331,4 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
+_TRIMMER = _Trimmer()

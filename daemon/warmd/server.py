@@ -6,6 +6,7 @@ lifecycle in order. The HTTP front (warmd.http) joins them when `http:` is set; 
 only then."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import logging.handlers
@@ -17,26 +18,31 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 
 import filelock
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from warmd import __version__, paths
-from warmd.api.auth import TokenAuth
+from warmd.api import aio
+from warmd.api.auth import OPEN_METHODS, TokenAuth
 from warmd.api.drain import Drain
+from warmd.api.serialized import passing_through
 from warmd.api.service import WarmdService
 from warmd.api.v2 import InferenceService
 from warmd.app import App
 from warmd.config import Settings
 from warmd.errors import Code, WarmdError
-from warmd.metrics import Metrics
 from warmd.v1 import warmd_pb2, warmd_pb2_grpc
 from warmd.v2 import inference_pb2, inference_pb2_grpc
 
+if TYPE_CHECKING:
+    from warmd.metrics import Metrics     # prometheus_client: imported only when metrics are on
+
 log = logging.getLogger("warmd")
+T = TypeVar("T")
 STOP_WAIT_S = 2.0     # after the drain: the grace for answers in transit, and for cancelling what is left
 
 
@@ -49,8 +55,11 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.http: Any = None       # warmd.http.server.HttpFront, when `http:` is set
         self.health = health.HealthServicer()
+        # Calls that may wait (loads, streams, slow models) run here; the rest on the event loop (api/aio.py).
+        self.pool = futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc")
         self.drain = Drain()
-        self.servers: list[grpc.Server] = []
+        self.loop = asyncio.new_event_loop()
+        self.servers: list[grpc.aio.Server] = []
         self._stop = threading.Event()
         self._lock: filelock.BaseFileLock | None = None
 
@@ -110,24 +119,24 @@ class Daemon:
 
     def _listen(self) -> None:
         s = self.settings
-        unix = self._server(interceptors=())
-        unix.add_insecure_port(f"unix:{s.socket}")
-        unix.start()
+        threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True).start()
+        methods = self._methods()
+        unix = self._on_loop(self._serve(f"unix:{s.socket}", methods, auth=None))[0]
         os.chmod(s.socket, 0o600)
         self.servers.append(unix)
         log.info("warmd %s listening on %s (pid %d)", __version__, s.socket, os.getpid())
         if s.tcp:
             host = check_tcp(s.tcp, s.tcp_allow_remote)
             self.app.tokens.ensure_owner(s.token_file)
-            tcp = self._server(interceptors=(TokenAuth(self.app.tokens),))
-            port = tcp.add_insecure_port(s.tcp)
-            tcp.start()
+            tcp, port = self._on_loop(self._serve(s.tcp, methods, auth=TokenAuth(self.app.tokens)))
             self.servers.append(tcp)
             log.info("also listening on %s:%d (bearer token in %s)", host, port, s.token_file)
         if s.http:
             self.http = self._http_front()
         if s.metrics:
             host = check_tcp(s.metrics, allow_remote=False, remedy="metrics have no token and stay on this machine")
+            from warmd.metrics import Metrics
+
             app = self.app
             self.metrics = Metrics(app.catalog, app.scheduler, app.inference, app.bus)
             app.inference.observer = self.metrics.observe
@@ -149,21 +158,47 @@ class Daemon:
                  f"; anonymous loopback callers get {s.http_anonymous!r}" if s.http_anonymous else "")
         return front
 
-    def _server(self, interceptors: tuple[grpc.ServerInterceptor, ...]) -> grpc.Server:
-        limit = self.settings.max_message_bytes
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.settings.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=(*interceptors, self.drain),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)])
-        warmd_pb2_grpc.add_WarmdServicer_to_server(WarmdService(self.app), server)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self.app), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coroutine` on the servers' event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def _methods(self) -> aio.Methods:
+        """Every service's handlers, collected once for both servers."""
+        methods = aio.Methods()
+        warmd_pb2_grpc.add_WarmdServicer_to_server(WarmdService(self.app), methods)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self.app), methods)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, methods)
         names = (warmd_pb2.DESCRIPTOR.services_by_name["Warmd"].full_name,
                  inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
-        return server
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), methods)
+        return methods
+
+    async def _serve(self, address: str, methods: aio.Methods, auth: TokenAuth | None) -> tuple[grpc.aio.Server, int]:
+        """A started server on `address` and its port (made on the loop, which grpc.aio binds it to). Every
+        call but health and reflection passes the drain, and on TCP the token check first."""
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            migration_thread_pool=self.pool,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)])
+        drain = self.drain
+
+        def enter(method: str) -> aio.Enter | None:
+            if method.startswith(OPEN_METHODS):
+                return None        # health answers NOT_SERVING by itself while the daemon drains
+            if auth is None:
+                return lambda _method, _context: drain.admit()
+
+            def checked(method: str, context: grpc.aio.ServicerContext) -> None:
+                auth.check(method, context)
+                drain.admit()
+            return checked
+
+        aio.serve(server, methods, self.pool, enter, drain.leave, passing_through)
+        port = server.add_insecure_port(address)
+        await server.start()
+        return server, port
 
     def _notify_ready(self) -> None:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -190,8 +225,7 @@ class Daemon:
             log.warning("%d call(s) still running after drain_timeout (%gs); cancelling them",
                         self.drain.running(), drain)
             grace = None
-        for event in [srv.stop(grace=grace) for srv in self.servers]:
-            event.wait(STOP_WAIT_S * 2)
+        self._stop_servers(grace)
         if self.http is not None:
             self.http.stop(STOP_WAIT_S)
         self.app.catalog.stop()
@@ -201,9 +235,21 @@ class Daemon:
         self.app.scheduler.shutdown(timeout_s=max(1.0, deadline - time.monotonic()))
         log.info("stopped")
 
+    def _stop_servers(self, grace: float | None) -> None:
+        """Stop the servers (answers in transit get `grace` seconds; then what is left is cancelled)."""
+        if not self.servers:
+            return
+        try:
+            self._on_loop(_stop_all(self.servers, grace), STOP_WAIT_S * 2)
+        except (TimeoutError, futures.TimeoutError):
+            log.warning("the gRPC servers did not stop within %gs", STOP_WAIT_S * 2)
+        self.servers.clear()
+
     def _cleanup(self) -> None:
-        for srv in self.servers:
-            srv.stop(grace=None)
+        if self.loop.is_running():
+            self._stop_servers(grace=None)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.http is not None:
             self.http.stop(STOP_WAIT_S)
         self.app.regions.close()
@@ -215,6 +261,10 @@ class Daemon:
 
     def _pid_file(self) -> Path:
         return self.settings.socket.with_name(self.settings.socket.name + ".pid")
+
+
+async def _stop_all(servers: list[grpc.aio.Server], grace: float | None) -> None:
+    await asyncio.gather(*[server.stop(grace) for server in servers])
 
 
 def check_tcp(address: str, allow_remote: bool,

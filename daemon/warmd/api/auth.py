@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import grpc
 
-from warmd.errors import METADATA_KEY, Code
+from warmd.errors import Code, WarmdError
 from warmd.tokens import SCOPES, TokenStore, allows, digest
 
 __all__ = ["METHOD_SCOPES", "SCOPES", "TokenAuth", "allows", "caller", "required_scope"]
@@ -61,47 +61,25 @@ def caller(context: grpc.ServicerContext) -> str:
     return "token:" + digest(token)[:16] if token else "local"
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth:
+    """The TCP port's check of every call but health and reflection (api/aio.py runs it)."""
+
     def __init__(self, store: TokenStore) -> None:
         self._store = store
 
-    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
-        if details.method.startswith(OPEN_METHODS):
-            return continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "")
+    def check(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """Let the call of `method` through, or refuse it.
+
+        Raises:
+            WarmdError: `unauthenticated` without a known bearer token; `permission_denied` for a token
+                whose scope does not include the method's.
+        """
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
         info = self._store.lookup(given.removeprefix("Bearer ")) if given.startswith("Bearer ") else None
         if info is None:
-            return _deny(continuation(details), Code.UNAUTHENTICATED,
-                         "missing, unknown or revoked bearer token; send 'authorization: Bearer <token>' (the "
-                         "daemon's token file, or one from `warm token create`)")
-        needed = required_scope(details.method)
+            raise WarmdError(Code.UNAUTHENTICATED, "missing, unknown or revoked bearer token; send 'authorization: "
+                             "Bearer <token>' (the daemon's token file, or one from `warm token create`)")
+        needed = required_scope(method)
         if not allows(info.scope, needed):
-            return _deny(continuation(details), Code.PERMISSION_DENIED,
-                         f"token {info.name!r} has scope {info.scope!r}; {details.method.rsplit('/', 1)[-1]} "
-                         f"needs {needed!r}")
-        return continuation(details)
-
-
-def _deny(handler, code: Code, message: str):  # type: ignore[no-untyped-def]
-    """A handler of the same shape as the real one that answers with `code`."""
-
-    def unary(request, context):  # type: ignore[no-untyped-def]
-        context.set_trailing_metadata(((METADATA_KEY, code.value),))
-        context.abort(code.status, message)
-
-    if handler is None:
-        return None
-    if handler.request_streaming and handler.response_streaming:
-        def bidi(_requests, context):  # type: ignore[no-untyped-def]
-            unary(None, context)
-            yield from ()
-        return grpc.stream_stream_rpc_method_handler(bidi, handler.request_deserializer,
-                                                     handler.response_serializer)
-    if handler.response_streaming:
-        def stream(request, context):  # type: ignore[no-untyped-def]
-            unary(request, context)
-            yield from ()
-        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer,
-                                                    handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
-                                               handler.response_serializer)
+            raise WarmdError(Code.PERMISSION_DENIED, f"token {info.name!r} has scope {info.scope!r}; "
+                             f"{method.rsplit('/', 1)[-1]} needs {needed!r}")

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import grpc
 
 from warmd.api.auth import caller
+from warmd.api.aio import inline_first
 from warmd.api.calls import call_context
 from warmd.api.errors import mapped, mapped_stream
 from warmd.api.serialized import Serialized, field_bytes
@@ -142,6 +143,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         yield from stream.events(context.is_active)
 
     # ---- inference -----------------------------------------------------------------------------
+    @inline_first
     @mapped
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         owner = caller(context)

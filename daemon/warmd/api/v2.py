@@ -19,6 +19,7 @@ import grpc
 from warmd import __version__
 from warmd.api import model_config
 from warmd.api.auth import caller
+from warmd.api.aio import inline_first
 from warmd.api.calls import call_context
 from warmd.api.errors import as_error, mapped, mapped_stream
 from warmd.app import App, Target, select_outputs
@@ -85,6 +86,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return model_config.synthesize(target.spec, self.app.view(target.spec), target.batchable)
 
     # ---- inference -----------------------------------------------------------------------------
+    @inline_first
     @mapped
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
         return self._infer(request, caller(context), call_context(context))

@@ -40,6 +40,7 @@ _snapshot_lock = threading.Lock()
 
 class ClusterProvider(Provider):
     name = cluster.PROVIDER
+    in_process = False
     # The spec's options are its own provider's, checked by that provider when the file was parsed.
     options_schema = {"type": "object"}
 

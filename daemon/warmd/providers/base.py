@@ -52,6 +52,37 @@ BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
+class Flag:
+    """threading.Event's set / is_set / wait, made on every call: the Event (a condition and its lock) only
+    once somebody waits."""
+
+    __slots__ = ("_set", "_event", "_lock")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+
 class CallContext:
     """What a provider gets with every call besides its inputs: cancellation, and a way to report.
 
@@ -61,8 +92,9 @@ class CallContext:
     """
 
     def __init__(self, deadline: float | None = None,
-                 sink: Callable[[str, Any], None] | None = None) -> None:
-        self.cancelled = threading.Event()
+                 sink: Callable[[str, Any], None] | None = None, inline: bool = False) -> None:
+        self.cancelled = Flag()
+        self.inline = inline                     # on the gRPC event loop: the call may not wait (api/aio.py)
         self.deadline = deadline                 # time.monotonic() value, or None
         self._sink = sink                        # None: nobody listens (a unary call)
         self._on_cancel: list[Callable[[], None]] = []
@@ -174,6 +206,9 @@ class Provider(abc.ABC):
     # Whether requests can be joined along their first dimension (or texts) and outputs split back
     # (dynamic batching, spec `max_batch`).
     batchable: ClassVar[bool] = False
+    # Whether infer() computes here (CPU or a local GPU), not waiting on another process or machine: only
+    # such a model's quick calls may run on the gRPC event loop (api/aio.py).
+    in_process: ClassVar[bool] = True
     # Whether it takes torch tensors on a GPU as inputs and honours `InferRequest.device_outputs`.
     device_tensors: ClassVar[bool] = False
     # Set by the scheduler before load() for models with layers(): how many go to the GPU.

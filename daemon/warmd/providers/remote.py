@@ -66,6 +66,7 @@ def health(spec: ModelSpec) -> str:
 
 class RemoteProvider(Provider):
     name = "remote"
+    in_process = False
     options_schema = {
         "type": "object",
         "additionalProperties": False,

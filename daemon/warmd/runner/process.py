@@ -61,6 +61,7 @@ class Runner:
 
     def __init__(self, label: str, target: Mapping[str, Any], cwd: Path | None = None) -> None:
         self.label = label
+        self._killed = False
         self.inbox, self.outbox = Arena.create(f"warmd-{label}-in"), Arena.create(f"warmd-{label}-out")
         # Two channels: requests and their answers; cancels, read by a thread of the runner's own while
         # its main thread runs a request (so a request costs the runner one wake-up, not two).
@@ -169,7 +170,11 @@ class Runner:
         """Why this runner can no longer serve (it exited), or None while it runs."""
         status = self.proc.poll()
         if status is None:
-            return None
+            # poll() says "running" while another thread waits for the process (Popen's wait lock): one
+            # this daemon killed is gone already, whether or not its waiter has been scheduled since.
+            if not self._killed:
+                return None
+            status = -signal.SIGKILL
         return WarmdError(Code.PROVIDER_FAILED, f"{self.label}: its runner process exited with status "
                           f"{describe_status(status)}" + self._tail())
 
@@ -191,6 +196,7 @@ class Runner:
     def kill(self) -> None:
         """SIGKILL the runner and wait for it: its memory is the kernel's again."""
         if self.proc.poll() is None:
+            self._killed = True
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)     # its session: anything it started goes too
             except ProcessLookupError:
@@ -264,6 +270,7 @@ class RunnerProvider(Provider):
     Subclasses set `name`, `options_schema`, `batchable`, `target` (what the runner imports) and `cwd`.
     """
 
+    in_process = False
     target: ClassVar[dict[str, Any]] = {}
     cwd: ClassVar[Path | None] = None
 

@@ -1,0 +1,118 @@
+"""Which calls run on the gRPC event loop (inference.py's `inline` attempts, api/aio.py): only a quick,
+in-process model's calls that need not wait; every other attempt is WouldWait before it has any effect."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from warmd.errors import WouldWait
+from warmd.inference import QUICK_S, Inference
+from warmd.providers import CallContext, InferRequest, InferResult
+from warmd.spec import ModelSpec, Source
+
+
+class Quick:
+    in_process, batchable = True, False
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def infer(self, request: InferRequest) -> InferResult:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return InferResult(tensors={"y": request.tensors["x"] * 2})
+
+
+class Elsewhere(Quick):
+    in_process = False      # a remote endpoint, a runner process, the cluster
+
+
+class Scheduler:
+    """Holds one resident model, or none (it would load first)."""
+
+    def __init__(self, provider: Quick, resident: bool = True) -> None:
+        self.resident = SimpleNamespace(provider=provider) if resident else None
+        self.held = 0
+
+    def hold(self, name: str, keep_alive: float | None = None, wait: bool = True) -> SimpleNamespace:
+        if self.resident is None:
+            if not wait:
+                raise WouldWait
+            raise AssertionError("a test load")
+        self.held += 1
+        return self.resident
+
+    def release(self, resident: SimpleNamespace) -> None:
+        self.held -= 1
+
+
+def _setup(provider: Quick, resident: bool = True, **spec: object) -> tuple[Inference, Scheduler, ModelSpec]:
+    scheduler = Scheduler(provider, resident)
+    inference = Inference(scheduler, {"fake": type(provider)})  # type: ignore[arg-type]
+    return inference, scheduler, ModelSpec(name="m", file=Path("m.yaml"), source=Source("path", "w"),
+                                           provider="fake", **spec)  # type: ignore[arg-type]
+
+
+def _call(inline: bool) -> InferRequest:
+    return InferRequest(tensors={"x": np.ones((1, 4), np.float32)}, context=CallContext(inline=inline))
+
+
+def test_a_quick_model_runs_inline_once_measured_on_a_thread() -> None:
+    provider = Quick()
+    inference, scheduler, spec = _setup(provider)
+    with pytest.raises(WouldWait):                      # not measured yet
+        inference.run(spec, _call(inline=True))
+    assert provider.calls == 0 and inference.stats("m").success_count == 0
+    inference.run(spec, _call(inline=False))            # on a worker thread: measured
+    _, result = inference.run(spec, _call(inline=True))
+    assert provider.calls == 2 and result.tensors["y"].tolist() == [[2.0] * 4]
+    assert inference.stats("m").success_count == 2 and scheduler.held == 0
+    assert inference.queue_depth("m") == (0, 0)
+
+
+def test_an_inline_attempt_that_would_wait_changes_nothing() -> None:
+    provider = Quick()
+    inference, scheduler, spec = _setup(provider, max_in_flight=1)
+    inference.run(spec, _call(inline=False))
+    gate = inference._gate("m")
+    gate.admit(spec, CallContext())                      # the one slot is taken
+    with pytest.raises(WouldWait):
+        inference.run(spec, _call(inline=True))
+    assert inference.queue_depth("m") == (1, 0) and provider.calls == 1
+    gate.leave(spec)
+    scheduler.resident = None                            # evicted: the call would load it first
+    with pytest.raises(WouldWait):
+        inference.run(spec, _call(inline=True))
+    assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 1
+    assert inference.stats("m").fail_count == 0
+
+
+@pytest.mark.parametrize("provider, spec", [(Quick(seconds=QUICK_S * 3), {}), (Elsewhere(), {}),
+                                            (Quick(), {"max_batch": 8})],
+                         ids=["slow forward", "not in process", "batched"])
+def test_only_quick_in_process_unbatched_models_run_inline(provider: Quick, spec: dict) -> None:
+    type(provider).batchable = "max_batch" in spec
+    try:
+        inference, _, model = _setup(provider, **spec)
+        if not spec:
+            for _ in range(3):
+                inference.run(model, _call(inline=False))
+        else:
+            inference._timed("m", 0.0)                   # measured quick: batching alone keeps it off the loop
+        with pytest.raises(WouldWait):
+            inference.run(model, _call(inline=True))
+    finally:
+        type(provider).batchable = False
+
+
+def test_a_big_request_does_not_run_inline() -> None:
+    provider = Quick()
+    inference, _, spec = _setup(provider)
+    inference.run(spec, _call(inline=False))
+    big = InferRequest(tensors={"x": np.ones((1, 1 << 15), np.float32)}, context=CallContext(inline=True))
+    with pytest.raises(WouldWait):
+        inference.run(spec, big)
