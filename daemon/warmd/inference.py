@@ -172,7 +172,6 @@ class Inference:
                         self._timed(model, time.perf_counter() - started)
                     finally:
                         self.scheduler.release(resident)
-                    self._executed(model)
             finally:
                 gate.leave(spec)
         except Exception as exc:  # noqa: BLE001 - the boundary: every provider failure gets its code here
@@ -182,7 +181,7 @@ class Inference:
         finally:
             if size >= TRIM_AFTER_BYTES:
                 _TRIMMER.soon()
-        self._record(model, request, t0, ok=True, queued_ns=queued)
+        self._record(model, request, t0, ok=True, queued_ns=queued, executed=batcher is None)
         return resident, result
 
     def _failed(self, spec: ModelSpec, request: InferRequest, t0: int, exc: Exception) -> WarmdError:
@@ -204,8 +203,11 @@ class Inference:
         self._forward_s[model] = seconds if known is None else known + _QUICK_WEIGHT * (seconds - known)
 
     def _gate(self, model: str) -> _Gate:
-        with self._lock:
-            return self._gates.setdefault(model, _Gate())
+        gate = self._gates.get(model)       # read without the lock: gates are only ever added
+        if gate is None:
+            with self._lock:
+                gate = self._gates.setdefault(model, _Gate())
+        return gate
 
     def _batcher(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher when its spec asks for batching and its provider can batch."""
@@ -230,7 +232,8 @@ class Inference:
             return gate.running, len(gate.queue)
 
     def _record(self, model: str, request: InferRequest, t0: int, ok: bool, queued_ns: int = 0,
-                code: str = "ok") -> None:
+                code: str = "ok", executed: bool = False) -> None:
+        """Count a finished call (`executed`: it was a provider call of its own, not a batch's share)."""
         elapsed = time.perf_counter_ns() - t0
         if self.observer is not None:
             self.observer(model, code, elapsed / 1e9)
@@ -239,6 +242,7 @@ class Inference:
             max(1, len(request.text))
         with self._lock:
             stats = self._stats.setdefault(model, ModelStats())
+            stats.execution_count += executed
             if ok:
                 stats.success_count += 1
                 stats.success_ns += elapsed

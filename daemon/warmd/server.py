@@ -58,7 +58,7 @@ class Daemon:
         # Calls that may wait (loads, streams, slow models) run here; the rest on the event loop (api/aio.py).
         self.pool = futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc")
         self.drain = Drain()
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.servers: list[grpc.aio.Server] = []
         self._stop = threading.Event()
         self._lock: filelock.BaseFileLock | None = None
@@ -265,6 +265,16 @@ class Daemon:
 
 async def _stop_all(servers: list[grpc.aio.Server], grace: float | None) -> None:
     await asyncio.gather(*[server.stop(grace) for server in servers])
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The gRPC front's event loop: uvloop's where it exists (not on Windows); measured on 2 CPUs, grpc.aio
+    answering on it cost 392 µs of server CPU a call against 470 on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def check_tcp(address: str, allow_remote: bool,
