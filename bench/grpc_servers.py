@@ -1,5 +1,6 @@
-"""Which grpcio server model costs least per call: the sync server with a thread pool (warmd's) or grpc.aio
-(MLServer's), answering inline or handing each call to a thread (as a daemon whose models block must).
+"""Which grpcio server model costs least per call: the sync server with a thread pool (warmd's until this
+wave) or grpc.aio (MLServer's; warmd's now, on uvloop), answering inline or handing each call to a thread (as
+a daemon must for models that block).
 
     .venv/bin/python bench/grpc_servers.py [--seconds 3] [--rounds 2]
 
@@ -22,6 +23,7 @@ from echo_server import METHOD
 from peers import Load, median_load, throughput
 
 VARIANTS = {"sync, 32 threads": ("sync", 32), "sync, 4 threads": ("sync", 4), "grpc.aio, inline": ("aio", 0),
+            "grpc.aio on uvloop, inline (warmd's)": ("uvloop", 0),
             "grpc.aio, each call on a thread (pool of 4)": ("handoff", 4)}
 
 
@@ -45,13 +47,18 @@ def serve(kind: str, where: str, threads: int) -> None:
         return await asyncio.get_running_loop().run_in_executor(pool, lambda: request)
 
     async def main() -> None:
-        handler = grpc.unary_unary_rpc_method_handler(inline if kind == "aio" else handoff)
+        handler = grpc.unary_unary_rpc_method_handler(handoff if kind == "handoff" else inline)
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
         server.add_insecure_port(where)
         await server.start()
         await server.wait_for_termination()
-    asyncio.run(main())
+    if kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def main() -> int:
