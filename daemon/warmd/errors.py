@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from typing import Any
 
 import grpc
 
@@ -116,9 +117,15 @@ _FROM_STATUS: dict[grpc.StatusCode, Code] = {
 
 
 class WouldWait(BaseException):
-    """Not an error a caller sees: a call tried on the gRPC event loop (api/aio.py) would wait for a slot, a
-    load or a slow model, so it starts again on a worker thread. Raised before the call has any effect; a
-    BaseException, so that no boundary that turns exceptions into codes (`except Exception`) takes it."""
+    """Not an error a caller sees: a call tried on the gRPC event loop (api/aio.py) would wait for a load or
+    a slow model, so it starts again on a worker thread; or for a slot, when `ticket` holds its place in the
+    model's queue: the loop waits for the grant (`ticket.when_granted`, `ticket.give_up`) and runs it again.
+    Raised before the call has any effect; a BaseException, so that no boundary that turns exceptions into
+    codes (`except Exception`) takes it."""
+
+    def __init__(self, ticket: Any = None) -> None:
+        super().__init__()
+        self.ticket = ticket
 
 
 class WarmdError(Exception):

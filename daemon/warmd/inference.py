@@ -61,11 +61,43 @@ class ModelStats:
 
 
 class _Ticket:
-    """A queued call's place: granted a slot by the call that leaves it, or woken by its cancellation."""
+    """A queued call's place: granted a slot by the call that leaves it, or given up by its caller. A call
+    waiting on a worker thread sleeps on `woken`; one waiting on the event loop (api/aio.py) is told through
+    `when_granted`."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: "_Gate", spec: ModelSpec) -> None:
+        self.gate, self.spec = gate, spec
         self.granted = False
+        self.taken = False          # by the call run again once granted (Gate.admit)
         self.woken = threading.Event()
+        self._on_grant: Callable[[], None] | None = None
+
+    def grant(self) -> None:
+        """(under the gate's lock) The slot is this call's now."""
+        self.granted = True
+        self.woken.set()
+        if self._on_grant is not None:
+            self._on_grant()
+
+    def when_granted(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) once the slot is granted; at once if it is already."""
+        with self.gate.lock:
+            if not self.granted:
+                self._on_grant = callback
+                return
+        callback()
+
+    def give_up(self) -> None:
+        """The caller went away before taking its slot (cancelled, its deadline passed, its model gone):
+        leave the queue, or the granted slot."""
+        with self.gate.lock:
+            if self.taken:
+                return
+            self.taken = True
+            if not self.granted:
+                self.gate.queue.remove(self)
+                return
+        self.gate.leave(self.spec)
 
 
 class _Gate:
@@ -81,22 +113,28 @@ class _Gate:
         """Take a slot, waiting for one in the queue.
 
         Raises:
-            WouldWait: when there is no free slot now and the call runs on the event loop.
             WarmdError: `busy` at once when the queue is full; `cancelled` / `deadline_exceeded` when the
                 caller gives up while waiting (its place is given up).
+            WouldWait: for a call on the event loop, with its ticket, queued: the loop waits for the grant and
+                runs the call again with `context.granted` set to the ticket.
         """
+        ticket = context.granted
+        if ticket is not None and ticket.gate is self:
+            context.granted = None          # the slot the loop waited for
+            ticket.taken = True
+            return
         with self.lock:
             if self.running < spec.max_in_flight and not self.queue:
                 self.running += 1
                 return
-            if context.inline:
-                raise WouldWait
             if len(self.queue) >= spec.max_queue:
                 raise WarmdError(Code.BUSY, f"model {spec.name!r} is busy: {self.running} running, "
                                  f"{len(self.queue)} waiting (max_in_flight {spec.max_in_flight}, max_queue "
                                  f"{spec.max_queue} in its spec); retry later")
-            ticket = _Ticket()
+            ticket = _Ticket(self, spec)
             self.queue.append(ticket)
+        if context.inline:
+            raise WouldWait(ticket)
         context.on_cancel(ticket.woken.set)
         while True:
             left = None if context.deadline is None else context.deadline - time.monotonic()
@@ -116,10 +154,8 @@ class _Gate:
         with self.lock:
             self.running -= 1
             while self.queue and self.running < spec.max_in_flight:
-                ticket = self.queue.popleft()
-                ticket.granted = True
                 self.running += 1
-                ticket.woken.set()
+                self.queue.popleft().grant()
 
 
 class Inference:
@@ -151,7 +187,7 @@ class Inference:
         t0 = time.perf_counter_ns()
         inline = request.context.inline
         size = _size(request)
-        if inline and not self._quick(spec, size):
+        if inline and request.context.granted is None and not self._quick(spec, size):
             raise WouldWait
         gate = self._gate(model)
         try:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from warmd.errors import WouldWait
+from warmd.errors import Code, WarmdError, WouldWait
 from warmd.inference import QUICK_S, Inference
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.spec import ModelSpec, Source
@@ -74,15 +74,46 @@ def test_a_quick_model_runs_inline_once_measured_on_a_thread() -> None:
     assert inference.queue_depth("m") == (0, 0)
 
 
+def test_an_inline_call_queues_for_a_slot_in_order_and_runs_once_granted() -> None:
+    provider = Quick()
+    inference, scheduler, spec = _setup(provider, max_in_flight=1, max_queue=2)
+    inference.run(spec, _call(inline=False))
+    gate = inference._gate("m")
+    gate.admit(spec, CallContext())                      # the one slot is taken
+    with pytest.raises(WouldWait) as first:
+        inference.run(spec, _call(inline=True))
+    with pytest.raises(WouldWait) as second:
+        inference.run(spec, _call(inline=True))
+    assert inference.queue_depth("m") == (1, 2) and provider.calls == 1          # queued, nothing run
+    with pytest.raises(WarmdError) as full:                                     # loop waiters count
+        inference.run(spec, _call(inline=True))
+    assert full.value.code is Code.BUSY
+    woken: list[str] = []
+    first.value.ticket.when_granted(lambda: woken.append("first"))
+    second.value.ticket.when_granted(lambda: woken.append("second"))
+    gate.leave(spec)                                     # the slot goes to the first in line
+    assert woken == ["first"] and inference.queue_depth("m") == (1, 1)
+    again = _call(inline=True)
+    again.context.granted = first.value.ticket           # run again once granted: takes that slot
+    inference.run(spec, again)
+    assert woken == ["first", "second"] and provider.calls == 2
+    second.value.ticket.give_up()                        # its caller went away: the slot is free again
+    first.value.ticket.give_up()                         # taken already: nothing to give back
+    assert inference.queue_depth("m") == (0, 0)
+    assert inference.stats("m").success_count == 2 and inference.stats("m").fail_count == 1
+
+
 def test_an_inline_attempt_that_would_wait_changes_nothing() -> None:
     provider = Quick()
     inference, scheduler, spec = _setup(provider, max_in_flight=1)
     inference.run(spec, _call(inline=False))
     gate = inference._gate("m")
     gate.admit(spec, CallContext())                      # the one slot is taken
-    with pytest.raises(WouldWait):
+    with pytest.raises(WouldWait) as queued:
         inference.run(spec, _call(inline=True))
-    assert inference.queue_depth("m") == (1, 0) and provider.calls == 1
+    assert inference.queue_depth("m") == (1, 1) and provider.calls == 1
+    queued.value.ticket.give_up()                        # the caller went away while queued
+    assert inference.queue_depth("m") == (1, 0)
     gate.leave(spec)
     scheduler.resident = None                            # evicted: the call would load it first
     with pytest.raises(WouldWait):

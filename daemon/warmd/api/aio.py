@@ -63,9 +63,10 @@ class SyncContext:
     one, and registers nothing.
     """
 
-    def __init__(self, context: grpc.aio.ServicerContext, on_loop: bool = False) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, on_loop: bool = False, granted: Any = None) -> None:
         self._context = context
         self.on_loop = on_loop     # this attempt runs on the event loop, where nothing may wait
+        self.granted = granted     # the admission slot the loop waited for (CallContext.granted)
         self._ended = False
         self._callbacks: list[Callable[[], Any]] = []
         self._lock = threading.Lock()
@@ -176,9 +177,7 @@ def _thread_unary(inner: Callable[..., Any], pool: futures.Executor, gate: Any, 
         loop = asyncio.get_running_loop()
         if inline and not streaming_in:
             try:
-                outcome = _outcome(inner, request, SyncContext(context, on_loop=True))
-            except WouldWait:
-                outcome = _WAIT     # nothing happened yet: run it where it may wait
+                outcome = await _on_loop(inner, request, context, loop)
             except BaseException:
                 _leave(gate)
                 raise
@@ -194,6 +193,35 @@ def _thread_unary(inner: Callable[..., Any], pool: futures.Executor, gate: Any, 
             raise
         return _answer(context, await running)
     return behaviour
+
+
+async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext,
+                   loop: asyncio.AbstractEventLoop) -> Any:
+    """The call's outcome on the event loop, or _WAIT when it must run where it may wait. A call queued for
+    an admission slot waits for its grant here, in its place in the model's queue, and runs again."""
+    ticket = None
+    try:
+        while True:
+            try:
+                return _outcome(inner, request, SyncContext(context, on_loop=True, granted=ticket))
+            except WouldWait as wait:
+                queued = wait.ticket
+            if queued is None:
+                return _WAIT        # nothing happened yet
+            if ticket is not None:
+                ticket.give_up()    # granted, but not taken (the call now runs on another model's queue)
+            ticket = queued
+            granted = loop.create_future()
+            ticket.when_granted(lambda: loop.call_soon_threadsafe(_resolve, granted))
+            await granted           # cancelled with the RPC: the finally gives the place up
+    finally:
+        if ticket is not None:
+            ticket.give_up()        # a no-op once the call took its slot
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _then_leave(gate: Any, inner: Callable[..., Any], *args: Any) -> Any:

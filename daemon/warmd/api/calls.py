@@ -17,6 +17,7 @@ def call_context(context: grpc.ServicerContext, sink: Callable[[str, Any], None]
     deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e8 else None
     inline = getattr(context, "on_loop", False)
     ctx = CallContext(deadline, sink, inline=inline)
+    ctx.granted = getattr(context, "granted", None)
     if not inline:      # a call on the event loop runs to its end before the loop could learn of a cancel
         context.add_callback(ctx.cancel)
     return ctx
