@@ -71,6 +71,7 @@ class Catalog:
         self.place = place
         self._files: dict[Path, _FileState] = {}
         self._specs: dict[str, ModelSpec] = {}
+        self.generation = 0      # moves with every rescan's result: what `specs()` and `rejected()` give
         self._rejected: dict[Path, SpecFileError] = {}
         self._overrides: dict[str, dict[str, Any]] = {}    # model name -> ModelSpec fields over its file
         self._listeners: list[ChangeListener] = []
@@ -141,6 +142,7 @@ class Catalog:
                 rejected[self.root] = folder_error
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
+                self.generation += 1
                 self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected)
             if self._thread is not None and not self._stop.is_set():   # started, and not stopping

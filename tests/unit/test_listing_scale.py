@@ -95,3 +95,28 @@ def test_a_rescan_does_not_read_spec_files_whose_stat_is_unchanged(app: App, mon
     edited.write_text(SPEC + "description: edited\n")
     app.catalog.rescan()
     assert set(read) == {edited} and app.spec("b").description == "edited"   # (parsing reads it too)
+
+
+def test_an_unfiltered_listing_is_kept_whole_until_what_it_rests_on_changes(app: App,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    service = WarmdService(app)
+    listing = lambda: pb.ListModelsResponse.FromString(service.ListModels(pb.ListModelsRequest(), None))  # noqa: E731
+    listing()
+    lists: list[int] = []
+    original = App.models
+    monkeypatch.setattr(App, "models", lambda self, *a: lists.append(1) or original(self, *a))
+    assert [m.name for m in listing().models] == ["a", "b", "c"] and lists == []       # from the kept bytes
+    app.scheduler.pin("b", True)                 # b is in the scheduler's views now: listed anew, alone
+    assert [m.pin for m in listing().models] == [False, True, False] and lists == [1]
+    assert [m.pin for m in listing().models] == [False, True, False] and lists == [1]
+    app.store.downloads.know_size(app.spec("c"), 10)            # what the store knows of files changed
+    listing()
+    assert lists == [1, 1]
+    edited = app.settings.specs_dir / "a.yaml"
+    edited.write_text(SPEC + "description: edited\n")
+    app.catalog.rescan()                         # the catalog changed
+    assert listing().models[0].description == "edited" and lists == [1, 1, 1]
+    monkeypatch.setattr(app.store.downloads, "running", lambda: True)     # a download runs: never kept
+    listing()
+    listing()
+    assert lists == [1, 1, 1, 1, 1]

@@ -37,10 +37,22 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
         # Provenance per resident version, built once: responses are on the hot path.
         self._provenance: weakref.WeakKeyDictionary[Resident, pb.ModelSignature] = weakref.WeakKeyDictionary()
         self._listed: dict[str, tuple[tuple, bytes]] = {}     # model name -> (what it showed, its field bytes)
+        # The last unfiltered listing: (App.listing_version's value, its bytes in runs between the names of
+        # models in the scheduler's views, which are serialized again on every call).
+        self._listing: tuple[Any, list[bytes | str]] = (None, [])
 
     # ---- models --------------------------------------------------------------------------------
     @mapped
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> Serialized:
+        unfiltered = not (request.task or request.tag or request.state or request.include_discovered)
+        listing = self.app.listing_version() if unfiltered else None
+        if listing is not None and listing[0] == self._listing[0]:
+            # Nothing outside the scheduler's views changed: their models from the kept bytes, the rest anew.
+            try:
+                return Serialized(b"".join(part if isinstance(part, bytes) else self._listed_bytes(self.app.model(part))
+                                           for part in self._listing[1]))
+            except WarmdError:
+                pass        # one of those went from the catalog since: list everything again
         models = self.app.models(request.task, request.tag, _STATE_NAMES.get(request.state, ""))
         discovered = self.app.discovered() if request.include_discovered else []
         listed = [self._listed_bytes(m) for m in models]
@@ -48,8 +60,10 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
             names = {m.name for m in models}
             self._listed = {n: v for n, v in self._listed.items() if n in names}    # forget removed models
         rest = pb.ListModelsResponse(rejected=[spec_error(e) for e in self.app.rejected()],
-                                     discovered=[discovered_proto(d) for d in discovered])
-        return Serialized(b"".join(listed) + rest.SerializeToString())
+                                     discovered=[discovered_proto(d) for d in discovered]).SerializeToString()
+        if listing is not None:
+            self._listing = (listing[0], _parts(models, listed, rest, listing[1]))
+        return Serialized(b"".join(listed) + rest)
 
     def _listed_bytes(self, m: ModelInfo) -> bytes:
         """The model as ListModelsResponse's field `models`, serialized once while what it shows is unchanged
@@ -274,6 +288,19 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
 
 
 # ---- messages ----------------------------------------------------------------------------------
+def _parts(models: list[ModelInfo], listed: list[bytes], rest: bytes, asked: frozenset[str]) -> list[bytes | str]:
+    """A listing as runs of bytes joined once, with the names in `asked` between them (see ListModels)."""
+    parts: list[bytes | str] = []
+    run: list[bytes] = []
+    for m, data in zip(models, listed):
+        if m.name in asked:
+            parts += [b"".join(run), m.name]
+            run = []
+        else:
+            run.append(data)
+    return [*parts, b"".join(run) + rest]
+
+
 def model_proto(m: ModelInfo) -> pb.Model:
     spec, files = m.spec, m.files
     model = pb.Model(

@@ -49,7 +49,7 @@ from warmd.policy import Move
 from warmd.scheduler import AVAILABLE, DryRun, ModelView, Scheduler
 from warmd.spec import ModelSpec, SpecFileError
 from warmd.store import Store, hub
-from warmd.store.sources import KINDS, parse_reference
+from warmd.store.sources import KINDS, handler, parse_reference
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,6 +85,7 @@ class App:
                                    s.draft_attempts)
         self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout,
                            jobs=self.jobs)
+        self._live: tuple[int, bool] = (-1, False)     # (catalog generation, whether a spec's source is live)
         inventory = devices.inventory(s.cpu_budget, s.gpu_budget, s.gpu_reserve, s.simulated_gpus)
         self.scheduler = Scheduler(self.catalog, self.store, self.providers, self.bus, s.keep_alive, inventory,
                                    devices.budget_bytes(s.host_tier_budget, inventory["cpu"].total),
@@ -120,6 +121,20 @@ class App:
         found = [self._info(s, errors.get(s.file), views.get(s.name, AVAILABLE), listed=True)
                  for s in self.catalog.specs() if (not task or s.task == task) and (not tag or tag in s.tags)]
         return [m for m in found if not state or m.state == state]
+
+    def listing_version(self) -> tuple[Any, frozenset[str]] | None:
+        """What an unfiltered `models()` rests on, for a listing kept serialized between calls: (a value that
+        changes whenever a model outside the scheduler's views could show otherwise, the names in its views,
+        which show their own figures and are asked for each time with `model`). None while it cannot be
+        told: a download runs, or a spec's files are asked of something running (a remote, the cluster)."""
+        files = self.store.listing_version()
+        generation = self.catalog.generation
+        if self._live[0] != generation:
+            self._live = (generation, any(handler(s.source).live for s in self.catalog.specs()))
+        if files is None or self._live[1]:
+            return None
+        names = frozenset(self.scheduler.views())
+        return (generation, files, names), names
 
     def model(self, name: str) -> ModelInfo:
         """One model.

@@ -98,6 +98,14 @@ class Store:
                                          kind.downloadable)
         return state
 
+    def listing_version(self) -> tuple | None:
+        """What the remembered states (`state(remembered=True)`) rest on: while it is equal, they are; None
+        while a download runs (its files' state moves with every chunk). A downloadable kind's state is
+        read again every FILES_TTL_S, so the version moves with that period too."""
+        if self.downloads.running():
+            return None
+        return self._changes(), int(time.monotonic() // FILES_TTL_S)
+
     def _changes(self) -> tuple[int, int]:
         """Counts that move whenever what this store knows of files changes: downloads ended, sizes
         learned, removals, verifications."""

@@ -137,6 +137,11 @@ class Downloads:
             self._active.pop(key, None)
             self.changes += 1
 
+    def running(self) -> bool:
+        """Whether any download runs now."""
+        with self._lock:
+            return bool(self._active)
+
     def active(self, spec: ModelSpec) -> bool:
         """Whether the spec's files are being downloaded now."""
         with self._lock:
