@@ -145,6 +145,53 @@ def test_overload_is_busy_at_once_never_a_hang(start_daemon, short_tmp: Path) ->
     assert out.returncode == 0
 
 
+def test_quick_calls_that_find_the_slot_taken_wait_their_turn_and_all_answer(start_daemon, short_tmp: Path) -> None:
+    """A quick model's calls run on the event loop; a big request runs on a worker thread and holds the one
+    slot meanwhile, so the quick calls arriving then queue on the loop (api/aio.py) and run once granted."""
+    specs = affine_specs(short_tmp, 2.0)
+    (specs / "one.yaml").write_text(affine_spec("w.safetensors", extra="max_in_flight: 1\nmax_queue: 64\n"))
+    daemon = start_daemon(specs)
+    small, big = np.arange(4, dtype=np.float32)[None], np.ones((16384, 4), np.float32)     # big: 256 KiB
+    with daemon.client() as c:
+        want_small, want_big = c.infer("one", {"x": small}).outputs["y"], c.infer("one", {"x": big}).outputs["y"]
+        for _ in range(5):
+            c.infer("one", {"x": small})           # measured quick: from now on its small calls run on the loop
+        wrong: list[object] = []
+
+        def calls(x: np.ndarray, want: np.ndarray, count: int) -> None:
+            with daemon.client(timeout=60) as own:
+                for _ in range(count):
+                    try:
+                        if not np.array_equal(own.infer("one", {"x": x}).outputs["y"], want):
+                            wrong.append("a wrong answer")
+                    except WarmdError as err:
+                        wrong.append(err)
+
+        threads = [threading.Thread(target=calls, args=(big, want_big, 10)) for _ in range(2)]
+        threads += [threading.Thread(target=calls, args=(small, want_small, 30)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert wrong == [] and not any(t.is_alive() for t in threads)
+        residency = c.get("one").residency
+        assert residency.in_flight == 0
+    stats = _v2_statistics(daemon, "one")
+    assert stats.inference_stats.success.count == 7 + 2 * 10 + 6 * 30 and stats.inference_stats.fail.count == 0
+
+
+def _v2_statistics(daemon, model: str):  # type: ignore[no-untyped-def]
+    import grpc
+
+    from warmd.v2 import inference_pb2 as v2
+    from warmd.v2 import inference_pb2_grpc
+
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as ch:
+        [stats] = inference_pb2_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
+            v2.ModelStatisticsRequest(name=model)).model_stats
+    return stats
+
+
 def test_progress_of_a_long_job_streams_and_cancel_stops_it(start_daemon, short_tmp: Path) -> None:
     specs = short_tmp / "specs"
     specs.mkdir()

@@ -20,6 +20,8 @@ cancelled, disconnected, ran past its deadline, or the call finished): a CallCon
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import threading
 from concurrent import futures
@@ -212,11 +214,17 @@ async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.Se
                 ticket.give_up()    # granted, but not taken (the call now runs on another model's queue)
             ticket = queued
             granted = loop.create_future()
-            ticket.when_granted(lambda: loop.call_soon_threadsafe(_resolve, granted))
+            ticket.when_granted(functools.partial(_wake, loop, granted))
             await granted           # cancelled with the RPC: the finally gives the place up
     finally:
         if ticket is not None:
             ticket.give_up()        # a no-op once the call took its slot
+
+
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+    """From the thread that granted the slot (inside the gate's lock): resolve `future` on the loop."""
+    with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
+        loop.call_soon_threadsafe(_resolve, future)
 
 
 def _resolve(future: asyncio.Future) -> None:
