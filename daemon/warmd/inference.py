@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import functools
 import logging
 import re
 import threading
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from warmd.batching import Batcher
+from warmd.batching import Batcher, Seat
 from warmd.errors import Code, WarmdError, WouldWait
 from warmd.providers import CallContext, InferRequest, InferResult, Provider
 from warmd.providers.base import check_texts, conform_inputs
@@ -65,8 +66,11 @@ class _Ticket:
     waiting on a worker thread sleeps on `woken`; one waiting on the event loop (api/aio.py) is told through
     `when_granted`."""
 
-    def __init__(self, gate: "_Gate", spec: ModelSpec) -> None:
+    due = None      # not a batch's seat (batching.Seat): api/aio.py has nothing to run for it
+
+    def __init__(self, gate: "_Gate", spec: ModelSpec, t0: int) -> None:
         self.gate, self.spec = gate, spec
+        self.t0 = t0                # when its call started (perf_counter_ns): its queue time counts from it
         self.granted = False
         self.taken = False          # by the call run again once granted (Gate.admit)
         self.woken = threading.Event()
@@ -109,8 +113,8 @@ class _Gate:
         self.queue: collections.deque[_Ticket] = collections.deque()
         self.lock = threading.Lock()
 
-    def admit(self, spec: ModelSpec, context: CallContext) -> None:
-        """Take a slot, waiting for one in the queue.
+    def admit(self, spec: ModelSpec, context: CallContext, t0: int = 0) -> None:
+        """Take a slot, waiting for one in the queue (`t0`: when the call started, for a loop waiter's ticket).
 
         Raises:
             WarmdError: `busy` at once when the queue is full; `cancelled` / `deadline_exceeded` when the
@@ -131,7 +135,7 @@ class _Gate:
                 raise WarmdError(Code.BUSY, f"model {spec.name!r} is busy: {self.running} running, "
                                  f"{len(self.queue)} waiting (max_in_flight {spec.max_in_flight}, max_queue "
                                  f"{spec.max_queue} in its spec); retry later")
-            ticket = _Ticket(self, spec)
+            ticket = _Ticket(self, spec, t0)
             self.queue.append(ticket)
         if context.inline:
             raise WouldWait(ticket)
@@ -180,27 +184,31 @@ class Inference:
             WarmdError: `busy` when the model's queue is full; `cancelled` / `deadline_exceeded` when the
                 caller gave up while queued or running; whatever the scheduler or provider raised. Every
                 failure is counted.
-            WouldWait: the request runs on the event loop (`context.inline`) and would wait for a slot or a
-                load, or its model is not quick (QUICK_S); nothing was counted or run.
+            WouldWait: the request runs on the event loop (`context.inline`) and would wait for a load, or
+                its model is not quick (QUICK_S): nothing was counted or run. Or it waits on the loop, with
+                `ticket` holding its place: in the model's queue (a `_Ticket`) or in a batch (a `Seat`).
         """
+        granted = request.context.granted
+        if isinstance(granted, Seat):
+            return self._take(spec, granted)
         model = spec.name
-        t0 = time.perf_counter_ns()
+        # A call that waited on the loop for its slot counts from its first attempt (its queue time too).
+        t0 = granted.t0 if isinstance(granted, _Ticket) else time.perf_counter_ns()
         inline = request.context.inline
         size = _size(request)
-        if inline and request.context.granted is None and not self._quick(spec, size):
+        if inline and granted is None and not self._quick(spec, size):
             raise WouldWait
         gate = self._gate(model)
+        seated = False      # the call's slot went with it into a batch on the loop (its Seat gives it back)
         try:
             request.tensors = conform_inputs(spec, request.tensors)
             check_texts(spec, request.text, request.parameters.get("messages"))
-            gate.admit(spec, request.context)
+            gate.admit(spec, request.context, t0)
             queued = time.perf_counter_ns() - t0
             try:
                 request.context.check()
                 batcher = self._batcher(spec)
-                if batcher is not None:
-                    resident, result = batcher.submit(request, keep_alive)
-                else:
+                if batcher is None:
                     resident = self.scheduler.hold(model, keep_alive, wait=not inline)
                     try:
                         started = time.perf_counter()
@@ -208,8 +216,17 @@ class Inference:
                         self._timed(model, time.perf_counter() - started)
                     finally:
                         self.scheduler.release(resident)
+                elif not inline:
+                    resident, result = batcher.submit(request, keep_alive)
+                else:
+                    seat = batcher.join(request, keep_alive, functools.partial(gate.leave, spec), t0, queued)
+                    if not seat.batch.done:
+                        seated = True
+                        raise WouldWait(seat)
+                    resident, result = seat.take()      # this call filled the batch: it ran here
             finally:
-                gate.leave(spec)
+                if not seated:
+                    gate.leave(spec)
         except Exception as exc:  # noqa: BLE001 - the boundary: every provider failure gets its code here
             # Raised from here, not kept in a local: a frame holding the error its traceback holds is a cycle
             # that keeps the request (a 10 MiB text) alive until the garbage collector runs.
@@ -220,6 +237,17 @@ class Inference:
         self._record(model, request, t0, ok=True, queued_ns=queued, executed=batcher is None)
         return resident, result
 
+    def _take(self, spec: ModelSpec, seat: Seat) -> tuple[Resident, InferResult]:
+        """The share of a call whose batch ran on the loop while it waited (Batcher.join), counted."""
+        try:
+            resident, result = seat.take()
+        except Exception as exc:  # noqa: BLE001 - the boundary, as in run()
+            raise self._failed(spec, seat.item.request, seat.t0, exc) from None
+        finally:
+            seat.leave()
+        self._record(spec.name, seat.item.request, seat.t0, ok=True, queued_ns=seat.queued_ns)
+        return resident, result
+
     def _failed(self, spec: ModelSpec, request: InferRequest, t0: int, exc: Exception) -> WarmdError:
         """Count a failed call and return its error (a provider's exception classified)."""
         err = exc if isinstance(exc, WarmdError) else provider_error(spec, request, exc)
@@ -227,12 +255,12 @@ class Inference:
         return err
 
     def _quick(self, spec: ModelSpec, size: int) -> bool:
-        """Whether the request may run on the event loop: a small request to an in-process, unbatched model
-        whose forward has been quick (measured on worker threads first)."""
+        """Whether the request may run on the event loop: a small request to an in-process model whose
+        forward (a batch's, when it batches) has been quick, measured on worker threads first."""
         cls = self.providers.get(spec.provider)
         forward = self._forward_s.get(spec.name)
         return (forward is not None and forward < QUICK_S and cls is not None and cls.in_process
-                and (spec.max_batch <= 1 or not cls.batchable) and size < TRIM_AFTER_BYTES)
+                and size < TRIM_AFTER_BYTES)
 
     def _timed(self, model: str, seconds: float) -> None:
         known = self._forward_s.get(model)
@@ -257,7 +285,9 @@ class Inference:
                                               self._executed)
             return self._batchers[key]
 
-    def _executed(self, model: str) -> None:
+    def _executed(self, model: str, seconds: float) -> None:
+        """A batch ran as one provider call, its forward taking `seconds`."""
+        self._timed(model, seconds)
         with self._lock:
             self._stats.setdefault(model, ModelStats()).execution_count += 1
 

@@ -115,6 +115,26 @@ def test_an_inline_call_queues_for_a_slot_in_order_and_runs_once_granted() -> No
     assert inference.stats("m").success_count == n + 1 and inference.stats("m").fail_count == 1
 
 
+def test_a_loop_waiters_time_in_the_queue_counts_in_its_statistics() -> None:
+    provider = Quick()
+    inference, _, spec = _setup(provider, max_in_flight=1)
+    _measured(inference, spec)
+    before = inference.stats("m")
+    gate = inference._gate("m")
+    gate.admit(spec, CallContext())                      # the one slot is taken
+    with pytest.raises(WouldWait) as queued:
+        inference.run(spec, _call(inline=True))
+    time.sleep(0.05)                                     # it waits its turn on the loop
+    gate.leave(spec)
+    again = _call(inline=True)
+    again.context.granted = queued.value.ticket
+    inference.run(spec, again)
+    after = inference.stats("m")
+    assert after.queue_count == before.queue_count + 1
+    assert after.queue_ns - before.queue_ns >= 50_000_000          # from its first attempt, not its rerun
+    assert after.success_ns - before.success_ns >= 50_000_000
+
+
 def test_an_inline_attempt_that_would_wait_changes_nothing() -> None:
     provider = Quick()
     inference, scheduler, spec = _setup(provider, max_in_flight=1)
@@ -134,22 +154,104 @@ def test_an_inline_attempt_that_would_wait_changes_nothing() -> None:
     assert inference.stats("m").fail_count == 0
 
 
-@pytest.mark.parametrize("provider, spec", [(Quick(seconds=QUICK_S * 3), {}), (Elsewhere(), {}),
-                                            (Quick(), {"max_batch": 8})],
-                         ids=["slow forward", "not in process", "batched"])
-def test_only_quick_in_process_unbatched_models_run_inline(provider: Quick, spec: dict) -> None:
-    type(provider).batchable = "max_batch" in spec
-    try:
-        inference, _, model = _setup(provider, **spec)
-        if not spec:
-            for _ in range(3):
-                inference.run(model, _call(inline=False))
-        else:
-            inference._timed("m", 0.0)                   # measured quick: batching alone keeps it off the loop
-        with pytest.raises(WouldWait):
-            inference.run(model, _call(inline=True))
-    finally:
-        type(provider).batchable = False
+@pytest.mark.parametrize("provider", [Quick(seconds=QUICK_S * 3), Elsewhere()], ids=["slow forward", "not in process"])
+def test_only_quick_in_process_models_run_inline(provider: Quick) -> None:
+    inference, _, model = _setup(provider)
+    for _ in range(3):
+        inference.run(model, _call(inline=False))
+    with pytest.raises(WouldWait) as attempt:
+        inference.run(model, _call(inline=True))
+    assert attempt.value.ticket is None and provider.calls == 3 and inference.queue_depth("m") == (0, 0)
+
+
+class Batchable(Quick):
+    batchable = True
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail, self.rows = fail, []
+
+    def infer(self, request: InferRequest) -> InferResult:
+        self.rows.append(len(request.tensors["x"]))
+        if self.fail:
+            raise RuntimeError("the batch broke")
+        return super().infer(request)
+
+
+def _row(value: float, inline: bool = True) -> InferRequest:
+    return InferRequest(tensors={"x": np.full((1, 4), value, np.float32)}, context=CallContext(inline=inline))
+
+
+def _again(seat: object, value: float) -> InferRequest:
+    """The call run again once its seat was granted (api/aio.py decodes the request anew)."""
+    request = _row(value)
+    request.context.granted = seat
+    return request
+
+
+def test_a_quick_batched_model_batches_on_the_loop_and_each_call_takes_its_own_share() -> None:
+    provider = Batchable()
+    inference, scheduler, spec = _setup(provider, max_batch=3, max_in_flight=8)
+    inference._timed("m", 0.0)                           # its batches measured quick
+    seats, woken = [], []
+    for value in (1.0, 2.0):
+        with pytest.raises(WouldWait) as seated:
+            inference.run(spec, _row(value))
+        seats.append(seated.value.ticket)
+        seated.value.ticket.when_granted(lambda v=value: woken.append(v))
+    assert seats[0].due == spec.max_delay_ms / 1000 and seats[1].due is None     # the opener times the batch
+    assert provider.rows == [] and scheduler.held == 1 and inference.queue_depth("m") == (2, 0)
+    _, third = inference.run(spec, _row(3.0))            # fills the batch: it runs in this call
+    assert provider.rows == [3] and third.tensors["y"].tolist() == [[6.0] * 4] and woken == [1.0, 2.0]
+    for seat, value in zip(seats, (1.0, 2.0)):
+        _, share = inference.run(spec, _again(seat, value))
+        assert share.tensors["y"].tolist() == [[value * 2] * 4]
+    stats = inference.stats("m")
+    assert (stats.success_count, stats.execution_count, stats.inference_count) == (3, 1, 3)
+    assert scheduler.held == 0 and inference.queue_depth("m") == (0, 0)
+
+
+def test_a_batch_on_the_loop_runs_when_due_without_the_callers_that_left() -> None:
+    provider = Batchable()
+    inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+    inference._timed("m", 0.0)
+    seats = []
+    for value in (1.0, 2.0):
+        with pytest.raises(WouldWait) as seated:
+            inference.run(spec, _row(value))
+        seats.append(seated.value.ticket)
+    seats[1].give_up()                                   # its caller went away: seat and slot given back
+    assert inference.queue_depth("m") == (1, 0)
+    seats[0].run_due()                                   # the delay is over: it runs with whoever is left
+    seats[0].run_due()                                   # once
+    assert provider.rows == [1] and scheduler.held == 0
+    _, share = inference.run(spec, _again(seats[0], 1.0))
+    assert share.tensors["y"].tolist() == [[2.0] * 4]
+    seats[0].give_up()                                   # taken already: nothing more to give back
+    assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 1
+
+
+def test_a_batch_that_fails_on_the_loop_fails_each_of_its_calls_with_a_code() -> None:
+    provider = Batchable(fail=True)
+    inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+    inference._timed("m", 0.0)
+    with pytest.raises(WouldWait) as seated:
+        inference.run(spec, _row(1.0))
+    seated.value.ticket.run_due()
+    with pytest.raises(WarmdError) as failed:
+        inference.run(spec, _again(seated.value.ticket, 1.0))
+    assert failed.value.code is Code.PROVIDER_FAILED and "the batch broke" in failed.value.message
+    assert inference.stats("m").fail_count == 1 and inference.queue_depth("m") == (0, 0) and scheduler.held == 0
+
+
+def test_a_batched_call_on_the_loop_for_a_model_not_resident_changes_nothing() -> None:
+    provider = Batchable()
+    inference, scheduler, spec = _setup(provider, resident=False, max_batch=8, max_in_flight=8)
+    inference._timed("m", 0.0)
+    with pytest.raises(WouldWait) as attempt:            # it would load first: a worker thread's job
+        inference.run(spec, _row(1.0))
+    assert attempt.value.ticket is None and inference.queue_depth("m") == (0, 0)
+    assert provider.rows == [] and inference.stats("m").success_count == 0
 
 
 def test_a_big_request_does_not_run_inline() -> None:

@@ -4,8 +4,9 @@ wait runs on a thread pool.
 Why: measured on 2 CPUs (bench/results/profiles/README.md), grpcio's sync server crosses threads three
 times per unary call and its 32 workers contend for the GIL; a call answered on the event loop crosses
 none. So a unary method marked `inline_first` runs on the loop first, where nothing may wait: the
-application layer raises `WouldWait` (before any effect) when the call would wait for a slot, a load, or a
-model whose forward is not quick, and the call starts again on a worker thread. Every other method (loads,
+application layer raises `WouldWait` (before any effect) when the call would wait for a load or a model
+whose forward is not quick, and the call starts again on a worker thread; a call that waits its turn (an
+admission slot, its batch) waits on the loop and runs there again once granted. Every other method (loads,
 pulls, watches, streams, administration) runs on a worker thread, as it did under the sync server.
 
 Every method's handler is built once (`serve`), from the handlers the generated `add_*_to_server`
@@ -200,7 +201,8 @@ def _thread_unary(inner: Callable[..., Any], pool: futures.Executor, gate: Any, 
 async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext,
                    loop: asyncio.AbstractEventLoop) -> Any:
     """The call's outcome on the event loop, or _WAIT when it must run where it may wait. A call queued for
-    an admission slot waits for its grant here, in its place in the model's queue, and runs again."""
+    an admission slot, or seated in a batch, waits for its grant here (in its place in the model's queue, or
+    until its batch ran) and runs again."""
     ticket = None
     try:
         while True:
@@ -215,6 +217,8 @@ async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.Se
             ticket = queued
             granted = loop.create_future()
             ticket.when_granted(functools.partial(_wake, loop, granted))
+            if ticket.due is not None:      # it opened a batch (warmd/batching.py), which runs by then
+                loop.call_later(ticket.due, ticket.run_due)
             await granted           # cancelled with the RPC: the finally gives the place up
     finally:
         if ticket is not None:
