@@ -7,7 +7,9 @@ The load is bench/peers.py's (grpc.aio clients in 2 processes, a channel each, V
 back to back; the echo server gets the same request bytes); the daemon runs with its default settings, as
 in bench/peers.py. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
 its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Rounds
-alternate between the servers; each figure is the median of the rounds. Server CPU per call is the figure
+alternate between the servers; each figure is the median of the rounds. Two more rows run a model whose
+forward is ten times the tiny MLP's (64-1024-1024-10: 0.3 ms for one row, 1.8 ms for 32 on one core),
+without and with dynamic batching: where batching can pay. Server CPU per call is the figure
 a shared machine disturbs least. `--baseline DIR` adds the same rows for another checkout's daemon/ (e.g.
 `git worktree add DIR main`), measured in the same rounds: before/after a change in one run.
 """
@@ -29,7 +31,10 @@ from models import write_mlp
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
 ROWS = {"warmd, spec defaults (max_in_flight 4)": "mlp", "warmd, max_in_flight 32": "wide",
-        "warmd, dynamic batching (max_batch 32, 1 ms)": "batched"}
+        "warmd, dynamic batching (max_batch 32, 1 ms)": "batched",
+        "warmd, MLP 64-1024-1024-10, max_in_flight 32": "medium",
+        "warmd, MLP 64-1024-1024-10, dynamic batching (max_batch 32, 1 ms)": "medium-batched"}
+MEDIUM = (64, 1024, 1024, 10)
 
 
 def main() -> int:
@@ -47,11 +52,11 @@ def main() -> int:
         specs = root / "specs"
         specs.mkdir()
         for model in ROWS.values():
-            write_mlp(specs, model)
+            write_mlp(specs, model, sizes=MEDIUM if model.startswith("medium") else (64, 128, 10))
         wide = f"max_in_flight: {args.clients}\n"
-        (specs / "wide.yaml").write_text((specs / "wide.yaml").read_text() + wide)
-        (specs / "batched.yaml").write_text((specs / "batched.yaml").read_text() + wide +
-                                            f"max_batch: {args.clients}\nmax_delay_ms: 1\n")
+        batched = wide + f"max_batch: {args.clients}\nmax_delay_ms: 1\n"
+        for model, extra in (("wide", wide), ("batched", batched), ("medium", wide), ("medium-batched", batched)):
+            (specs / f"{model}.yaml").write_text((specs / f"{model}.yaml").read_text() + extra)
         esock = root / "e.sock"
         echo = stack.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
         started = {}
