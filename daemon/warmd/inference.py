@@ -43,7 +43,9 @@ _INPUT_MISMATCH = re.compile(
     r"invalid_argument|invalid rank|invalid dimensions", re.IGNORECASE)
 _OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 # A call may run on the gRPC event loop (api/aio.py) when its model's forward takes less than this (a moving
-# average of the last calls): the loop answers nothing else meanwhile.
+# average of the last calls): the loop answers nothing else meanwhile. A quick model stays quick until its
+# average passes twice this: each path measures the other's load in its forwards (a busy loop's, the worker
+# threads' contention for the GIL), and a model near the line would move between them with every few calls.
 QUICK_S = 0.001
 _QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
 
@@ -169,6 +171,7 @@ class Inference:
         self._gates: dict[str, _Gate] = {}
         self._batchers: dict[tuple, Batcher] = {}
         self._forward_s: dict[str, float] = {}     # model -> moving average of its provider's infer() time
+        self._quick_models: set[str] = set()        # models whose calls may run on the loop (QUICK_S)
         self._lock = threading.Lock()
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
         self.observer: Callable[[str, str, float], None] | None = None
@@ -258,13 +261,16 @@ class Inference:
         """Whether the request may run on the event loop: a small request to an in-process model whose
         forward (a batch's, when it batches) has been quick, measured on worker threads first."""
         cls = self.providers.get(spec.provider)
-        forward = self._forward_s.get(spec.name)
-        return (forward is not None and forward < QUICK_S and cls is not None and cls.in_process
+        return (spec.name in self._quick_models and cls is not None and cls.in_process
                 and size < TRIM_AFTER_BYTES)
 
     def _timed(self, model: str, seconds: float) -> None:
         known = self._forward_s.get(model)
-        self._forward_s[model] = seconds if known is None else known + _QUICK_WEIGHT * (seconds - known)
+        average = self._forward_s[model] = seconds if known is None else known + _QUICK_WEIGHT * (seconds - known)
+        if average < QUICK_S:
+            self._quick_models.add(model)
+        elif average > 2 * QUICK_S:
+            self._quick_models.discard(model)
 
     def _gate(self, model: str) -> _Gate:
         gate = self._gates.get(model)       # read without the lock: gates are only ever added

@@ -164,6 +164,21 @@ def test_only_quick_in_process_models_run_inline(provider: Quick) -> None:
     assert attempt.value.ticket is None and provider.calls == 3 and inference.queue_depth("m") == (0, 0)
 
 
+def test_a_quick_model_stays_quick_until_its_forward_averages_twice_the_line() -> None:
+    inference, _, spec = _setup(Quick())
+
+    def averaging(seconds: float) -> bool:
+        for _ in range(40):                          # the moving average settles on `seconds`
+            inference._timed("m", seconds)
+        return inference._quick(spec, 0)
+
+    assert not averaging(QUICK_S * 1.5)              # not quick yet: it enters under QUICK_S
+    assert averaging(QUICK_S * 0.5)
+    assert averaging(QUICK_S * 1.5)                  # near the line it stays where it is
+    assert not averaging(QUICK_S * 2.5)              # and leaves past twice the line
+    assert not averaging(QUICK_S * 1.5)
+
+
 class Batchable(Quick):
     batchable = True
 
