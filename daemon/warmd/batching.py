@@ -50,10 +50,10 @@ class Batcher:
     """One model's batch queue and the thread that drains it."""
 
     def __init__(self, scheduler: Scheduler, model: str, max_batch: int, max_delay_s: float,
-                 executed: Callable[[str, float], None]) -> None:
+                 executed: Callable[[str, float, bool], None]) -> None:
         self.scheduler, self.model = scheduler, model
         self.max_batch, self.max_delay_s = max_batch, max_delay_s
-        self._executed = executed           # told of each batch's forward and its seconds
+        self._executed = executed           # told of each batch's forward: seconds, whether on the loop
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._open: dict[tuple, _LoopBatch] = {}       # by _Item.key(); the event loop's alone
         threading.Thread(target=self._loop, name=f"batch-{model}", daemon=True).start()
@@ -120,13 +120,13 @@ class Batcher:
         keep_alive = next((i.keep_alive for i in live if i.keep_alive is not None), None)
         try:
             with self.scheduler.acquire(self.model, keep_alive=keep_alive) as resident:
-                self._forward(resident, live)
+                self._forward(resident, live, on_loop=False)
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
 
-    def _forward(self, resident: Resident, items: list[_Item]) -> None:
+    def _forward(self, resident: Resident, items: list[_Item], on_loop: bool) -> None:
         """Run `items` as one provider call on `resident`; each item's future gets its share or the error."""
         first = items[0].request
         try:
@@ -136,7 +136,7 @@ class Batcher:
                 device_outputs=first.device_outputs)
             started = time.perf_counter()
             result = resident.provider.infer(joined)
-            self._executed(self.model, time.perf_counter() - started)
+            self._executed(self.model, time.perf_counter() - started, on_loop)
             shares = _split(result, [i.rows() for i in items])
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it
             for item in items:
@@ -163,7 +163,7 @@ class _LoopBatch:
             del self.batcher._open[self.key]
         try:
             if self.seats:
-                self.batcher._forward(self.resident, [seat.item for seat in self.seats])
+                self.batcher._forward(self.resident, [seat.item for seat in self.seats], on_loop=True)
         finally:
             self.batcher.scheduler.release(self.resident)
         for seat in self.seats:

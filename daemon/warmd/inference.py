@@ -44,10 +44,17 @@ _INPUT_MISMATCH = re.compile(
 _OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 # A call may run on the gRPC event loop (api/aio.py) when its model's forward takes less than this (a moving
 # average of the last calls): the loop answers nothing else meanwhile. A quick model stays quick until its
-# average passes twice this: each path measures the other's load in its forwards (a busy loop's, the worker
-# threads' contention for the GIL), and a model near the line would move between them with every few calls.
+# average on the loop passes twice this: near the line, calls would move between the loop and the worker
+# threads with every few calls.
 QUICK_S = 0.001
 _QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
+# On worker threads a forward's time includes waiting for the GIL while other calls hold it: under a steady
+# load that can hold a quick model over the line for as long as the load lasts. So a model whose forward
+# there averages under PROBE_BELOW_S gets one call in PROBE_EVERY tried on the loop, PROBES at most, to be
+# measured where it would run.
+PROBE_BELOW_S = 4 * QUICK_S
+PROBE_EVERY = 8
+PROBES = 4
 
 
 @dataclass
@@ -61,6 +68,47 @@ class ModelStats:
     last_inference_ms: int = 0
     queue_count: int = 0
     queue_ns: int = 0
+
+
+@dataclass
+class _Pace:
+    """How long one model's forward takes, measured apart on worker threads and on the event loop, and whether
+    its calls may run on the loop (QUICK_S, PROBE_BELOW_S). Updated from many threads without a lock: a lost
+    update only delays a decision by a call."""
+
+    threads_s: float | None = None      # moving average of its forwards on worker threads
+    loop_s: float | None = None         # ... on the event loop
+    quick: bool = False
+    probes: int = 0                     # calls tried on the loop while not quick, since it was last quick
+    asked: int = 0                      # inline attempts while not quick
+
+    def measured(self, seconds: float, on_loop: bool) -> None:
+        if on_loop:
+            self.loop_s = _averaged(self.loop_s, seconds)
+            if self.loop_s < QUICK_S:
+                self.quick = True
+            elif self.loop_s > 2 * QUICK_S:
+                self.quick = False
+            return
+        self.threads_s = _averaged(self.threads_s, seconds)
+        if not self.quick and self.threads_s < QUICK_S:
+            self.quick, self.loop_s, self.probes = True, None, 0
+
+    def may_run_on_loop(self) -> bool:
+        """Whether a small request's call may run on the loop now: quick, or the probe's turn."""
+        if self.quick:
+            return True
+        if self.threads_s is None or self.threads_s > PROBE_BELOW_S or self.probes >= PROBES:
+            return False
+        self.asked += 1
+        if self.asked % PROBE_EVERY:
+            return False
+        self.probes += 1
+        return True
+
+
+def _averaged(average: float | None, seconds: float) -> float:
+    return seconds if average is None else average + _QUICK_WEIGHT * (seconds - average)
 
 
 class _Ticket:
@@ -170,8 +218,7 @@ class Inference:
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
         self._batchers: dict[tuple, Batcher] = {}
-        self._forward_s: dict[str, float] = {}     # model -> moving average of its provider's infer() time
-        self._quick_models: set[str] = set()        # models whose calls may run on the loop (QUICK_S)
+        self._paces: dict[str, _Pace] = {}          # model -> its forward's times (only ever added)
         self._lock = threading.Lock()
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
         self.observer: Callable[[str, str, float], None] | None = None
@@ -216,7 +263,7 @@ class Inference:
                     try:
                         started = time.perf_counter()
                         result = resident.provider.infer(request)
-                        self._timed(model, time.perf_counter() - started)
+                        self._timed(model, time.perf_counter() - started, on_loop=inline)
                     finally:
                         self.scheduler.release(resident)
                 elif not inline:
@@ -261,16 +308,17 @@ class Inference:
         """Whether the request may run on the event loop: a small request to an in-process model whose
         forward (a batch's, when it batches) has been quick, measured on worker threads first."""
         cls = self.providers.get(spec.provider)
-        return (spec.name in self._quick_models and cls is not None and cls.in_process
-                and size < TRIM_AFTER_BYTES)
+        return (cls is not None and cls.in_process and size < TRIM_AFTER_BYTES
+                and self._pace(spec.name).may_run_on_loop())
 
-    def _timed(self, model: str, seconds: float) -> None:
-        known = self._forward_s.get(model)
-        average = self._forward_s[model] = seconds if known is None else known + _QUICK_WEIGHT * (seconds - known)
-        if average < QUICK_S:
-            self._quick_models.add(model)
-        elif average > 2 * QUICK_S:
-            self._quick_models.discard(model)
+    def _timed(self, model: str, seconds: float, on_loop: bool = False) -> None:
+        self._pace(model).measured(seconds, on_loop)
+
+    def _pace(self, model: str) -> _Pace:
+        pace = self._paces.get(model)
+        if pace is None:
+            pace = self._paces.setdefault(model, _Pace())
+        return pace
 
     def _gate(self, model: str) -> _Gate:
         gate = self._gates.get(model)       # read without the lock: gates are only ever added
@@ -291,9 +339,9 @@ class Inference:
                                               self._executed)
             return self._batchers[key]
 
-    def _executed(self, model: str, seconds: float) -> None:
-        """A batch ran as one provider call, its forward taking `seconds`."""
-        self._timed(model, seconds)
+    def _executed(self, model: str, seconds: float, on_loop: bool) -> None:
+        """A batch ran as one provider call, its forward taking `seconds` (on the event loop or a thread)."""
+        self._timed(model, seconds, on_loop)
         with self._lock:
             self._stats.setdefault(model, ModelStats()).execution_count += 1
 

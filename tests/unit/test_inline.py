@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from warmd.errors import Code, WarmdError, WouldWait
-from warmd.inference import QUICK_S, Inference
+from warmd.inference import PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.spec import ModelSpec, Source
 
@@ -68,7 +68,7 @@ def _measured(inference: Inference, spec: ModelSpec) -> int:
     needs a few more."""
     for count in range(1, 101):
         inference.run(spec, _call(inline=False))
-        if inference._quick(spec, 0):
+        if inference._pace(spec.name).quick:
             return count
     raise AssertionError("a quick forward never measured under QUICK_S")
 
@@ -164,19 +164,51 @@ def test_only_quick_in_process_models_run_inline(provider: Quick) -> None:
     assert attempt.value.ticket is None and provider.calls == 3 and inference.queue_depth("m") == (0, 0)
 
 
-def test_a_quick_model_stays_quick_until_its_forward_averages_twice_the_line() -> None:
+def test_a_quick_model_stays_quick_until_its_forward_on_the_loop_averages_twice_the_line() -> None:
     inference, _, spec = _setup(Quick())
 
-    def averaging(seconds: float) -> bool:
+    def averaging(seconds: float, on_loop: bool) -> bool:
         for _ in range(40):                          # the moving average settles on `seconds`
-            inference._timed("m", seconds)
-        return inference._quick(spec, 0)
+            inference._timed("m", seconds, on_loop)
+        return inference._pace("m").quick
 
-    assert not averaging(QUICK_S * 1.5)              # not quick yet: it enters under QUICK_S
-    assert averaging(QUICK_S * 0.5)
-    assert averaging(QUICK_S * 1.5)                  # near the line it stays where it is
-    assert not averaging(QUICK_S * 2.5)              # and leaves past twice the line
-    assert not averaging(QUICK_S * 1.5)
+    assert not averaging(QUICK_S * 1.5, on_loop=False)      # not quick yet: it enters under QUICK_S
+    assert averaging(QUICK_S * 0.5, on_loop=False)
+    assert averaging(QUICK_S * 1.5, on_loop=True)           # near the line it stays where it is
+    assert averaging(QUICK_S * 5, on_loop=False)            # a slow big request on a thread: still quick
+    assert not averaging(QUICK_S * 2.5, on_loop=True)       # it leaves past twice the line
+    assert not averaging(QUICK_S * 1.5, on_loop=True)
+
+
+def test_a_model_held_over_the_line_by_contention_on_the_threads_is_measured_on_the_loop() -> None:
+    provider = Quick()
+    inference, _, spec = _setup(provider)
+    for _ in range(40):
+        inference._timed("m", QUICK_S * 1.5)         # the worker threads' measure, under a load
+    ran = []
+    for attempt in range(PROBE_EVERY):
+        try:
+            inference.run(spec, _call(inline=True))
+            ran.append(attempt)
+        except WouldWait as wait:
+            assert wait.ticket is None
+    assert ran == [PROBE_EVERY - 1] and provider.calls == 1     # one probe; its forward on the loop is quick
+    inference.run(spec, _call(inline=True))                      # quick now: every call
+    assert provider.calls == 2 and inference.stats("m").success_count == 2
+
+
+@pytest.mark.parametrize("threads_s", [QUICK_S * 1.5, PROBE_BELOW_S * 2], ids=["slow on the loop too", "slow"])
+def test_probes_of_a_slow_model_are_few_and_a_slower_one_gets_none(threads_s: float) -> None:
+    provider = Quick(seconds=QUICK_S * 3)
+    inference, _, spec = _setup(provider)
+    for _ in range(40):
+        inference._timed("m", threads_s)
+    for _ in range(PROBE_EVERY * (PROBES + 4)):
+        try:
+            inference.run(spec, _call(inline=True))
+        except WouldWait:
+            pass
+    assert provider.calls == (PROBES if threads_s < PROBE_BELOW_S else 0)
 
 
 class Batchable(Quick):
