@@ -184,6 +184,7 @@ class Seat:
     due: float | None = None     # set on the seat that opened the batch: `run_due` this many seconds later
     granted: bool = False
     taken: bool = False
+    on_abandon: Callable[[], None] | None = None    # counts the call as failed (Inference.run sets it)
     _on_grant: Callable[[], None] | None = None
 
     def grant(self) -> None:
@@ -206,14 +207,21 @@ class Seat:
         self.taken = True
         return self.item.future.result()
 
-    def give_up(self) -> None:
-        """The caller went away: leave the batch if it has not run, and give the admission slot back."""
+    def give_up(self) -> bool:
+        """The caller went away: leave the batch if it has not run, and give the admission slot back.
+        Returns whether there was a seat to give up."""
         if self.taken:
-            return
+            return False
         self.taken = True
         if not self.batch.done:
             self.batch.seats.remove(self)
         self.leave()
+        return True
+
+    def abandon(self) -> None:
+        """The RPC ended while the call waited (cancelled, past its deadline): give up, and count the call."""
+        if self.give_up() and self.on_abandon is not None:
+            self.on_abandon()
 
 
 def _is_torch(array: Any) -> bool:

@@ -117,6 +117,7 @@ class _Ticket:
     `when_granted`."""
 
     due = None      # not a batch's seat (batching.Seat): api/aio.py has nothing to run for it
+    on_abandon: Callable[[], None] | None = None    # counts the call as failed (Inference.run sets it)
 
     def __init__(self, gate: "_Gate", spec: ModelSpec, t0: int) -> None:
         self.gate, self.spec = gate, spec
@@ -141,17 +142,23 @@ class _Ticket:
                 return
         callback()
 
-    def give_up(self) -> None:
+    def give_up(self) -> bool:
         """The caller went away before taking its slot (cancelled, its deadline passed, its model gone):
-        leave the queue, or the granted slot."""
+        leave the queue, or the granted slot. Returns whether there was a place to give up."""
         with self.gate.lock:
             if self.taken:
-                return
+                return False
             self.taken = True
             if not self.granted:
                 self.gate.queue.remove(self)
-                return
+                return True
         self.gate.leave(self.spec)
+        return True
+
+    def abandon(self) -> None:
+        """The RPC ended while the call waited (cancelled, past its deadline): give up, and count the call."""
+        if self.give_up() and self.on_abandon is not None:
+            self.on_abandon()
 
 
 class _Gate:
@@ -277,6 +284,10 @@ class Inference:
             finally:
                 if not seated:
                     gate.leave(spec)
+        except WouldWait as wait:
+            if wait.ticket is not None:     # it waits on the loop: if its RPC ends meanwhile, it counts as failed
+                wait.ticket.on_abandon = functools.partial(self._abandoned, spec, request, t0)
+            raise
         except Exception as exc:  # noqa: BLE001 - the boundary: every provider failure gets its code here
             # Raised from here, not kept in a local: a frame holding the error its traceback holds is a cycle
             # that keeps the request (a 10 MiB text) alive until the garbage collector runs.
@@ -297,6 +308,11 @@ class Inference:
             seat.leave()
         self._record(spec.name, seat.item.request, seat.t0, ok=True, queued_ns=seat.queued_ns)
         return resident, result
+
+    def _abandoned(self, spec: ModelSpec, request: InferRequest, t0: int) -> None:
+        """Count a call whose RPC ended while it waited on the loop, as the worker threads count theirs."""
+        code = Code.DEADLINE_EXCEEDED if request.context.past_deadline() else Code.CANCELLED
+        self._record(spec.name, request, t0, ok=False, code=code.value)
 
     def _failed(self, spec: ModelSpec, request: InferRequest, t0: int, exc: Exception) -> WarmdError:
         """Count a failed call and return its error (a provider's exception classified)."""

@@ -291,6 +291,33 @@ def test_a_batch_that_fails_on_the_loop_fails_each_of_its_calls_with_a_code() ->
     assert inference.stats("m").fail_count == 1 and inference.queue_depth("m") == (0, 0) and scheduler.held == 0
 
 
+def test_a_call_whose_rpc_ends_while_it_waits_on_the_loop_counts_as_failed_with_its_code() -> None:
+    inference, _, spec = _setup(Batchable(), max_in_flight=1, max_batch=4)
+    inference._timed("m", 0.0)
+    codes: list[str] = []
+    inference.observer = lambda _model, code, _seconds: codes.append(code)     # what metrics hear
+    gate = inference._gate("m")
+    gate.admit(spec, CallContext())                      # the one slot is taken
+    with pytest.raises(WouldWait) as queued:
+        inference.run(spec, _call(inline=True))
+    late = _call(inline=True)
+    late.context.deadline = time.monotonic() - 1         # its deadline passed while it waited
+    with pytest.raises(WouldWait) as overdue:
+        inference.run(spec, late)
+    queued.value.ticket.abandon()                        # api/aio.py: the RPC was cancelled
+    overdue.value.ticket.abandon()
+    overdue.value.ticket.abandon()                       # once
+    assert inference.stats("m").fail_count == 2 and inference.queue_depth("m") == (1, 0)
+    gate.leave(spec)
+    with pytest.raises(WouldWait) as seated:             # a seat in a batch on the loop, the same
+        inference.run(spec, _call(inline=True))
+    seated.value.ticket.abandon()
+    seated.value.ticket.run_due()
+    assert inference.stats("m").fail_count == 3 and inference.queue_depth("m") == (0, 0)
+    assert inference.stats("m").success_count == 0
+    assert codes == ["cancelled", "deadline_exceeded", "cancelled"]
+
+
 def test_a_batched_call_on_the_loop_for_a_model_not_resident_changes_nothing() -> None:
     provider = Batchable()
     inference, scheduler, spec = _setup(provider, resident=False, max_batch=8, max_in_flight=8)

@@ -219,7 +219,11 @@ async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.Se
             ticket.when_granted(functools.partial(_wake, loop, granted))
             if ticket.due is not None:      # it opened a batch (warmd/batching.py), which runs by then
                 loop.call_later(ticket.due, ticket.run_due)
-            await granted           # cancelled with the RPC: the finally gives the place up
+            try:
+                await granted
+            except asyncio.CancelledError:      # the RPC ended: its place is given up, the call counted
+                ticket.abandon()
+                raise
     finally:
         if ticket is not None:
             ticket.give_up()        # a no-op once the call took its slot
