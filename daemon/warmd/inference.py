@@ -322,7 +322,7 @@ class Inference:
 
     def _quick(self, spec: ModelSpec, size: int) -> bool:
         """Whether the request may run on the event loop: a small request to an in-process model whose
-        forward (a batch's, when it batches) has been quick, measured on worker threads first."""
+        forward (a batch's, when it batches) has been quick (`_Pace`), or the probe's turn."""
         cls = self.providers.get(spec.provider)
         return (cls is not None and cls.in_process and size < TRIM_AFTER_BYTES
                 and self._pace(spec.name).may_run_on_loop())
