@@ -118,8 +118,9 @@ _FROM_STATUS: dict[grpc.StatusCode, Code] = {
 
 class WouldWait(BaseException):
     """Not an error a caller sees: a call tried on the gRPC event loop (api/aio.py) would wait for a load or
-    a slow model, so it starts again on a worker thread; or for a slot, when `ticket` holds its place in the
-    model's queue: the loop waits for the grant (`ticket.when_granted`, `ticket.give_up`) and runs it again.
+    a slow model, so it starts again on a worker thread; or it waits its turn, when `ticket` holds its place
+    (in the model's admission queue, or a seat in its batch on the loop): the loop waits for the grant
+    (`ticket.when_granted`, `give_up`, `abandon`) and runs it again.
     Raised before the call has any effect; a BaseException, so that no boundary that turns exceptions into
     codes (`except Exception`) takes it."""
 

@@ -247,7 +247,10 @@ class Inference:
         """
         granted = request.context.granted
         if isinstance(granted, Seat):
-            return self._take(spec, granted)
+            if granted.batch.batcher.model == spec.name:
+                return self._take(spec, granted)
+            granted.give_up()       # the call now goes to another model (a role moved): its share is not its own
+            request.context.granted = granted = None
         model = spec.name
         # A call that waited on the loop for its slot counts from its first attempt (its queue time too).
         t0 = granted.t0 if isinstance(granted, _Ticket) else time.perf_counter_ns()

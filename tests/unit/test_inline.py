@@ -180,7 +180,13 @@ def test_a_quick_model_stays_quick_until_its_forward_on_the_loop_averages_twice_
     assert not averaging(QUICK_S * 1.5, on_loop=True)
 
 
-def test_a_model_held_over_the_line_by_contention_on_the_threads_is_measured_on_the_loop() -> None:
+def test_a_model_held_over_the_line_by_contention_on_the_threads_is_measured_on_the_loop(monkeypatch) -> None:
+    import warmd.inference
+
+    ticks = iter(range(10**6))          # every forward measures 10 µs, however busy the machine is
+    monkeypatch.setattr(warmd.inference, "time", SimpleNamespace(
+        **{n: getattr(time, n) for n in ("perf_counter_ns", "monotonic", "time")},
+        perf_counter=lambda: next(ticks) * 10e-6))
     provider = Quick()
     inference, _, spec = _setup(provider)
     for _ in range(40):
@@ -316,6 +322,20 @@ def test_a_call_whose_rpc_ends_while_it_waits_on_the_loop_counts_as_failed_with_
     assert inference.stats("m").fail_count == 3 and inference.queue_depth("m") == (0, 0)
     assert inference.stats("m").success_count == 0
     assert codes == ["cancelled", "deadline_exceeded", "cancelled"]
+
+
+def test_a_seat_taken_for_one_model_is_given_back_when_the_call_goes_to_another() -> None:
+    provider = Batchable()
+    inference, _, spec = _setup(provider, max_batch=8, max_in_flight=8)
+    inference._timed("m", 0.0)
+    with pytest.raises(WouldWait) as seated:
+        inference.run(spec, _row(1.0))
+    other = ModelSpec(name="n", file=Path("n.yaml"), source=Source("path", "w"), provider="fake")
+    with pytest.raises(WouldWait) as moved:              # run again, its name now resolves to "n" (not quick)
+        inference.run(other, _again(seated.value.ticket, 1.0))
+    assert moved.value.ticket is None and inference.queue_depth("m") == (0, 0)
+    seated.value.ticket.run_due()
+    assert provider.rows == [] and inference.stats("m").success_count == 0
 
 
 def test_a_batched_call_on_the_loop_for_a_model_not_resident_changes_nothing() -> None:

@@ -69,7 +69,7 @@ class SyncContext:
     def __init__(self, context: grpc.aio.ServicerContext, on_loop: bool = False, granted: Any = None) -> None:
         self._context = context
         self.on_loop = on_loop     # this attempt runs on the event loop, where nothing may wait
-        self.granted = granted     # the admission slot the loop waited for (CallContext.granted)
+        self.granted = granted     # the ticket the loop waited for: a slot or a batch's seat (CallContext.granted)
         self._ended = False
         self._callbacks: list[Callable[[], Any]] = []
         self._lock = threading.Lock()
@@ -230,7 +230,8 @@ async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.Se
 
 
 def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
-    """From the thread that granted the slot (inside the gate's lock): resolve `future` on the loop."""
+    """From whatever granted the ticket (a worker thread leaving its slot, inside the gate's lock; a batch run
+    on the loop): resolve `future` on the loop."""
     with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
         loop.call_soon_threadsafe(_resolve, future)
 

@@ -95,7 +95,7 @@ class CallContext:
                  sink: Callable[[str, Any], None] | None = None, inline: bool = False) -> None:
         self.cancelled = Flag()
         self.inline = inline                     # on the gRPC event loop: the call may not wait (api/aio.py)
-        self.granted: Any = None                 # the admission slot the event loop waited for, to take
+        self.granted: Any = None                 # what the event loop waited for: a slot to take, a batch's seat
         self.deadline = deadline                 # time.monotonic() value, or None
         self._sink = sink                        # None: nobody listens (a unary call)
         self._on_cancel: list[Callable[[], None]] = []
