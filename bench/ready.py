@@ -1,11 +1,17 @@
 """Time to ready with 100 specs: from process start to a ListModels answer listing all 100,
 against the floor of a bare grpcio server process answering on the same kind of socket.
 
-    .venv/bin/python bench/ready.py [--specs 100] [--runs 5]
+    .venv/bin/python bench/ready.py [--specs 100] [--runs 5] [--baseline DIR]
+
+Each run starts warmd twice on one set of state folders: its first start (no spec validated before) and a
+later start with the specs unchanged (what a daemon that starts at login does on most days; warmd.validated).
+`--baseline DIR` starts another checkout's daemon/ the same way in the same runs; the processes take turns
+going first.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -18,7 +24,6 @@ from common import compile_daemon, process, wait_for, workdir, write_report
 from echo_server import METHOD
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
-
 
 SPEC = """\
 description: spec {i} of a large folder
@@ -34,13 +39,13 @@ outputs:
 """
 
 
-def time_warmd(root: Path, specs: Path, count: int) -> float:
+def time_warmd(root: Path, specs: Path, count: int, daemon_dir: Path | None) -> float:
     from warm import Client
 
     sock = root / "w.sock"
     start = time.monotonic()
     with process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(sock)],
-                 root, "warmd.log"):
+                 root, "warmd.log", {"PYTHONPATH": str(daemon_dir)} if daemon_dir else None):
         with Client(sock, timeout=2) as client:
             ready = wait_for(lambda: sock.exists() and len(client.list().models) == count)
     return ready - start
@@ -60,28 +65,40 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--specs", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, help="another checkout whose daemon/ to start beside this one")
     args = parser.parse_args()
+    daemons = {"warmd": None, **({"baseline": args.baseline.resolve() / "daemon"} if args.baseline else {})}
     compile_daemon()
-    warmd_s, echo_s = [], []
+    if args.baseline:
+        compile_daemon(args.baseline.resolve())
+    times: dict[str, list[float]] = {}
     with workdir() as root:
         specs = root / "specs"
         specs.mkdir()
         for i in range(args.specs):
             (specs / f"model-{i:03d}.yaml").write_text(SPEC.format(i=i, g=i % 7))
-        for _ in range(args.runs):            # alternate the two
-            warmd_s.append(time_warmd(root, specs, args.specs))
-            echo_s.append(time_echo(root))
-    w, e = statistics.median(warmd_s), statistics.median(echo_s)
+        for run in range(args.runs):
+            order = list(daemons.items())[::1 if run % 2 == 0 else -1]
+            for name, daemon_dir in order:
+                home = root / f"{name}-{run}"           # fresh state folders: a first start
+                home.mkdir()
+                for start in ("first start", "later start"):
+                    times.setdefault(f"{name} serve, {start}", []).append(
+                        time_warmd(home, specs, args.specs, daemon_dir))
+            times.setdefault("bare grpcio echo server (floor)", []).append(time_echo(root))
+    floor = statistics.median(times["bare grpcio echo server (floor)"])
     lines = [f"# Time to ready, {args.specs} specs",
              "",
-             f"`.venv/bin/python bench/ready.py --specs {args.specs} --runs {args.runs}` on "
-             f"{platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
+             f"`.venv/bin/python bench/ready.py --specs {args.specs} --runs {args.runs}"
+             f"{' --baseline ' + str(args.baseline) if args.baseline else ''}` on {platform.machine()}, "
+             f"{os.cpu_count()} CPUs, {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}; "
+             "warmd until ListModels lists all the specs",
              "",
-             "| process | median s | max s | ratio to bare grpcio |",
-             "|---|---|---|---|",
-             f"| warmd serve, {args.specs} specs, until ListModels lists all | {w:.3f} | {max(warmd_s):.3f} | {w / e:.2f}x |",
-             f"| bare grpcio echo server (floor) | {e:.3f} | {max(echo_s):.3f} | 1.00x |"]
-    write_report('ready', lines)
+             "| process | median s | min s | max s | median / floor's |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {statistics.median(t):.3f} | {min(t):.3f} | {max(t):.3f} | "
+              f"{statistics.median(t) / floor:.2f}x |" for name, t in times.items()]
+    write_report("ready-baseline" if args.baseline else "ready", lines)
     return 0
 
 

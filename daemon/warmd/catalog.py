@@ -1,8 +1,8 @@
 """The set of specs in the specs folder, kept current by watching it and every model's local files.
 
 A rescan looks at every spec file (reading only files whose stat changed, re-parsing only files whose bytes
-changed), fingerprints each model's
-local inputs (its path or package source, a torch factory module: sizes, mtimes, inodes, see
+changed, and at a start not those whose bytes passed at an earlier one: warmd.validated), fingerprints each
+model's local inputs (its path or package source, a torch factory module: sizes, mtimes, inodes, see
 warmd.store.local), then compares the new set of models with the old by name: added, changed, removed.
 An edited weights file or factory module is a changed model, like an edited spec. A file that used to
 hold a valid spec and now fails validation keeps its last good spec active (a broken save never takes a
@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from warmd.errors import Code, WarmdError
 from warmd.events import EventBus
 from warmd.providers import Provider
 from warmd.spec import NAME_PATTERN, ModelSpec, SpecFileError, did_you_mean, parse_spec_file
 from warmd.store import local
+from warmd.validated import ValidatedSpecs, rules
 from warmd.watch import Watches
 
 log = logging.getLogger(__name__)
@@ -64,12 +63,14 @@ class Catalog:
 
     def __init__(self, root: Path, path_roots: list[Path], providers: Mapping[str, type[Provider]],
                  bus: EventBus, debounce_s: float = 0.25,
-                 place: Callable[[ModelSpec], ModelSpec] = lambda spec: spec) -> None:
+                 place: Callable[[ModelSpec], ModelSpec] = lambda spec: spec,
+                 validated_file: Path | None = None) -> None:
         self.root, self.path_roots, self.providers, self.bus = root, path_roots, providers, bus
         self.debounce_s = debounce_s
         # Where each spec runs (warmd.cluster.Placement): the spec as this daemon serves it, or SpecFileError.
         self.place = place
         self._files: dict[Path, _FileState] = {}
+        self._validated = ValidatedSpecs(validated_file)     # files that passed at an earlier start
         self._specs: dict[str, ModelSpec] = {}
         self.generation = 0      # moves with every rescan's result: what `specs()` and `rejected()` give
         self._rejected: dict[Path, SpecFileError] = {}
@@ -133,6 +134,7 @@ class Catalog:
     def rescan(self) -> None:
         """Bring the catalog in line with the folder and notify listeners of every difference."""
         with self._scan_lock:
+            self._validated.follow(rules(self.providers))
             files, folder_error = self._spec_files()
             states = {p: self._file_state(p) for p in files}
             with self._lock:
@@ -178,7 +180,8 @@ class Catalog:
         if known is not None and known.digest == digest and digest:
             return dataclasses.replace(known, stamp=stamp)
         try:
-            return _FileState(digest, stamp, spec=parse_spec_file(path, self.root, self.path_roots, self.providers))
+            spec = parse_spec_file(path, self.root, self.path_roots, self.providers, self._validated)
+            return _FileState(digest, stamp, spec=spec)
         except SpecFileError as err:
             return _FileState(digest, stamp, error=err)
 
@@ -279,6 +282,8 @@ class Catalog:
             WarmdError: `invalid_argument` when the name is taken or the file exists; `spec_invalid`
                 when the content does not validate.
         """
+        import yaml
+
         target = self.check_free(name)
         self.replace_spec(target, f"# {note}\nname: {name}\n" + yaml.safe_dump(body, sort_keys=False))
         return target
@@ -316,6 +321,8 @@ class Catalog:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            with self._scan_lock:       # after the rescan that came before, off the path to ready
+                self._validated.save()
             woke = self._dirty.wait(timeout=SAFETY_RESCAN_S)
             if self._stop.is_set():
                 return

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from warmd import paths
 from warmd.errors import Code, WarmdError
 from warmd.spec import did_you_mean
@@ -208,6 +206,8 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
 
 
 def _read_config_file(path: Path, names: set[str]) -> dict[str, Any]:
+    import yaml       # only when there is a config file: a start without one does not need it
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:

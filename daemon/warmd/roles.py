@@ -34,8 +34,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from warmd.catalog import Catalog
 from warmd.errors import Code, WarmdError
 from warmd.paths import write_atomic
@@ -107,6 +105,8 @@ class Profiles:
         """
         if not _NAME.match(profile):
             raise WarmdError(Code.INVALID_ARGUMENT, f"profile name {profile!r}: letters, digits, . _ -")
+        import yaml       # only when there is a profile to read
+
         path = self.folder / f"{profile}.yaml"
         if not path.is_file():
             if profile == DEFAULT:

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from warmd.errors import Code
 from warmd.units import parse_duration, parse_size
+
+if TYPE_CHECKING:   # both imported when first needed: a start whose files are all validated needs neither
+    import jsonschema
+    import yaml
+
+    from warmd.validated import ValidatedSpecs
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_EXPANDED_NODES = 10_000
@@ -147,15 +150,15 @@ def source_kinds() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(schema())
-
-
-# libyaml when PyYAML has it (10x faster: 100 specs parse in ~30 ms instead of ~300 ms).
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """Nodes in the document once every alias is expanded, computed without expanding them."""
+    import yaml
+
     key = id(node)
     if key in memo:
         return memo[key]
@@ -170,8 +173,8 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
-def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
-                    providers: Mapping[str, Any]) -> ModelSpec:
+def parse_spec_file(path: Path, root: Path, path_roots: list[Path], providers: Mapping[str, Any],
+                    validated: ValidatedSpecs | None = None) -> ModelSpec:
     """Read and validate one spec file.
 
     Args:
@@ -179,12 +182,31 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         root: the specs folder; relative `path:` sources must stay inside the file's folder under it.
         path_roots: folders an absolute `path:` source may point into.
         providers: known provider classes by name; each validates its own `options`.
+        validated: files that passed before (warmd.validated): a file it knows is not parsed nor checked
+            against the schemas again; one that passes now is added to it.
     Returns:
         The spec.
     Raises:
         SpecFileError: anything wrong with the file, with field and line where known.
     """
-    node, data = read_yaml_file(path)
+    raw = _read_spec_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    data = validated.get(digest) if validated is not None else None
+    if data is not None:
+        try:
+            return _spec(path, None, data, root, path_roots)
+        except SpecFileError:
+            pass                        # said again below from the file itself, with its line
+    node, data = _load_yaml(path, _decoded(path, raw))
+    _check(path, node, data, providers)
+    spec = _spec(path, node, data, root, path_roots)
+    if validated is not None:
+        validated.put(digest, data)
+    return spec
+
+
+def _check(path: Path, node: yaml.Node | None, data: Any, providers: Mapping[str, Any]) -> None:
+    """What depends on the file's data alone: the schema, the name, the provider and its options."""
     if data is None:
         raise SpecFileError(path, "empty file (nothing but comments or blank lines); a spec needs at least "
                             "`provider:` and `source:` (README, Spec format)", line=1)
@@ -197,21 +219,24 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path],
         message, where = explain(errors[0])
         raise SpecFileError(path, message, field=".".join(map(str, where)), line=line_of(node, where))
 
-    name = data.get("name", path.stem)
-    if "name" not in data and not NAME_PATTERN.match(name):
-        raise SpecFileError(path, f"the file name {path.stem!r} is not a valid model name; rename the file "
-                            "or set `name:` (lowercase letters, digits, . _ -; at most 64)", field="name")
-
     provider_cls = providers.get(data["provider"])
     if provider_cls is None:
         raise SpecFileError(path, f"unknown provider {data['provider']!r}{did_you_mean(data['provider'], providers)}"
                             f"; installed: {', '.join(sorted(providers))}", field="provider",
                             line=line_of(node, ["provider"]), code=Code.UNSUPPORTED_PROVIDER)
-    options = data.get("options", {})
-    for message, opt_path in provider_cls.validate_options(options):
+    for message, opt_path in provider_cls.validate_options(data.get("options", {})):
         dotted = ["options", *opt_path]
         raise SpecFileError(path, message, field=".".join(map(str, dotted)), line=line_of(node, dotted))
 
+
+def _spec(path: Path, node: yaml.Node | None, data: dict[str, Any], root: Path,
+          path_roots: list[Path]) -> ModelSpec:
+    """The ModelSpec of checked data; its name, durations and `path:` source are checked here, as the
+    file's name and the disk may have changed since the data was."""
+    name = data.get("name", path.stem)
+    if "name" not in data and not NAME_PATTERN.match(name):
+        raise SpecFileError(path, f"the file name {path.stem!r} is not a valid model name; rename the file "
+                            "or set `name:` (lowercase letters, digits, . _ -; at most 64)", field="name")
     keep_alive = parse_duration(data["keep_alive"]) if "keep_alive" in data else None
     if keep_alive is not None and keep_alive < 0 and keep_alive != -1:
         raise SpecFileError(path, "keep_alive must be -1 (forever), 0, or a positive duration",
@@ -245,17 +270,24 @@ def read_yaml_file(path: Path) -> tuple[yaml.Node | None, Any]:
     Raises:
         SpecFileError: the file cannot be read or is not such YAML.
     """
+    return _load_yaml(path, _decoded(path, _read_spec_bytes(path)))
+
+
+def _read_spec_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecFileError(path, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecFileError(path, f"file is {len(raw)} bytes; a spec may be at most {MAX_SPEC_BYTES}")
+    return raw
+
+
+def _decoded(path: Path, raw: bytes) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecFileError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
-    return _load_yaml(path, text)
 
 
 def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
@@ -263,8 +295,11 @@ def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
 
     Alias bombs ("billion laughs") are refused by measuring the expanded size before constructing.
     """
+    import yaml
+
     try:
-        loader = _Loader(text)
+        # libyaml when PyYAML has it (10x faster: 100 specs parse in ~30 ms instead of ~300 ms).
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
         try:
             node = loader.get_single_node()
             if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
@@ -288,6 +323,8 @@ def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
 
 def _duplicate_key(node: yaml.Node, seen: set[int]) -> tuple[str, int] | None:
     """The first key that repeats within one mapping, with its line; each node is visited once."""
+    import yaml
+
     if id(node) in seen:
         return None
     seen.add(id(node))
@@ -378,6 +415,8 @@ def _keys_allowed(node_schema: dict[str, Any], instance: Mapping[str, Any]) -> l
 
 def line_of(node: yaml.Node | None, where: list[Any]) -> int:
     """1-based line of the value at `where` in the node tree (or of its deepest existing parent)."""
+    import yaml
+
     line = node.start_mark.line + 1 if node is not None else 0
     for key in where:
         if isinstance(node, yaml.MappingNode):

@@ -1,6 +1,6 @@
 """The catalog as a user meets it: rejected files that get fixed or deleted, a model serving its
-previous version, a specs folder that is not there, and local files (weights, factory module) edited
-under a served model."""
+previous version, a specs folder that is not there, local files (weights, factory module) edited
+under a served model, and a restart that takes from the last start only the files that passed unchanged."""
 from __future__ import annotations
 
 import json
@@ -194,3 +194,23 @@ def test_a_folder_source_outside_the_specs_folder_is_watched_too(start_daemon, s
         (model / "model.safetensors.tmp").replace(model / "model.safetensors")   # an atomic save
         events.expect("catalog.changed", "a", timeout=WATCHED_WITHIN_S)
         wait_until(lambda: c.infer("a", {"x": X}).outputs["y"][0, 0] == 2.0, timeout=30)
+
+
+def test_a_restart_trusts_only_the_files_that_passed_unchanged(start_daemon, short_tmp: Path) -> None:
+    specs = _specs(short_tmp)
+    (specs / "a.yaml").write_text(affine_spec("w.safetensors"))
+    (specs / "b.yaml").write_text(affine_spec("w.safetensors") + "description: b\n")
+    kept = short_tmp / "data" / "warmd" / "validated_specs.json"
+    daemon = start_daemon(specs)
+    wait_until(lambda: kept.exists() and len(json.loads(kept.read_text())["specs"]) == 2, timeout=15)
+    assert daemon.terminate() == 0
+
+    # between the two starts: b gains a misspelt key; a is as it was and is served from what passed
+    (specs / "b.yaml").write_text(affine_spec("w.safetensors") + "keep_alvie: 5m\n")
+    daemon = start_daemon(specs)
+    with daemon.client() as c:
+        listed = c.list()
+        assert [m.name for m in listed.models] == ["a"]
+        [rejected] = listed.rejected
+        assert "keep_alvie" in rejected.message and rejected.line == len(affine_spec("w.safetensors").splitlines()) + 1
+        assert _y(c) == 1.0

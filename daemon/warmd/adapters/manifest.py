@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from warmd.errors import Code, WarmdError
 from warmd.spec import NAME_PATTERN, SpecFileError, by_importance, explain, line_of, read_yaml_file
 
@@ -94,6 +92,8 @@ def read(folder: Path, default_name: str) -> Manifest:
         raise WarmdError(Code.SPEC_INVALID, str(err)) from None
     if not isinstance(data, dict):
         raise WarmdError(Code.SPEC_INVALID, f"{path}: a manifest is a YAML mapping with `provider:` and `examples:`")
+    import jsonschema     # when an adapter is installed, not at every start
+
     errors = by_importance(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data))
     if errors:
         message, where = explain(errors[0])

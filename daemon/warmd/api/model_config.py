@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
 from google.protobuf import json_format
 
 from warmd.devices import gpu_index, is_gpu
@@ -92,6 +91,8 @@ def override(spec: ModelSpec, text: str, current: v2.ModelConfig) -> dict[str, A
         fields["max_batch"] = max(1, wanted.max_batch_size)
     if wanted.instance_group:
         fields["device"] = _device(wanted.instance_group)
+    import jsonschema     # only for a load that brings a config: not on the start's path
+
     for key, value in fields.items():
         for err in jsonschema.Draft202012Validator(schema()["properties"][key]).iter_errors(value):
             raise _refused(f"the config override sets {key} to {value}: {err.message}")

@@ -78,7 +78,8 @@ class App:
             self.providers[ClusterProvider.name] = ClusterProvider
         # The plugins folder is a path root too: specs installed with a plugin point into its checkout.
         self.catalog = Catalog(s.specs_dir, s.path_roots + [s.specs_dir, s.plugins_dir], self.providers, self.bus,
-                               s.reload_debounce, place=Placement(s.cluster, s.placement))
+                               s.reload_debounce, place=Placement(s.cluster, s.placement),
+                               validated_file=s.data_dir / "validated_specs.json")
         self.plugins = Plugins(s.plugins_dir, self.providers, on_change=self.catalog.revalidate)
         self.jobs = Jobs(self.bus)              # every long operation: loads, downloads, plugin installs
         self.installer = Installer(s.plugins_dir, self.catalog, self.plugins, self.jobs, s.gate_timeout, s.offline,

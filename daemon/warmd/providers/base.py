@@ -39,13 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
-import jsonschema
-
 from warmd.devices import is_gpu
 from warmd.errors import Code, WarmdError
 from warmd.spec import ModelSpec, TensorDecl, by_importance, explain
 
-if TYPE_CHECKING:   # numpy is imported on first use, keeping the daemon's start-up short
+if TYPE_CHECKING:   # numpy and jsonschema are imported on first use, keeping the daemon's start-up short
+    import jsonschema
     import numpy as np
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -313,6 +312,8 @@ class ModuleProvider(Provider):
 
 @functools.lru_cache(maxsize=None)
 def _validator(cls: type[Provider]) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(cls.options_schema)
 
 

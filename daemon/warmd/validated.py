@@ -1,0 +1,120 @@
+"""Spec files validated at an earlier start, so that a start does not parse and validate them again.
+
+A spec file's parse and schema check is a pure function of its bytes and of the rules: the spec schema,
+each provider's options and the code that checks them. So the catalog keeps, across starts, the plain data
+of every file that passed, by the sha256 of its bytes, under a fingerprint of those rules (`rules`). A start
+whose files are all known imports neither YAML nor jsonschema (bench/ready.py: about a quarter of a start
+with 100 specs). What depends on the disk (where a `path:` source resolves, the model's local files) is
+checked again at every start, and a file whose checks fail is read again from itself, for its line numbers.
+
+The file is a cache: a missing, torn or foreign one is ignored and written again; only data that comes back
+from JSON exactly as YAML gave it is kept (a mapping with integer keys is validated at every start).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+class ValidatedSpecs:
+    """The plain data of spec files that passed validation, by the sha256 of their bytes.
+
+    Args:
+        file: where it is kept between starts (None: only in memory, as in tests of the catalog).
+    """
+
+    def __init__(self, file: Path | None) -> None:
+        self.file = file
+        self._rules = ""
+        self._known: dict[str, str] = {}    # digest -> JSON text, as the file had it under `_rules`
+        self._used: dict[str, str] = {}     # what this daemon saw: what the next start will want
+        self._dirty = False
+        self._loaded = False
+
+    def follow(self, rules: str) -> None:
+        """Use data validated under `rules` only: what was validated under others is forgotten."""
+        if not self._loaded:
+            self._loaded = True
+            self._rules, self._known = rules, self._read(rules)
+        elif rules != self._rules:
+            self._rules, self._known, self._used, self._dirty = rules, {}, {}, True
+
+    def get(self, digest: str) -> Any | None:
+        """The plain data of the file whose bytes have this sha256, or None when it is not known."""
+        text = self._used.get(digest) or self._known.get(digest)
+        if text is None:
+            return None
+        self._used[digest] = text
+        return json.loads(text)     # a copy of its own for each spec made from it
+
+    def put(self, digest: str, data: Any) -> None:
+        """Remember that the file whose bytes have this sha256 gave `data` and passed."""
+        try:
+            text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):     # a date, a set, NaN: JSON cannot hold it as it is
+            return
+        if json.loads(text) != data:        # integer keys would come back as strings
+            return
+        self._dirty = self._dirty or self._used.get(digest) != text
+        self._used[digest] = text
+
+    def save(self) -> None:
+        """Write what this daemon saw, when it changed (all at once: a reader sees the old file or the new)."""
+        if self.file is None or not self._dirty:
+            return
+        self._dirty = False
+        body = ",".join(f"{json.dumps(d)}:{t}" for d, t in sorted(self._used.items()))
+        text = f'{{"format":{FORMAT},"rules":{json.dumps(self._rules)},"specs":{{{body}}}}}'
+        tmp = None
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=f".{self.file.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.file)
+        except OSError as exc:              # a cache: the next start validates again (and warns once)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            log.warning("cannot keep validated specs in %s: %s", self.file, exc.strerror)
+
+    def _read(self, rules: str) -> dict[str, str]:
+        if self.file is None:
+            return {}
+        try:
+            data = json.loads(self.file.read_bytes())
+            if data.get("format") != FORMAT or data.get("rules") != rules:
+                return {}
+            return {digest: json.dumps(body, separators=(",", ":")) for digest, body in data["specs"].items()}
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            return {}
+
+
+def rules(providers: Mapping[str, type]) -> str:
+    """A fingerprint of what decides whether a spec file passes: the spec schema, each provider's name,
+    options schema and code, and warmd's own code that checks them (its version, and the files' stamps, so
+    an edited checkout counts too)."""
+    from warmd import __version__, spec
+
+    parts = [__version__, json.dumps(spec.schema(), sort_keys=True), _stamp(spec)]
+    for name, cls in sorted(providers.items()):
+        parts += [name, json.dumps(getattr(cls, "options_schema", None), sort_keys=True, default=str), _stamp(cls)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _stamp(obj: object) -> str:
+    """Where `obj`'s code lives, with its file's size and time ("" for code that has no file)."""
+    try:
+        path = inspect.getfile(obj)     # type: ignore[arg-type]
+        st = os.stat(path)
+    except (TypeError, OSError):
+        return ""
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
