@@ -46,16 +46,21 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
-def test_a_listing_reads_files_states_once_until_the_files_change(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_listing_reads_each_sources_files_once_until_they_change(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = _count_reads(monkeypatch)
-    assert [m.files.bytes_on_disk for m in app.models()] == [4, 4, 4] and len(reads) == 3
-    assert [m.files.bytes_on_disk for m in app.models()] == [4, 4, 4] and len(reads) == 3   # remembered
+    # a, b and c have one source: its files are read once for the three
+    assert [m.files.bytes_on_disk for m in app.models()] == [4, 4, 4] and len(reads) == 1
+    assert [m.files.bytes_on_disk for m in app.models()] == [4, 4, 4] and len(reads) == 1   # remembered
     weights = app.settings.specs_dir / "w.safetensors"
     weights.write_bytes(b"123456")
     os.utime(weights, ns=(time.time_ns() + 10**9,) * 2)
     app.catalog.rescan()                     # what the watcher's event does: a new fingerprint (spec.content)
-    assert [m.files.bytes_on_disk for m in app.models()] == [6, 6, 6] and len(reads) == 6
-    assert app.model("a").files.bytes_on_disk == 6 and len(reads) == 7      # one model's view reads now
+    assert [m.files.bytes_on_disk for m in app.models()] == [6, 6, 6] and len(reads) == 2
+    assert app.model("a").files.bytes_on_disk == 6 and len(reads) == 3      # one model's view reads now
+    (app.settings.specs_dir / "other.safetensors").write_bytes(b"12")
+    (app.settings.specs_dir / "d.yaml").write_text(SPEC.replace("w.safetensors", "other.safetensors"))
+    app.catalog.rescan()
+    assert [m.files.bytes_on_disk for m in app.models()] == [6, 6, 6, 2] and len(reads) == 4    # d's own
 
 
 def test_a_listing_reads_again_after_the_store_changed_files(app: App, monkeypatch: pytest.MonkeyPatch) -> None:

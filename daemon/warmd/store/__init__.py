@@ -8,7 +8,8 @@ and url) unless the daemon is offline (`network_forbidden`) or its download poli
 
 `Store.state(spec, remembered=True)` (what `warm ls` shows of a model's files) is not read from disk on
 every call: a local kind's files (path, package, Ollama) are watched by the catalog, whose fingerprint of them
-(`spec.content`) is part of the key, so an edit is seen at its watcher event; a downloadable kind's (hub,
+(`spec.content`) is part of the key, so an edit is seen at its watcher event, and specs of one local source
+with one fingerprint share one reading (100 specs over one package: one walk); a downloadable kind's (hub,
 url) is read again while it downloads, after any download ended, a size was learned, files were removed or verified, and at most
 FILES_TTL_S later (other tools write the Hugging Face cache too); a remote's is asked every time.
 """
@@ -61,6 +62,7 @@ class Store:
         self.downloads = Downloads(data_dir, self.jobs, timeout_s)
         self._verified: dict[tuple[str, int, int], str] = {}
         self._states: dict[str, _Known] = {}      # model name -> its files' state as last read
+        self._local: dict[Source, _Known] = {}    # a local kind's source -> its files' state as last read
         self._edits = 0          # removals and new verifications: a files state may differ after each
         self._lock = threading.Lock()
 
@@ -91,11 +93,18 @@ class Store:
                     time.monotonic() - known.at > FILES_TTL_S or self.downloads.active(spec))):
             return known.state
         kind = handler(spec.source)
+        local = not kind.downloadable and not kind.live
+        shared = self._local.get(spec.source) if remembered and local else None
+        if shared is not None and shared.content == spec.content and shared.changes == changes:
+            self._states[spec.name] = shared        # another spec's reading of the same files
+            return shared.state
         state = kind.state(self, spec)
         if kind.live:
             return state
         self._states[spec.name] = _Known(spec.source, spec.content, state, time.monotonic(), changes,
                                          kind.downloadable)
+        if local:
+            self._local[spec.source] = self._states[spec.name]
         return state
 
     def listing_version(self) -> tuple | None:
