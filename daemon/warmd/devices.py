@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,6 +17,9 @@ from warmd.errors import Code, WarmdError
 
 log = logging.getLogger(__name__)
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+# Where an NVIDIA driver shows itself on Linux: its kernel module (inside GPU containers too), or WSL's GPU
+# bridge. Without either NVML has nothing to report, and its import (~10 ms of a start) is skipped.
+DRIVER_MARKS = ("/proc/driver/nvidia/version", "/dev/dxg")
 
 
 @dataclass
@@ -103,6 +107,8 @@ def _host_ram() -> int:
 
 def _nvml():  # type: ignore[no-untyped-def]
     """pynvml, initialised, or None when there is no NVIDIA driver (or no nvidia-ml-py)."""
+    if sys.platform == "linux" and not any(os.path.exists(mark) for mark in DRIVER_MARKS):
+        return None
     try:
         import pynvml
 

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -28,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from warmd import __version__, devices
 from warmd.adapters import coder
 from warmd.adapters.coder import Coder
-from warmd.adapters.install import Installer
 from warmd.tokens import TokenInfo, TokenStore
 from warmd.app.calls import ChatRequest, Chunk, Inferred, Target, embeddings, select_outputs, stream
 from warmd.app.follow import EventStream, Operation
@@ -53,6 +53,8 @@ from warmd.store.sources import KINDS, handler, parse_reference
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from warmd.adapters.install import Installer
 
 ROLE_PREFIX = "role:"       # a model name that asks for a role's model: role:NAME
 
@@ -82,8 +84,8 @@ class App:
                                validated_file=s.data_dir / "validated_specs.json")
         self.plugins = Plugins(s.plugins_dir, self.providers, on_change=self.catalog.revalidate)
         self.jobs = Jobs(self.bus)              # every long operation: loads, downloads, plugin installs
-        self.installer = Installer(s.plugins_dir, self.catalog, self.plugins, self.jobs, s.gate_timeout, s.offline,
-                                   s.draft_attempts)
+        self._installer: Installer | None = None      # made at the first plugin operation (installer)
+        self._installer_lock = threading.Lock()
         self.store = Store(s.data_dir, self.bus, offline=s.offline, policy=s.downloads, timeout_s=s.download_timeout,
                            jobs=self.jobs)
         self._live: tuple[int, bool] = (-1, False)     # (catalog generation, whether a spec's source is live)
@@ -97,6 +99,19 @@ class App:
         self.regions = Regions()
         self.tokens = TokenStore(s.token_file.with_name("tokens.json"))
         self.started_at = time.time()
+
+    @property
+    def installer(self) -> Installer:
+        """Installs plugins from git. Made, and its modules (drafting, the gate) imported, at the first plugin
+        operation: a start does not pay for them."""
+        with self._installer_lock:
+            if self._installer is None:
+                from warmd.adapters.install import Installer
+
+                s = self.settings
+                self._installer = Installer(s.plugins_dir, self.catalog, self.plugins, self.jobs, s.gate_timeout,
+                                            s.offline, s.draft_attempts)
+            return self._installer
 
     # ---- models --------------------------------------------------------------------------------
     def spec(self, name: str, listed_by: str = "`warm ls` lists them") -> ModelSpec:
