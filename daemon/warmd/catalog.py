@@ -145,8 +145,9 @@ class Catalog:
             with self._lock:
                 self._files, self._specs, self._rejected = states, specs, rejected
                 self.generation += 1
+                first = self.generation == 1
                 self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
-            self._announce(old_specs, specs, old_rejected, rejected)
+            self._announce(old_specs, specs, old_rejected, rejected, first)
             if self._thread is not None and not self._stop.is_set():   # started, and not stopping
                 self._watch(inputs)
 
@@ -226,7 +227,10 @@ class Catalog:
         return specs, rejected, inputs
 
     def _announce(self, old: dict[str, ModelSpec], new: dict[str, ModelSpec],
-                  old_rejected: dict[Path, SpecFileError], rejected: dict[Path, SpecFileError]) -> None:
+                  old_rejected: dict[Path, SpecFileError], rejected: dict[Path, SpecFileError],
+                  first: bool = False) -> None:
+        """Publish (and log) every difference. At the first scan the models found are logged at debug: the
+        daemon's ready line counts them (10 000 specs are not 10 000 lines); rejected files are always warned."""
         for path, err in rejected.items():
             if str(old_rejected.get(path)) != str(err):
                 log.warning("rejected spec %s", err)
@@ -243,7 +247,7 @@ class Catalog:
             else:
                 kind, message = "catalog.changed", _change(before, after)
             spec = after or before
-            log.info("%s %s: %s", kind, name, message)
+            log.log(logging.DEBUG if first else logging.INFO, "%s %s: %s", kind, name, message)
             self.bus.publish(kind, model=name, file=str(spec.file), message=message)
             for listener in self._listeners:
                 try:

@@ -1,6 +1,7 @@
 """The catalog without a daemon: lookups by name and what a rescan announces."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,20 @@ def test_a_rescan_sees_an_edited_weights_file_as_a_new_version(tmp_path: Path) -
     (tmp_path / "net.py").write_text("def f(): ...\n")                 # the factory module appears
     catalog.rescan()
     assert catalog.require("a").signature != after.signature
+
+
+def test_the_first_scan_logs_its_models_at_debug_and_later_changes_at_info(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    body = "provider: sentence-transformers\nsource: {package: some_pkg}\n"
+    (tmp_path / "a.yaml").write_text(body)
+    (tmp_path / "broken.yaml").write_text("provider: [\n")
+    with caplog.at_level(logging.DEBUG, logger="warmd.catalog"):
+        catalog, _ = _catalog(tmp_path)                 # the ready line counts a; broken.yaml is warned
+        assert [(r.levelno, r.getMessage()) for r in caplog.records if "catalog.added" in r.getMessage()] == [
+            (logging.DEBUG, "catalog.added a: added from a.yaml")]
+        assert any(r.levelno == logging.WARNING and "broken.yaml" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        (tmp_path / "b.yaml").write_text(body)
+        catalog.rescan()
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (logging.INFO, "catalog.added b: added from b.yaml")]
