@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: start and stop processes, percentiles, a results table."""
+"""Shared by the benchmarks: start and stop processes, percentiles, each round's order, a results table."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -19,6 +21,14 @@ sys.path.insert(0, str(REPO / "tests"))
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def rotated(items: list[T], start: int) -> list[T]:
+    """`items` from index `start` (mod their number) round to the one before it: round r of a bench starts
+    at server r mod n, so no server always runs first or right after the same one (on this VM a round's
+    order moved its figures by up to 20 %)."""
+    k = start % len(items)
+    return items[k:] + items[:k]
 
 
 def compile_daemon(checkout: Path = REPO) -> None:

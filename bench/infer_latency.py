@@ -1,9 +1,12 @@
 """Infer latency over the Unix socket: warmd serving a tiny torch MLP vs a bare grpcio echo server.
 
-    .venv/bin/python bench/infer_latency.py [--calls 2000] [--baseline DIR]
+    .venv/bin/python bench/infer_latency.py [--calls 2000] [--rounds 5] [--baseline DIR]
 
 The same kind of socket, the same payload ([1,64] float32), sequential calls, measured in one run with
-the servers interleaved call by call. Reports p50/p99 and the ratio warmd / echo (goal <= 1.25x).
+the servers interleaved call by call. The calls are split into `--rounds` consecutive rounds: this VM's pace
+drifts by 30 % within minutes, so a ratio is only taken between figures of the same round. Reports p50 and
+p99 over all calls, and the ratio of each server's p50 to the echo's p50 in the same round as median / min /
+max over the rounds (goal for warmd <= 1.25x).
 `--baseline DIR` adds a second warmd run from another checkout's daemon/ (e.g. `git worktree add DIR main`,
 or `git archive main daemon | tar -x -C DIR`), interleaved with the others: before/after a change in one run.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,7 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from common import percentile, process, wait_for, workdir, write_report
+from common import percentile, process, rotated, wait_for, workdir, write_report
 from echo_server import METHOD
 
 from models import write_mlp
@@ -30,8 +34,11 @@ ECHO = Path(__file__).resolve().parent / "echo_server.py"
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000, help="calls per server")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the calls are split into")
     parser.add_argument("--baseline", type=Path, help="another checkout whose daemon/ to run beside this one")
     args = parser.parse_args()
+    if not 1 <= args.rounds <= args.calls:
+        parser.error("--rounds must be between 1 and --calls")
 
     from warm import Client
     from warmd import tensors
@@ -41,9 +48,8 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
     request = pb.InferRequest(model="mlp", inputs=[tensors.to_proto("x", x)])
     payload = request.SerializeToString()
-    samples: dict[str, list[float]] = {"echo": [], "warmd (stub)": [], "warmd (warm.Client)": []}
-    if args.baseline:
-        samples["baseline warmd (stub)"] = []
+    names = ["echo", "warmd (stub)", "warmd (warm.Client)", *(["baseline warmd (stub)"] if args.baseline else [])]
+    samples: dict[str, list[list[float]]] = {name: [[] for _ in range(args.rounds)] for name in names}  # per round
 
     with workdir() as root:
         specs = root / "specs"
@@ -85,28 +91,37 @@ def main() -> int:
                 for _ in range(200):
                     fn()
             # Interleave call by call (rotating the order), so this VM's noise hits every server alike.
-            names = list(calls)
             for i in range(args.calls):
-                for name in names[i % len(names):] + names[:i % len(names)]:
+                round_ = i * args.rounds // args.calls
+                for name in rotated(names, i):
                     t0 = time.perf_counter()
                     calls[name]()
-                    samples[name].append((time.perf_counter() - t0) * 1000)
+                    samples[name][round_].append((time.perf_counter() - t0) * 1000)
             client.close()
 
-    floor = percentile(samples["echo"], 50)
+    ratios = round_ratios(samples, "echo")
     lines = ["# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
              "",
-             f"`.venv/bin/python bench/infer_latency.py --calls {args.calls}"
+             f"`.venv/bin/python bench/infer_latency.py --calls {args.calls} --rounds {args.rounds}"
              f"{' --baseline ' + str(args.baseline) if args.baseline else ''}` "
-             f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
+             f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
+             "p50 and p99 over all calls, each ratio to the echo's p50 in the same round",
              "",
-             "| server | p50 ms | p99 ms | p50 / echo p50 |",
-             "|---|---|---|---|"]
-    for name, values in samples.items():
-        p50, p99 = percentile(values, 50), percentile(values, 99)
-        lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {p50 / floor:.2f}x |")
+             "| server | p50 ms | p99 ms | p50 / echo p50, per round: median | min | max |",
+             "|---|---|---|---|---|---|"]
+    for name, rounds in samples.items():
+        values, r = [v for round_ in rounds for v in round_], ratios[name]
+        lines.append(f"| {name} | {percentile(values, 50):.3f} | {percentile(values, 99):.3f} | "
+                     f"{statistics.median(r):.2f}x | {min(r):.2f}x | {max(r):.2f}x |")
     write_report('infer_latency-baseline' if args.baseline else 'infer_latency', lines)
     return 0
+
+
+def round_ratios(samples: dict[str, list[list[float]]], floor: str) -> dict[str, list[float]]:
+    """Each server's p50 over `floor`'s p50, round by round: a round is short, so the VM's drift moves both alike."""
+    floors = [percentile(round_, 50) for round_ in samples[floor]]
+    return {name: [percentile(round_, 50) / f for round_, f in zip(rounds, floors)]
+            for name, rounds in samples.items()}
 
 
 if __name__ == "__main__":

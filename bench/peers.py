@@ -1,6 +1,6 @@
 """warmd side by side with MLServer and TorchServe: one command, one table.
 
-    .venv/bin/python bench/peers.py [--calls 1000] [--rounds 3] [--no-torchserve]
+    .venv/bin/python bench/peers.py [--calls 1000] [--rounds 3] [--seconds 5] [--no-torchserve]
 
 Installs each peer into its own virtual environment under $WARMD_PEERS_CACHE (default
 ~/.cache/warmd-peers), torch pinned to warmd's 2.13.0 (MLServer 1.7.1 with uvloop 0.21.0; TorchServe 0.12.0
@@ -11,11 +11,15 @@ each, all on 127.0.0.1, and measures in one run:
   the same Open Inference Protocol (V2) gRPC client; TorchServe its own gRPC inference API; the floor is a
   bare grpcio echo server carrying the same V2 request bytes;
 - throughput of 32 concurrent clients (grpc.aio coroutines in 2 processes, a channel each), with the
-  server's CPU time per call;
+  server's CPU time per call: calls/s as median (min-max) over the rounds, and the ratios to the floor and
+  warmd's to each peer taken round by round (this VM's pace drifts by 30 % within minutes, a round's
+  figures move alike) and reported the same way;
 - time to ready (process start until the model answers), time to load a second and a third model;
 - memory (RSS of the server's process tree) idle with one model and with three.
 
-Every server it starts it stops, also on failure. The table goes to bench/results/peers.md.
+Latency and throughput rounds both rotate the servers' order (round r starts at server r mod n): in a
+fixed order each server always ran right after the same one. Every server it starts it stops, also on
+failure. The table, and under it warmd's calls/s over each peer's per round, go to bench/results/peers.md.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common import REPO, compile_daemon, percentile, wait_for, workdir, write_report
+from common import REPO, compile_daemon, percentile, rotated, wait_for, workdir, write_report
 
 from waiting import free_port
 
@@ -459,6 +463,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5, help="throughput run per server")
     parser.add_argument("--no-torchserve", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run the cleanups of every started server
     compile_daemon()        # as installed: the peers' packages are compiled by pip
     mls_python = ensure_venv("mlserver")
@@ -505,8 +511,8 @@ def main() -> int:
         rows["warmd"]["ready"], rows["MLServer 1.7.1"]["ready"] = w_ready, m_ready
         if "TorchServe 0.12.0" in servers:
             rows["TorchServe 0.12.0"]["ready"] = t_ready
-        for _ in range(args.rounds):                       # alternate between servers
-            for name, (client, _) in servers.items():
+        for round_ in range(args.rounds):                  # alternate between servers, each in turn first
+            for name, (client, _) in rotated(list(servers.items()), round_):
                 rows[name]["lat"] += latency(client, "mlp1", args.calls)
         for name, client in (("warmd", w), ("MLServer 1.7.1", m)):
             loads = []
@@ -526,14 +532,15 @@ def main() -> int:
                 loads.append(time.monotonic() - t0)
             rows["TorchServe 0.12.0"]["load2"], rows["TorchServe 0.12.0"]["load3"] = loads
             rows["TorchServe 0.12.0"]["rss3"] = tree_rss(ts.pid)
-        # throughput: rounds alternate between servers (a shared machine's noise hits each alike)
+        # throughput: rounds alternate between servers, each in turn first (a shared machine's noise hits each
+        # alike); rows[name]["tput"][r] is round r's, so report() can divide figures of the same round
         loads = [("bare grpcio echo (floor)", "echo", f"127.0.0.1:{echo_port}", "", echo_proc),
                  ("warmd", "v2", f"127.0.0.1:{w_port}", token, warmd),
                  ("MLServer 1.7.1", "v2", f"127.0.0.1:{m_port}", "", mls)]
         if "TorchServe 0.12.0" in servers:
             loads.append(("TorchServe 0.12.0", "torchserve", f"127.0.0.1:{ports['grpc']}", str(root), ts))
-        for _ in range(args.rounds):
-            for name, kind, address, secret, proc in loads:
+        for round_ in range(args.rounds):
+            for name, kind, address, secret, proc in rotated(loads, round_):
                 rows[name].setdefault("tput", []).append(throughput(   # type: ignore[union-attr]
                     kind, address, "mlp1", secret, seconds=args.seconds, server_pid=proc.pid if proc else None))
     report(rows, args)
@@ -541,7 +548,8 @@ def main() -> int:
 
 
 def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    floor = statistics.median(rows["bare grpcio echo (floor)"]["lat"])  # type: ignore[arg-type]
+    floor_name = "bare grpcio echo (floor)"
+    floor = statistics.median(rows[floor_name]["lat"])  # type: ignore[arg-type]
     own = statistics.median(rows["warmd"]["lat"])  # type: ignore[arg-type]
 
     def cell(row: dict, key: str, fmt: Callable[[float], str]) -> str:
@@ -549,25 +557,45 @@ def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None
 
     mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
     sec = lambda s: f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"  # noqa: E731
+    times = lambda r: f"{r:.2f}x"  # noqa: E731
     tput = {name: median_load(row["tput"]) for name, row in rows.items()}  # type: ignore[arg-type]
     lines = ["# warmd, MLServer and TorchServe side by side", "",
              f"`.venv/bin/python bench/peers.py --calls {args.calls} --rounds {args.rounds} --seconds {args.seconds:g}` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}. Tiny MLP 64-128-10, [1,64] float32, all over TCP on "
              "127.0.0.1; warmd and MLServer with the same V2 gRPC client. Throughput: 32 clients (grpc.aio, "
-             f"{PROCESSES} processes), median of {args.rounds} rounds alternating between servers; server CPU per "
-             "call covers the server's process tree.", "",
-             "| server | infer p50 | p99 | p50 / floor | p50 / warmd | calls/s, 32 clients | calls/s / floor | "
+             f"{PROCESSES} processes), {args.rounds} rounds, each starting at the next server; calls/s as median "
+             "(min–max) over the rounds, its ratios taken within each round; server CPU per call (median of the "
+             "rounds) covers the server's process tree.", "",
+             "| server | infer p50 | p99 | p50 / floor | p50 / warmd | calls/s, 32 clients: median (min–max) | "
+             "calls/s / floor, per round: median (min–max) | "
              "server CPU µs/call | ready | load 2nd | load 3rd | RSS, 1 model | RSS, 3 models |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lat = row["lat"]
         p50 = statistics.median(lat)  # type: ignore[arg-type]
+        rates = [load.rate for load in row["tput"]]  # type: ignore[attr-defined]
         lines.append(f"| {name} | {p50 * 1e3:.2f} ms | {percentile(lat, 99) * 1e3:.2f} ms | {p50 / floor:.2f}x | "  # type: ignore[arg-type]
-                     f"{p50 / own:.2f}x | {tput[name].rate:.0f} | {tput[name].rate / tput['bare grpcio echo (floor)'].rate:.2f}x | "
+                     f"{p50 / own:.2f}x | {spread(rates, lambda r: f'{r:.0f}')} | "
+                     f"{spread(round_ratios(rows, name, floor_name), times)} | "
                      f"{tput[name].server_us or 0:.0f} | {cell(row, 'ready', sec)} | "
                      f"{cell(row, 'load2', sec)} | {cell(row, 'load3', sec)} | {cell(row, 'rss1', mib)} | "
                      f"{cell(row, 'rss3', mib)} |")
+    lines.append("")
+    for peer in rows:
+        if peer not in (floor_name, "warmd"):
+            lines.append(f"- warmd / {peer} calls/s, per round: median (min–max) "
+                         f"{spread(round_ratios(rows, 'warmd', peer), times)} over {args.rounds} rounds")
     write_report("peers", lines)
+
+
+def round_ratios(rows: dict[str, dict[str, object]], name: str, over: str) -> list[float]:
+    """`name`'s calls/s over `over`'s, round by round: a round's figures were measured at one pace of the VM."""
+    return [a.rate / b.rate for a, b in zip(rows[name]["tput"], rows[over]["tput"])]  # type: ignore[call-overload]
+
+
+def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+    """Median (min–max) of `values` in one cell: the table is 13 columns wide already."""
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
 if __name__ == "__main__":
