@@ -228,7 +228,7 @@ class Catalog:
 
     def _announce(self, old: dict[str, ModelSpec], new: dict[str, ModelSpec],
                   old_rejected: dict[Path, SpecFileError], rejected: dict[Path, SpecFileError],
-                  first: bool = False) -> None:
+                  first: bool) -> None:
         """Publish (and log) every difference. At the first scan the models found are logged at debug: the
         daemon's ready line counts them (10 000 specs are not 10 000 lines); rejected files are always warned."""
         for path, err in rejected.items():

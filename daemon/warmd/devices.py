@@ -17,9 +17,12 @@ from warmd.errors import Code, WarmdError
 
 log = logging.getLogger(__name__)
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
-# Where an NVIDIA driver shows itself on Linux: its kernel module (inside GPU containers too), or WSL's GPU
-# bridge. Without either NVML has nothing to report, and its import (~10 ms of a start) is skipped.
-DRIVER_MARKS = ("/proc/driver/nvidia/version", "/dev/dxg")
+# Where NVIDIA hardware or its driver shows itself on Linux: the loaded kernel module (inside GPU containers
+# too), its control device, WSL's GPU bridge, or an NVIDIA device on the PCI bus (NVML's init may load the
+# module itself). Without any NVML has nothing to report, and its import (~10 ms of a start) is skipped.
+DRIVER_MARKS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")
+PCI_DEVICES = "/sys/bus/pci/devices"
+NVIDIA_PCI_VENDOR = "0x10de"
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _host_ram() -> int:
 
 def _nvml():  # type: ignore[no-untyped-def]
     """pynvml, initialised, or None when there is no NVIDIA driver (or no nvidia-ml-py)."""
-    if sys.platform == "linux" and not any(os.path.exists(mark) for mark in DRIVER_MARKS):
+    if sys.platform == "linux" and not any(os.path.exists(mark) for mark in DRIVER_MARKS) and not _nvidia_on_pci():
         return None
     try:
         import pynvml
@@ -116,6 +119,22 @@ def _nvml():  # type: ignore[no-untyped-def]
         return pynvml
     except Exception:  # noqa: BLE001 - no driver, no library: no GPUs
         return None
+
+
+def _nvidia_on_pci() -> bool:
+    try:
+        with os.scandir(PCI_DEVICES) as found:
+            return any(_read(os.path.join(entry.path, "vendor")) == NVIDIA_PCI_VENDOR for entry in found)
+    except OSError:
+        return False
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
 
 
 def _nvml_totals() -> list[int]:

@@ -197,6 +197,8 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path], providers: M
             return _spec(path, None, data, root, path_roots)
         except SpecFileError:
             pass                        # said again below from the file itself, with its line
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass                        # a cache entry that is not what it should be: the file decides
     node, data = _load_yaml(path, _decoded(path, raw))
     _check(path, node, data, providers)
     spec = _spec(path, node, data, root, path_roots)
@@ -206,7 +208,8 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path], providers: M
 
 
 def _check(path: Path, node: yaml.Node | None, data: Any, providers: Mapping[str, Any]) -> None:
-    """What depends on the file's data alone: the schema, the name, the provider and its options."""
+    """What depends on the file's data alone: the schema, the provider and its options (the name depends on
+    the file's name too: `_spec`)."""
     if data is None:
         raise SpecFileError(path, "empty file (nothing but comments or blank lines); a spec needs at least "
                             "`provider:` and `source:` (README, Spec format)", line=1)

@@ -12,8 +12,9 @@ from JSON exactly as YAML gave it is kept (a mapping with integer keys is valida
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
+import importlib.util
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 1        # moves when what an entry holds changes: a file of another format is ignored
 
 
 class ValidatedSpecs:
@@ -93,28 +94,53 @@ class ValidatedSpecs:
             data = json.loads(self.file.read_bytes())
             if data.get("format") != FORMAT or data.get("rules") != rules:
                 return {}
-            return {digest: json.dumps(body, separators=(",", ":")) for digest, body in data["specs"].items()}
+            return {digest: json.dumps(body, separators=(",", ":")) for digest, body in data["specs"].items()
+                    if isinstance(body, dict)}
         except (OSError, ValueError, AttributeError, TypeError, KeyError):
             return {}
 
 
 def rules(providers: Mapping[str, type]) -> str:
-    """A fingerprint of what decides whether a spec file passes: the spec schema, each provider's name,
-    options schema and code, and warmd's own code that checks them (its version, and the files' stamps, so
-    an edited checkout counts too)."""
-    from warmd import __version__, spec
+    """A fingerprint of what decides whether a spec file passes: the spec schema, each provider's name and
+    options schema, the code that checks them (warmd's own and each provider's, by the bytes of its source),
+    and the YAML and JSON Schema libraries. Code counts as this process loaded it: its part is taken at first
+    sight, so a file edited while the daemon runs (the old code still checking) changes nothing until a start."""
+    from warmd import spec
 
-    parts = [__version__, json.dumps(spec.schema(), sort_keys=True), _stamp(spec)]
+    parts = [json.dumps(spec.schema(), sort_keys=True), *map(_code, _CHECKERS)]
     for name, cls in sorted(providers.items()):
-        parts += [name, json.dumps(getattr(cls, "options_schema", None), sort_keys=True, default=str), _stamp(cls)]
+        parts += [name, _provider(cls)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _stamp(obj: object) -> str:
-    """Where `obj`'s code lives, with its file's size and time ("" for code that has no file)."""
+# Modules whose code decides a verdict besides the providers' own: the parse and checks, the options' check,
+# what is kept, and the two libraries.
+_CHECKERS = ("warmd.spec", "warmd.providers.base", "warmd.validated", "yaml", "jsonschema")
+
+
+@functools.lru_cache(maxsize=None)
+def _code(module: str) -> str:
+    """sha256 of a module's source, found without importing it ("" when it is not there); for a package, its
+    `__init__` and the names in its folder (whether PyYAML has libyaml's `_yaml` extension, say)."""
     try:
-        path = inspect.getfile(obj)     # type: ignore[arg-type]
-        st = os.stat(path)
-    except (TypeError, OSError):
+        found = importlib.util.find_spec(module)     # a top-level name or an imported package's: no import
+        origin = Path(found.origin) if found is not None and found.origin else None
+        if origin is None:
+            return ""
+        h = hashlib.sha256(origin.read_bytes())
+        if origin.name == "__init__.py":
+            h.update("\0".join(sorted(p.name for p in origin.parent.iterdir())).encode())
+        return h.hexdigest()
+    except (ImportError, ValueError, OSError):
         return ""
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@functools.lru_cache(maxsize=None)
+def _provider(cls: type) -> str:
+    """A provider class's part: its options schema and its module's code (a plugin reloaded is a new class).
+    A schema JSON cannot write in one way gets a part of this process alone: its files are always checked."""
+    try:
+        schema = json.dumps(getattr(cls, "options_schema", None), sort_keys=True)
+    except (TypeError, ValueError):
+        schema = f"unstable:{os.getpid()}:{id(cls)}"
+    return f"{schema}\0{_code(cls.__module__)}"

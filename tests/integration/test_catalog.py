@@ -205,12 +205,17 @@ def test_a_restart_trusts_only_the_files_that_passed_unchanged(start_daemon, sho
     wait_until(lambda: kept.exists() and len(json.loads(kept.read_text())["specs"]) == 2, timeout=15)
     assert daemon.terminate() == 0
 
-    # between the two starts: b gains a misspelt key; a is as it was and is served from what passed
+    # between the two starts: b gains a misspelt key; a is as it was and is served from what passed (marked
+    # here, in the kept data, so that the listing shows where a's spec came from)
     (specs / "b.yaml").write_text(affine_spec("w.safetensors") + "keep_alvie: 5m\n")
+    body = json.loads(kept.read_text())
+    [a_digest] = [d for d, data in body["specs"].items() if "description" not in data]
+    body["specs"][a_digest]["description"] = "as kept"
+    kept.write_text(json.dumps(body))
     daemon = start_daemon(specs)
     with daemon.client() as c:
         listed = c.list()
-        assert [m.name for m in listed.models] == ["a"]
+        assert [(m.name, m.description) for m in listed.models] == [("a", "as kept")]
         [rejected] = listed.rejected
         assert "keep_alvie" in rejected.message and rejected.line == len(affine_spec("w.safetensors").splitlines()) + 1
         assert _y(c) == 1.0

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 
 import warmd.spec
-from warmd.providers import PROVIDERS
-from warmd.spec import SpecFileError, parse_spec_file
+from warmd.providers import PROVIDERS, Provider
+from warmd.spec import ModelSpec, SpecFileError, parse_spec_file
 from warmd.validated import ValidatedSpecs, rules
 
 SPEC = "description: one\nprovider: torch\nsource: {path: w.safetensors}\noptions: {factory: 'm.py:f'}\n"
@@ -26,13 +27,13 @@ def _folder(tmp_path: Path) -> Path:
     return specs
 
 
-def _started(file: Path, providers=PROVIDERS) -> ValidatedSpecs:  # type: ignore[no-untyped-def]
+def _started(file: Path, providers: Mapping[str, type[Provider]] = PROVIDERS) -> ValidatedSpecs:
     validated = ValidatedSpecs(file)
     validated.follow(rules(providers))
     return validated
 
 
-def _parse(path: Path, validated: ValidatedSpecs):  # type: ignore[no-untyped-def]
+def _parse(path: Path, validated: ValidatedSpecs) -> ModelSpec:
     return parse_spec_file(path, path.parent, [path.parent], PROVIDERS, validated)
 
 
@@ -130,3 +131,39 @@ print(sorted({{"yaml", "jsonschema"}} & set(sys.modules)))
         return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
     assert run() == "['jsonschema', 'yaml']"    # the first start validates
     assert run() == "[]"
+
+
+def test_the_same_bytes_under_another_file_name_are_named_and_checked_by_it(tmp_path: Path) -> None:
+    specs, kept = _folder(tmp_path), tmp_path / "validated.json"
+    first = _started(kept)
+    _parse(specs / "m.yaml", first)
+    first.save()
+    for name in ("n.yaml", "Bad Name.yaml"):
+        (specs / name).write_bytes((specs / "m.yaml").read_bytes())
+    assert _parse(specs / "n.yaml", _started(kept)).name == "n"
+    with pytest.raises(SpecFileError) as info:
+        _parse(specs / "Bad Name.yaml", _started(kept))
+    assert info.value.field == "name"
+
+
+def test_another_options_schema_forgets_what_passed_under_the_old(tmp_path: Path) -> None:
+    specs, kept = _folder(tmp_path), tmp_path / "validated.json"
+    first = _started(kept)
+    _parse(specs / "m.yaml", first)
+    first.save()
+    digest = hashlib.sha256((specs / "m.yaml").read_bytes()).hexdigest()
+    stricter = type("TorchProvider", (PROVIDERS["torch"],), {"options_schema": {"type": "object", "maxProperties": 0}})
+    assert _started(kept, {**PROVIDERS, "torch": stricter}).get(digest) is None
+
+
+def test_an_entry_that_is_not_a_spec_s_data_is_not_trusted(tmp_path: Path) -> None:
+    specs, kept = _folder(tmp_path), tmp_path / "validated.json"
+    first = _started(kept)
+    spec = _parse(specs / "m.yaml", first)
+    first.save()
+    digest = hashlib.sha256((specs / "m.yaml").read_bytes()).hexdigest()
+    body = json.loads(kept.read_text())
+    for entry in (["x"], {"description": "no provider, no source"}):
+        body["specs"][digest] = entry
+        kept.write_text(json.dumps(body))
+        assert _parse(specs / "m.yaml", _started(kept)) == spec

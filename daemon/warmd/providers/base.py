@@ -3,7 +3,8 @@
 A provider is one module with one `Provider` subclass. The scheduler decides what is resident where;
 a provider only does what it is told:
 
-    validate_options(options)      -> problems with the spec's `options` (class method; no torch)
+    validate_options(options)      -> problems with the spec's `options` (class method; no torch; a pure
+                                      function of `options`: its verdict is kept across starts)
     option_files(spec)             -> local files the options name that shape the model (class method)
     supports(spec, device)         -> whether it can run this spec on this device (class method)
     estimate(spec, files)          -> bytes it expects to occupy, from file headers (class method)
@@ -223,7 +224,10 @@ class Provider(abc.ABC):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> Iterator[tuple[str, list[Any]]]:
-        """Yield (message, path within options) for every problem, the most telling first; nothing when valid."""
+        """Yield (message, path within options) for every problem, the most telling first; nothing when valid.
+
+        Must depend on `options` alone (never on the disk, the environment or the time): a verdict is kept
+        across starts for the same spec bytes and the same provider code (warmd.validated)."""
         for err in by_importance(_validator(cls).iter_errors(options)):
             yield explain(err)
 
