@@ -175,13 +175,14 @@ class Catalog:
                 time.time_ns() - max(stamp[0], stamp[1]) > RACY_NS:
             return known        # unchanged since it was read: not read again (10 000 specs, every 5 s)
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            raw: bytes | None = path.read_bytes()
         except OSError:
-            digest = ""
+            raw = None          # parse_spec_file says why
+        digest = hashlib.sha256(raw).hexdigest() if raw is not None else ""
         if known is not None and known.digest == digest and digest:
             return dataclasses.replace(known, stamp=stamp)
         try:
-            spec = parse_spec_file(path, self.root, self.path_roots, self.providers, self._validated)
+            spec = parse_spec_file(path, self.root, self.path_roots, self.providers, self._validated, raw)
             return _FileState(digest, stamp, spec=spec)
         except SpecFileError as err:
             return _FileState(digest, stamp, error=err)

@@ -174,7 +174,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
 
 
 def parse_spec_file(path: Path, root: Path, path_roots: list[Path], providers: Mapping[str, Any],
-                    validated: ValidatedSpecs | None = None) -> ModelSpec:
+                    validated: ValidatedSpecs | None = None, raw: bytes | None = None) -> ModelSpec:
     """Read and validate one spec file.
 
     Args:
@@ -184,12 +184,13 @@ def parse_spec_file(path: Path, root: Path, path_roots: list[Path], providers: M
         providers: known provider classes by name; each validates its own `options`.
         validated: files that passed before (warmd.validated): a file it knows is not parsed nor checked
             against the schemas again; one that passes now is added to it.
+        raw: the file's bytes, when the caller has read them already (the catalog, for their digest).
     Returns:
         The spec.
     Raises:
         SpecFileError: anything wrong with the file, with field and line where known.
     """
-    raw = _read_spec_bytes(path)
+    raw = _read_spec_bytes(path) if raw is None else _within_limit(path, raw)
     digest = hashlib.sha256(raw).hexdigest()
     data = validated.get(digest) if validated is not None else None
     if data is not None:
@@ -278,9 +279,12 @@ def read_yaml_file(path: Path) -> tuple[yaml.Node | None, Any]:
 
 def _read_spec_bytes(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return _within_limit(path, path.read_bytes())
     except OSError as exc:
         raise SpecFileError(path, f"cannot read: {exc.strerror}") from None
+
+
+def _within_limit(path: Path, raw: bytes) -> bytes:
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecFileError(path, f"file is {len(raw)} bytes; a spec may be at most {MAX_SPEC_BYTES}")
     return raw

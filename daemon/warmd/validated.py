@@ -18,9 +18,11 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from warmd.errors import WarmdError
+from warmd.paths import write_atomic
 
 log = logging.getLogger(__name__)
 FORMAT = 1        # moves when what an entry holds changes: a file of another format is ignored
@@ -75,17 +77,11 @@ class ValidatedSpecs:
         self._dirty = False
         body = ",".join(f"{json.dumps(d)}:{t}" for d, t in sorted(self._used.items()))
         text = f'{{"format":{FORMAT},"rules":{json.dumps(self._rules)},"specs":{{{body}}}}}'
-        tmp = None
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=f".{self.file.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.file)
-        except OSError as exc:              # a cache: the next start validates again (and warns once)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            log.warning("cannot keep validated specs in %s: %s", self.file, exc.strerror)
+            write_atomic(self.file, text, mode=0o600)
+        except (OSError, WarmdError) as exc:    # a cache: the next start validates again (and warns once)
+            log.warning("cannot keep validated specs in %s: %s", self.file, exc)
 
     def _read(self, rules: str) -> dict[str, str]:
         if self.file is None:
