@@ -461,7 +461,10 @@ class _Trimmer:
 
 def _size(request: InferRequest) -> int:
     """Text characters plus tensor bytes."""
-    return sum(len(t) for t in request.text) + sum(getattr(a, "nbytes", 0) for a in request.tensors.values())
+    size = sum(map(len, request.text)) if request.text else 0
+    for array in request.tensors.values():
+        size += getattr(array, "nbytes", 0)
+    return size
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -72,6 +72,7 @@ WAIT_POLL_S = 0.25       # a waiting load looks again (devices, cancellation) at
 LOG_SIZE = 256           # evictions kept for `warm ps --history`
 _LEAVING = (State.DRAINING, State.UNLOADING, State.DISCARDING)
 _MOVING_OUT = (State.PARKING, *_LEAVING)
+_NO_DEMAND = Demand()    # a model not asked for yet (Demand is frozen: one instance serves every lookup)
 
 
 class _StaleLoad(WarmdError):
@@ -179,7 +180,7 @@ class Scheduler:
                 if current is not None and current.serving and not self._exited_locked(current):
                     current.in_flight += 1
                     current.last_used = time.time()
-                    self._demand[name] = self._demand.get(name, Demand()).used(current.last_used)
+                    self._demand[name] = self._demand.get(name, _NO_DEMAND).used(current.last_used)
                     if keep_alive is not None:
                         current.keep_alive = keep_alive
                     return current
@@ -220,7 +221,7 @@ class Scheduler:
         """
         with self._lock:
             self._spec(name)
-            self._demand[name] = self._demand.get(name, Demand()).used(time.time())
+            self._demand[name] = self._demand.get(name, _NO_DEMAND).used(time.time())
         return self._start(name, self._capped(keep_alive), reason)
 
     def _start(self, name: str, keep_alive: float | None, reason: str) -> tuple[Job | None, Future]:
@@ -428,7 +429,7 @@ class Scheduler:
         now = time.time()
         waiting = {id(s.current): s.waiters for s in self._slots.values() if s.current is not None}
         residents = tuple(policy.facts(
-            r.key, r.spec.name, r.device, r.state, r.bytes, self._demand.get(r.spec.name, Demand()), now,
+            r.key, r.spec.name, r.device, r.state, r.bytes, self._demand.get(r.spec.name, _NO_DEMAND), now,
             pinned=r.pinned, in_flight=r.in_flight, waiters=waiting.get(id(r), 0), last_used=r.last_used,
             expires_at=r.expires_at, parkable=r.parkable, host_bytes=r.host_bytes) for r in self._residents)
         facts = {name: policy.DeviceFacts(name, d.budget, d.reserve, d.is_gpu, free.get(name))
@@ -750,7 +751,7 @@ class Scheduler:
         return self.max_keep_alive if keep_alive < 0 or keep_alive > self.max_keep_alive else keep_alive
 
     def _measured_locked(self, name: str, kind: str, seconds: float) -> None:
-        self._demand[name] = self._demand.get(name, Demand()).measured(kind, seconds)  # type: ignore[arg-type]
+        self._demand[name] = self._demand.get(name, _NO_DEMAND).measured(kind, seconds)  # type: ignore[arg-type]
 
 
 def _dry_run(name: str, action: str, plan: policy.Plan, download: bool) -> DryRun:

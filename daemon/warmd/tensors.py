@@ -36,7 +36,7 @@ def dtype_name(dtype: np.dtype) -> str:
 def to_proto(name: str, array: np.ndarray) -> pb.Tensor:
     """Encode an array. Raises `invalid_argument` for a dtype the protocol has no name for."""
     dtype, data = encode(name, array)
-    return pb.Tensor(name=name, dtype=dtype, shape=list(data.shape), raw=bytes(raw(dtype, data)))
+    return pb.Tensor(name=name, dtype=dtype, shape=list(data.shape), raw=wire_bytes(dtype, data))
 
 
 def encode(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
@@ -53,10 +53,16 @@ def encode(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def raw(dtype_name: str, data: np.ndarray) -> memoryview:
-    """The wire bytes of an `encode`d array: a view of its memory, or the serialized BYTES elements."""
+    """The wire bytes of an `encode`d array: a view of its memory (to write into shared memory), or the
+    serialized BYTES elements."""
     if dtype_name == "BYTES":
         return memoryview(serialize_bytes(data.reshape(-1)))
     return data.reshape(-1).view(np.uint8).data
+
+
+def wire_bytes(dtype_name: str, data: np.ndarray) -> bytes:
+    """The wire bytes of an `encode`d array as one bytes object (what a message field takes): one copy."""
+    return serialize_bytes(data.reshape(-1)) if dtype_name == "BYTES" else data.tobytes()
 
 
 def serialize_bytes(items) -> bytes:  # type: ignore[no-untyped-def]

@@ -48,6 +48,10 @@ def test_declared_dtypes_convert_exactly_or_are_refused() -> None:
     got = conform_inputs(SPEC, {"x": np.ones((2, 4), np.float16), "ids": np.arange(3, dtype=np.int32),
                                 "other": np.ones(2, np.int8)})
     assert got["x"].dtype == np.float32 and got["ids"].dtype == np.int64 and got["other"].dtype == np.int8
+    given = {"x": np.ones((2, 4), np.float16)}
+    assert conform_inputs(SPEC, given)["x"].dtype == np.float32 and given["x"].dtype == np.float16   # a copy
+    fitting = {"x": np.ones((2, 4), np.float32), "other": np.ones(2, np.int8)}
+    assert conform_inputs(SPEC, fitting) is fitting       # nothing to convert: no copy on the call path
     for bad, name in ((np.ones((1, 4), np.int64), "INT64"), (np.ones((1, 4), np.float64), "FP64"),
                       (np.ones((1, 4), np.uint32), "UINT32")):
         with pytest.raises(WarmdError) as info:

@@ -77,6 +77,14 @@ def test_tensor_round_trip(dtype: str) -> None:
     assert back.dtype == array.dtype and np.array_equal(back, array)
 
 
+@pytest.mark.parametrize("array", [np.arange(12, dtype="<f4").reshape(3, 4).T,      # not C-contiguous
+                                   np.arange(6, dtype=">i4").reshape(2, 3)])       # big-endian
+def test_wire_bytes_are_row_major_little_endian(array: np.ndarray) -> None:
+    dtype, data = tensors.encode("x", array)
+    assert tensors.wire_bytes(dtype, data) == np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    assert np.array_equal(tensors.from_proto(tensors.to_proto("x", array)), array)
+
+
 def test_bf16_decodes_exactly() -> None:
     values = np.array([1.0, -2.5, 3.140625], dtype=np.float32)
     bf16 = (values.view(np.uint32) >> 16).astype("<u2").tobytes()

@@ -39,6 +39,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
              "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
              "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_NONE_ON_DEVICE: frozenset[str] = frozenset()
 _REPOSITORY_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING",
                       "available": "UNAVAILABLE", "failed": "UNAVAILABLE"}
 
@@ -106,7 +107,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         spec, on_device = target.spec, target.device_tensors
         tensors, text = self._inputs(spec, request, owner, on_device)
         params = {k: _param(v) for k, v in request.parameters.items()}
-        device_outputs = frozenset(o.name for o in request.outputs if on_device and self._cuda_window(o, owner))
+        device_outputs = frozenset(o.name for o in request.outputs if self._cuda_window(o, owner)) \
+            if on_device else _NONE_ON_DEVICE
         inferred = self.app.infer(target, InferRequest(tensors=tensors, text=text, parameters=params, context=ctx,
                                                        device_outputs=device_outputs))
         response = v2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
@@ -124,15 +126,15 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             if len(request.raw_input_contents) != len(request.inputs):
                 raise WarmdError(Code.INVALID_ARGUMENT, f"{len(request.raw_input_contents)} raw_input_contents "
                                  f"for {len(request.inputs)} inputs; send one per input, in order, or none")
-        byte_tensors = {d.name for d in spec.inputs if d.dtype == "BYTES"}
+        raws = request.raw_input_contents
         arrays: dict[str, Any] = {}
         text: list[str] = []
         for i, tensor in enumerate(request.inputs):
             if tensor.name in arrays:
                 raise WarmdError(Code.INVALID_ARGUMENT, f"input {tensor.name!r} is given twice")
-            raw = request.raw_input_contents[i] if request.raw_input_contents else None
-            value = self._input(tensor, raw, owner, on_device)
-            if tensor.datatype == "BYTES" and tensor.name not in byte_tensors:
+            value = self._input(tensor, raws[i] if raws else None, owner, on_device)
+            if tensor.datatype == "BYTES" and not any(d.name == tensor.name and d.dtype == "BYTES"
+                                                      for d in spec.inputs):
                 text.extend(_text(tensor.name, value))
             else:
                 arrays[tensor.name] = value
@@ -161,7 +163,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             if out is None or "shared_memory_region" not in out.parameters:
                 dtype, data = codec.encode(name, value)
                 response.outputs.add(name=name, datatype=dtype, shape=data.shape)
-                response.raw_output_contents.append(bytes(codec.raw(dtype, data)))
+                response.raw_output_contents.append(codec.wire_bytes(dtype, data))
                 continue
             dtype, shape = self.regions.write_output(owner, name, value, *self._window(out.parameters,
                                                                                        f"output {name!r}"))

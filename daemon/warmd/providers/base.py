@@ -418,13 +418,16 @@ def conform_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> dict[str,
     Raises:
         WarmdError: `invalid_argument` naming the input, its dtype or shape and the declaration.
     """
-    declared = {d.name: d for d in spec.inputs if d.dtype != "BYTES"}
-    conformed = dict(tensors)
-    for name, array in tensors.items():
-        decl = declared.get(name)
-        if decl is not None:
-            check_shape(decl, array)
-            conformed[name] = _as_declared(spec, decl, array)
+    conformed = tensors
+    for decl in spec.inputs:
+        array = tensors.get(decl.name)
+        if array is None or decl.dtype == "BYTES":
+            continue
+        check_shape(decl, array)
+        converted = _as_declared(spec, decl, array)
+        if converted is not array:
+            conformed = dict(conformed) if conformed is tensors else conformed     # the caller's dict stays
+            conformed[decl.name] = converted
     return conformed
 
 

@@ -102,7 +102,7 @@ class RemoteProvider(Provider):
         for name, array in request.tensors.items():
             dtype, data = codec.encode(name, array)
             call.inputs.add(name=name, datatype=dtype, shape=data.shape)
-            call.raw_input_contents.append(bytes(codec.raw(dtype, data)))
+            call.raw_input_contents.append(codec.wire_bytes(dtype, data))
         if request.text:
             call.inputs.add(name="text", datatype="BYTES", shape=[len(request.text)])
             call.raw_input_contents.append(codec.serialize_bytes(t.encode() for t in request.text))

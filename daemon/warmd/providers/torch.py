@@ -145,7 +145,9 @@ class TorchProvider(ModuleProvider):
             tensor = torch.from_numpy(np.array(arr, copy=True))
         if tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
-        # To the model's device (a no-op where it is); asynchronous only from host memory to a GPU.
+        if self.device == "cpu" and tensor.is_cpu:
+            return tensor       # where the model is (.to() would return it too, after ~1.5 µs of dispatch)
+        # To the model's device; asynchronous only from host memory to a GPU.
         return tensor.to(self.device, non_blocking=not tensor.is_cuda)
 
     def _name_outputs(self, result: Any, on_device: frozenset[str]) -> dict[str, Any]:
@@ -166,7 +168,10 @@ def _output(value: Any, on_device: bool) -> Any:
 
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()   # numpy has no bfloat16; callers get exact float32 values (on a GPU too)
-    value = value.detach()
+    if value.requires_grad:     # a forward that turned inference mode off for itself
+        value = value.detach()
+    if value.is_cpu:
+        return value.numpy()
     return value if on_device and value.is_cuda else value.cpu().numpy()
 
 
