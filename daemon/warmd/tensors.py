@@ -134,8 +134,8 @@ def decode(name: str, dtype_name: str, shape_in, raw: bytes | memoryview) -> np.
 
 def checked_shape(name: str, shape_in) -> tuple[tuple[int, ...], int]:  # type: ignore[no-untyped-def]
     """The shape as a tuple and its element count, refusing negative or too many dimensions."""
-    shape = tuple(int(d) for d in shape_in)
-    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+    shape = tuple(map(int, shape_in))
+    if len(shape) > MAX_DIMS or min(shape, default=0) < 0:
         raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: shape {list(shape)} must have at "
                          f"most {MAX_DIMS} non-negative dimensions")
     count = spread = 1

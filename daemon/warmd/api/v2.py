@@ -106,7 +106,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         target = self._target(request.model_name, request.model_version)
         spec, on_device = target.spec, target.device_tensors
         tensors, text = self._inputs(spec, request, owner, on_device)
-        params = {k: _param(v) for k, v in request.parameters.items()}
+        params = {k: _param(v) for k, v in request.parameters.items()} if request.parameters else {}
         device_outputs = frozenset(o.name for o in request.outputs if self._cuda_window(o, owner)) \
             if on_device else _NONE_ON_DEVICE
         inferred = self.app.infer(target, InferRequest(tensors=tensors, text=text, parameters=params, context=ctx,
