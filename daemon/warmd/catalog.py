@@ -81,6 +81,7 @@ class Catalog:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._watches = Watches(self._dirty)
+        self._inputs: list[Path] = []          # the last rescan's local inputs: what the watches start from
         self._thread: threading.Thread | None = None
 
     # ---- reading -------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class Catalog:
                 first = self.generation == 1
                 self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected, first)
+            self._inputs = inputs
             if self._thread is not None and not self._stop.is_set():   # started, and not stopping
                 self._watch(inputs)
 
@@ -312,12 +314,14 @@ class Catalog:
 
     # ---- watching ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Scan now, then watch the folder and the models' local inputs in the background."""
-        self._thread = threading.Thread(target=self._loop, name="catalog", daemon=True)
+        """Scan now; the catalog's thread then watches the folder and the models' local inputs (watchdog's
+        import, its observer and the watches come after the daemon is ready)."""
         self.rescan()
+        self._thread = threading.Thread(target=self._loop, name="catalog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching and rescanning; also before the catalog's thread has put its watches on."""
         self._stop.set()
         self._dirty.set()
         self._watches.stop()
@@ -325,18 +329,17 @@ class Catalog:
             self._thread.join(timeout=2)
 
     def _loop(self) -> None:
+        with self._scan_lock:
+            self._watch(self._inputs)   # the first scan's; its rescan below sees what changed before them
         while not self._stop.is_set():
-            with self._scan_lock:       # after the rescan that came before, off the path to ready
-                self._validated.save()
-            woke = self._dirty.wait(timeout=SAFETY_RESCAN_S)
-            if self._stop.is_set():
-                return
-            if woke:
-                self._settle()
             try:
                 self.rescan()
             except Exception:
                 log.exception("catalog rescan failed; will retry")
+            with self._scan_lock:       # after the rescan that came before, off the path to ready
+                self._validated.save()
+            if self._dirty.wait(timeout=SAFETY_RESCAN_S) and not self._stop.is_set():
+                self._settle()
 
     def _settle(self) -> None:
         """Debounce: wait until no file event for `debounce_s` (but at most MAX_DEBOUNCE_S)."""

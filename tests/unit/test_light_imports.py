@@ -29,6 +29,8 @@ def test_daemon_server_import_does_not_import_torch() -> None:
     assert not {"yaml", "jsonschema"} & loaded
     # the HTTP front's libraries come with `http:` only
     assert not {"fastapi", "uvicorn", "starlette", "warmd.http"} & loaded
+    # what comes after the daemon is ready: the catalog's watches (its thread starts them)
+    assert "watchdog" not in loaded
 
 
 def test_cluster_mode_imports_ray_only_when_used() -> None:

@@ -1,0 +1,83 @@
+"""The catalog's watches come on after its first scan, from its own thread (off the daemon's path to
+ready), and lose nothing: a spec file added before they are on still appears; a stop before them leaves none."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from warmd import catalog as catalog_module
+from warmd.catalog import Catalog
+from warmd.events import EventBus
+from warmd.providers import PROVIDERS
+from warmd.watch import Watches
+
+BODY = "provider: sentence-transformers\nsource: {package: some_pkg}\n"
+
+
+def _appears(catalog: Catalog, name: str, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if catalog.get(name) is not None:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+def test_a_spec_added_before_the_watches_are_on_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "SAFETY_RESCAN_S", 60.0)     # only the watches or the thread's rescan
+    (tmp_path / "a.yaml").write_text(BODY)
+    catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus(), debounce_s=0.01)
+    update = catalog._watches.update
+    callers: list[str] = []
+
+    def late_update(*args: list[Path]) -> None:
+        callers.append(threading.current_thread().name)
+        if len(callers) == 1:
+            (tmp_path / "b.yaml").write_text(BODY)      # after the first scan, before the watches
+        update(*args)
+
+    monkeypatch.setattr(catalog._watches, "update", late_update)
+    catalog.start()
+    try:
+        assert _appears(catalog, "b")
+        (tmp_path / "c.yaml").write_text(BODY)          # and once they are on, they see the folder
+        assert _appears(catalog, "c")
+        assert set(callers) == {"catalog"}              # the first scan (start's own) set up none
+    finally:
+        catalog.stop()
+
+
+def test_a_stop_before_the_watches_are_on_leaves_no_observer(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    before = set(threading.enumerate())
+    catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
+    update, release = catalog._watches.update, threading.Event()
+
+    def held_update(*args: list[Path]) -> None:
+        release.wait(5)                                 # the catalog's thread is held until stop() has begun
+        update(*args)
+
+    monkeypatch.setattr(catalog._watches, "update", held_update)
+    catalog.start()
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    catalog.stop()
+    timer.join()
+    assert _new_threads(before) == []
+
+
+def test_an_update_after_stop_watches_nothing(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    flag = threading.Event()
+    watches = Watches(flag)
+    watches.stop()
+    watches.update([tmp_path], [], [])
+    (tmp_path / "a.yaml").write_text("")
+    assert not flag.wait(0.5) and _new_threads(before) == []
