@@ -27,7 +27,6 @@ from typing import Callable
 
 from warmd.adapters.record import RECORD, Record, is_installed, read
 from warmd.providers import Provider
-from warmd.runner.process import runner_class
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0
@@ -141,6 +140,8 @@ class Plugins:
 
     def _installed(self, folder: Path) -> PluginState:
         """A plugin installed from git: a runner-backed provider from its record; its code is not imported."""
+        from warmd.runner.process import runner_class     # the runner and multiprocessing: with such a plugin only
+
         try:
             record = read(folder)
         except ValueError as exc:

@@ -57,7 +57,6 @@ from warmd.policy import Demand, Move
 from warmd.providers import Provider
 from warmd.providers.base import Layers
 from warmd.residents import Resident, State
-from warmd.runner.process import provider_class
 from warmd.spec import ModelSpec
 from warmd.store import Store
 from warmd.store.sources import handler
@@ -257,6 +256,8 @@ class Scheduler:
             self.jobs.finish(job)
 
     def _build(self, spec: ModelSpec, job: Job, keep_alive: float | None) -> Resident:
+        from warmd.runner.process import provider_class   # the runner and multiprocessing: with a load, not a start
+
         parked = self._parked(spec)
         if parked is not None:
             back = self._unpark(parked, job)
