@@ -31,8 +31,8 @@ def test_daemon_server_import_does_not_import_torch() -> None:
     assert not {"fastapi", "uvicorn", "starlette", "warmd.http"} & loaded
     # what comes after the daemon is ready: the catalog's watches (its thread starts them)
     assert "watchdog" not in loaded
-    # what only some calls need: a load (the runner)
-    assert not {"warmd.runner", "multiprocessing"} & loaded
+    # what only some calls need: a load (the runner, sizing a GGUF model)
+    assert not {"warmd.runner", "multiprocessing", "warmd.providers.gguf_memory"} & loaded
 
 
 def test_cluster_mode_imports_ray_only_when_used() -> None:

@@ -28,8 +28,6 @@ from typing import Any, Iterator
 log = logging.getLogger("warmd.llama_cpp")
 MIB = 2**20
 KV_PAD = 256
-# bytes per element of the KV cache types llama.cpp offers (q8_0: 34 bytes per 32, q4_0: 18 per 32)
-CACHE_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([0-9.]+) MiB")
 _GPU_BUFFER = re.compile(r"^CUDA\d+$")
 ENCODERS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder", "modern-bert", "neo-bert"}
@@ -138,12 +136,12 @@ def header(path: Path) -> Header:
         raise ValueError(f"{path} lacks a GGUF key llama.cpp needs ({exc})") from None
 
 
-def kv_bytes(h: Header, n_ctx: int, cache_type: str) -> int:
-    """The KV cache for `n_ctx` tokens: K and V of every layer, in `cache_type`."""
+def kv_bytes(h: Header, n_ctx: int, element_bytes: float) -> int:
+    """The KV cache for `n_ctx` tokens: K and V of every layer, in a cache type of `element_bytes` each."""
     if h.arch in ENCODERS:
         return 0        # non-causal encoders keep no cache
     cells = -(-n_ctx // KV_PAD) * KV_PAD
-    return int(sum(cells * width for width in h.kv_width) * CACHE_TYPES[cache_type])
+    return int(sum(cells * width for width in h.kv_width) * element_bytes)
 
 
 class LogCapture:

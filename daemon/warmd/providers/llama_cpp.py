@@ -40,18 +40,22 @@ import logging
 import random
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from warmd import chat
 from warmd.devices import gpu_index, is_gpu
 from warmd.errors import Code, WarmdError
-from warmd.providers import gguf_memory
 from warmd.providers.base import InferRequest, InferResult, Layers, Provider, bad_input
 from warmd.spec import ModelSpec
+
+if TYPE_CHECKING:   # imported by the calls that size or load a model: a start needs only the options schema
+    from warmd.providers import gguf_memory
 
 log = logging.getLogger(__name__)
 TASKS = ("chat", "text-generation", "feature-extraction")
 DEFAULT_N_CTX = 4096
+# bytes per element of the KV cache types llama.cpp offers (q8_0: 34 bytes per 32, q4_0: 18 per 32)
+CACHE_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 LOCK_POLL_S = 0.05
 _PARAMETERS = {"type": "object", "additionalProperties": False, "properties": {
     "temperature": {"type": "number", "minimum": 0}, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
@@ -77,7 +81,7 @@ class LlamaCppProvider(Provider):
             "n_gpu_layers": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": -1, "maximum": 100_000}]},
             "threads": {"type": "integer", "minimum": 1, "maximum": 1024},
             "flash_attn": {"type": "boolean"},
-            "cache_type": {"enum": sorted(gguf_memory.CACHE_TYPES)},
+            "cache_type": {"enum": sorted(CACHE_TYPES)},
             "use_mmap": {"type": "boolean"},
             "chat_template": {"type": "string", "minLength": 1},
             "parameters": _PARAMETERS,
@@ -99,9 +103,11 @@ class LlamaCppProvider(Provider):
     @classmethod
     def footprint(cls, spec: ModelSpec, files: Path) -> gguf_memory.Footprint:
         """The model's bytes before loading, by part (see gguf_memory)."""
+        from warmd.providers import gguf_memory
+
         path, settings = model_file(spec, files), Settings.of(spec, files)
         head = _header(path)
-        kv = gguf_memory.kv_bytes(head, settings.n_ctx, settings.cache_type)
+        kv = settings.kv_bytes(head)
         compute = _dry_run(str(path), path.stat().st_mtime_ns, settings)
         # the output rows (logits, or embeddings) of one sequence; the dry run does not size them
         outputs = (head.n_vocab + head.n_embd) * 4 * (settings.n_batch if settings.embedding else 1)
@@ -112,7 +118,7 @@ class LlamaCppProvider(Provider):
     def layers(cls, spec: ModelSpec, files: Path) -> Layers | None:
         path, settings = model_file(spec, files), Settings.of(spec, files)
         head = _header(path)
-        per_layer_kv = gguf_memory.kv_bytes(head, settings.n_ctx, settings.cache_type) // max(1, head.n_layer)
+        per_layer_kv = settings.kv_bytes(head) // max(1, head.n_layer)
         # llama.cpp offloads the output layer first, then blocks from the last one down
         sizes = (head.output_bytes, *(b + per_layer_kv for b in reversed(head.layer_bytes)))
         wanted = spec.options.get("n_gpu_layers", "auto")
@@ -122,6 +128,8 @@ class LlamaCppProvider(Provider):
 
     # ---- load / unload -------------------------------------------------------------------------
     def load(self) -> int:
+        from warmd.providers import gguf_memory
+
         llama_cpp = _import()
         self.check_task()
         path, settings = model_file(self.spec, self.files), Settings.of(self.spec, self.files)
@@ -291,6 +299,12 @@ class Settings:
     def of(cls, spec: ModelSpec, files: Path) -> "Settings":
         return cls(spec, _header(model_file(spec, files)).n_ctx_train, source_defaults(spec).n_ctx)
 
+    def kv_bytes(self, head: gguf_memory.Header) -> int:
+        """The KV cache these settings make llama.cpp allocate (see gguf_memory)."""
+        from warmd.providers import gguf_memory
+
+        return gguf_memory.kv_bytes(head, self.n_ctx, CACHE_TYPES[self.cache_type])
+
     def host_arrays(self, head: gguf_memory.Header) -> int:
         """llama-cpp-python's own host arrays: logits rows (n_batch x n_vocab float32) and token ids."""
         return (self.n_batch * head.n_vocab + self.n_ctx) * 4
@@ -326,6 +340,8 @@ def _dry_run(path: str, mtime_ns: int, settings: Settings) -> int:
     key = (path, mtime_ns, settings.key())
     if key in _dry_runs:
         return _dry_runs[key]
+    from warmd.providers import gguf_memory
+
     llama_cpp = _import()
     with _LOAD_LOCK, gguf_memory.LOG.capture() as measured:
         mparams = llama_cpp.llama_model_default_params()
@@ -387,6 +403,8 @@ def source_defaults(spec: ModelSpec):  # type: ignore[no-untyped-def]
 
 
 def _header(path: Path) -> gguf_memory.Header:
+    from warmd.providers import gguf_memory
+
     try:
         return gguf_memory.header(path)
     except ImportError:
@@ -418,6 +436,8 @@ def _grammar(response_format: Any) -> Any:
 
 
 def _import():  # type: ignore[no-untyped-def]
+    from warmd.providers import gguf_memory
+
     try:
         import llama_cpp
     except ImportError:
