@@ -41,6 +41,9 @@ from warmd.watch import Watches
 
 log = logging.getLogger(__name__)
 SAFETY_RESCAN_S = 5.0      # also rescans when no file event came (folder deleted and recreated, NFS)
+# The watches come on this long after the first scan: watchdog's import, its observer and the watches (~10 ms
+# of the interpreter) would otherwise share it with the daemon's path to ready and its first calls.
+WATCH_AFTER_S = 0.2
 MAX_DEBOUNCE_S = 1.0
 # A file whose stat is unchanged is not read again, unless it changed this recently: file times tick
 # coarsely (a few ms), so two writes of the same size within one tick have the same stat (git's "racy" rule).
@@ -314,8 +317,8 @@ class Catalog:
 
     # ---- watching ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Scan now; the catalog's thread then watches the folder and the models' local inputs (watchdog's
-        import, its observer and the watches come after the daemon is ready)."""
+        """Scan now, then watch the folder and the models' local inputs from the catalog's thread: its
+        watches come on WATCH_AFTER_S later, and it rescans then (a change in between is not missed)."""
         self.rescan()
         self._thread = threading.Thread(target=self._loop, name="catalog", daemon=True)
         self._thread.start()
@@ -329,17 +332,23 @@ class Catalog:
             self._thread.join(timeout=2)
 
     def _loop(self) -> None:
+        self._save_validated()          # at once: a daemon stopped right after its first start keeps them
+        if self._stop.wait(WATCH_AFTER_S):
+            return
         with self._scan_lock:
-            self._watch(self._inputs)   # the first scan's; its rescan below sees what changed before them
+            self._watch(self._inputs)   # the first scan's; the rescan below sees what changed before them
         while not self._stop.is_set():
             try:
                 self.rescan()
             except Exception:
                 log.exception("catalog rescan failed; will retry")
-            with self._scan_lock:       # after the rescan that came before, off the path to ready
-                self._validated.save()
+            self._save_validated()
             if self._dirty.wait(timeout=SAFETY_RESCAN_S) and not self._stop.is_set():
                 self._settle()
+
+    def _save_validated(self) -> None:
+        with self._scan_lock:           # after the rescan that came before, off the path to ready
+            self._validated.save()
 
     def _settle(self) -> None:
         """Debounce: wait until no file event for `debounce_s` (but at most MAX_DEBOUNCE_S)."""

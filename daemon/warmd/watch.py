@@ -5,8 +5,8 @@ folder; deep folders: everything under them, as a folder source; files: that fil
 folder that is deleted and made again (a new inode) is watched afresh, one that does not exist yet is
 picked up by a later update (the catalog's safety rescan calls it). An event sets the flag only when it
 touches a path that matters, so watching a busy folder for one weights file costs no rescans. watchdog is
-imported, and its observer started, at the first update (the catalog's thread makes it after the daemon is
-ready); after `stop()` an update watches nothing.
+imported, and its observer started, at the first update (the catalog's thread makes it a moment after its
+first scan, off the daemon's path to ready); after `stop()` an update watches nothing.
 """
 from __future__ import annotations
 

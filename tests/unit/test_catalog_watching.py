@@ -45,27 +45,42 @@ def test_a_spec_added_before_the_watches_are_on_appears(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(catalog._watches, "update", late_update)
     catalog.start()
+    assert catalog.get("a") is not None and callers == []      # the first scan put no watch on
     try:
         assert _appears(catalog, "b")
         (tmp_path / "c.yaml").write_text(BODY)          # and once they are on, they see the folder
         assert _appears(catalog, "c")
-        assert set(callers) == {"catalog"}              # the first scan (start's own) set up none
+        assert set(callers) == {"catalog"}              # all from the catalog's thread
     finally:
         catalog.stop()
 
 
-def test_a_stop_before_the_watches_are_on_leaves_no_observer(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stop_before_the_watches_come_on_leaves_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = set(threading.enumerate())
     catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
-    update, release = catalog._watches.update, threading.Event()
+    callers: list[str] = []
+    monkeypatch.setattr(catalog._watches, "update", lambda *args: callers.append("update"))
+    catalog.start()
+    t0 = time.monotonic()
+    catalog.stop()                                      # while the thread waits to put them on
+    assert time.monotonic() - t0 < 1 and callers == [] and _new_threads(before) == []
+
+
+def test_a_stop_while_the_watches_come_on_leaves_no_observer(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "WATCH_AFTER_S", 0.0)
+    before = set(threading.enumerate())
+    catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
+    update, entered, release = catalog._watches.update, threading.Event(), threading.Event()
 
     def held_update(*args: list[Path]) -> None:
-        release.wait(5)                                 # the catalog's thread is held until stop() has begun
+        entered.set()
+        release.wait(5)                                 # held until stop() has begun
         update(*args)
 
     monkeypatch.setattr(catalog._watches, "update", held_update)
     catalog.start()
+    assert entered.wait(5)
     timer = threading.Timer(0.3, release.set)
     timer.start()
     catalog.stop()
