@@ -85,6 +85,7 @@ class Catalog:
         self._stop = threading.Event()
         self._watches = Watches(self._dirty)
         self._inputs: list[Path] = []          # the last rescan's local inputs: what the watches start from
+        self._watching = False                 # set by the catalog's thread once it put the watches on
         self._thread: threading.Thread | None = None
 
     # ---- reading -------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Catalog:
                 self._overrides = {n: f for n, f in self._overrides.items() if n in specs}
             self._announce(old_specs, specs, old_rejected, rejected, first)
             self._inputs = inputs
-            if self._thread is not None and not self._stop.is_set():   # started, and not stopping
+            if self._watching and not self._stop.is_set():      # the catalog's thread put the watches on
                 self._watch(inputs)
 
     def revalidate(self) -> None:
@@ -335,8 +336,12 @@ class Catalog:
         self._save_validated()          # at once: a daemon stopped right after its first start keeps them
         if self._stop.wait(WATCH_AFTER_S):
             return
-        with self._scan_lock:
-            self._watch(self._inputs)   # the first scan's; the rescan below sees what changed before them
+        with self._scan_lock:           # the last scan's inputs; the rescan below sees what changed before them
+            try:
+                self._watch(self._inputs)
+            except Exception:  # noqa: BLE001 - the rescans go on, and each tries the watches again
+                log.exception("catalog watches failed; rescanning every %.0f s, and trying them again", SAFETY_RESCAN_S)
+            self._watching = True
         while not self._stop.is_set():
             try:
                 self.rescan()

@@ -231,6 +231,12 @@ def _check(path: Path, node: yaml.Node | None, data: Any, providers: Mapping[str
     for message, opt_path in provider_cls.validate_options(data.get("options", {})):
         dotted = ["options", *opt_path]
         raise SpecFileError(path, message, field=".".join(map(str, dotted)), line=line_of(node, dotted))
+    for key in ("inputs", "outputs"):       # a request's tensors are checked against one declaration each
+        names = [t["name"] for t in data.get(key, ())]
+        again = next((i for i, n in enumerate(names) if n in names[:i]), None)
+        if again is not None:
+            raise SpecFileError(path, f"{key} declares {names[again]!r} twice; give each tensor one entry",
+                                field=f"{key}.{again}", line=line_of(node, [key, again]))
 
 
 def _spec(path: Path, node: yaml.Node | None, data: dict[str, Any], root: Path,

@@ -1,12 +1,13 @@
 """Watching the files the catalog depends on: the specs folder and every model's local inputs.
 
 `Watches.update()` is given the paths that matter (shallow folders: their own entries, as the specs
-folder; deep folders: everything under them, as a folder source; files: that file) and keeps one watchdog observer's watches in line with them: a file is watched through its folder, a
-folder that is deleted and made again (a new inode) is watched afresh, one that does not exist yet is
-picked up by a later update (the catalog's safety rescan calls it). An event sets the flag only when it
-touches a path that matters, so watching a busy folder for one weights file costs no rescans. watchdog is
-imported, and its observer started, at the first update (the catalog's thread makes it a moment after its
-first scan, off the daemon's path to ready); after `stop()` an update watches nothing.
+folder; deep folders: everything under them, as a folder source; files: that file) and keeps one watchdog
+observer's watches in line with them: a file is watched through its folder, a folder that is deleted and
+made again (a new inode) is watched afresh, one that does not exist yet is picked up by a later update (the
+catalog's safety rescan calls it). An event sets the flag only when it touches a path that matters, so
+watching a busy folder for one weights file costs no rescans. watchdog is imported, and its observer
+started, at the first update (the catalog's thread makes it a moment after its first scan, off the daemon's
+path to ready); after `stop()` an update watches nothing.
 """
 from __future__ import annotations
 

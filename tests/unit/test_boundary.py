@@ -100,3 +100,16 @@ def test_max_message_bytes_takes_sizes(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("max_message_bytes: 1MiB\n")
     assert load_settings(tmp_path / "c.yaml", env={}).max_message_bytes == 2**20
     assert load_settings(tmp_path / "c.yaml", env={"WARMD_MAX_MESSAGE_BYTES": "128MiB"}).max_message_bytes == 128 * 2**20
+
+
+def test_torch_outputs_that_require_grad_leave_as_numpy() -> None:
+    import torch
+
+    from warmd.providers.torch import _output
+
+    weight = torch.nn.Parameter(torch.arange(6, dtype=torch.float32).reshape(2, 3))    # a forward returning it
+    with torch.inference_mode(False), torch.enable_grad():
+        made = weight * 2                                                              # or grad turned back on
+    for value, expected in ((weight, np.arange(6).reshape(2, 3)), (made, 2 * np.arange(6).reshape(2, 3))):
+        out = _output(value, on_device=False)
+        assert isinstance(out, np.ndarray) and np.array_equal(out, expected)

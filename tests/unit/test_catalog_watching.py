@@ -71,21 +71,36 @@ def test_a_stop_while_the_watches_come_on_leaves_no_observer(tmp_path: Path,
     monkeypatch.setattr(catalog_module, "WATCH_AFTER_S", 0.0)
     before = set(threading.enumerate())
     catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
-    update, entered, release = catalog._watches.update, threading.Event(), threading.Event()
+    schedule, entered, release = catalog._watches._schedule, threading.Event(), threading.Event()
 
-    def held_update(*args: list[Path]) -> None:
+    def held_schedule(key: tuple[str, bool]) -> None:
         entered.set()
-        release.wait(5)                                 # held until stop() has begun
-        update(*args)
+        release.wait(5)          # inside the update, its observer started: stop() comes now
+        schedule(key)
 
-    monkeypatch.setattr(catalog._watches, "update", held_update)
+    monkeypatch.setattr(catalog._watches, "_schedule", held_schedule)
     catalog.start()
-    assert entered.wait(5)
+    assert entered.wait(5) and catalog._watches._observer is not None
     timer = threading.Timer(0.3, release.set)
     timer.start()
     catalog.stop()
     timer.join()
     assert _new_threads(before) == []
+
+
+def test_a_rescan_from_another_thread_leaves_the_watches_to_the_catalogs(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "WATCH_AFTER_S", 60.0)
+    catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
+    callers: list[str] = []
+    monkeypatch.setattr(catalog._watches, "update", lambda *args: callers.append("update"))
+    catalog.start()
+    try:
+        (tmp_path / "a.yaml").write_text(BODY)
+        catalog.rescan()            # as `warm add` or a V2 load with a config does, on a request's thread
+        assert catalog.get("a") is not None and callers == []
+    finally:
+        catalog.stop()
 
 
 def test_an_update_after_stop_watches_nothing(tmp_path: Path) -> None:
@@ -96,3 +111,22 @@ def test_an_update_after_stop_watches_nothing(tmp_path: Path) -> None:
     watches.update([tmp_path], [], [])
     (tmp_path / "a.yaml").write_text("")
     assert not flag.wait(0.5) and _new_threads(before) == []
+
+
+def test_watches_that_fail_to_come_on_leave_the_rescans_running(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "WATCH_AFTER_S", 0.0)
+    monkeypatch.setattr(catalog_module, "SAFETY_RESCAN_S", 0.1)
+    catalog = Catalog(tmp_path, [tmp_path], dict(PROVIDERS), EventBus())
+
+    def failing_update(*args: list[Path]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(catalog._watches, "update", failing_update)
+    catalog.start()
+    try:
+        (tmp_path / "a.yaml").write_text(BODY)
+        assert _appears(catalog, "a")           # the safety rescans go on without the watches
+        assert catalog._thread is not None and catalog._thread.is_alive()
+    finally:
+        catalog.stop()

@@ -414,7 +414,8 @@ def conform_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> dict[str,
     otherwise the input is refused, as Triton refuses any mismatch. BF16 arrives as exact float32 values.
 
     Returns:
-        The tensors, declared ones in their declared dtype.
+        The tensors, declared ones in their declared dtype: `tensors` itself when nothing converts, else a
+        copy of the mapping (the caller's stays as it was).
     Raises:
         WarmdError: `invalid_argument` naming the input, its dtype or shape and the declaration.
     """

@@ -168,7 +168,7 @@ def _output(value: Any, on_device: bool) -> Any:
 
     if value.dtype in (torch.bfloat16, torch.float16):
         value = value.float()   # numpy has no bfloat16; callers get exact float32 values (on a GPU too)
-    if value.requires_grad:     # a forward that turned inference mode off for itself
+    if value.requires_grad:     # a parameter returned as it is, or a forward that turned inference mode off
         value = value.detach()
     if value.is_cpu:
         return value.numpy()
