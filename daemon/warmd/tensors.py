@@ -49,7 +49,7 @@ def encode(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
     if dtype not in _NAMES:
         raise WarmdError(Code.INVALID_ARGUMENT, f"tensor {name!r}: dtype {array.dtype} is not supported; "
                          f"use one of {', '.join(NUMPY_DTYPES)}")
-    return _NAMES[dtype], np.ascontiguousarray(array, dtype=dtype)
+    return _NAMES[dtype], np.asarray(array, dtype=dtype, order="C")     # a 0-d array stays 0-d (shape [])
 
 
 def raw(dtype_name: str, data: np.ndarray) -> memoryview:

@@ -78,11 +78,13 @@ def test_tensor_round_trip(dtype: str) -> None:
 
 
 @pytest.mark.parametrize("array", [np.arange(12, dtype="<f4").reshape(3, 4).T,      # not C-contiguous
-                                   np.arange(6, dtype=">i4").reshape(2, 3)])       # big-endian
+                                   np.arange(6, dtype=">i4").reshape(2, 3),        # big-endian
+                                   np.array(2.5, dtype=np.float32)])               # 0-d: shape [], not [1]
 def test_wire_bytes_are_row_major_little_endian(array: np.ndarray) -> None:
     dtype, data = tensors.encode("x", array)
     assert tensors.wire_bytes(dtype, data) == np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    assert np.array_equal(tensors.from_proto(tensors.to_proto("x", array)), array)
+    back = tensors.from_proto(tensors.to_proto("x", array))
+    assert back.shape == array.shape and np.array_equal(back, array)
 
 
 def test_bf16_decodes_exactly() -> None:
