@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -21,6 +22,11 @@ sys.path.insert(0, str(REPO / "tests"))
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+    """Median (min–max) of `values`, each written by `fmt`: one table cell."""
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
 def rotated(items: list[T], start: int) -> list[T]:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common import REPO, compile_daemon, percentile, rotated, wait_for, workdir, write_report
+from common import REPO, compile_daemon, percentile, rotated, spread, wait_for, workdir, write_report
 
 from waiting import free_port
 
@@ -591,11 +591,6 @@ def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None
 def round_ratios(rows: dict[str, dict[str, object]], name: str, over: str) -> list[float]:
     """`name`'s calls/s over `over`'s, round by round: a round's figures were measured at one pace of the VM."""
     return [a.rate / b.rate for a, b in zip(rows[name]["tput"], rows[over]["tput"])]  # type: ignore[call-overload]
-
-
-def spread(values: list[float], fmt: Callable[[float], str]) -> str:
-    """Median (min–max) of `values` in one cell: the table is 13 columns wide already."""
-    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
 
 
 if __name__ == "__main__":

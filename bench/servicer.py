@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import REPO, workdir, write_report
+from common import REPO, spread, workdir, write_report
 
 
 def measure(calls: int, rounds: int) -> dict[str, list[float]]:
@@ -154,10 +154,6 @@ def run_child(checkout: Path, calls: int, rounds: int) -> dict[str, list[float]]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def spread(values: list[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000, help="calls per path per round")
@@ -186,8 +182,9 @@ def main() -> int:
     for name, times in found.items():
         ratios = [w / m for w, m in zip(times["warmd"], times["minimal"])]
         extra = [w - m for w, m in zip(times["warmd"], times["minimal"])]
-        lines.append(f"| {name} | {spread(times['warmd'], '.1f')} | {spread(times['minimal'], '.1f')} | "
-                     f"{spread(ratios, '.2f')}x | {spread(extra, '.1f')} | {sum(times['off loop']):.0f} |")
+        us, ratio = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.2f}x")
+        lines.append(f"| {name} | {spread(times['warmd'], us)} | {spread(times['minimal'], us)} | "
+                     f"{spread(ratios, ratio)} | {spread(extra, us)} | {sum(times['off loop']):.0f} |")
     write_report("servicer-baseline" if args.baseline else "servicer", lines)
     return 0
 

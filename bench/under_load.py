@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, process, rotated, wait_for, workdir, write_report
+from common import REPO, process, rotated, spread, wait_for, workdir, write_report
 from peers import Load, throughput
 
 from models import write_mlp
@@ -77,8 +77,7 @@ def main() -> int:
         ratios = [load.rate / floor.rate for load, floor in zip(loads, runs[FLOOR])]
         cpu = [load.server_us or 0.0 for load in loads]
         lines.append(f"| {name} | {statistics.median(load.rate for load in loads):.0f} | "
-                     f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}x-{max(ratios):.2f}x) | "
-                     f"{statistics.median(cpu):.0f} ({min(cpu):.0f}-{max(cpu):.0f}) |")
+                     f"{spread(ratios, lambda v: f'{v:.2f}x')} | {spread(cpu, lambda v: f'{v:.0f}')} |")
     write_report("under_load", lines)
     return 0
 

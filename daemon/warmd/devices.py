@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from warmd.errors import Code, WarmdError
+from warmd.paths import read_or_empty
 
 log = logging.getLogger(__name__)
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
@@ -124,17 +125,9 @@ def _nvml():  # type: ignore[no-untyped-def]
 def _nvidia_on_pci() -> bool:
     try:
         with os.scandir(PCI_DEVICES) as found:
-            return any(_read(os.path.join(entry.path, "vendor")) == NVIDIA_PCI_VENDOR for entry in found)
+            return any(read_or_empty(os.path.join(entry.path, "vendor")) == NVIDIA_PCI_VENDOR for entry in found)
     except OSError:
         return False
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    except (OSError, ValueError):
-        return ""
 
 
 def _nvml_totals() -> list[int]:

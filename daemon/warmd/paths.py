@@ -55,6 +55,14 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 
+def read_or_empty(path: Path | str) -> str:
+    """A small text file's stripped content (a pid, a sysfs value), or "" when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """Replace `path` with `text` all at once: readers see the old content or the new, never a torn file.
 

@@ -110,7 +110,7 @@ class Daemon:
         try:
             self._lock.acquire(timeout=0)
         except filelock.Timeout:
-            pid = _read(self._pid_file())
+            pid = paths.read_or_empty(self._pid_file())
             raise WarmdError(Code.UNAVAILABLE, f"another warmd (pid {pid or 'unknown'}) is serving {sock}; "
                              f"stop it first (kill {pid or '<pid>'}) or pass --socket") from None
         self._pid_file().write_text(f"{os.getpid()}\n")
@@ -330,10 +330,3 @@ def setup_logging(settings: Settings) -> None:
         root.addHandler(rotating)
     except OSError as exc:
         root.warning("cannot write the log file %s (%s); logging to stderr only", settings.log_file, exc)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
