@@ -12,7 +12,11 @@ pulls, watches, streams, administration) runs on a worker thread, as it did unde
 Every method's handler is built once (`serve`), from the handlers the generated `add_*_to_server`
 functions give (`Methods` stands in for the server to collect them); each call's own checks (the TCP
 token, api/auth.py; the drain's count, api/drain.py) run in it, not in interceptors, which grpc.aio runs as
-coroutines on every call.
+coroutines on every call. The server finds them through one generic handler (`_ByMethod`), never as
+registered methods: grpc.aio's serving loop keeps one pending request per registered method and, for every
+call that arrives, waits on all of them again (`asyncio.wait`, a callback added to and removed from each).
+With warmd's ~50 methods that was most of what the front cost over a bare grpc.aio echo
+(bench/results/profiles/README.md).
 
 The servicers keep the sync API: they get a `SyncContext`, which offers the grpc.ServicerContext methods
 warmd uses, callable from any thread. Its `add_callback` runs when the RPC ends for any reason (the client
@@ -139,15 +143,25 @@ def serve(server: grpc.aio.Server, methods: Methods, pool: futures.Executor,
             follows every call that entered.
         serializer: rebuilds a method's response serializer.
     """
+    built = {}
     for service, handlers in methods.services.items():
-        built = {}
         for name, handler in handlers.items():
             method = f"/{service}/{name}"
             check = enter(method)
-            built[name] = on_loop(handler, pool, (method, check, leave) if check else None,
-                                  serializer(handler.response_serializer))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, built),))
-        server.add_registered_method_handlers(service, built)
+            built[method] = on_loop(handler, pool, (method, check, leave) if check else None,
+                                    serializer(handler.response_serializer))
+    server.add_generic_rpc_handlers((_ByMethod(built),))
+
+
+class _ByMethod(grpc.GenericRpcHandler):
+    """Every service's handlers, found by the call's full method name in one lookup (not registered with the
+    server: see the module)."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)
 
 
 def on_loop(handler: grpc.RpcMethodHandler, pool: futures.Executor,
