@@ -6,11 +6,13 @@ same rounds (each round starts at the next server).
 
 `--patched DIR` is a checkout with bench/results/profiles/under-load.patch applied: its daemon reads
 WARMD_EXPERIMENT, `fixed` answering every call with the first call's response (the gRPC front alone), and
-`noforward` reusing the first forward's outputs (all of warmd's Python, no torch forward). Rows: grpcio's sync
-echo (the floor of bench/throughput.py and peers.py), grpc.aio's echo on uvloop (bench/grpc_servers.py's),
-and the patched daemon with `fixed`, `noforward` and nothing set (the whole call), all on Unix sockets with
-bench/peers.py's load. Reports calls/s over the floor's in the same round and the server's CPU per call, as
-median (min-max) over the rounds.
+`noforward` reusing the first forward's outputs (all of warmd's Python, no torch forward); with
+WARMD_EXPERIMENT_REGISTERED set, it also registers every method with the server, as warmd did before
+ebda0c0. Rows: grpcio's sync echo (the floor of bench/throughput.py and peers.py), grpc.aio's echo on uvloop
+(bench/grpc_servers.py's), and the patched daemon with `fixed` (its methods registered, and not),
+`noforward` and nothing set (the whole call), all on Unix sockets with bench/peers.py's load. Reports
+calls/s over the floor's in the same round and the server's CPU per call, as median (min-max) over the
+rounds.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from peers import Load, throughput
 from models import write_mlp
 
 FLOOR = "grpcio sync echo (floor)"
-CUTS = {"warmd, fixed response (the front alone)": "fixed",
-        "warmd, no forward (all of warmd's Python)": "noforward", "warmd, the whole call": ""}
+# row -> (WARMD_EXPERIMENT, whether the methods are registered with the server as well, as before ebda0c0)
+CUTS = {"warmd, fixed response, methods registered (before)": ("fixed", True),
+        "warmd, fixed response (the front alone)": ("fixed", False),
+        "warmd, no forward (all of warmd's Python)": ("noforward", False), "warmd, the whole call": ("", False)}
 
 
 def main() -> int:
@@ -51,11 +55,12 @@ def main() -> int:
                                                         f"unix:{root / 'uvloop.sock'}", "0"])):
             proc = stack.enter_context(process([sys.executable, *argv], root, f"{len(servers)}.log"))
             servers[name] = ("echo", root / ("floor.sock" if name == FLOOR else "uvloop.sock"), proc.pid)
-        for name, cut in CUTS.items():
+        for name, (cut, registered) in CUTS.items():
             sock = root / f"w{len(servers)}.sock"
             proc = stack.enter_context(process(
                 [sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(sock)], root,
-                f"{len(servers)}.log", {"PYTHONPATH": str(args.patched.resolve() / "daemon"), "WARMD_EXPERIMENT": cut}))
+                f"{len(servers)}.log", {"PYTHONPATH": str(args.patched.resolve() / "daemon"), "WARMD_EXPERIMENT": cut,
+                                        "WARMD_EXPERIMENT_REGISTERED": "1" if registered else None}))
             with Client(sock, timeout=60) as client:
                 wait_for(lambda: client.status(), timeout=60)   # noqa: B023 - called at once
                 client.load("mlp")
