@@ -42,8 +42,9 @@ class _Item:
     def key(self) -> tuple:
         tensors = tuple(sorted((n, str(a.dtype), str(getattr(a, "device", "cpu")), tuple(a.shape[1:]))
                                for n, a in self.request.tensors.items()))
-        return (tensors, bool(self.request.text), json.dumps(self.request.parameters, sort_keys=True, default=str),
-                self.request.device_outputs)
+        parameters = self.request.parameters    # most calls have none: json.dumps only for those that do
+        return (tensors, bool(self.request.text), json.dumps(parameters, sort_keys=True, default=str) if parameters
+                else "", self.request.device_outputs)
 
 
 class Batcher:

@@ -1,9 +1,11 @@
 """How api/aio.py puts warmd's methods on a grpc.aio server: through one generic handler that finds each
 method by its full name, and never as registered methods (grpc.aio's serving loop waits again on one
 pending request per registered method for every call that arrives: with ~50 methods, most of the front's
-cost over a bare echo under load)."""
+cost over a bare echo under load). And how a call waiting on the loop is woken."""
 from __future__ import annotations
 
+import asyncio
+import threading
 from concurrent import futures
 from types import SimpleNamespace
 from typing import Any
@@ -63,3 +65,18 @@ def test_an_unknown_method_finds_no_handler_so_grpc_answers_unimplemented() -> N
 
 def test_no_method_is_registered_with_the_server() -> None:
     assert _served().registered == []
+
+
+def test_a_grant_on_the_loop_resolves_its_waiter_at_once_and_one_from_a_thread_soon() -> None:
+    async def grants() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        here, there = loop.create_future(), loop.create_future()
+        aio._wake(loop, here)                # a batch that ran on the loop grants its seats
+        at_once = here.done()
+        thread = threading.Thread(target=aio._wake, args=(loop, there))     # a worker thread leaving its slot
+        thread.start()
+        thread.join()
+        await asyncio.wait_for(there, timeout=30)
+        return at_once, there.done()
+
+    assert asyncio.run(grants()) == (True, True)

@@ -2,6 +2,7 @@
 in-process model's calls that need not wait; every other attempt is WouldWait before it has any effect."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -262,6 +263,21 @@ def test_a_quick_batched_model_batches_on_the_loop_and_each_call_takes_its_own_s
     stats = inference.stats("m")
     assert (stats.success_count, stats.execution_count, stats.inference_count) == (3, 1, 3)
     assert scheduler.held == 0 and inference.queue_depth("m") == (0, 0)
+
+
+def test_calls_with_other_parameters_sit_in_a_batch_of_their_own() -> None:
+    provider = Batchable()
+    inference, _, spec = _setup(provider, max_batch=2, max_in_flight=8)
+    inference._timed("m", 0.0)
+    given = {"temperature": 0.5}
+    with pytest.raises(WouldWait) as plain:
+        inference.run(spec, _row(1.0))
+    with pytest.raises(WouldWait) as tuned:
+        inference.run(spec, dataclasses.replace(_row(2.0), parameters=given))
+    assert plain.value.ticket.batch is not tuned.value.ticket.batch and provider.rows == []
+    inference.run(spec, _row(3.0))                       # fills the batch without parameters
+    inference.run(spec, dataclasses.replace(_row(4.0), parameters=dict(given)))    # and the one with them
+    assert provider.rows == [2, 2]
 
 
 def test_a_batch_on_the_loop_runs_when_due_without_the_callers_that_left() -> None:

@@ -245,7 +245,15 @@ async def _on_loop(inner: Callable[..., Any], request: Any, context: grpc.aio.Se
 
 def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
     """From whatever granted the ticket (a worker thread leaving its slot, inside the gate's lock; a batch run
-    on the loop): resolve `future` on the loop."""
+    on the loop): resolve `future` on the loop. On the loop itself at once: call_soon_threadsafe would also
+    write to the loop's wake-up descriptor, a system call for each seat of a batch."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:        # not on a thread that runs a loop
+        here = False
+    if here:
+        _resolve(future)
+        return
     with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
         loop.call_soon_threadsafe(_resolve, future)
 
