@@ -35,6 +35,8 @@ def test_daemon_server_import_does_not_import_torch() -> None:
     assert not {"warmd.runner", "multiprocessing", "warmd.providers.gguf_memory"} & loaded
     # nor ctypes.util: its find_library runs ldconfig, a process (the heap trim finds glibc without it)
     assert "ctypes.util" not in loaded
+    # nor venv: only an adapter's install makes an environment
+    assert "venv" not in loaded
 
 
 def test_cluster_mode_imports_ray_only_when_used() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
-import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,8 @@ def create(folder: Path, requirements: tuple[str, ...], offline: bool, timeout_s
     Raises:
         RequirementsFailed: pip is missing, failed, or ran past `timeout_s`.
     """
+    import venv     # only an install makes an environment: not on the daemon's path to ready (2 ms)
+
     venv.EnvBuilder(with_pip=False, symlinks=sys.platform != "win32").create(folder)
     env = Environment(folder)
     command = [sys.executable, "-m", "pip", "--python", str(env.python), "install", "--no-input",
