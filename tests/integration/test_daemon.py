@@ -109,6 +109,18 @@ def test_health_and_reflection(start_daemon) -> None:
     assert {"warmd.v1.Warmd", "grpc.health.v1.Health"} <= services
 
 
+def test_a_method_the_daemon_does_not_have_is_unimplemented_and_it_keeps_serving(start_daemon) -> None:
+    daemon = start_daemon()
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        for method in ("/warmd.v1.Warmd/NoSuchMethod", "/no.such.Service/ModelInfer"):
+            with pytest.raises(grpc.RpcError) as failed:
+                channel.unary_unary(method)(b"", timeout=10)
+            assert failed.value.code() is grpc.StatusCode.UNIMPLEMENTED, method
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert daemon.warm("ls").returncode == 0
+
+
 def test_errors_carry_stable_codes(start_daemon, short_tmp: Path) -> None:
     specs = affine_specs(short_tmp, 2.0)
     (specs / "affine.yaml").write_text(affine_spec("w.safetensors"))
