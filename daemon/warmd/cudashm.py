@@ -177,7 +177,7 @@ def as_tensor(name: str, dtype_name: str, shape_in: Any, window: Any) -> Any:
     Raises:
         WarmdError: `invalid_argument` for an unknown dtype or a size that does not match.
     """
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     dtypes = _torch_dtypes()
     if dtype_name not in dtypes:

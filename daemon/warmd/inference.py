@@ -420,7 +420,7 @@ def provider_error(spec: ModelSpec, request: InferRequest, exc: Exception) -> Wa
 
 
 def _given(request: InferRequest) -> str:
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     parts = [f"{n} {codec.dtype_name(a.dtype)} {list(a.shape)}" for n, a in request.tensors.items()]
     if request.text:

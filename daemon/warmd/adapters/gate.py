@@ -228,7 +228,7 @@ def _request(spec: ModelSpec, example: Example) -> InferRequest:
     """The example's request, conformed to the spec as a real request is."""
     import numpy as np
 
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     declared = {d.name: d for d in spec.inputs}
     arrays: dict[str, np.ndarray] = {}
@@ -250,7 +250,7 @@ def _request(spec: ModelSpec, example: Example) -> InferRequest:
 def _zeros(decl: TensorDecl):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     shape = tuple(1 if d == -1 else d for d in decl.shape)
     if decl.dtype == "BYTES":
@@ -260,7 +260,7 @@ def _zeros(decl: TensorDecl):  # type: ignore[no-untyped-def]
 
 def output_problems(spec: ModelSpec, result: InferResult) -> list[str]:
     """How the result differs from the spec's declared outputs (names, dtypes, shapes; -1 = any size)."""
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     problems = []
     declared = {d.name: d for d in spec.outputs}

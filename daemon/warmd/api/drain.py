@@ -16,13 +16,15 @@ class Drain:
     """Counts calls in their servicer; refuses new ones after `close()`."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        # Every call takes the plain lock twice: `with` on it runs no Python (a Condition's own __enter__ does).
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._running = 0
         self._refusal: WarmdError | None = None
 
     def close(self, drain_timeout: float) -> None:
         """From now on new calls are refused, saying how long the calls under way have."""
-        with self._changed:
+        with self._lock:
             self._refusal = WarmdError(Code.UNAVAILABLE, f"warmd is shutting down (calls under way get up to "
                                        f"{drain_timeout:g} s to finish); retry once it is started again")
 
@@ -32,7 +34,7 @@ class Drain:
             return self._changed.wait_for(lambda: self._running == 0, timeout)
 
     def running(self) -> int:
-        with self._changed:
+        with self._lock:
             return self._running
 
     def admit(self) -> None:
@@ -41,13 +43,13 @@ class Drain:
         Raises:
             WarmdError: `unavailable` once the daemon drains.
         """
-        with self._changed:
+        with self._lock:
             if self._refusal is not None:
                 raise self._refusal
             self._running += 1
 
     def leave(self) -> None:
-        with self._changed:
+        with self._lock:
             self._running -= 1
             if self._refusal is not None:
                 self._changed.notify_all()      # only wait_idle waits, and only once the drain began

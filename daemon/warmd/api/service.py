@@ -181,7 +181,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                 yield pb.InferChunk(text=chunk.text)
 
     def _infer_request(self, target: Target, request: pb.InferRequest, owner: str, ctx: CallContext) -> InferRequest:
-        from warmd import tensors   # numpy: imported on the first request, not at start-up
+        import warmd.tensors as codec   # numpy: imported on the first request, not at start-up
 
         inputs: dict[str, Any] = {}
         for t in request.inputs:
@@ -192,12 +192,12 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                                                              t.region.offset, t.region.byte_size,
                                                              target.device_tensors)
             else:
-                inputs[t.name] = tensors.from_proto(t)
+                inputs[t.name] = codec.from_proto(t)
         return InferRequest(tensors=inputs, text=list(request.text),
                             parameters=parse_parameters(request.parameters_json), context=ctx)
 
     def _infer_response(self, request: pb.InferRequest, inferred: Inferred, owner: str) -> pb.InferResponse:
-        from warmd import tensors
+        import warmd.tensors as codec
 
         result, regions = inferred.result, request.output_regions
         outputs = []
@@ -208,7 +208,7 @@ class WarmdService(warmd_pb2_grpc.WarmdServicer):
                                                              ref.offset, ref.byte_size)
                 outputs.append(pb.Tensor(name=name, dtype=dtype, shape=shape, region=ref))
             else:
-                outputs.append(tensors.to_proto(name, result.tensors[name]))
+                outputs.append(codec.to_proto(name, result.tensors[name]))
         return pb.InferResponse(
             model=request.model, outputs=outputs, json=json.dumps(result.json) if result.json is not None else "",
             signature=self._signature(inferred.resident))

@@ -143,7 +143,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _input(self, tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None, owner: str,
                on_device: bool) -> Any:
         """One input as an array (numpy, or a torch tensor on the GPU when `on_device`)."""
-        from warmd import tensors as codec   # numpy: imported on the first request
+        import warmd.tensors as codec   # numpy: imported on the first request
 
         if "shared_memory_region" in tensor.parameters:
             region, offset, size = self._window(tensor.parameters, f"input {tensor.name!r}")
@@ -155,7 +155,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _outputs(self, request: v2.ModelInferRequest, result: InferResult, owner: str,
                  response: v2.ModelInferResponse) -> None:
-        from warmd import tensors as codec
+        import warmd.tensors as codec
 
         asked = {o.name: o for o in request.outputs}
         for name in select_outputs(request.model_name, result, asked):
@@ -328,7 +328,7 @@ def _param(value: v2.InferParameter) -> Any:
 def _from_contents(tensor: v2.ModelInferRequest.InferInputTensor) -> Any:
     import numpy as np
 
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     shape, count = codec.checked_shape(tensor.name, tensor.shape)
     if tensor.datatype == "BYTES":

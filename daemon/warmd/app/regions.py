@@ -62,7 +62,7 @@ class Regions:
             WarmdError: `invalid_argument` for an unknown region, a window outside it, or bytes that do not
                 make the dtype and shape.
         """
-        from warmd import tensors as codec   # numpy: imported on the first request
+        import warmd.tensors as codec   # numpy: imported on the first request
 
         what = f"input {name!r}"
         if self.cuda.has(owner, region):
@@ -82,7 +82,7 @@ class Regions:
         Raises:
             WarmdError: `invalid_argument` for an unknown region or a window too small or outside it.
         """
-        from warmd import tensors as codec
+        import warmd.tensors as codec
 
         what = f"output {name!r}"
         if cudashm.is_tensor(value):     # kept on the GPU for a CUDA window (InferRequest.device_outputs)

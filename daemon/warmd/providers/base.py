@@ -435,7 +435,7 @@ def conform_inputs(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> dict[str,
 def _as_declared(spec: ModelSpec, decl: TensorDecl, array: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    from warmd import tensors as codec
+    import warmd.tensors as codec
 
     want = np.dtype("<f4") if decl.dtype == "BF16" else codec.NUMPY_DTYPES[decl.dtype]
     if array.dtype == want:

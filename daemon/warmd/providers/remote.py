@@ -95,7 +95,7 @@ class RemoteProvider(Provider):
         return 0
 
     def infer(self, request: InferRequest) -> InferResult:
-        from warmd import tensors as codec
+        import warmd.tensors as codec
         from warmd.v2 import inference_pb2 as v2
 
         call = v2.ModelInferRequest(model_name=self._model)

@@ -94,7 +94,7 @@ class Arena:
         """Write arrays into the arena (from offset 0). Returns their descriptors for the message."""
         import numpy as np
 
-        from warmd import tensors as codec
+        import warmd.tensors as codec
 
         descs, offset = [], 0
         for name, array in arrays.items():
@@ -126,7 +126,7 @@ class Arena:
         """
         import numpy as np
 
-        from warmd import tensors as codec
+        import warmd.tensors as codec
 
         if not isinstance(descs, list):
             raise ChannelError("tensor descriptors must be a list")
