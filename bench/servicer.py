@@ -179,10 +179,10 @@ def main() -> int:
              f"{args.runs * args.rounds} rounds", "",
              "| code | warmd µs/call (p50) | minimal µs/call (p50) | warmd / minimal (per round) "
              "| warmd − minimal µs | warmd's calls run off the loop |", "|---|---|---|---|---|---|"]
+    us, ratio = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.2f}x")
     for name, times in found.items():
         ratios = [w / m for w, m in zip(times["warmd"], times["minimal"])]
         extra = [w - m for w, m in zip(times["warmd"], times["minimal"])]
-        us, ratio = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.2f}x")
         lines.append(f"| {name} | {spread(times['warmd'], us)} | {spread(times['minimal'], us)} | "
                      f"{spread(ratios, ratio)} | {spread(extra, us)} | {sum(times['off loop']):.0f} |")
     write_report("servicer-baseline" if args.baseline else "servicer", lines)
