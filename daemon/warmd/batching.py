@@ -9,13 +9,19 @@ and split where they are.
 
 Two ways a batch forms, by where its calls run (api/aio.py):
 - on worker threads (`submit`): the batcher's own thread gathers the requests and runs the batch;
-- on the gRPC event loop (`join`), for a model whose batch forward is quick (inference.py's QUICK_S): each
-  call takes a `Seat` in the open batch and waits on the loop; the batch runs on the loop when it is full
-  (in the call that fills it) or `max_delay_ms` after it opened, then every call runs again and takes its
-  share. No thread hand-off: on a 0.03 ms forward the threads' hand-offs cost more than batching saved.
+- on the gRPC event loop (`join`), for small requests to an in-process model: each call takes a `Seat` in
+  the open batch and waits on the loop, with no thread hand-off of its own. The batch is ready when full or
+  `max_delay_ms` after it opened; it then runs, one batch at a time: on the loop when the model's batch
+  forward is quicker than handing it to a thread (LOOP_BATCH_S), else on the batcher's second thread while
+  the loop takes the next calls. A batch ready while another runs keeps taking seats until it starts, so
+  batches grow with the load. When it ran, the loop grants every seat and each call runs again and takes its
+  share.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import json
 import queue
 import threading
@@ -27,6 +33,17 @@ from typing import Any, Callable
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
+
+# A batch on the event loop runs there while its model's batch forward averages under this, else on the
+# batcher's thread. Measured on 2 CPUs (bench/results/throughput.md): the tiny MLP's batches (~0.05 ms) ran
+# 15 % fewer calls/s behind the thread's hand-offs; the 64-1024-1024-10 MLP's (0.2-0.9 ms) blocked the loop,
+# which then gathered batches of 2-3 calls, and batching cost more than it saved.
+LOOP_BATCH_S = 0.00015
+_WEIGHT = 0.2       # of the newest forward in the moving average
+
+
+def _averaged(average: float | None, seconds: float) -> float:
+    return seconds if average is None else average + _WEIGHT * (seconds - average)
 
 
 @dataclass(eq=False)       # compared by identity: fields hold arrays
@@ -51,24 +68,32 @@ class Batcher:
     """One model's batch queue and the thread that drains it."""
 
     def __init__(self, scheduler: Scheduler, model: str, max_batch: int, max_delay_s: float,
-                 executed: Callable[[str, float, bool], None]) -> None:
+                 executed: Callable[[str], None]) -> None:
         self.scheduler, self.model = scheduler, model
         self.max_batch, self.max_delay_s = max_batch, max_delay_s
-        self._executed = executed           # told of each batch's forward: seconds, whether on the loop
+        self._executed = executed           # told of each batch that ran as one provider call
         self._queue: queue.Queue[_Item] = queue.Queue()
-        self._open: dict[tuple, _LoopBatch] = {}       # by _Item.key(); the event loop's alone
+        # The event loop's alone: batches taking seats (by _Item.key()), those ready to run behind the one
+        # running, and whether one runs.
+        self._open: dict[tuple, _LoopBatch] = {}
+        self._waiting: collections.deque[_LoopBatch] = collections.deque()
+        self._running = False
+        self._forward_s: float | None = None    # moving average of its batches' forwards (LOOP_BATCH_S)
+        self._runs: queue.SimpleQueue[tuple[_LoopBatch, list[_Item], asyncio.AbstractEventLoop]] = \
+            queue.SimpleQueue()
         threading.Thread(target=self._loop, name=f"batch-{model}", daemon=True).start()
+        threading.Thread(target=self._runner, name=f"batch-{model}-loop", daemon=True).start()
 
     def join(self, request: InferRequest, keep_alive: float | None, leave: Callable[[], None],
              t0: int, queued_ns: int) -> Seat:
         """(On the event loop.) Take a seat in the open batch of requests like this one, opening one if there
-        is none; a batch that is full runs at once.
+        is none; a batch that is full is ready at once.
 
         Args:
             leave: gives the call's admission slot back; the seat holds it until its share is taken.
             t0, queued_ns: the call's start and its wait for admission (its statistics).
         Returns:
-            The seat: its batch has run (`seat.batch.done`), or the caller waits for `when_granted`.
+            The seat: the caller waits for `when_granted`, then `take`s its share.
         Raises:
             WouldWait: the model is not serving now (it would load first): nothing was joined.
         """
@@ -82,8 +107,54 @@ class Batcher:
         seat = Seat(batch, item, leave, t0, queued_ns, due=self.max_delay_s if opened else None)
         batch.seats.append(seat)
         if len(batch.seats) >= self.max_batch:
+            del self._open[key]         # full: the next call opens the next batch
             batch.run()
         return seat
+
+    def _ready(self, batch: _LoopBatch) -> None:
+        """(On the loop.) `batch` is full or due: it runs now, or after the batches ready before it."""
+        self._waiting.append(batch)
+        self._next()
+
+    def _next(self) -> None:
+        """(On the loop.) Start the first ready batch unless one runs (one at a time: a batch that waits
+        meanwhile keeps taking seats, so batches grow with the load)."""
+        while not self._running and self._waiting:
+            batch = self._waiting.popleft()
+            batch.done = True
+            if self._open.get(batch.key) is batch:
+                del self._open[batch.key]
+            items = [seat.item for seat in batch.seats]
+            if items and (self._forward_s is None or self._forward_s < LOOP_BATCH_S):
+                try:
+                    self._forward(batch.resident, items)      # quicker than the hand-off to a thread
+                finally:
+                    self.scheduler.release(batch.resident)
+                for seat in batch.seats:
+                    seat.grant()
+            elif items:
+                self._running = True
+                self._runs.put((batch, items, asyncio.get_running_loop()))
+            else:                           # every caller left
+                self.scheduler.release(batch.resident)
+
+    def _runner(self) -> None:
+        """Run each loop batch as one provider call (the loop takes calls meanwhile), then tell the loop."""
+        while True:
+            batch, items, loop = self._runs.get()
+            try:
+                self._forward(batch.resident, items)
+            finally:
+                self.scheduler.release(batch.resident)
+                with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
+                    loop.call_soon_threadsafe(self._ran, batch)
+
+    def _ran(self, batch: _LoopBatch) -> None:
+        """(On the loop.) Grant every seat of the batch that ran, and start the next one."""
+        self._running = False
+        for seat in batch.seats:
+            seat.grant()
+        self._next()
 
     def submit(self, request: InferRequest, keep_alive: float | None) -> tuple[Resident, InferResult]:
         """Queue one request and wait for its share of a batch's result."""
@@ -121,13 +192,13 @@ class Batcher:
         keep_alive = next((i.keep_alive for i in live if i.keep_alive is not None), None)
         try:
             with self.scheduler.acquire(self.model, keep_alive=keep_alive) as resident:
-                self._forward(resident, live, on_loop=False)
+                self._forward(resident, live)
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
 
-    def _forward(self, resident: Resident, items: list[_Item], on_loop: bool) -> None:
+    def _forward(self, resident: Resident, items: list[_Item]) -> None:
         """Run `items` as one provider call on `resident`; each item's future gets its share or the error."""
         first = items[0].request
         try:
@@ -137,7 +208,8 @@ class Batcher:
                 device_outputs=first.device_outputs)
             started = time.perf_counter()
             result = resident.provider.infer(joined)
-            self._executed(self.model, time.perf_counter() - started, on_loop)
+            self._forward_s = _averaged(self._forward_s, time.perf_counter() - started)
+            self._executed(self.model)
             shares = _split(result, [i.rows() for i in items])
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it
             for item in items:
@@ -153,29 +225,22 @@ class _LoopBatch:
     def __init__(self, batcher: Batcher, key: tuple, resident: Resident) -> None:
         self.batcher, self.key, self.resident = batcher, key, resident
         self.seats: list[Seat] = []
-        self.done = False
+        self.ready = False      # full, or its delay is over: it runs as soon as the model's last batch ran
+        self.done = False       # it started: no more seats
 
     def run(self) -> None:
-        """Run the batch (once: when full, or when due), then grant every seat."""
-        if self.done:
+        """(On the loop.) The batch is full or due: run it now, or once the batch running before it ran."""
+        if self.ready:
             return
-        self.done = True
-        if self.batcher._open.get(self.key) is self:
-            del self.batcher._open[self.key]
-        try:
-            if self.seats:
-                self.batcher._forward(self.resident, [seat.item for seat in self.seats], on_loop=True)
-        finally:
-            self.batcher.scheduler.release(self.resident)
-        for seat in self.seats:
-            seat.grant()
+        self.ready = True
+        self.batcher._ready(self)
 
 
 @dataclass(eq=False)
 class Seat:
     """A call's place in a batch on the event loop, waited for as api/aio.py waits for an admission slot
-    (`when_granted`, `give_up`); once granted, the call runs again and `take`s its share. The seat holds the
-    call's admission slot until then (`leave`). Used on the event loop only."""
+    (`when_granted`, `give_up`); granted once its batch ran, the call runs again and `take`s its share. The
+    seat holds the call's admission slot until then (`leave`). Used on the event loop only."""
 
     batch: _LoopBatch
     item: _Item

@@ -280,10 +280,10 @@ class Inference:
                     resident, result = batcher.submit(request, keep_alive)
                 else:
                     seat = batcher.join(request, keep_alive, functools.partial(gate.leave, spec), t0, queued)
-                    if not seat.batch.done:
+                    if not seat.granted:
                         seated = True
                         raise WouldWait(seat)
-                    resident, result = seat.take()      # this call filled the batch: it ran here
+                    resident, result = seat.take()      # this call filled a batch that ran on the loop
             finally:
                 if not seated:
                     gate.leave(spec)
@@ -324,11 +324,11 @@ class Inference:
         return err
 
     def _quick(self, spec: ModelSpec, size: int) -> bool:
-        """Whether the request may run on the event loop: a small request to an in-process model whose
-        forward (a batch's, when it batches) has been quick (`_Pace`), or the probe's turn."""
+        """Whether the request may run on the event loop: a small request to an in-process model that batches
+        (its call only takes a seat there) or whose forward has been quick (`_Pace`), or the probe's turn."""
         cls = self.providers.get(spec.provider)
         return (cls is not None and cls.in_process and size < TRIM_AFTER_BYTES
-                and self._pace(spec.name).may_run_on_loop())
+                and (_batches(spec, cls) or self._pace(spec.name).may_run_on_loop()))
 
     def _timed(self, model: str, seconds: float, on_loop: bool = False) -> None:
         self._pace(model).measured(seconds, on_loop)
@@ -349,7 +349,7 @@ class Inference:
     def _batcher(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher when its spec asks for batching and its provider can batch."""
         cls = self.providers.get(spec.provider)
-        if spec.max_batch <= 1 or cls is None or not cls.batchable:
+        if cls is None or not _batches(spec, cls):
             return None
         key = (spec.name, spec.max_batch, spec.max_delay_ms)
         with self._lock:
@@ -358,9 +358,8 @@ class Inference:
                                               self._executed)
             return self._batchers[key]
 
-    def _executed(self, model: str, seconds: float, on_loop: bool) -> None:
-        """A batch ran as one provider call, its forward taking `seconds` (on the event loop or a thread)."""
-        self._timed(model, seconds, on_loop)
+    def _executed(self, model: str) -> None:
+        """A batch ran as one provider call."""
         with self._lock:
             self._stats.setdefault(model, ModelStats()).execution_count += 1
 
@@ -396,6 +395,11 @@ class Inference:
     def stats(self, model: str) -> ModelStats:
         with self._lock:
             return ModelStats(**vars(self._stats.get(model, ModelStats())))
+
+
+def _batches(spec: ModelSpec, cls: type[Provider]) -> bool:
+    """Whether the model's calls are batched: its spec asks for it and its provider can."""
+    return spec.max_batch > 1 and cls.batchable
 
 
 def provider_error(spec: ModelSpec, request: InferRequest, exc: Exception) -> WarmdError:

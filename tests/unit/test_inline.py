@@ -2,7 +2,9 @@
 in-process model's calls that need not wait; every other attempt is WouldWait before it has any effect."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from warmd.batching import LOOP_BATCH_S, Seat
 from warmd.errors import Code, WarmdError, WouldWait
 from warmd.inference import PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference
 from warmd.providers import CallContext, InferRequest, InferResult
@@ -224,8 +227,11 @@ class Batchable(Quick):
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.fail, self.rows = fail, []
+        self.go = threading.Event()     # a batch's forward waits for it
+        self.go.set()
 
     def infer(self, request: InferRequest) -> InferResult:
+        self.go.wait(10)
         self.rows.append(len(request.tensors["x"]))
         if self.fail:
             raise RuntimeError("the batch broke")
@@ -243,121 +249,178 @@ def _again(seat: object, value: float) -> InferRequest:
     return request
 
 
-def test_a_quick_batched_model_batches_on_the_loop_and_each_call_takes_its_own_share() -> None:
+def _seat(inference: Inference, spec: ModelSpec, request: InferRequest) -> Seat:
+    """The seat a call on the loop takes in its model's batch."""
+    with pytest.raises(WouldWait) as seated:
+        inference.run(spec, request)
+    assert isinstance(seated.value.ticket, Seat)
+    return seated.value.ticket
+
+
+async def _granted(*seats: Seat) -> None:
+    """Wait on the loop, as api/aio.py does, until every seat's batch ran on the batcher's thread."""
+    loop = asyncio.get_running_loop()
+    waits = []
+    for seat in seats:
+        woken = loop.create_future()
+        seat.when_granted(lambda w=woken: w.done() or w.set_result(None))
+        waits.append(woken)
+    await asyncio.wait_for(asyncio.gather(*waits), 10)
+
+
+def _slow(inference: Inference, spec: ModelSpec) -> None:
+    """The model's batch forwards measured slower than the hand-off to the batcher's thread."""
+    inference._batcher(spec)._forward_s = 1.0
+
+
+def test_a_quick_batch_runs_on_the_loop_in_the_call_that_fills_it() -> None:
     provider = Batchable()
-    inference, scheduler, spec = _setup(provider, max_batch=3, max_in_flight=8)
-    inference._timed("m", 0.0)                           # its batches measured quick
-    seats, woken = [], []
-    for value in (1.0, 2.0):
-        with pytest.raises(WouldWait) as seated:
-            inference.run(spec, _row(value))
-        seats.append(seated.value.ticket)
-        seated.value.ticket.when_granted(lambda v=value: woken.append(v))
-    assert seats[0].due == spec.max_delay_ms / 1000 and seats[1].due is None     # the opener times the batch
-    assert provider.rows == [] and scheduler.held == 1 and inference.queue_depth("m") == (2, 0)
-    _, third = inference.run(spec, _row(3.0))            # fills the batch: it runs in this call
-    assert provider.rows == [3] and third.tensors["y"].tolist() == [[6.0] * 4] and woken == [1.0, 2.0]
-    for seat, value in zip(seats, (1.0, 2.0)):
-        _, share = inference.run(spec, _again(seat, value))
-        assert share.tensors["y"].tolist() == [[value * 2] * 4]
-    stats = inference.stats("m")
-    assert (stats.success_count, stats.execution_count, stats.inference_count) == (3, 1, 3)
-    assert scheduler.held == 0 and inference.queue_depth("m") == (0, 0)
+    inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
+    seat = _seat(inference, spec, _row(1.0))             # not measured yet: it would run on the loop
+    _, second = inference.run(spec, _row(2.0))           # fills the batch: it runs in this call
+    assert provider.rows == [2] and second.tensors["y"].tolist() == [[4.0] * 4] and seat.granted
+    _, share = inference.run(spec, _again(seat, 1.0))
+    assert share.tensors["y"].tolist() == [[2.0] * 4] and scheduler.held == 0
+    assert inference._batcher(spec)._forward_s < LOOP_BATCH_S     # measured quick: it stays on the loop
+    assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 2
+
+
+def test_a_slow_batch_runs_on_a_thread_and_each_call_takes_its_own_share() -> None:
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=3, max_in_flight=8)
+        _slow(inference, spec)
+        seats = [_seat(inference, spec, _row(value)) for value in (1.0, 2.0)]
+        assert seats[0].due == spec.max_delay_ms / 1000 and seats[1].due is None     # the opener times it
+        assert provider.rows == [] and scheduler.held == 1 and inference.queue_depth("m") == (2, 0)
+        seats.append(_seat(inference, spec, _row(3.0)))      # fills the batch: it runs on the batcher's thread
+        await _granted(*seats)
+        assert provider.rows == [3] and scheduler.held == 0
+        for seat, value in zip(seats, (1.0, 2.0, 3.0)):
+            _, share = inference.run(spec, _again(seat, value))
+            assert share.tensors["y"].tolist() == [[value * 2] * 4]
+        stats = inference.stats("m")
+        assert (stats.success_count, stats.execution_count, stats.inference_count) == (3, 1, 3)
+        assert inference.queue_depth("m") == (0, 0)
+    asyncio.run(body())
+
+
+def test_a_batch_ready_while_another_runs_takes_seats_until_it_runs() -> None:
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
+        _slow(inference, spec)
+        provider.go.clear()                                  # the first batch's forward is held
+        first = [_seat(inference, spec, _row(v)) for v in (1.0, 2.0)]
+        second = [_seat(inference, spec, _row(3.0))]
+        second[0].run_due()                                  # due while the first runs: it waits, still open
+        second.append(_seat(inference, spec, _row(4.0)))     # and takes this call
+        assert second[1].batch is second[0].batch and second[0].batch is not first[0].batch
+        third = _seat(inference, spec, _row(5.0))            # the second is full: a third opens
+        assert third.batch is not second[0].batch
+        provider.go.set()
+        await _granted(*first, *second)
+        assert provider.rows == [2, 2] and not third.granted
+        third.run_due()
+        await _granted(third)
+        assert provider.rows == [2, 2, 1] and scheduler.held == 0
+    asyncio.run(body())
 
 
 def test_calls_with_other_parameters_sit_in_a_batch_of_their_own() -> None:
-    provider = Batchable()
-    inference, _, spec = _setup(provider, max_batch=2, max_in_flight=8)
-    inference._timed("m", 0.0)
-    given = {"temperature": 0.5}
-    with pytest.raises(WouldWait) as plain:
-        inference.run(spec, _row(1.0))
-    with pytest.raises(WouldWait) as tuned:
-        inference.run(spec, dataclasses.replace(_row(2.0), parameters=given))
-    assert plain.value.ticket.batch is not tuned.value.ticket.batch and provider.rows == []
-    inference.run(spec, _row(3.0))                       # fills the batch without parameters
-    inference.run(spec, dataclasses.replace(_row(4.0), parameters=dict(given)))    # and the one with them
-    assert provider.rows == [2, 2]
+    async def body() -> None:
+        provider = Batchable()
+        inference, _, spec = _setup(provider, max_batch=2, max_in_flight=8)
+        _slow(inference, spec)
+        given = {"temperature": 0.5}
+        plain = _seat(inference, spec, _row(1.0))
+        tuned = _seat(inference, spec, dataclasses.replace(_row(2.0), parameters=given))
+        assert plain.batch is not tuned.batch and provider.rows == []
+        more = [_seat(inference, spec, _row(3.0)),           # fills the batch without parameters
+                _seat(inference, spec, dataclasses.replace(_row(4.0), parameters=dict(given)))]   # and the other
+        await _granted(plain, tuned, *more)
+        assert provider.rows == [2, 2]
+    asyncio.run(body())
 
 
 def test_a_batch_on_the_loop_runs_when_due_without_the_callers_that_left() -> None:
-    provider = Batchable()
-    inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
-    inference._timed("m", 0.0)
-    seats = []
-    for value in (1.0, 2.0):
-        with pytest.raises(WouldWait) as seated:
-            inference.run(spec, _row(value))
-        seats.append(seated.value.ticket)
-    seats[1].give_up()                                   # its caller went away: seat and slot given back
-    assert inference.queue_depth("m") == (1, 0)
-    seats[0].run_due()                                   # the delay is over: it runs with whoever is left
-    seats[0].run_due()                                   # once
-    assert provider.rows == [1] and scheduler.held == 0
-    _, share = inference.run(spec, _again(seats[0], 1.0))
-    assert share.tensors["y"].tolist() == [[2.0] * 4]
-    seats[0].give_up()                                   # taken already: nothing more to give back
-    assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 1
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+        seats = [_seat(inference, spec, _row(value)) for value in (1.0, 2.0)]
+        seats[1].give_up()                                   # its caller went away: seat and slot given back
+        assert inference.queue_depth("m") == (1, 0)
+        seats[0].run_due()                                   # the delay is over: it runs with whoever is left
+        seats[0].run_due()                                   # once
+        await _granted(seats[0])
+        assert provider.rows == [1] and scheduler.held == 0
+        _, share = inference.run(spec, _again(seats[0], 1.0))
+        assert share.tensors["y"].tolist() == [[2.0] * 4]
+        seats[0].give_up()                                   # taken already: nothing more to give back
+        assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 1
+    asyncio.run(body())
 
 
 def test_a_batch_that_fails_on_the_loop_fails_each_of_its_calls_with_a_code() -> None:
-    provider = Batchable(fail=True)
-    inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
-    inference._timed("m", 0.0)
-    with pytest.raises(WouldWait) as seated:
-        inference.run(spec, _row(1.0))
-    seated.value.ticket.run_due()
-    with pytest.raises(WarmdError) as failed:
-        inference.run(spec, _again(seated.value.ticket, 1.0))
-    assert failed.value.code is Code.PROVIDER_FAILED and "the batch broke" in failed.value.message
-    assert inference.stats("m").fail_count == 1 and inference.queue_depth("m") == (0, 0) and scheduler.held == 0
+    async def body() -> None:
+        provider = Batchable(fail=True)
+        inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+        seat = _seat(inference, spec, _row(1.0))
+        seat.run_due()
+        await _granted(seat)
+        with pytest.raises(WarmdError) as failed:
+            inference.run(spec, _again(seat, 1.0))
+        assert failed.value.code is Code.PROVIDER_FAILED and "the batch broke" in failed.value.message
+        assert inference.stats("m").fail_count == 1 and inference.queue_depth("m") == (0, 0)
+        assert scheduler.held == 0
+    asyncio.run(body())
 
 
 def test_a_call_whose_rpc_ends_while_it_waits_on_the_loop_counts_as_failed_with_its_code() -> None:
-    inference, _, spec = _setup(Batchable(), max_in_flight=1, max_batch=4)
-    inference._timed("m", 0.0)
-    codes: list[str] = []
-    inference.observer = lambda _model, code, _seconds: codes.append(code)     # what metrics hear
-    gate = inference._gate("m")
-    gate.admit(spec, CallContext())                      # the one slot is taken
-    with pytest.raises(WouldWait) as queued:
-        inference.run(spec, _call(inline=True))
-    late = _call(inline=True)
-    late.context.deadline = time.monotonic() - 1         # its deadline passed while it waited
-    with pytest.raises(WouldWait) as overdue:
-        inference.run(spec, late)
-    queued.value.ticket.abandon()                        # api/aio.py: the RPC was cancelled
-    overdue.value.ticket.abandon()
-    overdue.value.ticket.abandon()                       # once
-    assert inference.stats("m").fail_count == 2 and inference.queue_depth("m") == (1, 0)
-    gate.leave(spec)
-    with pytest.raises(WouldWait) as seated:             # a seat in a batch on the loop, the same
-        inference.run(spec, _call(inline=True))
-    seated.value.ticket.abandon()
-    seated.value.ticket.run_due()
-    assert inference.stats("m").fail_count == 3 and inference.queue_depth("m") == (0, 0)
-    assert inference.stats("m").success_count == 0
-    assert codes == ["cancelled", "deadline_exceeded", "cancelled"]
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_in_flight=1, max_batch=4)
+        codes: list[str] = []
+        inference.observer = lambda _model, code, _seconds: codes.append(code)     # what metrics hear
+        gate = inference._gate("m")
+        gate.admit(spec, CallContext())                      # the one slot is taken
+        with pytest.raises(WouldWait) as queued:
+            inference.run(spec, _call(inline=True))
+        late = _call(inline=True)
+        late.context.deadline = time.monotonic() - 1         # its deadline passed while it waited
+        with pytest.raises(WouldWait) as overdue:
+            inference.run(spec, late)
+        queued.value.ticket.abandon()                        # api/aio.py: the RPC was cancelled
+        overdue.value.ticket.abandon()
+        overdue.value.ticket.abandon()                       # once
+        assert inference.stats("m").fail_count == 2 and inference.queue_depth("m") == (1, 0)
+        gate.leave(spec)
+        seat = _seat(inference, spec, _call(inline=True))    # a seat in a batch on the loop, the same
+        seat.abandon()
+        seat.run_due()                                       # nobody is left in it: it does not run
+        assert inference.stats("m").fail_count == 3 and inference.queue_depth("m") == (0, 0)
+        assert inference.stats("m").success_count == 0 and provider.rows == [] and scheduler.held == 0
+        assert codes == ["cancelled", "deadline_exceeded", "cancelled"]
+    asyncio.run(body())
 
 
 def test_a_seat_taken_for_one_model_is_given_back_when_the_call_goes_to_another() -> None:
-    provider = Batchable()
-    inference, _, spec = _setup(provider, max_batch=8, max_in_flight=8)
-    inference._timed("m", 0.0)
-    with pytest.raises(WouldWait) as seated:
-        inference.run(spec, _row(1.0))
-    other = ModelSpec(name="n", file=Path("n.yaml"), source=Source("path", "w"), provider="fake")
-    with pytest.raises(WouldWait) as moved:              # run again, its name now resolves to "n" (not quick)
-        inference.run(other, _again(seated.value.ticket, 1.0))
-    assert moved.value.ticket is None and inference.queue_depth("m") == (0, 0)
-    seated.value.ticket.run_due()
-    assert provider.rows == [] and inference.stats("m").success_count == 0
+    async def body() -> None:
+        provider = Batchable()
+        inference, _, spec = _setup(provider, max_batch=8, max_in_flight=8)
+        seat = _seat(inference, spec, _row(1.0))
+        other = ModelSpec(name="n", file=Path("n.yaml"), source=Source("path", "w"), provider="fake")
+        with pytest.raises(WouldWait) as moved:              # run again, its name now resolves to "n" (not quick)
+            inference.run(other, _again(seat, 1.0))
+        assert moved.value.ticket is None and inference.queue_depth("m") == (0, 0)
+        seat.run_due()
+        assert provider.rows == [] and inference.stats("m").success_count == 0
+    asyncio.run(body())
 
 
 def test_a_batched_call_on_the_loop_for_a_model_not_resident_changes_nothing() -> None:
     provider = Batchable()
     inference, scheduler, spec = _setup(provider, resident=False, max_batch=8, max_in_flight=8)
-    inference._timed("m", 0.0)
     with pytest.raises(WouldWait) as attempt:            # it would load first: a worker thread's job
         inference.run(spec, _row(1.0))
     assert attempt.value.ticket is None and inference.queue_depth("m") == (0, 0)
