@@ -11,11 +11,11 @@ Two ways a batch forms, by where its calls run (api/aio.py):
 - on worker threads (`submit`): the batcher's own thread gathers the requests and runs the batch;
 - on the gRPC event loop (`join`), for small requests to an in-process model: each call takes a `Seat` in
   the open batch and waits on the loop, with no thread hand-off of its own. The batch is ready when full or
-  `max_delay_ms` after it opened; it then runs, one batch at a time: on the loop when the model's batch
-  forward is quicker than handing it to a thread (LOOP_BATCH_S), else on the batcher's second thread while
-  the loop takes the next calls. A batch ready while another runs keeps taking seats until it starts, so
-  batches grow with the load. When it ran, the loop grants every seat and each call runs again and takes its
-  share.
+  `max_delay_ms` after it opened. Batches run one at a time: on the loop when the model's batch forward has
+  been quicker than a thread's hand-off (inference.py's LOOP_BATCH_S), else on the batcher's second thread
+  while the loop takes the next calls. A batch ready while another runs keeps taking seats until it starts,
+  so batches grow with the load. When it ran, the loop grants every seat and each call runs again and takes
+  its share.
 """
 from __future__ import annotations
 
@@ -33,18 +33,6 @@ from typing import Any, Callable
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
-
-# A batch on the event loop runs there while its model's batch forward averages under this, else on the
-# batcher's thread. Measured on 2 CPUs (bench/results/throughput.md): the tiny MLP's batches (~0.05 ms) ran
-# 15 % fewer calls/s behind the thread's hand-offs; the 64-1024-1024-10 MLP's (0.2-0.9 ms) blocked the loop,
-# which then gathered batches of 2-3 calls, and batching cost more than it saved.
-LOOP_BATCH_S = 0.00015
-_WEIGHT = 0.2       # of the newest forward in the moving average
-
-
-def _averaged(average: float | None, seconds: float) -> float:
-    return seconds if average is None else average + _WEIGHT * (seconds - average)
-
 
 @dataclass(eq=False)       # compared by identity: fields hold arrays
 class _Item:
@@ -68,17 +56,24 @@ class Batcher:
     """One model's batch queue and the thread that drains it."""
 
     def __init__(self, scheduler: Scheduler, model: str, max_batch: int, max_delay_s: float,
-                 executed: Callable[[str], None]) -> None:
+                 executed: Callable[[str], None], quick: Callable[[], bool],
+                 timed: Callable[[float, bool], None]) -> None:
+        """Start the batcher's two threads (calls from worker threads; batches from the loop).
+
+        Args:
+            executed: told of each batch that ran as one provider call.
+            quick: whether the next loop batch runs on the loop (else on this batcher's thread).
+            timed: told of each batch's forward: seconds, and whether it ran on the loop.
+        """
         self.scheduler, self.model = scheduler, model
         self.max_batch, self.max_delay_s = max_batch, max_delay_s
-        self._executed = executed           # told of each batch that ran as one provider call
+        self._executed, self._quick, self._timed = executed, quick, timed
         self._queue: queue.Queue[_Item] = queue.Queue()
         # The event loop's alone: batches taking seats (by _Item.key()), those ready to run behind the one
         # running, and whether one runs.
         self._open: dict[tuple, _LoopBatch] = {}
         self._waiting: collections.deque[_LoopBatch] = collections.deque()
         self._running = False
-        self._forward_s: float | None = None    # moving average of its batches' forwards (LOOP_BATCH_S)
         self._runs: queue.SimpleQueue[tuple[_LoopBatch, list[_Item], asyncio.AbstractEventLoop]] = \
             queue.SimpleQueue()
         threading.Thread(target=self._loop, name=f"batch-{model}", daemon=True).start()
@@ -125,9 +120,9 @@ class Batcher:
             if self._open.get(batch.key) is batch:
                 del self._open[batch.key]
             items = [seat.item for seat in batch.seats]
-            if items and (self._forward_s is None or self._forward_s < LOOP_BATCH_S):
+            if items and self._quick():
                 try:
-                    self._forward(batch.resident, items)      # quicker than the hand-off to a thread
+                    self._forward(batch.resident, items, on_loop=True)     # quicker than a thread's hand-off
                 finally:
                     self.scheduler.release(batch.resident)
                 for seat in batch.seats:
@@ -143,7 +138,7 @@ class Batcher:
         while True:
             batch, items, loop = self._runs.get()
             try:
-                self._forward(batch.resident, items)
+                self._forward(batch.resident, items, on_loop=False)
             finally:
                 self.scheduler.release(batch.resident)
                 with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
@@ -192,13 +187,13 @@ class Batcher:
         keep_alive = next((i.keep_alive for i in live if i.keep_alive is not None), None)
         try:
             with self.scheduler.acquire(self.model, keep_alive=keep_alive) as resident:
-                self._forward(resident, live)
+                self._forward(resident, live, on_loop=False)
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
 
-    def _forward(self, resident: Resident, items: list[_Item]) -> None:
+    def _forward(self, resident: Resident, items: list[_Item], on_loop: bool) -> None:
         """Run `items` as one provider call on `resident`; each item's future gets its share or the error."""
         first = items[0].request
         try:
@@ -208,7 +203,7 @@ class Batcher:
                 device_outputs=first.device_outputs)
             started = time.perf_counter()
             result = resident.provider.infer(joined)
-            self._forward_s = _averaged(self._forward_s, time.perf_counter() - started)
+            self._timed(time.perf_counter() - started, on_loop)
             self._executed(self.model)
             shares = _split(result, [i.rows() for i in items])
         except BaseException as exc:  # noqa: BLE001 - every waiter hears about it

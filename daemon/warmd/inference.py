@@ -53,6 +53,12 @@ _QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
 # there averages under PROBE_BELOW_S gets one call in PROBE_EVERY tried on the loop, PROBES at most, to be
 # measured where it would run.
 PROBE_BELOW_S = 4 * QUICK_S
+# A batch gathered on the event loop (batching.py) runs there, by the same rules with this line, else on the
+# batcher's thread while the loop takes the next calls. Measured on 2 CPUs (bench/results/throughput.md): the
+# tiny MLP's batches (~0.05 ms) ran 15 % fewer calls/s behind the thread's hand-offs; the 64-1024-1024-10
+# MLP's (0.2-0.9 ms) blocked the loop, which then gathered batches of 2-3 calls: batching cost more than
+# it saved.
+LOOP_BATCH_S = 0.00015
 PROBE_EVERY = 8
 PROBES = 4
 
@@ -73,9 +79,10 @@ class ModelStats:
 @dataclass
 class _Pace:
     """How long one model's forward takes, measured apart on worker threads and on the event loop, and whether
-    its calls may run on the loop (QUICK_S, PROBE_BELOW_S). Updated from many threads without a lock: a lost
+    its calls (or its batches: `line` LOOP_BATCH_S) may run on the loop (QUICK_S, PROBE_BELOW_S). Updated from many threads without a lock: a lost
     update only delays a decision by a call."""
 
+    line: float = QUICK_S               # quick under it
     threads_s: float | None = None      # moving average of its forwards on worker threads
     loop_s: float | None = None         # ... on the event loop
     quick: bool = False
@@ -85,20 +92,20 @@ class _Pace:
     def measured(self, seconds: float, on_loop: bool) -> None:
         if on_loop:
             self.loop_s = _averaged(self.loop_s, seconds)
-            if self.loop_s < QUICK_S:
+            if self.loop_s < self.line:
                 self.quick = True
-            elif self.loop_s > 2 * QUICK_S:
+            elif self.loop_s > 2 * self.line:
                 self.quick = False
             return
         self.threads_s = _averaged(self.threads_s, seconds)
-        if not self.quick and self.threads_s < QUICK_S:
+        if not self.quick and self.threads_s < self.line:
             self.quick, self.loop_s, self.probes = True, None, 0
 
     def may_run_on_loop(self) -> bool:
         """Whether a small request's call may run on the loop now: quick, or the probe's turn."""
         if self.quick:
             return True
-        if self.threads_s is None or self.threads_s > PROBE_BELOW_S or self.probes >= PROBES:
+        if self.threads_s is None or self.threads_s > PROBE_BELOW_S / QUICK_S * self.line or self.probes >= PROBES:
             return False
         self.asked += 1
         if self.asked % PROBE_EVERY:
@@ -354,8 +361,9 @@ class Inference:
         key = (spec.name, spec.max_batch, spec.max_delay_ms)
         with self._lock:
             if key not in self._batchers:
+                pace = _Pace(line=LOOP_BATCH_S)
                 self._batchers[key] = Batcher(self.scheduler, spec.name, spec.max_batch, spec.max_delay_ms / 1000,
-                                              self._executed)
+                                              self._executed, pace.may_run_on_loop, pace.measured)
             return self._batchers[key]
 
     def _executed(self, model: str) -> None:

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from warmd.batching import LOOP_BATCH_S, Seat
+from warmd.batching import Seat
 from warmd.errors import Code, WarmdError, WouldWait
-from warmd.inference import PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference
+from warmd.inference import LOOP_BATCH_S, PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference, _Pace
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.spec import ModelSpec, Source
 
@@ -268,21 +268,37 @@ async def _granted(*seats: Seat) -> None:
     await asyncio.wait_for(asyncio.gather(*waits), 10)
 
 
+def _batch_pace(inference: Inference, spec: ModelSpec) -> _Pace:
+    return inference._batcher(spec)._quick.__self__  # type: ignore[union-attr]
+
+
 def _slow(inference: Inference, spec: ModelSpec) -> None:
     """The model's batch forwards measured slower than the hand-off to the batcher's thread."""
-    inference._batcher(spec)._forward_s = 1.0
+    _batch_pace(inference, spec).measured(1.0, on_loop=False)
 
 
-def test_a_quick_batch_runs_on_the_loop_in_the_call_that_fills_it() -> None:
-    provider = Batchable()
-    inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
-    seat = _seat(inference, spec, _row(1.0))             # not measured yet: it would run on the loop
-    _, second = inference.run(spec, _row(2.0))           # fills the batch: it runs in this call
-    assert provider.rows == [2] and second.tensors["y"].tolist() == [[4.0] * 4] and seat.granted
-    _, share = inference.run(spec, _again(seat, 1.0))
-    assert share.tensors["y"].tolist() == [[2.0] * 4] and scheduler.held == 0
-    assert inference._batcher(spec)._forward_s < LOOP_BATCH_S     # measured quick: it stays on the loop
-    assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 2
+def _quickly(inference: Inference, spec: ModelSpec) -> None:
+    """The model's batch forwards measured quicker than the hand-off: its batches run on the loop."""
+    _batch_pace(inference, spec).measured(0.0, on_loop=False)
+
+
+def test_a_batch_runs_on_a_thread_until_measured_quick_then_on_the_loop_in_the_call_that_fills_it() -> None:
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
+        first = [_seat(inference, spec, _row(v)) for v in (1.0, 2.0)]   # not measured: never on the loop
+        await _granted(*first)
+        assert provider.rows == [2] and _batch_pace(inference, spec).quick      # measured under the line
+        assert _batch_pace(inference, spec).line == LOOP_BATCH_S
+        for seat, value in zip(first, (1.0, 2.0)):
+            inference.run(spec, _again(seat, value))
+        seat = _seat(inference, spec, _row(3.0))
+        _, second = inference.run(spec, _row(4.0))       # fills the batch: it runs in this call, on the loop
+        assert provider.rows == [2, 2] and second.tensors["y"].tolist() == [[8.0] * 4] and seat.granted
+        _, share = inference.run(spec, _again(seat, 3.0))
+        assert share.tensors["y"].tolist() == [[6.0] * 4] and scheduler.held == 0
+        assert inference.queue_depth("m") == (0, 0) and inference.stats("m").success_count == 4
+    asyncio.run(body())
 
 
 def test_a_slow_batch_runs_on_a_thread_and_each_call_takes_its_own_share() -> None:
@@ -347,6 +363,7 @@ def test_a_batch_on_the_loop_runs_when_due_without_the_callers_that_left() -> No
     async def body() -> None:
         provider = Batchable()
         inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+        _quickly(inference, spec)
         seats = [_seat(inference, spec, _row(value)) for value in (1.0, 2.0)]
         seats[1].give_up()                                   # its caller went away: seat and slot given back
         assert inference.queue_depth("m") == (1, 0)
@@ -365,6 +382,7 @@ def test_a_batch_that_fails_on_the_loop_fails_each_of_its_calls_with_a_code() ->
     async def body() -> None:
         provider = Batchable(fail=True)
         inference, scheduler, spec = _setup(provider, max_batch=8, max_in_flight=8)
+        _quickly(inference, spec)
         seat = _seat(inference, spec, _row(1.0))
         seat.run_due()
         await _granted(seat)
