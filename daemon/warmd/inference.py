@@ -79,8 +79,9 @@ class ModelStats:
 @dataclass
 class _Pace:
     """How long one model's forward takes, measured apart on worker threads and on the event loop, and whether
-    its calls (or its batches: `line` LOOP_BATCH_S) may run on the loop (QUICK_S, PROBE_BELOW_S). Updated from many threads without a lock: a lost
-    update only delays a decision by a call."""
+    its calls may run on the loop (QUICK_S, PROBE_BELOW_S; for its batches, `line` is LOOP_BATCH_S and the
+    probes' bound scales with it). Updated from many threads without a lock: a lost update only delays a
+    decision by a call."""
 
     line: float = QUICK_S               # quick under it
     threads_s: float | None = None      # moving average of its forwards on worker threads
@@ -105,7 +106,8 @@ class _Pace:
         """Whether a small request's call may run on the loop now: quick, or the probe's turn."""
         if self.quick:
             return True
-        if self.threads_s is None or self.threads_s > PROBE_BELOW_S / QUICK_S * self.line or self.probes >= PROBES:
+        probe_below = PROBE_BELOW_S / QUICK_S * self.line
+        if self.threads_s is None or self.threads_s > probe_below or self.probes >= PROBES:
             return False
         self.asked += 1
         if self.asked % PROBE_EVERY:
