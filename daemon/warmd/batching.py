@@ -34,6 +34,7 @@ from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
 
+
 @dataclass(eq=False)       # compared by identity: fields hold arrays
 class _Item:
     request: InferRequest
