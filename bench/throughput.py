@@ -1,14 +1,15 @@
 """Throughput with 32 concurrent clients, tiny MLP, against a bare grpcio echo server under the same load
 (the floor: what the transport alone sustains), all on Unix sockets.
 
-    .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5] [--rounds 2] [--baseline DIR]
+    .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5] [--rounds 2] [--baseline DIR] [--models M,...]
 
 The load is bench/peers.py's (grpc.aio clients in 2 processes, a channel each, V2 ModelInfer [1,64] float32
 back to back; the echo server gets the same request bytes); the daemon runs with its default settings, as
 in bench/peers.py. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
 its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Rounds
 alternate between the servers (the daemons in turn first); each figure is the median of the rounds. Two more rows run a model whose
-forward is ten times the tiny MLP's (64-1024-1024-10: 0.3 ms for one row, 1.8 ms for 32 on one core),
+forward is ten times the tiny MLP's (64-1024-1024-10: 0.1-0.3 ms for one row, 1.1-1.8 ms for 32 on one
+core), and two a model whose forward is most of a call (64-2048-2048-10: 1.2 ms for one row, 5.2 ms for 32),
 without and with dynamic batching: where batching can pay. Server CPU per call is the figure
 a shared machine disturbs least. `--baseline DIR` adds the same rows for another checkout's daemon/ (e.g.
 `git worktree add DIR main`), measured in the same rounds: before/after a change in one run.
@@ -33,8 +34,10 @@ ECHO = Path(__file__).resolve().parent / "echo_server.py"
 ROWS = {"warmd, spec defaults (max_in_flight 4)": "mlp", "warmd, max_in_flight 32": "wide",
         "warmd, dynamic batching (max_batch 32, 1 ms)": "batched",
         "warmd, MLP 64-1024-1024-10, max_in_flight 32": "medium",
-        "warmd, MLP 64-1024-1024-10, dynamic batching (max_batch 32, 1 ms)": "medium-batched"}
-MEDIUM = (64, 1024, 1024, 10)
+        "warmd, MLP 64-1024-1024-10, dynamic batching (max_batch 32, 1 ms)": "medium-batched",
+        "warmd, MLP 64-2048-2048-10, max_in_flight 32": "large",
+        "warmd, MLP 64-2048-2048-10, dynamic batching (max_batch 32, 1 ms)": "large-batched"}
+SIZES = {"medium": (64, 1024, 1024, 10), "large": (64, 2048, 2048, 10)}
 
 
 def main() -> int:
@@ -43,7 +46,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", type=Path, help="another checkout whose daemon/ to run beside this one")
+    parser.add_argument("--models", help="only these rows' models, by name (e.g. large,large-batched)")
     args = parser.parse_args()
+    rows = {name: model for name, model in ROWS.items() if not args.models or model in args.models.split(",")}
     from warm import Client
 
     daemons = {"": None, **({"baseline ": args.baseline.resolve() / "daemon"} if args.baseline else {})}
@@ -51,11 +56,14 @@ def main() -> int:
     with workdir() as root, contextlib.ExitStack() as stack:
         specs = root / "specs"
         specs.mkdir()
-        for model in ROWS.values():
-            write_mlp(specs, model, sizes=MEDIUM if model.startswith("medium") else (64, 128, 10))
+        for model in rows.values():
+            write_mlp(specs, model, sizes=SIZES.get(model.split("-")[0], (64, 128, 10)))
         wide = f"max_in_flight: {args.clients}\n"
         batched = wide + f"max_batch: {args.clients}\nmax_delay_ms: 1\n"
-        for model, extra in (("wide", wide), ("batched", batched), ("medium", wide), ("medium-batched", batched)):
+        for model, extra in (("wide", wide), ("batched", batched), ("medium", wide), ("medium-batched", batched),
+                             ("large", wide), ("large-batched", batched)):
+            if model not in rows.values():
+                continue
             (specs / f"{model}.yaml").write_text((specs / f"{model}.yaml").read_text() + extra)
         esock = root / "e.sock"
         echo = stack.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
@@ -69,7 +77,7 @@ def main() -> int:
                                                {"PYTHONPATH": str(daemon_dir)} if daemon_dir else None))
             with Client(sock, timeout=60) as c:
                 wait_for(lambda: c.status(), timeout=60)
-                for model in ROWS.values():
+                for model in rows.values():
                     c.load(model)
             started[prefix] = (sock, proc)
         wait_for(lambda: esock.exists())
@@ -78,14 +86,15 @@ def main() -> int:
                                                                seconds=args.seconds, server_pid=echo.pid))
             # The daemons take turns going first: a round's order moved its figures by up to 20 % here.
             for prefix, (sock, proc) in list(started.items())[::1 if round_ % 2 == 0 else -1]:
-                for name, model in ROWS.items():
+                for name, model in rows.items():
                     runs.setdefault(prefix + name, []).append(throughput(
                         "v2", f"unix:{sock}", model, clients=args.clients, seconds=args.seconds, server_pid=proc.pid))
     results = {name: median_load(loads) for name, loads in runs.items()}
     floor = results["bare grpcio echo (floor)"].rate
     lines = [f"# Throughput, {args.clients} concurrent clients, tiny MLP 64-128-10, [1,64] float32", "",
              f"`.venv/bin/python bench/throughput.py --clients {args.clients} --seconds {args.seconds:g} --rounds "
-             f"{args.rounds}{' --baseline ' + str(args.baseline) if args.baseline else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
+             f"{args.rounds}{' --baseline ' + str(args.baseline) if args.baseline else ''}"
+             f"{' --models ' + args.models if args.models else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
              "clients (grpc.aio, 2 processes) on the same machine, sharing its CPUs with the server", "",
              "| server | calls/s | ratio to the floor | server CPU µs/call | clients' CPU µs/call |",
              "|---|---|---|---|---|"]
