@@ -11,9 +11,9 @@ Two ways a batch forms, by where its calls run (api/aio.py):
 - on worker threads (`submit`): the batcher's own thread gathers the requests and runs the batch;
 - on the gRPC event loop (`join`), for small requests to an in-process model: each call takes a `Seat` in
   the open batch and waits on the loop, with no thread hand-off of its own. The batch is ready when full or
-  `max_delay_ms` after it opened. Batches run one at a time: on the loop when the model's batch forward has
-  been quicker than a thread's hand-off (inference.py's LOOP_BATCH_S), else on the batcher's second thread
-  while the loop takes the next calls. A batch ready while another runs keeps taking seats until it starts,
+  `max_delay_ms` after it opened. Batches run one at a time: on the loop when the model's batch forward is
+  quick there (inference.py's QUICK_S, as for calls), else on the batcher's second thread while the loop takes
+  the next calls. A batch ready while another runs keeps taking seats until it starts,
   so batches grow with the load. When it ran, the loop grants every seat and each call runs again and takes
   its share.
 """
@@ -98,6 +98,10 @@ class Batcher:
             queue.SimpleQueue()
         threading.Thread(target=self._loop, name=f"batch-{model}", daemon=True).start()
         threading.Thread(target=self._runner, name=f"batch-{model}-loop", daemon=True).start()
+
+    def configure(self, max_batch: int, max_delay_s: float) -> None:
+        """The spec's sizes now (an edit): the next batch to open, and the thread's next batch, use them."""
+        self.max_batch, self.max_delay_s = max_batch, max_delay_s
 
     def join(self, request: InferRequest, keep_alive: float | None, leave: Callable[[], None],
              t0: int, queued_ns: int) -> Seat:

@@ -53,12 +53,9 @@ _QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
 # there averages under PROBE_BELOW_S gets one call in PROBE_EVERY tried on the loop, PROBES at most, to be
 # measured where it would run.
 PROBE_BELOW_S = 4 * QUICK_S
-# A batch gathered on the event loop (batching.py) runs there, by the same rules with this line, else on the
-# batcher's thread while the loop takes the next calls. Measured on 2 CPUs (bench/results/throughput.md): the
-# tiny MLP's batches (~0.05 ms) ran 15 % fewer calls/s behind the thread's hand-offs; the 64-1024-1024-10
-# MLP's (0.2-0.9 ms) blocked the loop, which then gathered batches of 2-3 calls: batching cost more than
-# it saved.
-LOOP_BATCH_S = 0.00015
+# A batch gathered on the event loop (batching.py) runs there by the same rules, else on the batcher's thread
+# while the loop takes the next calls. A thread's measure is the worse there too: on 2 CPUs under load, a
+# tiny MLP's batch took 1.2 ms on the batcher's thread (0.5 ms of its CPU) and 0.2 ms on the loop.
 PROBE_EVERY = 8
 PROBES = 4
 
@@ -79,11 +76,9 @@ class ModelStats:
 @dataclass
 class _Pace:
     """How long one model's forward takes, measured apart on worker threads and on the event loop, and whether
-    its calls may run on the loop (QUICK_S, PROBE_BELOW_S; for its batches, `line` is LOOP_BATCH_S and the
-    probes' bound scales with it). Updated from many threads without a lock: a lost update only delays a
-    decision by a call."""
+    its calls (or its batches) may run on the loop (QUICK_S, PROBE_BELOW_S). Updated from many threads without
+    a lock: a lost update only delays a decision by a call."""
 
-    line: float = QUICK_S               # quick under it
     threads_s: float | None = None      # moving average of its forwards on worker threads
     loop_s: float | None = None         # ... on the event loop
     quick: bool = False
@@ -93,21 +88,20 @@ class _Pace:
     def measured(self, seconds: float, on_loop: bool) -> None:
         if on_loop:
             self.loop_s = _averaged(self.loop_s, seconds)
-            if self.loop_s < self.line:
+            if self.loop_s < QUICK_S:
                 self.quick = True
-            elif self.loop_s > 2 * self.line:
+            elif self.loop_s > 2 * QUICK_S:
                 self.quick = False
             return
         self.threads_s = _averaged(self.threads_s, seconds)
-        if not self.quick and self.threads_s < self.line:
+        if not self.quick and self.threads_s < QUICK_S:
             self.quick, self.loop_s, self.probes = True, None, 0
 
     def may_run_on_loop(self) -> bool:
         """Whether a small request's call may run on the loop now: quick, or the probe's turn."""
         if self.quick:
             return True
-        probe_below = PROBE_BELOW_S / QUICK_S * self.line
-        if self.threads_s is None or self.threads_s > probe_below or self.probes >= PROBES:
+        if self.threads_s is None or self.threads_s > PROBE_BELOW_S or self.probes >= PROBES:
             return False
         self.asked += 1
         if self.asked % PROBE_EVERY:
@@ -233,7 +227,7 @@ class Inference:
         self.scheduler, self.providers = scheduler, providers
         self._stats: dict[str, ModelStats] = {}
         self._gates: dict[str, _Gate] = {}
-        self._batchers: dict[tuple, Batcher] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._paces: dict[str, _Pace] = {}          # model -> its forward's times (only ever added)
         self._lock = threading.Lock()
         # Told about every finished call: (model, "ok" or the error code, seconds). Metrics sets it.
@@ -356,17 +350,22 @@ class Inference:
         return gate
 
     def _batcher(self, spec: ModelSpec) -> Batcher | None:
-        """The model's batcher when its spec asks for batching and its provider can batch."""
+        """The model's batcher when its spec asks for batching and its provider can batch: one per model name,
+        whose `max_batch` and `max_delay_ms` follow its spec (a new Batcher for each edit left the old one's
+        two threads idle for the daemon's life)."""
         cls = self.providers.get(spec.provider)
         if cls is None or not _batches(spec, cls):
             return None
-        key = (spec.name, spec.max_batch, spec.max_delay_ms)
         with self._lock:
-            if key not in self._batchers:
-                pace = _Pace(line=LOOP_BATCH_S)
-                self._batchers[key] = Batcher(self.scheduler, spec.name, spec.max_batch, spec.max_delay_ms / 1000,
-                                              self._executed, pace.may_run_on_loop, pace.measured)
-            return self._batchers[key]
+            batcher = self._batchers.get(spec.name)
+            if batcher is None:
+                pace = _Pace()
+                batcher = self._batchers[spec.name] = Batcher(
+                    self.scheduler, spec.name, spec.max_batch, spec.max_delay_ms / 1000, self._executed,
+                    pace.may_run_on_loop, pace.measured)
+            else:
+                batcher.configure(spec.max_batch, spec.max_delay_ms / 1000)
+            return batcher
 
     def _executed(self, model: str) -> None:
         """A batch ran as one provider call."""

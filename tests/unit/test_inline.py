@@ -14,7 +14,7 @@ import pytest
 
 from warmd.batching import Seat
 from warmd.errors import Code, WarmdError, WouldWait
-from warmd.inference import LOOP_BATCH_S, PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference, _Pace
+from warmd.inference import PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference, _Pace
 from warmd.providers import CallContext, InferRequest, InferResult
 from warmd.spec import ModelSpec, Source
 
@@ -273,12 +273,12 @@ def _batch_pace(inference: Inference, spec: ModelSpec) -> _Pace:
 
 
 def _slow(inference: Inference, spec: ModelSpec) -> None:
-    """The model's batch forwards measured slower than the hand-off to the batcher's thread."""
+    """The model's batch forwards measured slow (past PROBE_BELOW_S): its batches run on the batcher's thread."""
     _batch_pace(inference, spec).measured(1.0, on_loop=False)
 
 
 def _quickly(inference: Inference, spec: ModelSpec) -> None:
-    """The model's batch forwards measured quicker than the hand-off: its batches run on the loop."""
+    """The model's batch forwards measured quick: its batches run on the loop."""
     _batch_pace(inference, spec).measured(0.0, on_loop=False)
 
 
@@ -289,7 +289,6 @@ def test_a_batch_runs_on_a_thread_until_measured_quick_then_on_the_loop_in_the_c
         first = [_seat(inference, spec, _row(v)) for v in (1.0, 2.0)]   # not measured: never on the loop
         await _granted(*first)
         assert provider.rows == [2] and _batch_pace(inference, spec).quick      # measured under the line
-        assert _batch_pace(inference, spec).line == LOOP_BATCH_S
         for seat, value in zip(first, (1.0, 2.0)):
             inference.run(spec, _again(seat, value))
         seat = _seat(inference, spec, _row(3.0))
@@ -318,6 +317,23 @@ def test_a_slow_batch_runs_on_a_thread_and_each_call_takes_its_own_share() -> No
         stats = inference.stats("m")
         assert (stats.success_count, stats.execution_count, stats.inference_count) == (3, 1, 3)
         assert inference.queue_depth("m") == (0, 0)
+    asyncio.run(body())
+
+
+def test_a_spec_edit_resizes_the_models_batcher_in_place() -> None:
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
+        _slow(inference, spec)
+        batcher, threads = inference._batcher(spec), threading.active_count()
+        edited = dataclasses.replace(spec, max_batch=3, max_delay_ms=50)
+        seats = [_seat(inference, edited, _row(value)) for value in (1.0, 2.0)]
+        assert provider.rows == [] and not any(seat.granted for seat in seats)    # two no longer fill it
+        assert seats[0].due == 0.05
+        seats.append(_seat(inference, edited, _row(3.0)))
+        await _granted(*seats)
+        assert provider.rows == [3] and scheduler.held == 0
+        assert inference._batcher(edited) is batcher and threading.active_count() == threads
     asyncio.run(body())
 
 
