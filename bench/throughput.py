@@ -6,8 +6,11 @@
 The load is bench/peers.py's (grpc.aio clients in 2 processes, a channel each, V2 ModelInfer [1,64] float32
 back to back; the echo server gets the same request bytes); the daemon runs with its default settings, as
 in bench/peers.py. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
-its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Rounds
-alternate between the servers (the daemons in turn first); each figure is the median of the rounds. Two more rows run a model whose
+its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Each round
+runs the floor, then row by row each daemon in turn (each round the other first); each figure is the median
+of the rounds, and with `--baseline` each row's ratio is taken within each round, between the two measures
+taken next to each other (the machine's pace drifts within a run: rows with the same code in both daemons
+differed by up to 34 % as medians of 3 rounds). Two more rows run a model whose
 forward is ten times the tiny MLP's (64-1024-1024-10: 0.1-0.3 ms for one row, 1.1-1.8 ms for 32 on one
 core), and two a model whose forward is most of a call (64-2048-2048-10: 1.2 ms for one row, 5.2 ms for 32),
 without and with dynamic batching: where batching can pay. Server CPU per call is the figure
@@ -25,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import process, wait_for, workdir, write_report
+from common import process, spread, wait_for, workdir, write_report
 from peers import Load, median_load, throughput
 
 from models import write_mlp
@@ -84,9 +87,10 @@ def main() -> int:
         for round_ in range(args.rounds):
             runs["bare grpcio echo (floor)"].append(throughput("echo", f"unix:{esock}", "", clients=args.clients,
                                                                seconds=args.seconds, server_pid=echo.pid))
-            # The daemons take turns going first: a round's order moved its figures by up to 20 % here.
-            for prefix, (sock, proc) in list(started.items())[::1 if round_ % 2 == 0 else -1]:
-                for name, model in rows.items():
+            # Row by row, the daemons in turn (each round the other first): the machine's pace drifts within a
+            # run, so the two measures of a row that are compared are taken next to each other.
+            for name, model in rows.items():
+                for prefix, (sock, proc) in list(started.items())[::1 if round_ % 2 == 0 else -1]:
                     runs.setdefault(prefix + name, []).append(throughput(
                         "v2", f"unix:{sock}", model, clients=args.clients, seconds=args.seconds, server_pid=proc.pid))
     results = {name: median_load(loads) for name, loads in runs.items()}
@@ -100,6 +104,14 @@ def main() -> int:
              "|---|---|---|---|---|"]
     lines += [f"| {name} | {r.rate:.0f} | {r.rate / floor:.2f}x | {r.server_us or 0:.0f} | {r.client_us:.0f} |"
               for name, r in results.items()]
+    if args.baseline:
+        lines += ["", "Against the baseline, per round (the two measured next to each other): median (min–max)", "",
+                  "| row | calls/s | server CPU µs/call |", "|---|---|---|"]
+        for name in rows:
+            ours, theirs = runs[name], runs["baseline " + name]
+            rates = [a.rate / b.rate for a, b in zip(ours, theirs)]
+            cpus = [(a.server_us or 0) / (b.server_us or 1) for a, b in zip(ours, theirs)]
+            lines.append(f"| {name} | {spread(rates, lambda x: f'{x:.2f}x')} | {spread(cpus, lambda x: f'{x:.2f}x')} |")
     write_report("throughput-baseline" if args.baseline else "throughput", lines)
     print(json.dumps({name: r.rate for name, r in results.items()}))
     return 0
