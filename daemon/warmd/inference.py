@@ -55,7 +55,9 @@ _QUICK_WEIGHT = 0.2     # of the newest forward in the moving average
 PROBE_BELOW_S = 4 * QUICK_S
 # A batch gathered on the event loop (batching.py) runs there by the same rules, else on the batcher's thread
 # while the loop takes the next calls. A thread's measure is the worse there too: on 2 CPUs under load, a
-# tiny MLP's batch took 1.2 ms on the batcher's thread (0.5 ms of its CPU) and 0.2 ms on the loop.
+# tiny MLP's batch took 1.2 ms on the batcher's thread (0.5 ms of its CPU) and 0.2 ms on the loop. A
+# 64-1024-1024-10 MLP's batches then run on the loop too, with 2-3 calls each (6-9 on the thread), no
+# better or worse within the noise (bench/results/profiles/README.md).
 PROBE_EVERY = 8
 PROBES = 4
 

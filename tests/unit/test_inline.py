@@ -320,12 +320,17 @@ def test_a_slow_batch_runs_on_a_thread_and_each_call_takes_its_own_share() -> No
     asyncio.run(body())
 
 
+def _batch_threads() -> int:
+    """Batchers' threads alive (they never end: earlier tests' stay, and only a new batcher adds some)."""
+    return sum(t.name.startswith("batch-") for t in threading.enumerate())
+
+
 def test_a_spec_edit_resizes_the_models_batcher_in_place() -> None:
     async def body() -> None:
         provider = Batchable()
         inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
         _slow(inference, spec)
-        batcher, threads = inference._batcher(spec), threading.active_count()
+        batcher, threads = inference._batcher(spec), _batch_threads()
         edited = dataclasses.replace(spec, max_batch=3, max_delay_ms=50)
         seats = [_seat(inference, edited, _row(value)) for value in (1.0, 2.0)]
         assert provider.rows == [] and not any(seat.granted for seat in seats)    # two no longer fill it
@@ -333,7 +338,7 @@ def test_a_spec_edit_resizes_the_models_batcher_in_place() -> None:
         seats.append(_seat(inference, edited, _row(3.0)))
         await _granted(*seats)
         assert provider.rows == [3] and scheduler.held == 0
-        assert inference._batcher(edited) is batcher and threading.active_count() == threads
+        assert inference._batcher(edited) is batcher and _batch_threads() == threads
     asyncio.run(body())
 
 
