@@ -16,6 +16,9 @@ Two ways a batch forms, by where its calls run (api/aio.py):
   the next calls. A batch ready while another runs keeps taking seats until it starts,
   so batches grow with the load. When it ran, the loop grants every seat and each call runs again and takes
   its share.
+
+A batcher's two threads start with its first batch and end after IDLE_S with none: a removed spec's
+batcher (one per model name, inference.py) keeps no thread.
 """
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from warmd.errors import Code, WarmdError
 from warmd.providers import InferRequest, InferResult
 from warmd.scheduler import Resident, Scheduler
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+IDLE_S = 60.0       # a batcher's thread ends after this long with nothing to do; the next batch starts it
 
 
 @dataclass(eq=False)       # compared by identity: fields hold arrays
@@ -78,7 +86,7 @@ class Batcher:
     def __init__(self, scheduler: Scheduler, model: str, max_batch: int, max_delay_s: float,
                  executed: Callable[[str], None], quick: Callable[[], bool],
                  timed: Callable[[float, bool], None]) -> None:
-        """Start the batcher's two threads (calls from worker threads; batches from the loop).
+        """A batcher; its two threads (calls from worker threads; batches from the loop) start when needed.
 
         Args:
             executed: told of each batch that ran as one provider call.
@@ -88,16 +96,14 @@ class Batcher:
         self.scheduler, self.model = scheduler, model
         self.max_batch, self.max_delay_s = max_batch, max_delay_s
         self._executed, self._quick, self._timed = executed, quick, timed
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._calls: _Drain[_Item] = _Drain(f"batch-{model}", self._gather)     # from worker threads
         # The event loop's alone: batches taking seats (by _Item.key()), those ready to run behind the one
         # running, and whether one runs.
         self._open: dict[tuple, _LoopBatch] = {}
         self._waiting: collections.deque[_LoopBatch] = collections.deque()
         self._running = False
-        self._runs: queue.SimpleQueue[tuple[_LoopBatch, list[_Item], asyncio.AbstractEventLoop]] = \
-            queue.SimpleQueue()
-        threading.Thread(target=self._loop, name=f"batch-{model}", daemon=True).start()
-        threading.Thread(target=self._runner, name=f"batch-{model}-loop", daemon=True).start()
+        self._runs: _Drain[tuple[_LoopBatch, list[_Item], asyncio.AbstractEventLoop]] = \
+            _Drain(f"batch-{model}-loop", self._run_off_loop)
 
     def configure(self, max_batch: int, max_delay_s: float) -> None:
         """The spec's sizes now (an edit): the next batch to open, and the thread's next batch, use them."""
@@ -157,16 +163,15 @@ class Batcher:
             else:                           # every caller left
                 self.scheduler.release(batch.resident)
 
-    def _runner(self) -> None:
-        """Run each loop batch as one provider call (the loop takes calls meanwhile), then tell the loop."""
-        while True:
-            batch, items, loop = self._runs.get()
-            try:
-                self._forward(batch.resident, items, on_loop=False)
-            finally:
-                self.scheduler.release(batch.resident)
-                with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
-                    loop.call_soon_threadsafe(self._ran, batch)
+    def _run_off_loop(self, run: tuple[_LoopBatch, list[_Item], asyncio.AbstractEventLoop]) -> None:
+        """Run a loop batch as one provider call (the loop takes calls meanwhile), then tell the loop."""
+        batch, items, loop = run
+        try:
+            self._forward(batch.resident, items, on_loop=False)
+        finally:
+            self.scheduler.release(batch.resident)
+            with contextlib.suppress(RuntimeError):      # the loop is closed: the daemon stopped
+                loop.call_soon_threadsafe(self._ran, batch)
 
     def _ran(self, batch: _LoopBatch) -> None:
         """(On the loop.) Grant every seat of the batch that ran, and start the next one."""
@@ -178,27 +183,27 @@ class Batcher:
     def submit(self, request: InferRequest, keep_alive: float | None) -> tuple[Resident, InferResult]:
         """Queue one request and wait for its share of a batch's result."""
         item = _Item(request, keep_alive, Future())
-        self._queue.put(item)
+        self._calls.put(item)
         return item.future.result()
 
-    def _loop(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self.max_delay_s
-            while len(batch) < self.max_batch and (wait := deadline - time.monotonic()) > 0:
-                try:
-                    batch.append(self._queue.get(timeout=wait))
-                except queue.Empty:
-                    break
-            groups: dict[tuple, list[_Item]] = {}
-            for item in batch:
-                groups.setdefault(item.key(), []).append(item)
-            for items in groups.values():
-                try:
-                    self._run(items)
-                except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one batch
-                    for item in items:
-                        item.settle(error=exc)
+    def _gather(self, first: _Item) -> None:
+        """Run `first` with the calls that arrive within `max_delay_ms` of it (up to `max_batch`), as one
+        batch per kind of request."""
+        batch = [first]
+        deadline = time.monotonic() + self.max_delay_s
+        while len(batch) < self.max_batch and (wait := deadline - time.monotonic()) > 0:
+            if (item := self._calls.get(wait)) is None:
+                break
+            batch.append(item)
+        groups: dict[tuple, list[_Item]] = {}
+        for item in batch:
+            groups.setdefault(item.key(), []).append(item)
+        for items in groups.values():
+            try:
+                self._run(items)
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one batch
+                for item in items:
+                    item.settle(error=exc)
 
     def _run(self, items: list[_Item]) -> None:
         live = [i for i in items if not i.request.context.cancelled.is_set()]
@@ -234,6 +239,45 @@ class Batcher:
             return
         for item, share in zip(items, shares):
             item.settle((resident, share))
+
+
+class _Drain(Generic[T]):
+    """A queue and the thread that does `work` with each item: the first `put` starts the thread, and it ends
+    after IDLE_S with the queue empty (the next `put` starts another)."""
+
+    def __init__(self, name: str, work: Callable[[T], None]) -> None:
+        self.name, self._work = name, work
+        self._queue: queue.SimpleQueue[T] = queue.SimpleQueue()
+        self._lock = threading.Lock()       # a put and the thread's end: an item is never left without a thread
+        self._alive = False
+
+    def put(self, item: T) -> None:
+        with self._lock:
+            self._queue.put(item)
+            if not self._alive:
+                self._alive = True
+                threading.Thread(target=self._drain, name=self.name, daemon=True).start()
+
+    def get(self, timeout: float) -> T | None:
+        """(On the thread, in `work`.) The next item within `timeout` seconds, or None."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _drain(self) -> None:
+        while True:
+            item = self.get(IDLE_S)
+            if item is None:
+                with self._lock:
+                    if self._queue.empty():
+                        self._alive = False
+                        return
+                continue
+            try:
+                self._work(item)
+            except Exception:  # noqa: BLE001 - the thread outlives any one item (its _alive stays true)
+                log.exception("%s: a batch failed outside the provider call", self.name)
 
 
 class _LoopBatch:

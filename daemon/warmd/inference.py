@@ -353,8 +353,8 @@ class Inference:
 
     def _batcher(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher when its spec asks for batching and its provider can batch: one per model name,
-        whose `max_batch` and `max_delay_ms` follow its spec (a new Batcher for each edit left the old one's
-        two threads idle for the daemon's life)."""
+        whose `max_batch` and `max_delay_ms` follow its spec (an edit keeps the model's batches one at a
+        time). Its threads end when idle (batching.IDLE_S): a removed spec's batcher keeps none."""
         cls = self.providers.get(spec.provider)
         if cls is None or not _batches(spec, cls):
             return None

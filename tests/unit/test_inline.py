@@ -3,15 +3,18 @@ in-process model's calls that need not wait; every other attempt is WouldWait be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import pytest
 
+from warmd import batching
 from warmd.batching import Seat
 from warmd.errors import Code, WarmdError, WouldWait
 from warmd.inference import PROBE_BELOW_S, PROBE_EVERY, PROBES, QUICK_S, Inference, _Pace
@@ -53,6 +56,15 @@ class Scheduler:
 
     def release(self, resident: SimpleNamespace) -> None:
         self.held -= 1
+
+    @contextlib.contextmanager
+    def acquire(self, name: str, keep_alive: float | None = None) -> Iterator[SimpleNamespace]:
+        """What a batch from worker threads holds its model with."""
+        resident = self.hold(name, keep_alive)
+        try:
+            yield resident
+        finally:
+            self.release(resident)
 
 
 def _setup(provider: Quick, resident: bool = True, **spec: object) -> tuple[Inference, Scheduler, ModelSpec]:
@@ -320,9 +332,9 @@ def test_a_slow_batch_runs_on_a_thread_and_each_call_takes_its_own_share() -> No
     asyncio.run(body())
 
 
-def _batch_threads() -> int:
-    """Batchers' threads alive (they never end: earlier tests' stay, and only a new batcher adds some)."""
-    return sum(t.name.startswith("batch-") for t in threading.enumerate())
+def _batch_threads() -> set[threading.Thread]:
+    """Batchers' threads alive now (earlier tests' end only after batching.IDLE_S with nothing to do)."""
+    return {t for t in threading.enumerate() if t.name.startswith("batch-")}
 
 
 def test_a_spec_edit_resizes_the_models_batcher_in_place() -> None:
@@ -337,8 +349,31 @@ def test_a_spec_edit_resizes_the_models_batcher_in_place() -> None:
         assert seats[0].due == 0.05
         seats.append(_seat(inference, edited, _row(3.0)))
         await _granted(*seats)
+        new = _batch_threads() - threads        # the batch's own thread only (a batcher starts no other)
         assert provider.rows == [3] and scheduler.held == 0
-        assert inference._batcher(edited) is batcher and _batch_threads() == threads
+        assert inference._batcher(edited) is batcher and [t.name for t in new] in ([], ["batch-m-loop"])
+    asyncio.run(body())
+
+
+def test_a_batchers_threads_end_when_idle_and_its_next_batch_starts_them_again(monkeypatch) -> None:
+    monkeypatch.setattr(batching, "IDLE_S", 0.05)
+
+    async def body() -> None:
+        provider = Batchable()
+        inference, scheduler, spec = _setup(provider, max_batch=2, max_in_flight=8)
+        _slow(inference, spec)
+        before = _batch_threads()
+        seats = [_seat(inference, spec, _row(v)) for v in (1.0, 2.0)]      # a batch on the loop's thread
+        await _granted(*seats)
+        inference.run(spec, _row(3.0, inline=False))                      # a call from a worker thread
+        started = _batch_threads() - before
+        assert {t.name for t in started} == {"batch-m", "batch-m-loop"}
+        for thread in started:
+            await asyncio.to_thread(thread.join, 10)
+        assert not any(t.is_alive() for t in started) and provider.rows == [2, 1]
+        again = [_seat(inference, spec, _row(v)) for v in (4.0, 5.0)]      # the next batch starts a thread
+        await _granted(*again)
+        assert provider.rows == [2, 1, 2] and scheduler.held == 0
     asyncio.run(body())
 
 
