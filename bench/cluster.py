@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, percentile, process, wait_for, workdir, write_report
+from common import percentile, process, wait_for, workdir, write_report
 from peers import V2, latency, throughput
 
 from conftest import isolated_env

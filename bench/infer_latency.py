@@ -1,12 +1,15 @@
-"""Infer latency over the Unix socket: warmd serving a tiny torch MLP vs a bare grpcio echo server.
+"""Infer latency over the Unix socket: warmd serving a tiny torch MLP vs two bare grpcio floors.
 
     .venv/bin/python bench/infer_latency.py [--calls 2000] [--rounds 5] [--baseline DIR]
 
-The same kind of socket, the same payload ([1,64] float32), sequential calls, measured in one run with
-the servers interleaved call by call. The calls are split into `--rounds` consecutive rounds: this VM's pace
-drifts by 30 % within minutes, so a ratio is only taken between figures of the same round. Reports p50 and
-p99 over all calls, and the ratio of each server's p50 to the echo's p50 in the same round as median / min /
-max over the rounds (goal for warmd <= 1.25x).
+The floors: an echo server (echo_server.py: the request's bytes back, no parsing, no model), and a server
+that does only what the model needs (forward_server.py: parse the request, the same torch forward, the
+output back, on warmd's server model). The same kind of socket, the same payload ([1,64] float32),
+sequential calls, measured in one run with the servers interleaved call by call. The calls are split into
+`--rounds` consecutive rounds: this VM's pace drifts by 30 % within minutes, so a ratio is only taken
+between figures of the same round. Reports p50 and p99 over all calls, and the ratio of each server's p50
+to each floor's p50 in the same round as median (min-max) over the rounds. Issue 19's goal is against the
+echo (<= 1.2x); the second floor tells the model's own cost from warmd's.
 `--baseline DIR` adds a second warmd run from another checkout's daemon/ (e.g. `git worktree add DIR main`,
 or `git archive main daemon | tar -x -C DIR`), interleaved with the others: before/after a change in one run.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,12 +25,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from common import percentile, process, rotated, wait_for, workdir, write_report
+from common import percentile, process, rotated, spread, wait_for, workdir, write_report
 from echo_server import METHOD
 
 from models import write_mlp
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
+FORWARD = Path(__file__).resolve().parent / "forward_server.py"
+FORWARD_FLOOR = "grpc.aio + forward"
 
 
 def main() -> int:
@@ -48,18 +52,21 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
     request = pb.InferRequest(model="mlp", inputs=[tensors.to_proto("x", x)])
     payload = request.SerializeToString()
-    names = ["echo", "warmd (stub)", "warmd (warm.Client)", *(["baseline warmd (stub)"] if args.baseline else [])]
+    names = ["echo", FORWARD_FLOOR, "warmd (stub)", "warmd (warm.Client)",
+             *(["baseline warmd (stub)"] if args.baseline else [])]
     samples: dict[str, list[list[float]]] = {name: [[] for _ in range(args.rounds)] for name in names}  # per round
 
     with workdir() as root:
         specs = root / "specs"
         specs.mkdir()
         write_mlp(specs)
-        wsock, esock, bsock = root / "w.sock", root / "e.sock", root / "b.sock"
+        wsock, esock, bsock, fsock = root / "w.sock", root / "e.sock", root / "b.sock", root / "f.sock"
         with contextlib.ExitStack() as servers:
             servers.enter_context(process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket",
                                            str(wsock)], root, "warmd.log"))
             servers.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
+            servers.enter_context(process([sys.executable, str(FORWARD), str(fsock), str(specs / "mlp.safetensors"),
+                                           "64,128,10"], root, "forward.log"))
             if args.baseline:     # its own state folders: the two daemons share nothing but the specs
                 (root / "b").mkdir()
                 servers.enter_context(process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs),
@@ -74,9 +81,13 @@ def main() -> int:
             stub = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{wsock}"))
             reference = client.infer("mlp", {"x": x}).outputs["y"]
             assert reference.shape == (1, 10)
+            floor = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{fsock}"))
+            wait_for(lambda: floor.Infer(request, timeout=1))
+            assert np.allclose(tensors.from_proto(floor.Infer(request).outputs[0]), reference)
 
             calls = {
                 "echo": lambda: echo(payload),
+                FORWARD_FLOOR: lambda: floor.Infer(request),
                 "warmd (stub)": lambda: stub.Infer(request),
                 "warmd (warm.Client)": lambda: client.infer("mlp", {"x": x}),
             }
@@ -99,20 +110,22 @@ def main() -> int:
                     samples[name][round_].append((time.perf_counter() - t0) * 1000)
             client.close()
 
-    ratios = round_ratios(samples, "echo")
+    ratios = {floor: round_ratios(samples, floor) for floor in ("echo", FORWARD_FLOOR)}
     lines = ["# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
              "",
              f"`.venv/bin/python bench/infer_latency.py --calls {args.calls} --rounds {args.rounds}"
              f"{' --baseline ' + str(args.baseline) if args.baseline else ''}` "
              f"on {platform.machine()}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}; "
-             "p50 and p99 over all calls, each ratio to the echo's p50 in the same round",
+             "p50 and p99 over all calls; each ratio to a floor's p50 in the same round, as median (min–max) of the "
+             "rounds. Floors: echo (bytes back); grpc.aio + forward (parse, the same torch forward, the output "
+             "back, on warmd's server model)",
              "",
-             "| server | p50 ms | p99 ms | p50 / echo p50, per round: median | min | max |",
-             "|---|---|---|---|---|---|"]
+             "| server | p50 ms | p99 ms | " + " | ".join(f"p50 / {floor} p50" for floor in ratios) + " |",
+             "|---|---|---|" + "---|" * len(ratios)]
     for name, rounds in samples.items():
-        values, r = [v for round_ in rounds for v in round_], ratios[name]
+        values = [v for round_ in rounds for v in round_]
         lines.append(f"| {name} | {percentile(values, 50):.3f} | {percentile(values, 99):.3f} | "
-                     f"{statistics.median(r):.2f}x | {min(r):.2f}x | {max(r):.2f}x |")
+                     + " | ".join(spread(r[name], "{:.2f}x".format) for r in ratios.values()) + " |")
     write_report('infer_latency-baseline' if args.baseline else 'infer_latency', lines)
     return 0
 
