@@ -9,7 +9,9 @@ each, all on 127.0.0.1, and measures in one run:
 
 - infer p50/p99, [1,64] float32, sequential calls; rounds alternate between servers. warmd and MLServer get
   the same Open Inference Protocol (V2) gRPC client; TorchServe its own gRPC inference API; the floor is a
-  bare grpcio echo server carrying the same V2 request bytes;
+  bare grpcio echo server carrying the same V2 request bytes, and a second floor a bare grpc.aio server
+  that runs the same MLP and nothing else (forward_server.py, the same V2 client): what any Python server of
+  the model costs;
 - throughput of 32 concurrent clients (grpc.aio coroutines in 2 processes, a channel each), with the
   server's CPU time per call: calls/s as median (min-max) over the rounds, and the ratios to the floor and
   warmd's to each peer taken round by round (this VM's pace drifts by 30 % within minutes, a round's
@@ -51,6 +53,7 @@ PEERS = {
                    "grpcio", "grpcio-tools", "protobuf"],
 }
 SIZES = (64, 128, 10)
+FLOOR, MODEL_FLOOR = "bare grpcio echo (floor)", "grpc.aio + the MLP's forward (floor with the model)"
 MODELS = ("mlp1", "mlp2", "mlp3")
 
 MLSERVER_RUNTIME = textwrap.dedent('''
@@ -496,7 +499,15 @@ def main() -> int:
         wait_for(lambda: m.load("mlp1") or True, timeout=180)
         m_ready = wait_for(lambda: m.infer("mlp1") or True, timeout=180) - t0
 
-        servers = {"bare grpcio echo (floor)": (echo, None), "warmd": (w, warmd), "MLServer 1.7.1": (m, mls)}
+        # the floor with the model: mlp1's weights (seed 0), V2 ModelInfer only
+        f_port = free_port()
+        bare = stack.enter_context(started([sys.executable, str(REPO / "bench" / "forward_server.py"),
+                                            f"127.0.0.1:{f_port}", str(write_weights(root, "floor", seed=0)),
+                                            ",".join(map(str, SIZES))], root / "forward.log"))
+        f = V2(f"127.0.0.1:{f_port}")
+        wait_for(lambda: f.infer("mlp1") or True, timeout=60)
+
+        servers = {FLOOR: (echo, None), MODEL_FLOOR: (f, bare), "warmd": (w, warmd), "MLServer 1.7.1": (m, mls)}
         if not args.no_torchserve:
             ts_python = ensure_venv("torchserve")
             ports = {k: free_port() for k in ("http", "mgmt", "metrics", "grpc", "grpc_mgmt")}
@@ -534,7 +545,8 @@ def main() -> int:
             rows["TorchServe 0.12.0"]["rss3"] = tree_rss(ts.pid)
         # throughput: rounds alternate between servers, each in turn first (a shared machine's noise hits each
         # alike); rows[name]["tput"][r] is round r's, so report() can divide figures of the same round
-        loads = [("bare grpcio echo (floor)", "echo", f"127.0.0.1:{echo_port}", "", echo_proc),
+        loads = [(FLOOR, "echo", f"127.0.0.1:{echo_port}", "", echo_proc),
+                 (MODEL_FLOOR, "v2", f"127.0.0.1:{f_port}", "", bare),
                  ("warmd", "v2", f"127.0.0.1:{w_port}", token, warmd),
                  ("MLServer 1.7.1", "v2", f"127.0.0.1:{m_port}", "", mls)]
         if "TorchServe 0.12.0" in servers:
@@ -548,7 +560,7 @@ def main() -> int:
 
 
 def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    floor_name = "bare grpcio echo (floor)"
+    floor_name = FLOOR
     floor = statistics.median(rows[floor_name]["lat"])  # type: ignore[arg-type]
     own = statistics.median(rows["warmd"]["lat"])  # type: ignore[arg-type]
 
@@ -585,6 +597,8 @@ def report(rows: dict[str, dict[str, object]], args: argparse.Namespace) -> None
         if peer not in (floor_name, "warmd"):
             lines.append(f"- warmd / {peer} calls/s, per round: median (min–max) "
                          f"{spread(round_ratios(rows, 'warmd', peer), times)} over {args.rounds} rounds")
+    model_floor = statistics.median(rows[MODEL_FLOOR]["lat"])  # type: ignore[arg-type]
+    lines.append(f"- warmd's infer p50 / the floor with the model's: {own / model_floor:.2f}x")
     write_report("peers", lines)
 
 

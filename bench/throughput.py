@@ -1,13 +1,14 @@
-"""Throughput with 32 concurrent clients, tiny MLP, against a bare grpcio echo server under the same load
-(the floor: what the transport alone sustains), all on Unix sockets.
+"""Throughput with 32 concurrent clients, tiny MLP, against two floors under the same load, all on Unix
+sockets: a bare grpcio echo server (what the transport alone sustains) and a bare grpc.aio server that runs
+the same tiny MLP and nothing else (forward_server.py: what any Python server of the model sustains).
 
     .venv/bin/python bench/throughput.py [--clients 32] [--seconds 5] [--rounds 2] [--baseline DIR] [--models M,...]
 
 The load is bench/peers.py's (grpc.aio clients in 2 processes, a channel each, V2 ModelInfer [1,64] float32
 back to back; the echo server gets the same request bytes); the daemon runs with its default settings, as
-in bench/peers.py. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
+in bench/peers.py; the second floor gets the same V2 requests. Rows: the model's spec as a user writes it (max_in_flight 4: 28 of the 32 calls wait in
 its admission queue), with max_in_flight 32, and with dynamic batching (max_batch 32, 1 ms). Each round
-runs the floor, then row by row each daemon in turn (each round the other first); each figure is the median
+runs the floors, then row by row each daemon in turn (each round the other first); each figure is the median
 of the rounds, and with `--baseline` each row's ratio is taken within each round, between the two measures
 taken next to each other (the machine's pace drifts within a run: rows with the same code in both daemons
 differed by up to 34 % as medians of 3 rounds). Two more rows run a model whose
@@ -34,6 +35,8 @@ from peers import Load, median_load, throughput
 from models import write_mlp
 
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
+FORWARD = Path(__file__).resolve().parent / "forward_server.py"
+FLOOR, FORWARD_FLOOR = "bare grpcio echo (floor)", "grpc.aio + the tiny MLP's forward (floor with the model)"
 ROWS = {"warmd, spec defaults (max_in_flight 4)": "mlp", "warmd, max_in_flight 32": "wide",
         "warmd, dynamic batching (max_batch 32, 1 ms)": "batched",
         "warmd, MLP 64-1024-1024-10, max_in_flight 32": "medium",
@@ -55,7 +58,7 @@ def main() -> int:
     from warm import Client
 
     daemons = {"": None, **({"baseline ": args.baseline.resolve() / "daemon"} if args.baseline else {})}
-    runs: dict[str, list[Load]] = {"bare grpcio echo (floor)": []}
+    runs: dict[str, list[Load]] = {FLOOR: [], FORWARD_FLOOR: []}
     with workdir() as root, contextlib.ExitStack() as stack:
         specs = root / "specs"
         specs.mkdir()
@@ -65,8 +68,11 @@ def main() -> int:
             write_mlp(specs, model, sizes=SIZES.get(model.split("-")[0], (64, 128, 10)))
             extra = "" if model == "mlp" else batched if model.endswith("batched") else wide
             (specs / f"{model}.yaml").write_text((specs / f"{model}.yaml").read_text() + extra)
-        esock = root / "e.sock"
+        esock, fsock = root / "e.sock", root / "f.sock"
         echo = stack.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
+        write_mlp(root, "floor")        # the tiny MLP's weights for the second floor
+        bare = stack.enter_context(process([sys.executable, str(FORWARD), str(fsock), str(root / "floor.safetensors"),
+                                            "64,128,10"], root, "forward.log"))
         started = {}
         for prefix, daemon_dir in daemons.items():     # each its own state folders; they share the specs
             home = root / (prefix.strip() or "warmd")
@@ -80,10 +86,12 @@ def main() -> int:
                 for model in rows.values():
                     c.load(model)
             started[prefix] = (sock, proc)
-        wait_for(lambda: esock.exists())
+        wait_for(lambda: esock.exists() and fsock.exists())
         for round_ in range(args.rounds):
-            runs["bare grpcio echo (floor)"].append(throughput("echo", f"unix:{esock}", "", clients=args.clients,
-                                                               seconds=args.seconds, server_pid=echo.pid))
+            runs[FLOOR].append(throughput("echo", f"unix:{esock}", "", clients=args.clients, seconds=args.seconds,
+                                          server_pid=echo.pid))
+            runs[FORWARD_FLOOR].append(throughput("v2", f"unix:{fsock}", "floor", clients=args.clients,
+                                                  seconds=args.seconds, server_pid=bare.pid))
             # Row by row, the daemons in turn (each round the other first): the machine's pace drifts within a
             # run, so the two measures of a row that are compared are taken next to each other.
             for name, model in rows.items():
@@ -91,16 +99,17 @@ def main() -> int:
                     runs.setdefault(prefix + name, []).append(throughput(
                         "v2", f"unix:{sock}", model, clients=args.clients, seconds=args.seconds, server_pid=proc.pid))
     results = {name: median_load(loads) for name, loads in runs.items()}
-    floor = results["bare grpcio echo (floor)"].rate
+    floor, model_floor = results[FLOOR].rate, results[FORWARD_FLOOR].rate
     lines = [f"# Throughput, {args.clients} concurrent clients, tiny MLP 64-128-10, [1,64] float32", "",
              f"`.venv/bin/python bench/throughput.py --clients {args.clients} --seconds {args.seconds:g} --rounds "
              f"{args.rounds}{' --baseline ' + str(args.baseline) if args.baseline else ''}"
              f"{' --models ' + args.models if args.models else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
              "clients (grpc.aio, 2 processes) on the same machine, sharing its CPUs with the server", "",
-             "| server | calls/s | ratio to the floor | server CPU µs/call | clients' CPU µs/call |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {name} | {r.rate:.0f} | {r.rate / floor:.2f}x | {r.server_us or 0:.0f} | {r.client_us:.0f} |"
-              for name, r in results.items()]
+             "| server | calls/s | ratio to the floor | ratio to the floor with the model | server CPU µs/call | "
+             "clients' CPU µs/call |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r.rate:.0f} | {r.rate / floor:.2f}x | {r.rate / model_floor:.2f}x | {r.server_us or 0:.0f} "
+              f"| {r.client_us:.0f} |" for name, r in results.items()]
     if args.baseline:
         lines += ["", "Against the baseline, per round (the two measured next to each other): median (min–max)", "",
                   "| row | calls/s | server CPU µs/call |", "|---|---|---|"]
