@@ -10,13 +10,15 @@ sequential calls, measured in one run with the servers interleaved call by call.
 between figures of the same round. Reports p50 and p99 over all calls, and the ratio of each server's p50
 to each floor's p50 in the same round as median (min-max) over the rounds. Issue 19's goal is against the
 echo (<= 1.2x); the second floor tells the model's own cost from warmd's.
-`--baseline DIR` adds a second warmd run from another checkout's daemon/ (e.g. `git worktree add DIR main`,
-or `git archive main daemon | tar -x -C DIR`), interleaved with the others: before/after a change in one run.
+Every row is its own server process, each called once in a turn. `--baseline DIR` adds a warmd run from
+another checkout's daemon/ (e.g. `git worktree add DIR main`, or `git archive main daemon | tar -x -C DIR`),
+interleaved with the others: before/after a change in one run.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import platform
 import sys
 import time
@@ -60,55 +62,57 @@ def main() -> int:
         specs = root / "specs"
         specs.mkdir()
         write_mlp(specs)
-        wsock, esock, bsock, fsock = root / "w.sock", root / "e.sock", root / "b.sock", root / "f.sock"
+        esock, fsock = root / "e.sock", root / "f.sock"
         with contextlib.ExitStack() as servers:
-            servers.enter_context(process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket",
-                                           str(wsock)], root, "warmd.log"))
             servers.enter_context(process([sys.executable, str(ECHO), str(esock)], root, "echo.log"))
             servers.enter_context(process([sys.executable, str(FORWARD), str(fsock), str(specs / "mlp.safetensors"),
                                            "64,128,10"], root, "forward.log"))
-            if args.baseline:     # its own state folders: the two daemons share nothing but the specs
-                (root / "b").mkdir()
-                servers.enter_context(process([sys.executable, "-m", "warmd", "serve", "--specs", str(specs),
-                                               "--socket", str(bsock)], root / "b", "warmd.log",
-                                              {"PYTHONPATH": str(args.baseline.resolve() / "daemon")}))
+            # One daemon per warmd row, each with its own state folders (they share only the specs): two rows
+            # on one daemon had it answer two calls in a row, the second with its code and data still in the
+            # caches; an A/A run (the same code as --baseline) then put the row alone 1.13x-1.15x slower.
+            socks = {}
+            for name in [*names[2:3], *names[4:], names[3]]:     # the warm.Client row's last
+                home = root / f"d{len(socks)}"
+                home.mkdir()
+                socks[name] = home / "w.sock"
+                servers.enter_context(process(
+                    [sys.executable, "-m", "warmd", "serve", "--specs", str(specs), "--socket", str(socks[name])],
+                    home, "warmd.log", {"PYTHONPATH": str(args.baseline.resolve() / "daemon")}
+                    if name.startswith("baseline") else None))
             echo_ch = grpc.insecure_channel(f"unix:{esock}")
             echo = echo_ch.unary_unary(METHOD)
             wait_for(lambda: echo(b"x", timeout=1) == b"x")
-            client = Client(wsock, timeout=60)
-            wait_for(lambda: client.status())
-            client.load("mlp")
-            stub = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{wsock}"))
-            reference = client.infer("mlp", {"x": x}).outputs["y"]
-            assert reference.shape == (1, 10)
-            floor = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{fsock}"))
-            wait_for(lambda: floor.Infer(request, timeout=1))
-            assert np.allclose(tensors.from_proto(floor.Infer(request).outputs[0]), reference)
+            with contextlib.ExitStack() as clients:
+                for name, sock in socks.items():
+                    client = clients.enter_context(Client(sock, timeout=60))
+                    wait_for(lambda: client.status())
+                    client.load("mlp")      # the last one is the warm.Client row's
+                reference = client.infer("mlp", {"x": x}).outputs["y"]
+                assert reference.shape == (1, 10)
+                stubs = {name: warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{sock}"))
+                         for name, sock in socks.items()}
+                floor = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{fsock}"))
+                wait_for(lambda: floor.Infer(request, timeout=1))
+                for stub in (floor, *stubs.values()):
+                    assert np.allclose(tensors.from_proto(stub.Infer(request).outputs[0]), reference)
 
-            calls = {
-                "echo": lambda: echo(payload),
-                FORWARD_FLOOR: lambda: floor.Infer(request),
-                "warmd (stub)": lambda: stub.Infer(request),
-                "warmd (warm.Client)": lambda: client.infer("mlp", {"x": x}),
-            }
-            if args.baseline:
-                with Client(bsock, timeout=60) as baseline:
-                    wait_for(lambda: baseline.status())
-                    baseline.load("mlp")
-                    assert (baseline.infer("mlp", {"x": x}).outputs["y"] == reference).all()
-                base = warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{bsock}"))
-                calls["baseline warmd (stub)"] = lambda: base.Infer(request)
-            for fn in calls.values():          # warm up every path
-                for _ in range(200):
-                    fn()
-            # Interleave call by call (rotating the order), so this VM's noise hits every server alike.
-            for i in range(args.calls):
-                round_ = i * args.rounds // args.calls
-                for name in rotated(names, i):
-                    t0 = time.perf_counter()
-                    calls[name]()
-                    samples[name][round_].append((time.perf_counter() - t0) * 1000)
-            client.close()
+                calls = {
+                    "echo": lambda: echo(payload),
+                    FORWARD_FLOOR: lambda: floor.Infer(request),
+                    **{name: functools.partial(stub.Infer, request) for name, stub in stubs.items()
+                       if name != "warmd (warm.Client)"},
+                    "warmd (warm.Client)": lambda: client.infer("mlp", {"x": x}),
+                }
+                for fn in calls.values():          # warm up every path
+                    for _ in range(200):
+                        fn()
+                # Interleave call by call (rotating the order), so this VM's noise hits every server alike.
+                for i in range(args.calls):
+                    round_ = i * args.rounds // args.calls
+                    for name in rotated(names, i):
+                        t0 = time.perf_counter()
+                        calls[name]()
+                        samples[name][round_].append((time.perf_counter() - t0) * 1000)
 
     ratios = {floor: round_ratios(samples, floor) for floor in ("echo", FORWARD_FLOOR)}
     lines = ["# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
