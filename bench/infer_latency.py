@@ -71,7 +71,7 @@ def main() -> int:
             # on one daemon had it answer two calls in a row, the second with its code and data still in the
             # caches; an A/A run (the same code as --baseline) then put the row alone 1.13x-1.15x slower.
             socks = {}
-            for name in [*names[2:3], *names[4:], names[3]]:     # the warm.Client row's last
+            for name in names[2:]:      # the warmd rows
                 home = root / f"d{len(socks)}"
                 home.mkdir()
                 socks[name] = home / "w.sock"
@@ -82,11 +82,12 @@ def main() -> int:
             echo_ch = grpc.insecure_channel(f"unix:{esock}")
             echo = echo_ch.unary_unary(METHOD)
             wait_for(lambda: echo(b"x", timeout=1) == b"x")
-            with contextlib.ExitStack() as clients:
-                for name, sock in socks.items():
-                    client = clients.enter_context(Client(sock, timeout=60))
-                    wait_for(lambda: client.status())
-                    client.load("mlp")      # the last one is the warm.Client row's
+            with contextlib.ExitStack() as opened:
+                clients = {name: opened.enter_context(Client(sock, timeout=60)) for name, sock in socks.items()}
+                for each in clients.values():
+                    wait_for(each.status)
+                    each.load("mlp")
+                client = clients["warmd (warm.Client)"]
                 reference = client.infer("mlp", {"x": x}).outputs["y"]
                 assert reference.shape == (1, 10)
                 stubs = {name: warmd_pb2_grpc.WarmdStub(grpc.insecure_channel(f"unix:{sock}"))
@@ -114,7 +115,7 @@ def main() -> int:
                         calls[name]()
                         samples[name][round_].append((time.perf_counter() - t0) * 1000)
 
-    ratios = {floor: round_ratios(samples, floor) for floor in ("echo", FORWARD_FLOOR)}
+    ratios = {base: round_ratios(samples, base) for base in ("echo", FORWARD_FLOOR)}
     lines = ["# Infer latency, Unix socket, tiny MLP 64-128-10, [1,64] float32",
              "",
              f"`.venv/bin/python bench/infer_latency.py --calls {args.calls} --rounds {args.rounds}"
@@ -124,7 +125,7 @@ def main() -> int:
              "rounds. Floors: echo (bytes back); grpc.aio + forward (parse, the same torch forward, the output "
              "back, on warmd's server model)",
              "",
-             "| server | p50 ms | p99 ms | " + " | ".join(f"p50 / {floor} p50" for floor in ratios) + " |",
+             "| server | p50 ms | p99 ms | " + " | ".join(f"p50 / {base} p50" for base in ratios) + " |",
              "|---|---|---|" + "---|" * len(ratios)]
     for name, rounds in samples.items():
         values = [v for round_ in rounds for v in round_]
